@@ -1,0 +1,576 @@
+"""GLUE: read the official task files, build features, compute GLUE metrics, write submissions.
+
+Covers CoLA, SST-2, MRPC, STS-B, QQP, MNLI (matched and mismatched), QNLI, RTE, WNLI and the
+AX diagnostic set, for the train, dev and test files of the official GLUE release
+(`download_glue_data.py` layout: `<data_dir>/<TASK DIR>/train.tsv` ...).
+
+Flow used by the runners:
+    task = get_task("sts-b")
+    examples = read_examples(task, data_dir, "dev")
+    features = convert_examples_to_features(examples, task, tokenizer, 128, label_scale=0.2)
+    ... model ...
+    preds = logits_to_predictions(task, logits, label_scale=0.2)   # back in 0..5 units
+    metrics = compute_metrics(task, preds, gold_labels(task, examples))
+    write_predictions(task, out_dir, [e.index for e in test_examples], test_preds)
+
+Files are read like the reference readers: `csv.reader`, tab delimiter, no quoting (double
+quotes are literal text). Each row must have as many fields as the file's header (or the fixed
+layout for headerless CoLA train/dev); anything else is a `DataError(path, line, msg)`. The only
+deliberate skip is the reference's: QQP train/dev rows with the wrong number of fields (counted
+and logged).
+"""
+import csv
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from file_utils import ConfigError, DataError, atomic_open
+
+logger = logging.getLogger(__name__)
+
+# Task order of the PALs reference (`--tasks all`): the task id of a task is its position here.
+PAPER_TASKS = ["cola", "mrpc", "mnli", "rte", "sts-b", "sst-2", "qqp", "qnli"]
+# Every GLUE task that has a training set (the 8 paper tasks + WNLI), in leaderboard order.
+GLUE_TASKS = ["cola", "sst-2", "mrpc", "sts-b", "qqp", "mnli", "qnli", "rte", "wnli"]
+# Named task sets accepted by `parse_task_list`.
+TASK_SETS = {
+    "all": PAPER_TASKS,
+    "paper": PAPER_TASKS,
+    "glue": GLUE_TASKS,
+    "inf": ["qnli", "mnli", "rte"],  # the reference's inference-only set
+}
+
+STSB_MAX_SCORE = 5.0
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics (corpus level, as GLUE reports them)
+# --------------------------------------------------------------------------------------------
+
+def _as_arrays(preds, labels):
+    preds, labels = np.asarray(preds), np.asarray(labels)
+    if preds.shape != labels.shape or preds.ndim != 1:
+        raise ValueError(f"predictions {preds.shape} and labels {labels.shape} must be equal-length 1-d arrays")
+    if preds.size == 0:
+        raise ValueError("cannot compute a metric on zero examples")
+    return preds, labels
+
+
+def simple_accuracy(preds, labels):
+    preds, labels = _as_arrays(preds, labels)
+    return {"acc": float((preds == labels).mean())}
+
+
+def matthews(preds, labels):
+    from sklearn.metrics import matthews_corrcoef
+    preds, labels = _as_arrays(preds, labels)
+    return {"mcc": float(matthews_corrcoef(labels, preds))}
+
+
+def acc_and_f1(preds, labels):
+    """MRPC/QQP: accuracy, binary F1 of class id 1, and their mean."""
+    from sklearn.metrics import f1_score
+    preds, labels = _as_arrays(preds, labels)
+    acc = float((preds == labels).mean())
+    f1 = float(f1_score(y_true=labels, y_pred=preds, pos_label=1, average="binary", zero_division=0.0))
+    return {"acc": acc, "f1": f1, "acc_and_f1": (acc + f1) / 2}
+
+
+def pearson_and_spearman(preds, labels):
+    """STS-B: Pearson r, Spearman rho and their mean.
+
+    A constant vector has no correlation; SciPy returns NaN there. We report 0.0 instead so
+    that a summed model-selection score never turns NaN (the reference's per-batch Pearson
+    did, and then never saved a better model again).
+    """
+    from scipy.stats import pearsonr, spearmanr
+    preds, labels = _as_arrays(preds, labels)
+    preds, labels = preds.astype(np.float64), labels.astype(np.float64)
+    if np.ptp(preds) == 0 or np.ptp(labels) == 0:
+        pearson = spearman = 0.0
+    else:
+        pearson = float(pearsonr(preds, labels)[0])
+        spearman = float(spearmanr(preds, labels)[0])
+    return {"pearson": pearson, "spearmanr": spearman, "corr": (pearson + spearman) / 2}
+
+
+# --------------------------------------------------------------------------------------------
+# Task registry
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Layout:
+    """Column use of one kind of file (train/dev, or test). Column -1 means the last field."""
+    header: bool
+    text_a: int
+    text_b: Optional[int]
+    label: Optional[int]        # None: unlabelled (test files)
+    index: Optional[int]        # column with the example id (None: use the row's position)
+    min_cols: int               # a header must have at least this many columns
+    exact_cols: Optional[int] = None  # headerless files: the fixed number of columns
+
+
+@dataclass(frozen=True)
+class GlueTask:
+    name: str                   # canonical lower-case name ("sts-b")
+    display: str                # name as GLUE writes it ("STS-B")
+    directory: str              # folder in the GLUE download
+    labels: Optional[tuple]     # label strings in id order; None for regression
+    head_type: str              # "classification" or "regression"
+    metric: Callable            # (preds, labels) -> dict of metric name -> float
+    main_metric_key: str        # metric used for the GLUE average and model selection
+    files: dict                 # split -> tuple of candidate file names (first = official)
+    submissions: dict           # test split -> leaderboard file name
+    layouts: dict               # "train" (train and dev files) / "test" -> Layout
+    aliases: tuple = ()
+    head_task: Optional[str] = None   # AX is predicted with the MNLI head
+    skip_bad_rows: bool = False       # QQP train/dev: reference skips rows with wrong field count
+
+    @property
+    def num_labels(self):
+        """Number of head outputs (1 for regression)."""
+        return 1 if self.labels is None else len(self.labels)
+
+    @property
+    def is_regression(self):
+        return self.head_type == "regression"
+
+    @property
+    def label_map(self):
+        return {} if self.labels is None else {label: i for i, label in enumerate(self.labels)}
+
+    @property
+    def splits(self):
+        return tuple(self.files)
+
+    def split_kind(self, split):
+        """Which layout a split uses: 'test' (unlabelled) or 'train' (train and dev files)."""
+        return "test" if split.startswith("test") else "train"
+
+    def submission_file(self, split="test"):
+        if split not in self.submissions:
+            raise ConfigError(f"task {self.display} has no test split '{split}' "
+                              f"(test splits: {', '.join(self.submissions)})")
+        return self.submissions[split]
+
+
+def _files(train=True, dev="dev.tsv", test="test.tsv", **extra):
+    files = {}
+    if train:
+        files["train"] = ("train.tsv",)
+    if dev:
+        files["dev"] = (dev,)
+    files["test"] = (test,) if isinstance(test, str) else tuple(test)
+    for split, name in extra.items():
+        files[split] = (name,)
+    return files
+
+
+_BIN = ("0", "1")
+_NLI2 = ("entailment", "not_entailment")
+_MNLI = ("contradiction", "entailment", "neutral")
+
+# test layout shared by QNLI, RTE, WNLI and AX: `index sentence1 sentence2` (QNLI: question sentence)
+_PAIR_TEST = Layout(header=True, text_a=1, text_b=2, label=None, index=0, min_cols=3)
+_PAIR_TRAIN = Layout(header=True, text_a=1, text_b=2, label=-1, index=0, min_cols=4)
+_MNLI_LAYOUTS = {
+    # train: 12 columns (index promptID pairID genre 4 parses sentence1 sentence2 label1 gold_label),
+    # dev: 16 (label1..label5 gold_label); test: 10. Sentences are columns 8 and 9.
+    "train": Layout(header=True, text_a=8, text_b=9, label=-1, index=0, min_cols=11),
+    "test": Layout(header=True, text_a=8, text_b=9, label=None, index=0, min_cols=10),
+}
+
+_TASK_LIST = [
+    GlueTask(
+        name="cola", display="CoLA", directory="CoLA", labels=_BIN, head_type="classification",
+        metric=matthews, main_metric_key="mcc", files=_files(), submissions={"test": "CoLA.tsv"},
+        layouts={
+            # train/dev: no header; source, label, original judgement ("*" or empty), sentence
+            "train": Layout(header=False, text_a=3, text_b=None, label=1, index=None, min_cols=4, exact_cols=4),
+            "test": Layout(header=True, text_a=1, text_b=None, label=None, index=0, min_cols=2),
+        }),
+    GlueTask(
+        name="sst-2", display="SST-2", directory="SST-2", labels=_BIN, head_type="classification",
+        metric=simple_accuracy, main_metric_key="acc", files=_files(), submissions={"test": "SST-2.tsv"},
+        aliases=("sst", "sst2"),
+        layouts={
+            "train": Layout(header=True, text_a=0, text_b=None, label=1, index=None, min_cols=2),
+            "test": Layout(header=True, text_a=1, text_b=None, label=None, index=0, min_cols=2),
+        }),
+    GlueTask(
+        name="mrpc", display="MRPC", directory="MRPC", labels=_BIN, head_type="classification",
+        metric=acc_and_f1, main_metric_key="acc_and_f1", files=_files(), submissions={"test": "MRPC.tsv"},
+        layouts={
+            # train/dev: Quality #1 ID #2 ID #1 String #2 String; test: index #1 ID #2 ID #1 String #2 String
+            "train": Layout(header=True, text_a=3, text_b=4, label=0, index=None, min_cols=5),
+            "test": Layout(header=True, text_a=3, text_b=4, label=None, index=0, min_cols=5),
+        }),
+    GlueTask(
+        name="sts-b", display="STS-B", directory="STS-B", labels=None, head_type="regression",
+        metric=pearson_and_spearman, main_metric_key="corr", files=_files(), submissions={"test": "STS-B.tsv"},
+        aliases=("sts", "stsb"),
+        layouts={
+            # index genre filename year old_index source1 source2 sentence1 sentence2 [score]
+            "train": Layout(header=True, text_a=7, text_b=8, label=-1, index=0, min_cols=10),
+            "test": Layout(header=True, text_a=7, text_b=8, label=None, index=0, min_cols=9),
+        }),
+    GlueTask(
+        name="qqp", display="QQP", directory="QQP", labels=_BIN, head_type="classification",
+        metric=acc_and_f1, main_metric_key="acc_and_f1", files=_files(), submissions={"test": "QQP.tsv"},
+        skip_bad_rows=True,
+        layouts={
+            # train/dev: id qid1 qid2 question1 question2 is_duplicate; test: id question1 question2
+            "train": Layout(header=True, text_a=3, text_b=4, label=5, index=0, min_cols=6),
+            "test": Layout(header=True, text_a=1, text_b=2, label=None, index=0, min_cols=3),
+        }),
+    GlueTask(
+        name="mnli", display="MNLI-m", directory="MNLI", labels=_MNLI, head_type="classification",
+        metric=simple_accuracy, main_metric_key="acc",
+        files=_files(dev="dev_matched.tsv", test="test_matched.tsv",
+                     dev_matched="dev_matched.tsv", dev_mismatched="dev_mismatched.tsv",
+                     test_matched="test_matched.tsv", test_mismatched="test_mismatched.tsv"),
+        submissions={"test": "MNLI-m.tsv", "test_matched": "MNLI-m.tsv", "test_mismatched": "MNLI-mm.tsv"},
+        aliases=("mnli-m", "mnli-matched"), layouts=_MNLI_LAYOUTS),
+    GlueTask(
+        # Not a separate model: the MNLI head evaluated on the mismatched dev/test files.
+        name="mnli-mm", display="MNLI-mm", directory="MNLI", labels=_MNLI, head_type="classification",
+        metric=simple_accuracy, main_metric_key="acc",
+        files=_files(dev="dev_mismatched.tsv", test="test_mismatched.tsv",
+                     dev_mismatched="dev_mismatched.tsv", test_mismatched="test_mismatched.tsv"),
+        submissions={"test": "MNLI-mm.tsv", "test_mismatched": "MNLI-mm.tsv"},
+        aliases=("mnlimm", "mnli-mismatched"), head_task="mnli", layouts=_MNLI_LAYOUTS),
+    GlueTask(
+        name="qnli", display="QNLI", directory="QNLI", labels=_NLI2, head_type="classification",
+        metric=simple_accuracy, main_metric_key="acc", files=_files(), submissions={"test": "QNLI.tsv"},
+        layouts={"train": _PAIR_TRAIN, "test": _PAIR_TEST}),
+    GlueTask(
+        name="rte", display="RTE", directory="RTE", labels=_NLI2, head_type="classification",
+        metric=simple_accuracy, main_metric_key="acc", files=_files(), submissions={"test": "RTE.tsv"},
+        layouts={"train": _PAIR_TRAIN, "test": _PAIR_TEST}),
+    GlueTask(
+        name="wnli", display="WNLI", directory="WNLI", labels=_BIN, head_type="classification",
+        metric=simple_accuracy, main_metric_key="acc", files=_files(), submissions={"test": "WNLI.tsv"},
+        layouts={"train": _PAIR_TRAIN, "test": _PAIR_TEST}),
+    GlueTask(
+        # Diagnostic set: test only, labelled with the MNLI head; the leaderboard scores it with R3
+        # (3-class Matthews correlation), which is what `metric` computes if gold labels are given.
+        name="ax", display="AX", directory="diagnostic", labels=_MNLI, head_type="classification",
+        metric=matthews, main_metric_key="mcc",
+        files={"test": ("diagnostic.tsv", "AX.tsv")}, submissions={"test": "AX.tsv"},
+        aliases=("diagnostic", "glue-diagnostic"), head_task="mnli",
+        layouts={"test": _PAIR_TEST}),
+]
+
+TASKS = {t.name: t for t in _TASK_LIST}
+_ALIASES = {}
+for _t in _TASK_LIST:
+    for _alias in (_t.name, _t.display, _t.directory) + _t.aliases:
+        # setdefault: the MNLI folder name means MNLI (matched), not the MNLI-mm entry after it.
+        _ALIASES.setdefault(_alias.lower().replace("_", "-"), _t.name)
+
+
+def get_task(name):
+    """Look a task up by name, GLUE name, directory or alias (case-insensitive, `_` = `-`)."""
+    if isinstance(name, GlueTask):
+        return name
+    key = str(name).strip().lower().replace("_", "-")
+    if key not in _ALIASES:
+        raise ConfigError(f"unknown GLUE task '{name}' (known: {', '.join(TASKS)})")
+    return TASKS[_ALIASES[key]]
+
+
+def parse_task_list(spec):
+    """`all`/`paper` (the 8 paper tasks), `glue` (9 tasks incl. WNLI), `inf`, or a comma list.
+
+    Returns canonical names, duplicates removed, order kept.
+    """
+    items = spec if isinstance(spec, (list, tuple)) else str(spec).split(",")
+    names = []
+    for item in items:
+        item = str(item).strip()
+        if not item:
+            continue
+        expanded = TASK_SETS.get(item.lower(), [item])
+        for name in expanded:
+            canonical = get_task(name).name
+            if canonical not in names:
+                names.append(canonical)
+    if not names:
+        raise ConfigError(f"no tasks in '{spec}'")
+    return names
+
+
+# --------------------------------------------------------------------------------------------
+# Reading files
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class InputExample:
+    guid: str                   # "<task>-<split>-<line>"
+    text_a: str
+    text_b: Optional[str]
+    label: object               # label string, float score, or None (test files)
+    index: Optional[str]        # the file's id column (test files: the submission index)
+    line: int                   # 1-based line in `path`
+    path: str = field(repr=False, default="")
+
+
+def task_file(task, data_dir, split):
+    """Path of a task's split file: `<data_dir>/<TASK DIR>/<file>`, or `<data_dir>/<file>` when
+    data_dir already is the task folder. Missing -> DataError naming the expected path."""
+    task = get_task(task)
+    if split not in task.files:
+        raise ConfigError(f"task {task.display} has no split '{split}' (splits: {', '.join(task.files)})")
+    names = task.files[split]
+    for folder in (os.path.join(data_dir, task.directory), data_dir):
+        for name in names:
+            path = os.path.join(folder, name)
+            if os.path.isfile(path):
+                return path
+    expected = os.path.join(data_dir, task.directory, names[0])
+    alt = f" (or {', '.join(names[1:])})" if len(names) > 1 else ""
+    raise DataError(expected, None, f"missing {task.display} {split} file{alt}; "
+                                    "expected the official GLUE layout <data_dir>/<TASK>/<file>")
+
+
+def _column(row, col):
+    return row[col] if col is not None else None
+
+
+def read_examples(task, data_dir, split, path=None):
+    """Read one split of a task into `InputExample`s (see module docstring for the rules).
+
+    `path` overrides the file location (the layout still comes from task + split).
+    """
+    task = get_task(task)
+    if path is None:
+        path = task_file(task, data_dir, split)
+    kind = task.split_kind(split)
+    if kind not in task.layouts:
+        raise ConfigError(f"task {task.display} has no {kind} files")
+    layout = task.layouts[kind]
+    label_map = task.label_map
+    examples, skipped, empty_kept = [], 0, 0
+    expected = layout.exact_cols
+    header = None if layout.header else []
+    try:
+        # utf-8-sig: the MRPC files of the GLUE download start with the BOM of the MSR corpus.
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            for row in reader:
+                line = reader.line_num
+                if not row or row == [""]:
+                    continue  # blank line (e.g. a trailing newline), not a record
+                if header is None:
+                    header = row
+                    expected = len(row)
+                    if expected < layout.min_cols:
+                        raise DataError(path, line, f"header has {expected} columns, a {task.display} {kind} "
+                                        f"file needs at least {layout.min_cols} (is this the right file?)")
+                    continue
+                if len(row) != expected:
+                    if task.skip_bad_rows and kind == "train":
+                        skipped += 1
+                        continue
+                    raise DataError(path, line, f"expected {expected} tab-separated fields, found {len(row)}")
+                text_a, text_b = row[layout.text_a], _column(row, layout.text_b)
+                if not text_a.strip() or (text_b is not None and not text_b.strip()):
+                    # Test rows cannot be dropped (the submission needs one line per index); QQP's
+                    # reference reader keeps them too. Everywhere else an empty text is a broken row.
+                    if kind == "test" or task.skip_bad_rows:
+                        empty_kept += 1
+                    else:
+                        which = "text" if layout.text_b is None else (
+                            "first sentence" if not text_a.strip() else "second sentence")
+                        raise DataError(path, line, f"empty {which}")
+                label = None
+                if layout.label is not None:
+                    raw = row[layout.label].strip()
+                    if task.is_regression:
+                        try:
+                            label = float(raw)
+                        except ValueError:
+                            raise DataError(path, line, f"bad score {raw!r} (expected a number in 0..5)") from None
+                        if not (math.isfinite(label) and 0.0 <= label <= STSB_MAX_SCORE):
+                            raise DataError(path, line, f"score {raw!r} outside 0..5")
+                    else:
+                        if raw not in label_map:
+                            raise DataError(path, line, f"unknown label {raw!r} for {task.display} "
+                                            f"(expected one of {', '.join(task.labels)})")
+                        label = raw
+                index = _column(row, layout.index)
+                examples.append(InputExample(guid=f"{task.name}-{split}-{line}", text_a=text_a, text_b=text_b,
+                                             label=label, index=index, line=line, path=path))
+    except UnicodeDecodeError as exc:
+        raise DataError(path, None, f"not valid UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except csv.Error as exc:
+        raise DataError(path, None, f"unreadable TSV: {exc}") from None
+    if skipped:
+        logger.warning("%s: skipped %d rows with a wrong number of fields (the reference QQP reader "
+                       "skips them too); read %d examples", path, skipped, len(examples))
+    if empty_kept:
+        logger.warning("%s: %d rows have an empty text; kept them", path, empty_kept)
+    if not examples:
+        raise DataError(path, None, f"no {task.display} examples in this file")
+    return examples
+
+
+def gold_labels(task, examples):
+    """Gold labels of labelled examples as metric input: label ids, or float scores (0..5)."""
+    task = get_task(task)
+    if task.is_regression:
+        return np.array([float(e.label) for e in examples], dtype=np.float64)
+    label_map = task.label_map
+    return np.array([label_map[e.label] for e in examples], dtype=np.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# Features
+# --------------------------------------------------------------------------------------------
+
+def _truncate_seq_pair(tokens_a, tokens_b, max_length):
+    from tokenization import truncate_seq_pair
+    truncate_seq_pair(tokens_a, tokens_b, max_length)
+
+
+def convert_examples_to_features(examples, task, tokenizer, max_seq_length, label_scale=1.0):
+    """`[CLS] a [SEP] (b [SEP])` features, unpadded (the engine's collator pads).
+
+    Each feature: `input_ids`, `token_type_ids` (0 for CLS/a/first SEP, 1 for b/last SEP) and,
+    for labelled examples, `labels`: the label id, or for regression the score times
+    `label_scale` (the PALs multi-task reference trains STS-B on score/5, i.e. 0.2).
+    A pair is truncated longest-first to max_seq_length - 3, a single text to max_seq_length - 2.
+    The length for length-grouped batching is `len(feature["input_ids"])`.
+    """
+    task = get_task(task)
+    if max_seq_length < 3:
+        raise ConfigError(f"max_seq_length must be at least 3, got {max_seq_length}")
+    cls_token = getattr(tokenizer, "cls_token", "[CLS]")
+    sep_token = getattr(tokenizer, "sep_token", "[SEP]")
+    label_map = task.label_map
+    features = []
+    for ex in examples:
+        tokens_a = tokenizer.tokenize(ex.text_a)
+        tokens_b = tokenizer.tokenize(ex.text_b) if ex.text_b is not None else None
+        if tokens_b is not None:
+            _truncate_seq_pair(tokens_a, tokens_b, max_seq_length - 3)
+        else:
+            tokens_a = tokens_a[:max_seq_length - 2]
+        tokens = [cls_token] + tokens_a + [sep_token]
+        token_type_ids = [0] * len(tokens)
+        if tokens_b is not None:
+            tokens += tokens_b + [sep_token]
+            token_type_ids += [1] * (len(tokens_b) + 1)
+        feature = {"input_ids": list(tokenizer.convert_tokens_to_ids(tokens)), "token_type_ids": token_type_ids}
+        if ex.label is not None:
+            if task.is_regression:
+                feature["labels"] = float(ex.label) * label_scale
+            else:
+                feature["labels"] = label_map[ex.label]
+        features.append(feature)
+    return features
+
+
+def feature_lengths(features):
+    """Sequence lengths (for length-grouped batching)."""
+    return [len(f["input_ids"]) for f in features]
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics per task, GLUE score, predictions and submission files
+# --------------------------------------------------------------------------------------------
+
+def compute_metrics(task, preds, labels):
+    """GLUE metrics on the whole set. preds/labels: label ids, or scores in 0..5 units (STS-B)."""
+    return get_task(task).metric(preds, labels)
+
+
+def main_score(task, metrics):
+    """The single number GLUE uses for this task (MRPC/QQP: (acc+F1)/2, STS-B: (Pearson+Spearman)/2)."""
+    task = get_task(task)
+    key = task.main_metric_key
+    if key in metrics:
+        return float(metrics[key])
+    if key == "acc_and_f1" and "acc" in metrics and "f1" in metrics:
+        return (float(metrics["acc"]) + float(metrics["f1"])) / 2
+    if key == "corr" and "pearson" in metrics and "spearmanr" in metrics:
+        return (float(metrics["pearson"]) + float(metrics["spearmanr"])) / 2
+    raise KeyError(f"metrics of {task.display} lack '{key}': {sorted(metrics)}")
+
+
+def glue_score(results):
+    """GLUE average as the official leaderboard computes it.
+
+    `results`: task name -> metrics dict. Each task contributes its `main_score`; MNLI counts
+    ONCE, as the mean of MNLI-m and MNLI-mm when both are given (the leaderboard rule: it gives
+    78.3 for BERT-base's published test numbers; counting m and mm as two entries gives 78.9).
+    AX is not part of the average. Returns the unweighted mean over the tasks present.
+    """
+    scores = {}
+    for name, metrics in results.items():
+        task = get_task(name)
+        if task.name != "ax":
+            scores[task.name] = main_score(task, metrics)
+    if "mnli-mm" in scores:
+        mm = scores.pop("mnli-mm")
+        scores["mnli"] = (scores["mnli"] + mm) / 2 if "mnli" in scores else mm
+    if not scores:
+        raise ValueError("no GLUE task results to average")
+    return float(sum(scores.values()) / len(scores))
+
+
+def logits_to_predictions(task, logits, label_scale=1.0):
+    """Model outputs -> predictions: argmax label ids, or regression outputs / label_scale
+    (back in 0..5 units; not clipped, so metrics see the raw values)."""
+    task = get_task(task)
+    logits = np.asarray(logits, dtype=np.float64)
+    if task.is_regression:
+        return logits.reshape(-1) / label_scale
+    if logits.ndim != 2 or logits.shape[1] != task.num_labels:
+        raise ValueError(f"{task.display} logits must have shape [N, {task.num_labels}], got {list(logits.shape)}")
+    return logits.argmax(axis=-1)
+
+
+def prediction_strings(task, predictions):
+    """Predictions (label ids or label strings; floats for STS-B) -> submission strings."""
+    task = get_task(task)
+    out = []
+    for p in predictions:
+        if task.is_regression:
+            value = float(p)
+            if not math.isfinite(value):
+                raise ValueError(f"{task.display} prediction {p!r} is not a finite number")
+            out.append(f"{min(max(value, 0.0), STSB_MAX_SCORE):.3f}")
+        elif isinstance(p, str):
+            if p not in task.label_map:
+                raise ValueError(f"unknown {task.display} label {p!r}")
+            out.append(p)
+        else:
+            i = int(p)
+            if not 0 <= i < task.num_labels:
+                raise ValueError(f"{task.display} label id {i} out of range 0..{task.num_labels - 1}")
+            out.append(task.labels[i])
+    return out
+
+
+def write_predictions(task, path_or_dir, indices, predictions, split="test"):
+    """Write a GLUE leaderboard file (`index<TAB>prediction`, label strings, STS-B clipped to
+    0..5) atomically. A directory gets the leaderboard file name (e.g. MNLI-mm.tsv for
+    task mnli + split test_mismatched). Returns the path written."""
+    task = get_task(task)
+    indices, predictions = list(indices), list(predictions)
+    if len(indices) != len(predictions):
+        raise ValueError(f"{len(indices)} indices but {len(predictions)} predictions")
+    path = os.fspath(path_or_dir)
+    if os.path.isdir(path) or path.endswith(("/", os.sep)):
+        path = os.path.join(path, task.submission_file(split))
+    lines = ["index\tprediction"]
+    for i, (index, text) in enumerate(zip(indices, prediction_strings(task, predictions))):
+        lines.append(f"{i if index is None else index}\t{text}")
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
