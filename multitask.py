@@ -1,0 +1,647 @@
+"""Multi-task machinery shared by run_multi_task.py: which task each optimizer step trains.
+
+What lives here (the runner only wires flags to these):
+- task lists: `--tasks all` = the 8 GLUE tasks of the PALs paper in the reference order;
+- sampling schedules (Stickland & Murray 2019, section 4): p_i proportional to N_i^alpha with the real
+  training-set sizes N_i; `prop` (alpha 1), `sqrt` (alpha 0.5), `anneal` (alpha = 1 - 0.8 (e-1)/(E-1)
+  for 1-based epoch e of E) and a round-robin `rr` that, unlike the reference, really cycles;
+- `TaskSampler`: a seeded numpy Generator whose state is checkpointed (exact resume, identical task
+  sequence on every DDP rank because every rank starts from the same seed);
+- `MultiTaskStream`: the engine's step stream over many tasks: one optimizer step = the
+  micro-batches of one task (or of N tasks for gradient surgery), each from that task's EpochStream;
+- gradient surgery combiners for `training.Trainer(grad_combiner=...)`: PCGrad (Yu et al. 2020) and
+  Gradient Vaccine (Wang et al. 2021);
+- reports: expected steps/passes per task, parameter counts and multipliers (`--dry_run`);
+- model selection on the GLUE average (joint best + per-task best modules), early stopping, and the
+  per-epoch dev table.
+"""
+import json
+import math
+import os
+import shutil
+
+import numpy as np
+import torch
+
+from file_utils import ConfigError, atomic_write_json, atomic_write_text
+
+# The task list of the reference (`--tasks all`), in its order: the task index is the position here.
+PAPER_TASKS = ["cola", "mrpc", "mnli", "rte", "sts-b", "sst-2", "qqp", "qnli"]
+SAMPLING_MODES = ("prop", "sqrt", "anneal", "rr")
+PROJECTIONS = ("none", "pcgrad", "vaccine")
+COMBINE_STRATEGIES = ("all", "sampled")
+
+
+# ----------------------------------------------------------------------------------------------
+# Task lists
+# ----------------------------------------------------------------------------------------------
+
+def parse_task_list(spec, known_tasks):
+    """`all` -> PAPER_TASKS; else a comma list of known task names (case-insensitive, unique)."""
+    spec = (spec or "").strip().lower()
+    if spec == "all":
+        return list(PAPER_TASKS)
+    names = [name.strip() for name in spec.split(",") if name.strip()]
+    if not names:
+        raise ConfigError("--tasks is empty: give 'all' or a comma list such as 'cola,rte'")
+    aliases = {"sts": "sts-b", "stsb": "sts-b", "sst": "sst-2", "sst2": "sst-2"}
+    names = [aliases.get(name, name) for name in names]
+    known = [k.lower() for k in known_tasks]
+    for name in names:
+        if name not in known:
+            raise ConfigError(f"unknown task '{name}' in --tasks; known: all, {', '.join(known)}")
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ConfigError(f"task(s) listed twice in --tasks: {', '.join(duplicates)}")
+    return names
+
+
+def parse_task_batch_sizes(spec, tasks):
+    """'cola=16,mnli=64' -> {'cola': 16, 'mnli': 64} (only tasks of this run)."""
+    result = {}
+    if not spec:
+        return result
+    for item in spec.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if "=" not in item:
+            raise ConfigError(f"--task_batch_sizes item '{item}' is not TASK=SIZE")
+        name, value = (part.strip().lower() for part in item.split("=", 1))
+        if name not in tasks:
+            raise ConfigError(f"--task_batch_sizes names '{name}', which is not in --tasks ({', '.join(tasks)})")
+        try:
+            size = int(value)
+        except ValueError:
+            raise ConfigError(f"--task_batch_sizes: batch size for '{name}' is not an integer: '{value}'") from None
+        if size <= 0:
+            raise ConfigError(f"--task_batch_sizes: batch size for '{name}' must be positive, got {size}")
+        result[name] = size
+    return result
+
+
+def batch_size_flag(task):
+    """Per-task batch-size flag name: 'sts-b' -> 'batch_size_sts_b' (dest) / '--batch_size_sts_b'."""
+    return "batch_size_" + task.replace("-", "_")
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling schedules
+# ----------------------------------------------------------------------------------------------
+
+def sampling_alpha(mode, epoch, num_epochs):
+    """Exponent alpha of p_i ~ N_i^alpha for 1-based `epoch` of `num_epochs` (None for rr)."""
+    if mode == "prop":
+        return 1.0
+    if mode == "sqrt":
+        return 0.5
+    if mode == "anneal":
+        if num_epochs <= 1:
+            return 1.0
+        epoch = min(max(int(epoch), 1), int(num_epochs))
+        return 1.0 - 0.8 * (epoch - 1) / (num_epochs - 1)
+    if mode == "rr":
+        return None
+    raise ConfigError(f"unknown sampling mode '{mode}' (choose from {', '.join(SAMPLING_MODES)})")
+
+
+def task_probabilities(sizes, mode, epoch, num_epochs):
+    """Target probability of each task at 1-based `epoch` (rr: the uniform visiting frequency)."""
+    sizes = np.asarray(sizes, dtype=np.float64)
+    if sizes.ndim != 1 or len(sizes) == 0:
+        raise ConfigError("need at least one task to sample from")
+    if np.any(sizes <= 0):
+        raise ConfigError("every task needs at least one training example to be sampled")
+    alpha = sampling_alpha(mode, epoch, num_epochs)
+    if alpha is None:
+        return np.full(len(sizes), 1.0 / len(sizes))
+    weights = sizes ** alpha
+    return weights / weights.sum()
+
+
+def inclusion_probabilities(probs, k):
+    """P(task i is among k tasks drawn WITHOUT replacement, each draw ~ p renormalised).
+
+    This is the law of numpy's Generator.choice(n, k, replace=False, p=p). Exact, by dynamic
+    programming over the sets drawn so far (fine for the <= 10 GLUE tasks).
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    n = len(probs)
+    if k >= n:
+        return np.ones(n)
+    if k <= 0:
+        return np.zeros(n)
+    if n > 16:
+        raise ConfigError("exact inclusion probabilities are limited to 16 tasks")
+    reach = {0: 1.0}  # bitmask of tasks drawn so far -> probability of that set being drawn first
+    for _ in range(k):
+        nxt = {}
+        for mask, p_mask in reach.items():
+            remaining = 1.0 - sum(probs[j] for j in range(n) if mask >> j & 1)
+            for j in range(n):
+                if mask >> j & 1 or probs[j] == 0:
+                    continue
+                nxt[mask | 1 << j] = nxt.get(mask | 1 << j, 0.0) + p_mask * probs[j] / remaining
+        reach = nxt
+    inclusion = np.zeros(n)
+    for mask, p_mask in reach.items():
+        for j in range(n):
+            if mask >> j & 1:
+                inclusion[j] += p_mask
+    return inclusion
+
+
+class TaskSampler:
+    """Chooses the task(s) of each optimizer step; its state is checkpointed for exact resume.
+
+    `sample(epoch, k)` returns k distinct task indices: for prop/sqrt/anneal drawn from a seeded
+    numpy Generator with p_i ~ N_i^alpha(epoch) (k > 1: without replacement); for rr the next k
+    tasks of the cycle 0, 1, ..., K-1, 0, ... Every DDP rank builds the sampler with the same seed
+    and calls it once per step, so all ranks train the same task at every step.
+    """
+
+    def __init__(self, sizes, mode, num_epochs, seed):
+        if mode not in SAMPLING_MODES:
+            raise ConfigError(f"unknown --sample '{mode}' (choose from {', '.join(SAMPLING_MODES)})")
+        self.sizes = [int(s) for s in sizes]
+        task_probabilities(self.sizes, mode, 1, num_epochs)  # validates sizes
+        self.mode, self.num_epochs, self.seed = mode, int(num_epochs), int(seed)
+        self.rng = np.random.default_rng(self.seed)
+        self.rr_next = 0
+        self.counts = [0] * len(self.sizes)
+
+    @property
+    def num_tasks(self):
+        return len(self.sizes)
+
+    def probabilities(self, epoch):
+        return task_probabilities(self.sizes, self.mode, epoch, self.num_epochs)
+
+    def sample(self, epoch, k=1):
+        n = self.num_tasks
+        if not 1 <= k <= n:
+            raise ConfigError(f"cannot train {k} tasks per step with {n} task(s)")
+        if self.mode == "rr":
+            tasks = [(self.rr_next + i) % n for i in range(k)]
+            self.rr_next = (self.rr_next + k) % n
+        elif k == n:
+            tasks = list(range(n))
+        elif k == 1:
+            tasks = [int(self.rng.choice(n, p=self.probabilities(epoch)))]
+        else:
+            tasks = [int(t) for t in self.rng.choice(n, size=k, replace=False, p=self.probabilities(epoch))]
+        for t in tasks:
+            self.counts[t] += 1
+        return tasks
+
+    def state_dict(self):
+        return {"rng": self.rng.bit_generator.state, "rr_next": self.rr_next, "counts": list(self.counts),
+                "mode": self.mode, "sizes": list(self.sizes), "seed": self.seed}
+
+    def load_state_dict(self, state):
+        if list(state["sizes"]) != self.sizes or state["mode"] != self.mode:
+            raise ConfigError("cannot resume: the checkpoint was made with other tasks, data sizes or --sample "
+                              f"(checkpoint: {state['mode']} {state['sizes']}; now: {self.mode} {self.sizes})")
+        self.rng.bit_generator.state = state["rng"]
+        self.rr_next = int(state["rr_next"])
+        self.counts = [int(c) for c in state["counts"]]
+
+
+def schedule_report(task_names, sizes, batch_sizes, mode, num_epochs, steps_per_epoch,
+                    tasks_per_step=1, accumulation=1):
+    """Expected training per task: probabilities per epoch, expected steps and dataset passes.
+
+    A step trains `tasks_per_step` tasks (1 normally); each of its tasks consumes one effective
+    batch of `batch_sizes[i]` examples (accumulation does not change the effective batch).
+    Returns a dict with 'epochs' (list of per-epoch probability lists), 'steps', 'passes'.
+    """
+    del accumulation  # the effective batch is what counts; kept for the caller's clarity
+    epochs = []
+    expected_steps = np.zeros(len(sizes))
+    for epoch in range(1, num_epochs + 1):
+        probs = task_probabilities(sizes, mode, epoch, num_epochs)
+        if mode == "rr":
+            per_step = np.full(len(sizes), min(tasks_per_step, len(sizes)) / len(sizes))
+        else:
+            per_step = inclusion_probabilities(probs, tasks_per_step)
+        epochs.append({"epoch": epoch, "alpha": sampling_alpha(mode, epoch, num_epochs),
+                       "probabilities": probs.tolist()})
+        expected_steps += per_step * steps_per_epoch
+    passes = expected_steps * np.asarray(batch_sizes, dtype=np.float64) / np.asarray(sizes, dtype=np.float64)
+    return {"tasks": list(task_names), "sizes": [int(s) for s in sizes], "batch_sizes": list(batch_sizes),
+            "epochs": epochs, "steps": expected_steps.tolist(), "passes": passes.tolist(),
+            "steps_per_epoch": steps_per_epoch, "num_epochs": num_epochs, "tasks_per_step": tasks_per_step}
+
+
+def format_schedule_report(report):
+    names = report["tasks"]
+    width = max(8, *(len(n) for n in names))
+    lines = [f"Sampling: {report['num_epochs']} epoch(s) x {report['steps_per_epoch']} optimizer steps, "
+             f"{report['tasks_per_step']} task(s) per step",
+             "Task probabilities per epoch:",
+             "epoch  alpha  " + " ".join(f"{n:>{width}}" for n in names)]
+    for row in report["epochs"]:
+        alpha = "   rr" if row["alpha"] is None else f"{row['alpha']:5.3f}"
+        lines.append(f"{row['epoch']:5d}  {alpha}  " + " ".join(f"{p:>{width}.4f}" for p in row["probabilities"]))
+    lines.append("Expected training per task:")
+    lines.append(f"{'task':<{width}} {'train size':>10} {'batch':>6} {'exp. steps':>11} {'exp. passes':>11}")
+    for i, name in enumerate(names):
+        lines.append(f"{name:<{width}} {report['sizes'][i]:>10d} {report['batch_sizes'][i]:>6d} "
+                     f"{report['steps'][i]:>11.1f} {report['passes'][i]:>11.3f}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# The multi-task step stream
+# ----------------------------------------------------------------------------------------------
+
+class MultiTaskStream:
+    """Step stream over several tasks for `training.Trainer.train`.
+
+    `task_streams[i]` is task i's `training.EpochStream` (its own batch size and data position).
+    Each `next_step()` asks the sampler for the step's task(s) and returns the concatenated
+    micro-batches [(task_id, batch), ...]: all micro-batches of a task's share of the step come from
+    that task, so gradient accumulation never mixes tasks within one task's gradient.
+    """
+
+    def __init__(self, task_streams, sampler, steps_per_epoch, tasks_per_step=1):
+        if len(task_streams) != sampler.num_tasks:
+            raise ConfigError("one EpochStream per task is needed")
+        self.task_streams, self.sampler = list(task_streams), sampler
+        self.steps_per_epoch, self.tasks_per_step = int(steps_per_epoch), int(tasks_per_step)
+        self.step = 0
+        self.last_tasks = []
+
+    @property
+    def epoch(self):
+        """1-based epoch of the NEXT step."""
+        return self.step // self.steps_per_epoch + 1
+
+    def next_step(self):
+        tasks = self.sampler.sample(self.epoch, self.tasks_per_step)
+        self.last_tasks = tasks
+        micro_batches = []
+        for t in tasks:
+            micro_batches.extend(self.task_streams[t].next_step())
+        self.step += 1
+        return micro_batches
+
+    def realized_frequencies(self):
+        total = sum(self.sampler.counts)
+        return [c / total if total else 0.0 for c in self.sampler.counts]
+
+    def state_dict(self):
+        return {"step": self.step, "sampler": self.sampler.state_dict(),
+                "streams": [s.state_dict() for s in self.task_streams]}
+
+    def load_state_dict(self, state):
+        self.step = int(state["step"])
+        self.sampler.load_state_dict(state["sampler"])
+        if len(state["streams"]) != len(self.task_streams):
+            raise ConfigError("cannot resume: the checkpoint has a different number of tasks")
+        for stream, s in zip(self.task_streams, state["streams"]):
+            stream.load_state_dict(s)
+
+
+# ----------------------------------------------------------------------------------------------
+# Gradient surgery
+# ----------------------------------------------------------------------------------------------
+
+def _other_orders(num, rng):
+    """For each task i, the other tasks in a random order (rng=None: ascending)."""
+    orders = []
+    for i in range(num):
+        others = [j for j in range(num) if j != i]
+        if rng is not None:
+            others = [others[k] for k in rng.permutation(len(others))]
+        orders.append(others)
+    return orders
+
+
+def pcgrad(grads, orders=None):
+    """PCGrad (Yu et al. 2020): project away each task gradient's conflicts, then sum.
+
+    For each g_i: over the other tasks j in `orders[i]`, if g_i . g_j < 0 then
+    g_i <- g_i - (g_i . g_j / |g_j|^2) g_j, with g_i the running projected copy and g_j the ORIGINAL
+    gradient of task j. Returns sum_i g_i (flat tensor, dtype of the inputs).
+    """
+    grads = [g.reshape(-1) for g in grads]
+    orders = orders if orders is not None else _other_orders(len(grads), None)
+    total = torch.zeros_like(grads[0])
+    for i, g in enumerate(grads):
+        gi = g.clone()
+        for j in orders[i]:
+            gj = grads[j]
+            dot = torch.dot(gi.double(), gj.double())
+            if dot < 0:
+                norm_sq = torch.dot(gj.double(), gj.double())
+                if norm_sq > 0:
+                    gi -= (dot / norm_sq).to(gi.dtype) * gj
+        total += gi
+    return total
+
+
+def gradvac(grads, phi_hat, beta, orders=None):
+    """Gradient Vaccine (Wang et al. 2021) for one step; updates the EMA `phi_hat` (K x K) in place.
+
+    For each g_i (running copy) and each other j in `orders[i]`: phi = cos(g_i, g_j); if
+    phi < phi_hat[i, j], g_i <- g_i + g_j |g_i| (phi_hat sqrt(1-phi^2) - phi sqrt(1-phi_hat^2))
+    / (|g_j| sqrt(1-phi_hat^2)), which sets cos(g_i, g_j) to phi_hat; then
+    phi_hat[i, j] <- (1-beta) phi_hat[i, j] + beta phi. `phi_hat` is indexed by the positions in
+    `grads` (callers map global task ids). Returns sum_i g_i.
+    """
+    grads = [g.reshape(-1) for g in grads]
+    orders = orders if orders is not None else _other_orders(len(grads), None)
+    total = torch.zeros_like(grads[0])
+    for i, g in enumerate(grads):
+        gi = g.clone()
+        for j in orders[i]:
+            gj = grads[j]
+            norm_i = torch.linalg.vector_norm(gi.double())
+            norm_j = torch.linalg.vector_norm(gj.double())
+            if norm_i == 0 or norm_j == 0:
+                continue
+            phi = (torch.dot(gi.double(), gj.double()) / (norm_i * norm_j)).clamp(-1.0, 1.0).item()
+            target = float(phi_hat[i][j])
+            if phi < target:
+                coef = (norm_i * (target * math.sqrt(max(0.0, 1 - phi * phi))
+                                  - phi * math.sqrt(max(0.0, 1 - target * target)))
+                        / (norm_j * math.sqrt(max(1e-12, 1 - target * target))))
+                gi += coef.to(gi.dtype) * gj
+            phi_hat[i][j] = (1 - beta) * target + beta * phi
+        total += gi
+    return total
+
+
+class GradientCombiner:
+    """`grad_combiner` for training.Trainer: combines per-task flat gradients of the shared params.
+
+    Called as combiner(grads) or combiner(grads, task_ids); `task_ids` (global task indices of the
+    grads, in order) lets the vaccine keep one EMA per task pair; without them the positions are
+    used. The random order over the other tasks comes from a seeded numpy Generator: the same on
+    every DDP rank, and its state (plus the vaccine EMA) is in `state_dict()` for exact resume.
+    """
+
+    def __init__(self, method, num_tasks, seed=0, beta=0.01):
+        if method not in ("sum", "pcgrad", "vaccine"):
+            raise ConfigError(f"unknown gradient combination '{method}'")
+        self.method, self.num_tasks, self.beta = method, int(num_tasks), float(beta)
+        self.rng = np.random.default_rng(seed)
+        self.phi_hat = np.zeros((self.num_tasks, self.num_tasks), dtype=np.float64)
+        self.calls = 0
+
+    def __call__(self, grads, task_ids=None):
+        grads = list(grads)
+        self.calls += 1
+        if self.method == "sum":
+            return torch.stack([g.reshape(-1) for g in grads]).sum(0)
+        orders = _other_orders(len(grads), self.rng)
+        if self.method == "pcgrad":
+            return pcgrad(grads, orders)
+        ids = list(task_ids) if task_ids is not None else list(range(len(grads)))
+        local = self.phi_hat[np.ix_(ids, ids)].copy()
+        result = gradvac(grads, local, self.beta, orders)
+        for a, ta in enumerate(ids):
+            for b, tb in enumerate(ids):
+                if a != b:
+                    self.phi_hat[ta, tb] = local[a][b]
+        return result
+
+    def state_dict(self):
+        return {"method": self.method, "rng": self.rng.bit_generator.state, "phi_hat": self.phi_hat.tolist(),
+                "calls": self.calls, "beta": self.beta}
+
+    def load_state_dict(self, state):
+        self.rng.bit_generator.state = state["rng"]
+        self.phi_hat = np.asarray(state["phi_hat"], dtype=np.float64)
+        self.calls = int(state["calls"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Parameter report
+# ----------------------------------------------------------------------------------------------
+
+def parameter_report(model, task_names, count_fn):
+    """Total / shared / per-task parameter counts and multipliers (`count_fn` = modeling.count_parameters).
+
+    'one BERT' = the shared parameters (encoder + pooler, i.e. what one fine-tuned BERT without its head
+    has); K separate fine-tuned BERTs = K x (one BERT + that task's head only).
+    """
+    total = count_fn(model)
+    shared = _count_unique(model.shared_parameters())
+    per_task = [_count_unique(model.task_parameters(t)) for t in range(len(task_names))]
+    heads = [_count_unique(model.heads[t].parameters()) for t in range(len(task_names))]
+    separate = sum(shared + h for h in heads)
+    return {"total": int(total), "shared": int(shared), "per_task": dict(zip(task_names, map(int, per_task))),
+            "task_specific_total": int(total - shared), "one_bert": int(shared),
+            "multiplier_vs_one_bert": total / shared if shared else float("nan"),
+            "separate_models_total": int(separate), "separate_multiplier": separate / shared if shared else float("nan"),
+            "fewer_than_separate": separate / total if total else float("nan")}
+
+
+def _count_unique(params):
+    seen, n = set(), 0
+    for p in params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            n += p.numel()
+    return n
+
+
+def format_parameter_report(report):
+    lines = ["Parameters:",
+             f"  total                     {report['total']:>14,d}  ({report['multiplier_vs_one_bert']:.3f}x one BERT)",
+             f"  shared encoder (one BERT) {report['shared']:>14,d}",
+             f"  task-specific, all tasks  {report['task_specific_total']:>14,d}"]
+    for name, n in report["per_task"].items():
+        lines.append(f"    {name:<23} {n:>14,d}  (modules + head)")
+    k = len(report["per_task"])
+    lines.append(f"  {k} separate fine-tuned BERTs {report['separate_models_total']:>12,d}  "
+                 f"({report['separate_multiplier']:.2f}x one BERT; this model is "
+                 f"{report['fewer_than_separate']:.2f}x smaller)")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation table, model selection, early stopping
+# ----------------------------------------------------------------------------------------------
+
+def glue_average(main_scores):
+    """Unweighted mean of the tasks' main scores (the selection criterion; the reference used the sum)."""
+    values = [float(v) for v in main_scores.values()]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def format_eval_table(epoch, results, main_scores, average):
+    """results: {task: {metric: value}}; main_scores: {task: value}. Scores are shown as 0-100."""
+    width = max(8, *(len(t) for t in results))
+    lines = [f"Dev results after epoch {epoch}:",
+             f"{'task':<{width}} | {'metrics':<52} | main"]
+    for task, metrics in results.items():
+        shown = ", ".join(f"{k} {_pct(v)}" for k, v in metrics.items() if k not in ("loss",) and _is_number(v))
+        lines.append(f"{task:<{width}} | {shown:<52} | {_pct(main_scores[task])}")
+    lines.append(f"{'GLUE avg':<{width}} | {'':<52} | {_pct(average)}")
+    return "\n".join(lines)
+
+
+def _is_number(v):
+    return isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)
+
+
+def _pct(v):
+    v = float(v)
+    return "  nan" if math.isnan(v) else f"{100 * v:5.2f}"
+
+
+def save_dir_atomically(directory, save_fn):
+    """Write a whole folder via `save_fn(tmp_dir)`, then swap it in: a kill leaves the old or the new one."""
+    directory = os.path.abspath(directory)
+    tmp, old = directory + ".tmp", directory + ".old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    save_fn(tmp)
+    if os.path.exists(directory):
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_atomic_dir(directory):
+    """After a crash between the two renames of save_dir_atomically, put the old folder back."""
+    directory = os.path.abspath(directory)
+    if not os.path.exists(directory) and os.path.isdir(directory + ".old"):
+        os.replace(directory + ".old", directory)
+    shutil.rmtree(directory + ".tmp", ignore_errors=True)
+
+
+def save_task_parameters(model, task_id, task_name, directory, info):
+    """Save ONLY task `task_id`'s parameters (its modules + head) and `info` (epoch, score)."""
+    from safetensors.torch import save_file
+    names = task_parameter_names(model, task_id)
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items() if k in names}
+
+    def write(tmp):
+        save_file(state, os.path.join(tmp, "task_parameters.safetensors"))
+        atomic_write_json(os.path.join(tmp, "task_info.json"), dict(info, task=task_name, task_id=task_id,
+                                                                     num_parameters=sum(v.numel() for v in state.values())))
+    save_dir_atomically(directory, write)
+
+
+def task_parameter_names(model, task_id):
+    """State-dict names of the parameters that belong to task `task_id` only."""
+    ids = {id(p) for p in model.task_parameters(task_id)}
+    return {name for name, p in model.named_parameters(remove_duplicate=False) if id(p) in ids}
+
+
+def assemble_per_task_best(model, per_task_dir, task_names):
+    """Load each task's own-best parameters from per_task_dir/<task>/ into `model` (in place).
+
+    `model` should hold the selected joint model (output_dir/best/); returns {task: epoch}.
+    """
+    from safetensors.torch import load_file
+    epochs = {}
+    own = model.state_dict()
+    for task_id, task in enumerate(task_names):
+        folder = os.path.join(per_task_dir, task)
+        path = os.path.join(folder, "task_parameters.safetensors")
+        if not os.path.exists(path):
+            raise ConfigError(f"no per-task best parameters for '{task}' in {folder}")
+        with open(os.path.join(folder, "task_info.json"), encoding="utf-8") as f:
+            info = json.load(f)
+        if int(info["task_id"]) != task_id:
+            raise ConfigError(f"{folder}: saved for task id {info['task_id']}, expected {task_id}")
+        state = load_file(path)
+        for name, value in state.items():
+            if name not in own or own[name].shape != value.shape:
+                raise ConfigError(f"{path}: parameter {name} does not fit the model")
+            own[name].copy_(value)
+        epochs[task] = int(info["epoch"])
+    return epochs
+
+
+class ModelSelector:
+    """Keeps the best GLUE-average epoch (and each task's own best), counts patience.
+
+    State lives in the plain dict `state` (the Trainer's extra_state) so that a resumed run
+    continues with the same history, best scores and patience counter.
+    """
+
+    def __init__(self, state, task_names, patience=0):
+        self.state, self.task_names, self.patience = state, list(task_names), int(patience)
+        state.setdefault("history", [])
+        state.setdefault("best_average", None)
+        state.setdefault("best_epoch", None)
+        state.setdefault("task_best", {})  # task -> {"score", "epoch"}
+        state.setdefault("bad_epochs", 0)
+
+    def update(self, epoch, results, main_scores, average):
+        """Record an epoch; returns (joint_improved, [tasks whose own best improved], stop)."""
+        self.state["history"].append({"epoch": epoch, "results": _plain(results),
+                                      "main": _plain(main_scores), "glue_average": float(average)})
+        best = self.state["best_average"]
+        improved = not math.isnan(average) and (best is None or average > best)
+        if improved:
+            self.state["best_average"], self.state["best_epoch"] = float(average), epoch
+            self.state["bad_epochs"] = 0
+        else:
+            self.state["bad_epochs"] += 1
+        task_improved = []
+        for task, score in main_scores.items():
+            prev = self.state["task_best"].get(task)
+            if not math.isnan(score) and (prev is None or score > prev["score"]):
+                self.state["task_best"][task] = {"score": float(score), "epoch": epoch}
+                task_improved.append(task)
+        stop = self.patience > 0 and self.state["bad_epochs"] >= self.patience
+        return improved, task_improved, stop
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, torch.Tensor):
+        return obj.item() if obj.numel() == 1 else obj.tolist()
+    return obj
+
+
+def write_results(output_dir, results):
+    """results.json (machine-readable, for scripts/collect_results.py) + eval_results.txt."""
+    results = _plain(results)
+    atomic_write_json(os.path.join(output_dir, "results.json"), results)
+    lines = [f"best_epoch = {results.get('best_epoch')}", f"best_glue_average = {results.get('best_glue_average')}"]
+    best = next((h for h in results.get("history", []) if h["epoch"] == results.get("best_epoch")), None)
+    if best:
+        for task, metrics in best["results"].items():
+            for key, value in metrics.items():
+                lines.append(f"{task}.{key} = {value}")
+    params = results.get("parameters") or {}
+    for key in ("total", "shared", "multiplier_vs_one_bert"):
+        if key in params:
+            lines.append(f"parameters.{key} = {params[key]}")
+    atomic_write_text(os.path.join(output_dir, "eval_results.txt"), "\n".join(lines) + "\n")
+
+
+def combination_plan(num_tasks, projection, tasks_per_step, combine_strategy):
+    """Resolve --projection/--tasks_per_step/--combine_strategy into (tasks_per_step, strategy, method)."""
+    if projection not in PROJECTIONS:
+        raise ConfigError(f"unknown --projection '{projection}'")
+    if tasks_per_step is None:
+        tasks_per_step = num_tasks if projection != "none" else 1
+    if not 1 <= tasks_per_step <= num_tasks:
+        raise ConfigError(f"--tasks_per_step must be between 1 and the number of tasks ({num_tasks}), "
+                          f"got {tasks_per_step}")
+    if projection != "none" and tasks_per_step < 2:
+        raise ConfigError(f"--projection {projection} needs at least 2 tasks per step (--tasks_per_step)")
+    if combine_strategy is None:
+        combine_strategy = "all" if tasks_per_step == num_tasks else "sampled"
+    if combine_strategy not in COMBINE_STRATEGIES:
+        raise ConfigError(f"unknown --combine_strategy '{combine_strategy}'")
+    if combine_strategy == "all" and tasks_per_step != num_tasks:
+        raise ConfigError("--combine_strategy all trains every task at every step: use it with "
+                          f"--tasks_per_step {num_tasks} (or leave --tasks_per_step out)")
+    method = {"none": "sum", "pcgrad": "pcgrad", "vaccine": "vaccine"}[projection]
+    return tasks_per_step, combine_strategy, method
