@@ -1,0 +1,1048 @@
+"""BERT with task-specific modules (PALs and friends) for multi-task fine-tuning.
+
+What lives here, top to bottom:
+- `BertConfig`: the standard BERT keys, the adapter keys of the PALs reference
+  (Stickland & Murray, ICML 2019) and the task metadata saved with a fine-tuned model.
+  Strict: an unknown or ill-typed key is a `ConfigError` naming the key.
+- The encoder (`BertModel`): embeddings, layers using `F.scaled_dot_product_attention`, pooler.
+  State-dict names are the Hugging Face BERT names, so checkpoints move both ways.
+- Adapters, each written once and keyed by task id (`TaskModuleList`): `PAL` (projected
+  attention layer, V^E/V^D shared across layers), `LowRankAdapter` (also the Houlsby
+  bottleneck), `LHUC`, `TopProjectedAttention`. `BertLayer` composes them in three slots:
+  serial after the attention output, serial/parallel at the FFN output, parallel to the layer.
+- Heads (`classification`, `regression`, `span`, `token`, `choice`, `pretraining`) and
+  `BertForMultiTask`, which routes ONE task id per batch through adapters and head.
+- Checkpoint loading/saving (`from_pretrained`, `save_pretrained`) and parameter grouping
+  (`count_parameters`, shared vs task-specific parameters).
+
+This module knows nothing about files of tasks, tokenizers or the CLI (see docs/CONTRACT.md).
+"""
+import json
+import logging
+import math
+import os
+import re
+import shutil
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from file_utils import ConfigError, atomic_open, atomic_write_json, resolve_model_dir
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAMES = ("config.json", "bert_config.json")
+WEIGHTS_NAMES = ("model.safetensors", "pytorch_model.bin")
+HEAD_TYPES = ("classification", "regression", "span", "token", "choice", "pretraining")
+TOP_NUM_BLOCKS = 6  # stacked attention blocks in the top projected-attention module (reference constant)
+# Additive attention-mask value: the reference's -10000 fits fp16/bf16 and makes exp() underflow to 0.
+MASK_VALUE = -10000.0
+
+# ----------------------------------------------------------------------------------------------
+# Config
+# ----------------------------------------------------------------------------------------------
+
+# key -> (kind, default). Kinds: int, float, bool, str, and "?x" = x or None, "list:x" = list of x.
+STANDARD_KEYS = OrderedDict([
+    ("vocab_size", ("int", 30522)),
+    ("hidden_size", ("int", 768)),
+    ("num_hidden_layers", ("int", 12)),
+    ("num_attention_heads", ("int", 12)),
+    ("intermediate_size", ("int", 3072)),
+    ("hidden_act", ("str", "gelu")),
+    ("hidden_dropout_prob", ("float", 0.1)),
+    ("attention_probs_dropout_prob", ("float", 0.1)),
+    ("max_position_embeddings", ("int", 512)),
+    ("type_vocab_size", ("int", 2)),
+    ("initializer_range", ("float", 0.02)),
+    ("layer_norm_eps", ("float", 1e-12)),
+    ("pad_token_id", ("int", 0)),
+    ("classifier_dropout", ("?float", None)),  # HF key: dropout before heads; None = hidden_dropout_prob
+])
+ADAPTER_KEYS = OrderedDict([
+    ("hidden_size_aug", ("int", 204)),
+    ("pals", ("bool", False)),
+    ("mult", ("bool", False)),
+    ("houlsby", ("bool", False)),
+    ("houlsby_original", ("bool", False)),
+    ("top", ("bool", False)),
+    ("bert_lay_top", ("bool", False)),
+    ("lhuc", ("bool", False)),
+    ("extra_dim", ("?int", None)),
+    ("num_tasks", ("int", 1)),
+    ("pal_num_heads", ("int", 6)),
+    ("top_num_heads", ("int", 12)),
+])
+TASK_KEYS = OrderedDict([
+    ("task_names", ("?list:str", None)),
+    ("task_num_labels", ("?list:int", None)),
+    ("task_types", ("?list:str", None)),
+])
+ALL_KEYS = OrderedDict(list(STANDARD_KEYS.items()) + list(ADAPTER_KEYS.items()) + list(TASK_KEYS.items()))
+# Standard keys that fix tensor shapes or the function computed: an adapter config must agree with
+# the checkpoint on these. (Dropout/init keys of an adapter config simply override the checkpoint's.)
+STRUCTURAL_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                   "intermediate_size", "hidden_act", "max_position_embeddings", "type_vocab_size",
+                   "layer_norm_eps")
+# Bookkeeping keys written by Hugging Face / older tools: accepted and ignored (checked where they matter).
+IGNORED_KEYS = frozenset([
+    "architectures", "model_type", "transformers_version", "_name_or_path", "gradient_checkpointing",
+    "position_embedding_type", "use_cache", "torch_dtype", "dtype", "output_past", "bos_token_id",
+    "eos_token_id", "sep_token_id", "cls_token_id", "id2label", "label2id", "finetuning_task",
+    "problem_type", "is_decoder", "add_cross_attention", "chunk_size_feed_forward", "output_attentions",
+    "output_hidden_states", "return_dict", "torchscript", "tie_word_embeddings", "directionality",
+    "pooler_fc_size", "pooler_num_attention_heads", "pooler_num_fc_layers", "pooler_size_per_head",
+    "pooler_type", "tokenizer_class", "prefix", "pruned_heads", "tf_legacy_loss", "use_bfloat16",
+    "_attn_implementation_autoset", "num_labels", "embedding_size",
+])
+ACTIVATIONS = {
+    "gelu": F.gelu,
+    "relu": F.relu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "silu": F.silu,
+    "swish": F.silu,
+    "tanh": torch.tanh,
+}
+
+
+def _check_type(key, kind, value):
+    """Return `value` if it has the kind declared for `key`, else raise ConfigError."""
+    if kind.startswith("?"):
+        if value is None:
+            return value
+        kind = kind[1:]
+    if kind.startswith("list:"):
+        inner = kind[5:]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' must be a list of {inner}, got {value!r}")
+        return [_check_type(key, inner, v) for v in value]
+    ok = {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "bool": isinstance(value, bool),
+        "str": isinstance(value, str),
+    }[kind]
+    if not ok:
+        raise ConfigError(f"config key '{key}' must be {kind}, got {type(value).__name__} {value!r}")
+    return float(value) if kind == "float" else value
+
+
+class BertConfig:
+    """BERT + adapter configuration. See docs/sections/modeling.md for every key."""
+
+    def __init__(self, **kwargs):
+        for key, (_, default) in ALL_KEYS.items():
+            setattr(self, key, list(default) if isinstance(default, list) else default)
+        # Keys the user actually wrote: only those of an adapter config override a checkpoint's.
+        self._explicit = set()
+        for key, value in kwargs.items():
+            if key in ALL_KEYS:
+                setattr(self, key, _check_type(key, ALL_KEYS[key][0], value))
+                self._explicit.add(key)
+            elif key in IGNORED_KEYS:
+                if key == "position_embedding_type" and value != "absolute":
+                    raise ConfigError(f"config key 'position_embedding_type' must be \"absolute\" "
+                                      f"(only absolute position embeddings are implemented), got {value!r}")
+                if key == "model_type" and value not in ("bert", None):
+                    raise ConfigError(f"config key 'model_type' is {value!r}; only \"bert\" models are supported")
+            else:
+                raise ConfigError(f"unknown config key '{key}' (value {value!r})")
+        self.validate()
+
+    # -- construction / serialisation -----------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d):
+        if not isinstance(d, dict):
+            raise ConfigError(f"a BERT config must be a JSON object, got {type(d).__name__}")
+        return cls(**d)
+
+    @classmethod
+    def from_json_file(cls, path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not valid JSON: {exc}") from exc
+        try:
+            config = cls.from_dict(d)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+        config._path = str(path)
+        return config
+
+    def to_dict(self):
+        d = {key: getattr(self, key) for key in ALL_KEYS}
+        d["model_type"] = "bert"  # lets transformers' AutoConfig read our config.json
+        return d
+
+    def to_json_string(self):
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, path):
+        atomic_write_json(path, self.to_dict())
+
+    def copy(self):
+        new = BertConfig.from_dict(self.to_dict())
+        new._explicit = set(self._explicit)
+        return new
+
+    def __eq__(self, other):
+        return isinstance(other, BertConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self):
+        return f"BertConfig {self.to_json_string()}"
+
+    # -- checks ---------------------------------------------------------------------------------
+    def validate(self):
+        """Raise ConfigError for values/combinations that would crash or silently misbehave later."""
+        for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                    "max_position_embeddings", "type_vocab_size", "hidden_size_aug", "num_tasks",
+                    "pal_num_heads", "top_num_heads"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"config key '{key}' must be >= 1, got {getattr(self, key)}")
+        if self.extra_dim is not None and self.extra_dim < 1:
+            raise ConfigError(f"config key 'extra_dim' must be >= 1 or null, got {self.extra_dim}")
+        for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
+            value = getattr(self, key)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ConfigError(f"config key '{key}' must be in [0, 1), got {value}")
+        if self.hidden_act not in ACTIVATIONS:
+            raise ConfigError(f"config key 'hidden_act' must be one of {sorted(ACTIVATIONS)}, got {self.hidden_act!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(f"hidden_size ({self.hidden_size}) must be divisible by "
+                              f"num_attention_heads ({self.num_attention_heads})")
+        if self.houlsby and self.mult:
+            raise ConfigError("config keys 'houlsby' and 'mult' are both true: choose one adapter placement")
+        if self.houlsby and self.houlsby_original:
+            raise ConfigError("config keys 'houlsby' (reference placement) and 'houlsby_original' are both true")
+        if self.pals and not (self.mult or self.houlsby):
+            raise ConfigError("config key 'pals' needs 'mult' (PALs in parallel to each layer) or 'houlsby'")
+        if self.pals and self.hidden_size_aug % self.pal_num_heads:
+            raise ConfigError(f"hidden_size_aug ({self.hidden_size_aug}) must be divisible by "
+                              f"pal_num_heads ({self.pal_num_heads}) for PALs")
+        if self.bert_lay_top and not self.top:
+            raise ConfigError("config key 'bert_lay_top' needs 'top': true")
+        if self.top and not self.bert_lay_top and self.hidden_size_aug % self.top_num_heads:
+            raise ConfigError(f"hidden_size_aug ({self.hidden_size_aug}) must be divisible by "
+                              f"top_num_heads ({self.top_num_heads}) for top projected attention")
+        for key in TASK_KEYS:
+            value = getattr(self, key)
+            if value is not None and len(value) != self.num_tasks:
+                raise ConfigError(f"config key '{key}' has {len(value)} entries but num_tasks is {self.num_tasks}")
+        if self.task_types is not None:
+            for t in self.task_types:
+                if t not in HEAD_TYPES:
+                    raise ConfigError(f"config key 'task_types': unknown head type {t!r} (known: {', '.join(HEAD_TYPES)})")
+
+    @property
+    def has_adapters(self):
+        return any((self.mult, self.houlsby, self.houlsby_original, self.top, self.lhuc))
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoder building blocks (Hugging Face names)
+# ----------------------------------------------------------------------------------------------
+
+class TaskModuleList(nn.ModuleList):
+    """One module per task; index = task id. Marks its parameters as task-specific."""
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids, token_type_ids=None):
+        seq_len = input_ids.shape[1]
+        position_ids = torch.arange(seq_len, device=input_ids.device)
+        x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
+        if token_type_ids is None:
+            x = x + self.token_type_embeddings.weight[0]
+        else:
+            x = x + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(x))
+
+
+class BertSelfAttention(nn.Module):
+    """Multi-head self-attention without output projection, on `size`-dim inputs.
+
+    Used for BERT's own attention (size d, 12 heads), inside PALs (size d_s, pal_num_heads)
+    and in the top projected attention (size d_s, top_num_heads).
+    """
+
+    def __init__(self, size, num_heads, dropout):
+        super().__init__()
+        if size % num_heads:
+            raise ConfigError(f"attention size {size} is not divisible by its {num_heads} heads")
+        self.num_heads, self.head_size = num_heads, size // num_heads
+        self.query = nn.Linear(size, size)
+        self.key = nn.Linear(size, size)
+        self.value = nn.Linear(size, size)
+        self.dropout_p = dropout
+
+    def forward(self, x, mask):  # x [B,S,size], mask additive [B,1,1,S] or None
+        B, S, _ = x.shape
+
+        def heads(t):  # [B,S,size] -> [B,h,S,hd]
+            return t.view(B, S, self.num_heads, self.head_size).transpose(1, 2)
+
+        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        if mask is not None and mask.dtype != q.dtype:  # autocast: q is fp16/bf16
+            mask = mask.to(q.dtype)
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                             dropout_p=self.dropout_p if self.training else 0.0)
+        return ctx.transpose(1, 2).reshape(B, S, self.num_heads * self.head_size)
+
+
+class BertSelfOutput(nn.Module):
+    """dense -> dropout -> [serial adapter: x + A_t(x)] -> LayerNorm(x + input)."""
+
+    def __init__(self, size, dropout, eps, adapters=None):
+        super().__init__()
+        self.dense = nn.Linear(size, size)
+        self.LayerNorm = nn.LayerNorm(size, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+        self.adapters = adapters
+
+    def forward(self, x, input_tensor, task_id=0, mask=None):
+        x = self.dropout(self.dense(x))
+        if self.adapters is not None:
+            x = x + self.adapters[task_id](x, mask)
+        return self.LayerNorm(x + input_tensor)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, size, num_heads, attn_dropout, hidden_dropout, eps, adapters=None):
+        super().__init__()
+        self.self = BertSelfAttention(size, num_heads, attn_dropout)
+        self.output = BertSelfOutput(size, hidden_dropout, eps, adapters)
+
+    def forward(self, x, mask, task_id=0):
+        return self.output(self.self(x, mask), x, task_id, mask)
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = ACTIVATIONS[config.hidden_act]
+
+    def forward(self, x):
+        return self.act(self.dense(x))
+
+
+class BertOutput(nn.Module):
+    """dense -> dropout -> [+ A_t(.)] -> [+ parallel branch] -> LayerNorm(. + ffn_input).
+
+    `serial=True`: the adapter reads the FFN output (Houlsby et al. 2019);
+    `serial=False`: it reads the FFN input (the reference's Houlsby-style A2, in parallel to the FFN).
+    """
+
+    def __init__(self, config, adapters=None, serial=False):
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.adapters = adapters
+        self.serial = serial
+
+    def forward(self, x, input_tensor, task_id=0, mask=None, parallel=None):
+        y = self.dropout(self.dense(x))
+        if self.adapters is not None:
+            y = y + self.adapters[task_id](y if self.serial else input_tensor, mask)
+        if parallel is not None:
+            y = y + parallel
+        return self.LayerNorm(y + input_tensor)
+
+
+# ----------------------------------------------------------------------------------------------
+# Adapters (each written once; all take (x, mask) so a slot can hold any of them)
+# ----------------------------------------------------------------------------------------------
+
+class LowRankAdapter(nn.Module):
+    """TS(x) = V^D GELU(V^E x): the reference low-rank adapter and the Houlsby bottleneck.
+
+    `near_identity=True` (Houlsby et al. 2019): weights ~ N(0, 1e-2) truncated at 2 std, biases 0,
+    so x + TS(x) ~ x at init. Otherwise the BERT init N(0, initializer_range) of the reference.
+    """
+
+    def __init__(self, size, bottleneck, near_identity=False):
+        super().__init__()
+        self.down = nn.Linear(size, bottleneck)
+        self.up = nn.Linear(bottleneck, size)
+        self.near_identity = near_identity
+
+    def forward(self, x, mask=None):
+        return self.up(F.gelu(self.down(x)))
+
+
+class PAL(nn.Module):
+    """Projected attention layer: TS(h) = GELU(V^D MHA(V^E h)).
+
+    Only the multi-head attention in the small dimension is per layer. V^E / V^D are per task and
+    shared by every layer: they are registered once on the encoder (`pal_encoders.T`,
+    `pal_decoders.T`) and held here by plain reference, so the state dict has no aliases.
+    """
+
+    def __init__(self, config, size, encoder, decoder):
+        super().__init__()
+        self.attention = BertSelfAttention(size, config.pal_num_heads, config.attention_probs_dropout_prob)
+        self._shared = (encoder, decoder)  # a tuple is not registered as submodules on purpose
+
+    @property
+    def encoder(self):
+        return self._shared[0]
+
+    @property
+    def decoder(self):
+        return self._shared[1]
+
+    def forward(self, x, mask=None):
+        enc, dec = self._shared
+        return F.gelu(dec(self.attention(enc(x), mask)))
+
+
+class LHUC(nn.Module):
+    """Learning hidden unit contributions: x * 2 sigmoid(v), v = 0 at init (identity)."""
+
+    def __init__(self, size):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(size))
+
+    def forward(self, x, mask=None):
+        return x * (2.0 * torch.sigmoid(self.weight))
+
+
+class BertLayer(nn.Module):
+    """One transformer layer whose adapter slots are filled by the encoder from the config.
+
+    Slots (each a TaskModuleList or None):
+    - `attention.output.adapters`: serial, x + A_t(x) after the attention output dense.
+    - `output.adapters`: at the FFN output, serial (reads FFN output) or parallel (reads FFN input).
+    - `adapters`: parallel to the whole layer, reads the layer input h, added before the output LN
+      (PALs / low-rank of `mult`): out = LN2(F(a) + a + TS_t(h)).
+    - `lhuc`: scales the `adapters` output if present, else the layer output.
+    """
+
+    def __init__(self, config, attn_adapters=None, ffn_adapters=None, ffn_serial=False, adapters=None, lhuc=None):
+        super().__init__()
+        self.attention = BertAttention(config.hidden_size, config.num_attention_heads,
+                                       config.attention_probs_dropout_prob, config.hidden_dropout_prob,
+                                       config.layer_norm_eps, attn_adapters)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertOutput(config, ffn_adapters, ffn_serial)
+        self.adapters = adapters
+        self.lhuc = lhuc
+
+    def forward(self, h, mask, task_id=0):
+        a = self.attention(h, mask, task_id)
+        parallel = None
+        if self.adapters is not None:
+            parallel = self.adapters[task_id](h, mask)
+            if self.lhuc is not None:
+                parallel = self.lhuc[task_id](parallel)
+        out = self.output(self.intermediate(a), a, task_id, mask, parallel)
+        if self.lhuc is not None and self.adapters is None:
+            out = self.lhuc[task_id](out)
+        return out
+
+
+class TopProjectedAttention(nn.Module):
+    """Per-task top module: V^E -> 6 x (attention block in d_s with dense+dropout+residual+LN) -> V^D.
+
+    Its output replaces the last layer's hidden states (no residual, no nonlinearity: reference).
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        a = config.hidden_size_aug
+        self.down = nn.Linear(config.hidden_size, a)
+        self.blocks = nn.ModuleList(
+            BertAttention(a, config.top_num_heads, config.attention_probs_dropout_prob,
+                          config.hidden_dropout_prob, config.layer_norm_eps)
+            for _ in range(TOP_NUM_BLOCKS))
+        self.up = nn.Linear(a, config.hidden_size)
+
+    def forward(self, h, mask, task_id=0):
+        x = self.down(h)
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.up(x)
+
+
+class BertEncoder(nn.Module):
+    """The stack of layers plus the adapters the config asks for (see BertLayer for the slots)."""
+
+    def __init__(self, config):
+        super().__init__()
+        T, d, a = config.num_tasks, config.hidden_size, config.hidden_size_aug
+        low_rank_dim = config.extra_dim or a
+        if config.pals:
+            # Per-task V^E / V^D shared across all layers (the reference's mult_aug_dense / dense2).
+            self.pal_encoders = TaskModuleList(nn.Linear(d, a) for _ in range(T))
+            self.pal_decoders = TaskModuleList(nn.Linear(a, d) for _ in range(T))
+
+        def pal_or_low_rank():
+            if config.pals:
+                return TaskModuleList(PAL(config, a, self.pal_encoders[t], self.pal_decoders[t]) for t in range(T))
+            return TaskModuleList(LowRankAdapter(d, low_rank_dim) for _ in range(T))
+
+        def bottlenecks(near_identity):
+            return TaskModuleList(LowRankAdapter(d, low_rank_dim, near_identity) for _ in range(T))
+
+        layers = []
+        for _ in range(config.num_hidden_layers):
+            slots = {}
+            if config.mult:
+                slots["adapters"] = pal_or_low_rank()
+            if config.houlsby:  # reference: A1 serial after attention dense, A2 parallel to the FFN
+                slots["attn_adapters"] = bottlenecks(False)
+                slots["ffn_adapters"] = pal_or_low_rank()
+            if config.houlsby_original:  # Houlsby et al. 2019: serial after attention and after FFN
+                slots["attn_adapters"] = bottlenecks(True)
+                slots["ffn_adapters"] = bottlenecks(True)
+                slots["ffn_serial"] = True
+            if config.lhuc:
+                slots["lhuc"] = TaskModuleList(LHUC(d) for _ in range(T))
+            layers.append(BertLayer(config, **slots))
+        self.layer = nn.ModuleList(layers)
+        self.top = None
+        if config.top:
+            if config.bert_lay_top:
+                self.top = TaskModuleList(BertLayer(config) for _ in range(T))
+            else:
+                self.top = TaskModuleList(TopProjectedAttention(config) for _ in range(T))
+
+    def forward(self, h, mask, task_id=0):
+        for layer in self.layer:
+            h = layer(h, mask, task_id)
+        if self.top is not None:
+            h = self.top[task_id](h, mask, task_id)
+        return h
+
+
+class BertPooler(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, sequence_output):
+        return torch.tanh(self.dense(sequence_output[:, 0]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared pretrained-model plumbing: init, load, save
+# ----------------------------------------------------------------------------------------------
+
+def _init_module(module, config):
+    """BERT init: Linear/Embedding ~ N(0, initializer_range), biases 0, LayerNorm gamma 1 beta 0.
+
+    The reference draws LayerNorm gamma AND beta from N(0, 0.02); that makes new LayerNorms (top
+    attention blocks, top BERT layer) start with ~zero output. We use gamma 1, beta 0 instead.
+    """
+    std = config.initializer_range
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, 0.0, std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, 0.0, std)
+        if module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, LowRankAdapter) and module.near_identity:
+        for lin in (module.down, module.up):
+            nn.init.trunc_normal_(lin.weight, 0.0, 1e-2, -2e-2, 2e-2)
+            nn.init.zeros_(lin.bias)
+    elif isinstance(module, LHUC):
+        nn.init.zeros_(module.weight)
+    elif isinstance(module, PreTrainingHead):
+        nn.init.zeros_(module.predictions.bias)
+
+
+def _find_file(directory, names, what):
+    for name in names:
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            return path
+    raise ConfigError(f"{directory}: no {what} found (looked for {', '.join(names)})")
+
+
+def load_state_dict_file(path):
+    """Read model.safetensors or pytorch_model.bin (torch.load with weights_only=True: no code runs)."""
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        try:
+            return load_file(path, device="cpu")
+        except Exception as exc:  # safetensors raises its own error types
+            raise ConfigError(f"{path}: cannot read safetensors weights: {exc}") from exc
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ConfigError(f"{path}: refusing or unable to load weights (only plain tensors are accepted, "
+                          f"torch.load weights_only=True): {str(exc).splitlines()[0]}") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ConfigError(f"{path}: expected a state dict, got {type(state).__name__}")
+    return state
+
+
+def _compress_names(names):
+    """Summarise key lists: layer numbers -> '*', so 12 identical layers print once (with a count)."""
+    counts = OrderedDict()
+    for name in sorted(names):
+        pattern = re.sub(r"\.\d+\.", ".*.", name)
+        counts[pattern] = counts.get(pattern, 0) + 1
+    return ", ".join(p if c == 1 else f"{p} (x{c})" for p, c in counts.items())
+
+
+def _config_hint(adapter_config, ckpt_config):
+    path = getattr(adapter_config, "_path", None)
+    if path and ckpt_config.hidden_size == 384 and not os.path.basename(path).startswith("minilm_"):
+        candidate = os.path.join(os.path.dirname(path) or ".", "minilm_" + os.path.basename(path))
+        return f"; for the bundled MiniLM (hidden 384) use {candidate}"
+    return "; use an adapter config written for this checkpoint's sizes (configs/minilm_*.json for MiniLM)"
+
+
+def _merge_configs(ckpt_config, adapter_config):
+    """Checkpoint config + adapter config: adapter keys (and explicit dropout/init keys) come from the
+    adapter config; its explicit structural keys must equal the checkpoint's."""
+    where = getattr(adapter_config, "_path", "the adapter config")
+    for key in STRUCTURAL_KEYS:
+        if key in adapter_config._explicit and getattr(adapter_config, key) != getattr(ckpt_config, key):
+            raise ConfigError(
+                f"{where}: '{key}' is {getattr(adapter_config, key)!r} but the checkpoint has "
+                f"{getattr(ckpt_config, key)!r}{_config_hint(adapter_config, ckpt_config)}")
+    merged = ckpt_config.to_dict()
+    for key in list(ADAPTER_KEYS) + ["hidden_dropout_prob", "attention_probs_dropout_prob",
+                                     "initializer_range", "classifier_dropout"]:
+        if key in adapter_config._explicit or key in ADAPTER_KEYS:
+            merged[key] = getattr(adapter_config, key)
+    for key in TASK_KEYS:  # a checkpoint's task metadata wins over the adapter config's
+        if merged[key] is None:
+            merged[key] = getattr(adapter_config, key)
+    for key in TASK_KEYS:
+        if merged[key] is not None:
+            merged["num_tasks"] = len(merged[key])
+    return merged
+
+
+class PreTrainedBertMixin:
+    """from_pretrained / save_pretrained shared by BertModel and BertForMultiTask."""
+
+    # -- loading --------------------------------------------------------------------------------
+    @classmethod
+    def _read_pretrained(cls, name_or_path, config):
+        directory = resolve_model_dir(name_or_path)
+        ckpt_config = BertConfig.from_json_file(_find_file(directory, CONFIG_NAMES, "config.json/bert_config.json"))
+        if config is None:
+            merged = ckpt_config.to_dict()
+        else:
+            if not isinstance(config, BertConfig):
+                config = BertConfig.from_json_file(config)
+            merged = _merge_configs(ckpt_config, config)
+        weights_path = _find_file(directory, WEIGHTS_NAMES, "weights")
+        return directory, merged, weights_path
+
+    def _load_weights(self, weights_path):
+        """Copy checkpoint tensors into this model; one warning lists what was new/unused."""
+        state = load_state_dict_file(weights_path)
+        own = self.state_dict()
+        is_multitask = isinstance(self, BertForMultiTask)
+        pretrain_task = None
+        if is_multitask and "pretraining" in self.task_types:
+            pretrain_task = self.task_types.index("pretraining")
+        mapped, unexpected = {}, []
+        for key, tensor in state.items():
+            name = re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", key))
+            if name.endswith("embeddings.position_ids"):
+                continue  # an HF buffer, recomputed on the fly here
+            if name.startswith(("embeddings.", "encoder.", "pooler.")):
+                name = "bert." + name
+            if not is_multitask and name.startswith("bert."):
+                name = name[len("bert."):]
+            if is_multitask and name.startswith("cls.") and pretrain_task is not None:
+                name = f"heads.{pretrain_task}." + name[len("cls."):]
+                if name.endswith("predictions.decoder.weight"):
+                    continue  # tied to the word embeddings
+                if name.endswith("predictions.decoder.bias"):
+                    name = name.replace("predictions.decoder.bias", "predictions.bias")
+                    if name in mapped:
+                        continue
+            if is_multitask and name.startswith(("classifier.", "qa_outputs.")) and f"heads.0.{name}" in own:
+                name = "heads.0." + name  # a single-task HF fine-tuned checkpoint: its head is task 0's
+            if name not in own:
+                unexpected.append(key)
+                continue
+            if tuple(tensor.shape) != tuple(own[name].shape):
+                raise ConfigError(f"{weights_path}: checkpoint tensor '{key}' has shape {tuple(tensor.shape)} "
+                                  f"but the model's '{name}' has shape {tuple(own[name].shape)}")
+            mapped[name] = tensor
+        missing = [k for k in own if k not in mapped]
+        self.load_state_dict(mapped, strict=False)
+        if missing or unexpected:
+            parts = [f"loaded {len(mapped)} tensors from {weights_path}"]
+            if missing:
+                parts.append(f"newly initialised (not in checkpoint): {_compress_names(missing)}")
+            if unexpected:
+                parts.append(f"unused checkpoint keys: {_compress_names(unexpected)}")
+            logger.warning("; ".join(parts))
+        self._source_dir = os.path.dirname(weights_path)
+        return missing, unexpected
+
+    # -- saving ---------------------------------------------------------------------------------
+    def save_pretrained(self, directory, vocab_file=None):
+        """Write config.json (with task metadata), model.safetensors and vocab.txt, each atomically."""
+        from safetensors.torch import save as safetensors_save
+        os.makedirs(directory, exist_ok=True)
+        state, seen = {}, set()
+        for key, tensor in self.state_dict().items():
+            tensor = tensor.detach().cpu().contiguous()
+            ptr = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+            if ptr in seen:  # safetensors refuses shared storage: store a copy
+                tensor = tensor.clone()
+            seen.add(ptr)
+            state[key] = tensor
+        if vocab_file is None and getattr(self, "_source_dir", None):
+            candidate = os.path.join(self._source_dir, "vocab.txt")
+            vocab_file = candidate if os.path.isfile(candidate) else None
+        if vocab_file is not None:
+            if not os.path.isfile(vocab_file):
+                raise ConfigError(f"vocab file {vocab_file} does not exist")
+            target = os.path.join(directory, "vocab.txt")
+            if os.path.abspath(vocab_file) != os.path.abspath(target):
+                with open(vocab_file, "rb") as src, atomic_open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        else:
+            logger.warning("save_pretrained(%s): no vocab.txt written (no vocab_file and no source folder)", directory)
+        with atomic_open(os.path.join(directory, "model.safetensors"), "wb") as f:
+            f.write(safetensors_save(state, metadata={"format": "pt"}))
+        self.config.to_json_file(os.path.join(directory, "config.json"))
+
+
+# ----------------------------------------------------------------------------------------------
+# BertModel
+# ----------------------------------------------------------------------------------------------
+
+class BertModel(PreTrainedBertMixin, nn.Module):
+    """Embeddings -> encoder (with the config's adapters) -> pooler. One task id per batch."""
+
+    def __init__(self, config, _init=True):
+        super().__init__()
+        self.config = config
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config)
+        if _init:
+            self.apply(lambda m: _init_module(m, config))
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, task_id=0):
+        """-> (sequence_output [B,S,H], pooled_output [B,H])."""
+        h = self.embeddings(input_ids, token_type_ids)
+        mask = None
+        if attention_mask is not None:
+            mask = (1.0 - attention_mask[:, None, None, :].to(h.dtype)) * MASK_VALUE
+        h = self.encoder(h, mask, task_id)
+        return h, self.pooler(h)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, config=None):
+        directory, merged, weights_path = cls._read_pretrained(name_or_path, config)
+        model = cls(BertConfig.from_dict(merged))
+        model._load_weights(weights_path)
+        return model
+
+
+# ----------------------------------------------------------------------------------------------
+# Heads
+# ----------------------------------------------------------------------------------------------
+
+def _head_dropout(config):
+    return config.hidden_dropout_prob if config.classifier_dropout is None else config.classifier_dropout
+
+
+class SequenceHead(nn.Module):
+    """classification / regression / choice: dropout(pooled) -> Linear(H, C)."""
+
+    def __init__(self, config, num_labels, head_type):
+        super().__init__()
+        self.head_type = head_type
+        self.dropout = nn.Dropout(_head_dropout(config))
+        self.classifier = nn.Linear(config.hidden_size, num_labels)
+
+    def forward(self, sequence_output, pooled_output, labels=None, num_choices=None):
+        logits = self.classifier(self.dropout(pooled_output))
+        out = {}
+        if self.head_type == "regression":
+            logits = logits.squeeze(-1)
+            if labels is not None:
+                out["loss"] = F.mse_loss(logits.float(), labels.float())
+        elif self.head_type == "choice":
+            logits = logits.view(-1, num_choices)  # [B*K,1] -> [B,K]
+            if labels is not None:
+                out["loss"] = F.cross_entropy(logits.float(), labels)
+        elif labels is not None:
+            out["loss"] = F.cross_entropy(logits.float(), labels)
+        out["logits"] = logits
+        return out
+
+
+class TokenHead(nn.Module):
+    """token classification: dropout(sequence) -> Linear(H, C); labels -100 are ignored."""
+
+    def __init__(self, config, num_labels):
+        super().__init__()
+        self.dropout = nn.Dropout(_head_dropout(config))
+        self.classifier = nn.Linear(config.hidden_size, num_labels)
+
+    def forward(self, sequence_output, pooled_output, labels=None):
+        logits = self.classifier(self.dropout(sequence_output))
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100)
+        return out
+
+
+class SpanHead(nn.Module):
+    """SQuAD: Linear(H, 2) on every token -> start/end logits (names as HF `qa_outputs`)."""
+
+    def __init__(self, config, num_labels=2):
+        super().__init__()
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+
+    def forward(self, sequence_output, pooled_output, start_positions=None, end_positions=None):
+        logits = self.qa_outputs(sequence_output)
+        start_logits, end_logits = logits[..., 0], logits[..., 1]
+        out = {"start_logits": start_logits, "end_logits": end_logits}
+        if start_positions is not None and end_positions is not None:
+            ignored = start_logits.shape[1]  # positions outside the window are clamped here and ignored
+            start = start_positions.view(-1).clamp(0, ignored)
+            end = end_positions.view(-1).clamp(0, ignored)
+            loss_start = F.cross_entropy(start_logits.float(), start, ignore_index=ignored)
+            loss_end = F.cross_entropy(end_logits.float(), end, ignore_index=ignored)
+            out["loss"] = (loss_start + loss_end) / 2
+        return out
+
+
+class PredictionHeadTransform(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = ACTIVATIONS[config.hidden_act]
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, x):
+        return self.LayerNorm(self.act(self.dense(x)))
+
+
+class LMPredictionHead(nn.Module):
+    """transform -> logits = x E^T + bias, with E the (tied) word-embedding matrix."""
+
+    def __init__(self, config, word_embeddings):
+        super().__init__()
+        self.transform = PredictionHeadTransform(config)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self._tied = (word_embeddings,)  # not registered: the decoder weight IS the embedding matrix
+
+    def forward(self, x):
+        return F.linear(self.transform(x), self._tied[0].weight, self.bias)
+
+
+class PreTrainingHead(nn.Module):
+    """Masked LM + next sentence. Names mirror HF `cls.predictions.*` / `cls.seq_relationship.*`."""
+
+    def __init__(self, config, word_embeddings):
+        super().__init__()
+        self.predictions = LMPredictionHead(config, word_embeddings)
+        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+
+    def forward(self, sequence_output, pooled_output, masked_lm_labels=None, next_sentence_label=None):
+        prediction_logits = self.predictions(sequence_output)
+        nsp_logits = self.seq_relationship(pooled_output)
+        out = {"prediction_logits": prediction_logits, "seq_relationship_logits": nsp_logits}
+        loss = None
+        if masked_lm_labels is not None:
+            loss = F.cross_entropy(prediction_logits.float().view(-1, prediction_logits.shape[-1]),
+                                   masked_lm_labels.view(-1), ignore_index=-100)
+        if next_sentence_label is not None:
+            nsp = F.cross_entropy(nsp_logits.float(), next_sentence_label.view(-1))
+            loss = nsp if loss is None else loss + nsp
+        if loss is not None:
+            out["loss"] = loss
+        return out
+
+
+# Which keyword arguments each head type accepts in BertForMultiTask.forward.
+HEAD_INPUTS = {
+    "classification": ("labels",), "regression": ("labels",), "choice": ("labels",), "token": ("labels",),
+    "span": ("start_positions", "end_positions"),
+    "pretraining": ("masked_lm_labels", "next_sentence_label"),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Multi-task model
+# ----------------------------------------------------------------------------------------------
+
+def _resolve_tasks(config, task_num_labels, task_types, task_names):
+    if task_num_labels is None:
+        task_num_labels = config.task_num_labels
+    if task_num_labels is None:
+        raise ConfigError("BertForMultiTask needs task_num_labels (one entry per task), "
+                          "or a config/checkpoint with task_num_labels")
+    task_num_labels = [int(n) for n in task_num_labels]
+    if not task_num_labels:
+        raise ConfigError("task_num_labels is empty: at least one task is needed")
+    if task_types is None:
+        task_types = config.task_types if config.task_types is not None and len(config.task_types) == len(task_num_labels) \
+            else ["regression" if n == 1 else "classification" for n in task_num_labels]
+    task_types = list(task_types)
+    if len(task_types) != len(task_num_labels):
+        raise ConfigError(f"task_types has {len(task_types)} entries but task_num_labels has {len(task_num_labels)}")
+    for i, (t, n) in enumerate(zip(task_types, task_num_labels)):
+        if t not in HEAD_TYPES:
+            raise ConfigError(f"task {i}: unknown head type {t!r} (known: {', '.join(HEAD_TYPES)})")
+        if t == "classification" and n < 2:
+            raise ConfigError(f"task {i}: a classification head needs >= 2 labels, got {n} (1 label = regression)")
+        if t == "regression" and n != 1:
+            raise ConfigError(f"task {i}: a regression head has exactly 1 output, got task_num_labels {n}")
+        if t == "token" and n < 1:
+            raise ConfigError(f"task {i}: a token head needs >= 1 label, got {n}")
+    if task_names is None:
+        task_names = config.task_names if config.task_names is not None and len(config.task_names) == len(task_num_labels) \
+            else None
+    if task_names is not None:
+        task_names = [str(n) for n in task_names]
+        if len(task_names) != len(task_num_labels):
+            raise ConfigError(f"task_names has {len(task_names)} entries but task_num_labels has {len(task_num_labels)}")
+    return task_num_labels, task_types, task_names
+
+
+class BertForMultiTask(PreTrainedBertMixin, nn.Module):
+    """Shared BERT (+ per-task adapters) + one head per task; forward routes ONE task id per batch."""
+
+    def __init__(self, config, task_num_labels=None, task_types=None, task_names=None):
+        super().__init__()
+        task_num_labels, task_types, task_names = _resolve_tasks(config, task_num_labels, task_types, task_names)
+        config = config.copy()
+        config.num_tasks = len(task_num_labels)  # one adapter copy per task, always
+        config.task_num_labels, config.task_types, config.task_names = task_num_labels, task_types, task_names
+        config.validate()
+        self.config = config
+        self.task_num_labels, self.task_types = task_num_labels, task_types
+        self.bert = BertModel(config)
+        heads = []
+        for n, t in zip(task_num_labels, task_types):
+            if t in ("classification", "regression"):
+                heads.append(SequenceHead(config, n, t))
+            elif t == "choice":
+                heads.append(SequenceHead(config, 1, t))
+            elif t == "token":
+                heads.append(TokenHead(config, n))
+            elif t == "span":
+                heads.append(SpanHead(config))
+            else:
+                heads.append(PreTrainingHead(config, self.bert.embeddings.word_embeddings))
+        self.heads = nn.ModuleList(heads)
+        self.heads.apply(lambda m: _init_module(m, config))
+
+    @property
+    def num_tasks(self):
+        return len(self.task_types)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, task_id=0, labels=None, **head_inputs):
+        task_id = int(task_id)
+        if not 0 <= task_id < len(self.heads):
+            raise IndexError(f"task_id {task_id} out of range: this model has {len(self.heads)} tasks")
+        head_type = self.task_types[task_id]
+        allowed = HEAD_INPUTS[head_type]
+        for key in head_inputs:
+            if key not in allowed:
+                raise TypeError(f"unexpected input '{key}' for a {head_type} head (task {task_id}); "
+                                f"accepted: {', '.join(allowed)}")
+        if labels is not None:
+            if "labels" not in allowed:
+                raise TypeError(f"a {head_type} head (task {task_id}) takes {', '.join(allowed)}, not 'labels'")
+            head_inputs["labels"] = labels
+        head = self.heads[task_id]
+        if head_type == "choice":  # [B,K,S] -> [B*K,S]; the head folds logits back to [B,K]
+            head_inputs["num_choices"] = input_ids.shape[1]
+            flat = lambda t: None if t is None else t.reshape(-1, t.shape[-1])  # noqa: E731
+            input_ids, token_type_ids, attention_mask = flat(input_ids), flat(token_type_ids), flat(attention_mask)
+        sequence_output, pooled_output = self.bert(input_ids, token_type_ids, attention_mask, task_id)
+        return head(sequence_output, pooled_output, **head_inputs)
+
+    # -- parameter groups -----------------------------------------------------------------------
+    def named_task_parameters(self, task_id):
+        """(name, parameter) of task `task_id`'s adapters and head."""
+        names = set(task_specific_parameter_names(self)[task_id])
+        return [(n, p) for n, p in self.named_parameters() if n in names]
+
+    def task_parameters(self, task_id):
+        return [p for _, p in self.named_task_parameters(task_id)]
+
+    def named_shared_parameters(self):
+        """(name, parameter) of everything shared by all tasks (embeddings, encoder, pooler)."""
+        specific = set().union(*task_specific_parameter_names(self).values())
+        return [(n, p) for n, p in self.named_parameters() if n not in specific]
+
+    def shared_parameters(self):
+        return [p for _, p in self.named_shared_parameters()]
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, name_or_path, config=None, task_num_labels=None, task_types=None, task_names=None):
+        """Load a BERT checkpoint (HF, old pytorch-pretrained-BERT, or our own save) + adapter config.
+
+        New adapters/heads keep their fresh init; what was new or unused is logged once.
+        """
+        directory, merged, weights_path = cls._read_pretrained(name_or_path, config)
+        if task_num_labels is not None:  # explicit tasks replace the checkpoint's metadata
+            for key in TASK_KEYS:
+                merged[key] = None
+            merged["num_tasks"] = len(task_num_labels)
+        model = cls(BertConfig.from_dict(merged), task_num_labels, task_types, task_names)
+        model._load_weights(weights_path)
+        return model
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)  # DDP / DataParallel
+
+
+def task_specific_parameter_names(model):
+    """{task_id: [parameter names]} for every task's adapters and head (shared V^E/V^D included)."""
+    model = _unwrap(model)
+    result = {}
+    if isinstance(model, BertForMultiTask):
+        for t in range(len(model.heads)):
+            result[t] = [f"heads.{t}.{n}" for n, _ in model.heads[t].named_parameters()]
+    for prefix, module in model.named_modules():
+        if isinstance(module, TaskModuleList):
+            for t, child in enumerate(module):
+                result.setdefault(t, []).extend(f"{prefix}.{t}.{n}" for n, _ in child.named_parameters())
+    return result
+
+
+def count_parameters(module, trainable_only=False):
+    """Number of unique parameters (a shared tensor counts once)."""
+    seen, total = set(), 0
+    for p in _unwrap(module).parameters():
+        if id(p) in seen or (trainable_only and not p.requires_grad):
+            continue
+        seen.add(id(p))
+        total += p.numel()
+    return total
