@@ -1,0 +1,620 @@
+"""SQuAD v1.1 / v2.0: read the JSON files, cut contexts into sliding windows, decode answer spans,
+score them with the official EM/F1 definitions.
+
+Pipeline (as in google-research/bert and pytorch-pretrained-BERT `run_squad.py`):
+  read_squad_examples -> convert_examples_to_features (one feature per doc window; a parallel
+  list of `SquadFeatureMeta` keeps what decoding needs) -> model start/end logits ->
+  decode_predictions (n-best spans, get_final_text, v2 null answers) -> write_prediction_files ->
+  evaluate_v1 / evaluate_v2 (the official evaluate-v1.1.py / evaluate-v2.0.py logic).
+
+Differences from the 2019 script, all deliberate:
+- `nbest_predictions.json` is filled for v1.1 too (the old script left it empty, issue #377).
+- Malformed records raise `DataError` naming the file, the record path and (when it can be
+  found) the line of the question id, instead of a KeyError deep inside the loop.
+- Training answers whose text does not match the context are still dropped (as the reference
+  does), but the drops are counted and returned so the runner can report them.
+- Span candidates are taken from the real tokens of a window only (the engine pads dynamically,
+  so padding positions are never scored).
+"""
+import collections
+import json
+import logging
+import math
+import re
+import string
+from dataclasses import dataclass, field
+
+from file_utils import ConfigError, DataError, atomic_open
+
+logger = logging.getLogger(__name__)
+
+FIRST_UNIQUE_ID = 1000000000
+
+
+@dataclass
+class SquadExample:
+    qas_id: str
+    question_text: str
+    doc_tokens: list
+    orig_answer_text: str = None
+    start_position: int = None     # word index in doc_tokens (training only)
+    end_position: int = None
+    is_impossible: bool = False
+
+
+@dataclass
+class SquadFeatureMeta:
+    """Everything decoding needs about one window; kept apart from the model inputs."""
+    unique_id: int
+    example_index: int
+    doc_span_index: int
+    tokens: list
+    token_to_orig_map: dict = field(default_factory=dict)     # feature position -> word index
+    token_is_max_context: dict = field(default_factory=dict)  # feature position -> bool
+
+
+def _is_whitespace(c):
+    return c in (" ", "\t", "\r", "\n") or ord(c) == 0x202F
+
+
+def whitespace_tokenize(text):
+    text = text.strip()
+    return text.split() if text else []
+
+
+def _line_of(raw_text, qas_id):
+    """Line number (1-based) of `"id": "<qas_id>"` in the raw JSON text, or None."""
+    if raw_text is None:
+        return None
+    pattern = r'"id"\s*:\s*' + re.escape(json.dumps(qas_id))
+    match = re.search(pattern, raw_text)
+    return raw_text.count("\n", 0, match.start()) + 1 if match else None
+
+
+def load_squad_json(path):
+    """Read a SQuAD file; return (the `data` list, raw text). Bad JSON -> DataError with line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise DataError(path, None, f"cannot read file: {exc.strerror}") from exc
+    try:
+        obj = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise DataError(path, exc.lineno, f"invalid JSON: {exc.msg} (column {exc.colno})") from exc
+    if not isinstance(obj, dict) or not isinstance(obj.get("data"), list):
+        raise DataError(path, 1, 'not a SQuAD file: expected an object with a "data" list')
+    version = obj.get("version")
+    return obj["data"], raw, version
+
+
+def _iter_qas(path, data, raw):
+    """Yield (where, paragraph_text, qa) for every question, validating the structure.
+
+    `where` names the record for error messages: `data[i].paragraphs[j].qas[k] (title=..., id=...)`.
+    """
+    def fail(where, message, qas_id=None):
+        line = _line_of(raw, qas_id) if qas_id is not None else None
+        raise DataError(path, line, f"{where}: {message}")
+
+    for i, article in enumerate(data):
+        title = article.get("title") if isinstance(article, dict) else None
+        if not isinstance(article, dict) or not isinstance(article.get("paragraphs"), list):
+            fail(f"data[{i}]", 'missing "paragraphs" list')
+        for j, paragraph in enumerate(article["paragraphs"]):
+            pwhere = f"data[{i}].paragraphs[{j}]" + (f" (title={title!r})" if title is not None else "")
+            if not isinstance(paragraph, dict) or not isinstance(paragraph.get("context"), str):
+                fail(pwhere, 'missing "context" string')
+            if not isinstance(paragraph.get("qas"), list):
+                fail(pwhere, 'missing "qas" list')
+            for k, qa in enumerate(paragraph["qas"]):
+                if not isinstance(qa, dict) or not isinstance(qa.get("id"), (str, int)):
+                    fail(f"data[{i}].paragraphs[{j}].qas[{k}]" + (f" (title={title!r})" if title else ""),
+                         'missing question "id"')
+                qid = str(qa["id"])
+                where = f"data[{i}].paragraphs[{j}].qas[{k}] (id={qid!r})"
+                if not isinstance(qa.get("question"), str):
+                    fail(where, 'missing "question" string', qa["id"])
+                answers = qa.get("answers", [])
+                if not isinstance(answers, list):
+                    fail(where, '"answers" is not a list', qa["id"])
+                context = paragraph["context"]
+                for n, answer in enumerate(answers):
+                    if not isinstance(answer, dict) or not isinstance(answer.get("text"), str):
+                        fail(where, f'answers[{n}] has no "text" string', qa["id"])
+                    start = answer.get("answer_start")
+                    if start is None:
+                        continue   # only used for training; checked there
+                    if not isinstance(start, int) or isinstance(start, bool):
+                        fail(where, f"answers[{n}].answer_start is not an integer: {start!r}", qa["id"])
+                    if start < 0 or start + len(answer["text"]) > len(context):
+                        fail(where, f"answers[{n}].answer_start {start} with answer length "
+                                    f"{len(answer['text'])} is outside the context "
+                                    f"({len(context)} characters)", qa["id"])
+                yield where, context, qa
+
+
+def read_squad_examples(path, is_training, version_2_with_negative=False):
+    """Read a SQuAD file into SquadExamples.
+
+    Returns (examples, dropped) where `dropped` lists the question ids of training answers whose
+    text was not found at answer_start (dropped with a warning, as the reference does).
+    """
+    data, raw, version = load_squad_json(path)
+    examples, dropped = [], []
+    for where, context, qa in _iter_qas(path, data, raw):
+        doc_tokens, char_to_word_offset = [], []
+        prev_is_whitespace = True
+        for c in context:
+            if _is_whitespace(c):
+                prev_is_whitespace = True
+            else:
+                if prev_is_whitespace:
+                    doc_tokens.append(c)
+                else:
+                    doc_tokens[-1] += c
+                prev_is_whitespace = False
+            char_to_word_offset.append(len(doc_tokens) - 1)
+
+        qas_id = str(qa["id"])
+        start_position = end_position = orig_answer_text = None
+        is_impossible = False
+        if is_training:
+            answers = qa.get("answers", [])
+            if version_2_with_negative:
+                is_impossible = qa.get("is_impossible", len(answers) == 0)
+                if not isinstance(is_impossible, bool):
+                    raise DataError(path, _line_of(raw, qa["id"]),
+                                    f"{where}: is_impossible must be true or false")
+            if len(answers) != 1 and not is_impossible:
+                raise DataError(path, _line_of(raw, qa["id"]),
+                                f"{where}: for training each question needs exactly 1 answer "
+                                f"(found {len(answers)})")
+            if not is_impossible:
+                answer = answers[0]
+                orig_answer_text = answer["text"]
+                if "answer_start" not in answer:
+                    raise DataError(path, _line_of(raw, qa["id"]), f"{where}: answer has no answer_start")
+                if not orig_answer_text:
+                    raise DataError(path, _line_of(raw, qa["id"]), f"{where}: empty answer text")
+                answer_offset = answer["answer_start"]
+                start_position = char_to_word_offset[answer_offset]
+                end_position = char_to_word_offset[answer_offset + len(orig_answer_text) - 1]
+                actual_text = " ".join(doc_tokens[start_position:end_position + 1])
+                cleaned_answer_text = " ".join(whitespace_tokenize(orig_answer_text))
+                if actual_text.find(cleaned_answer_text) == -1:
+                    logger.warning("%s: %s: could not find answer %r in %r; question dropped",
+                                   path, where, cleaned_answer_text, actual_text)
+                    dropped.append(qas_id)
+                    continue
+            else:
+                start_position = end_position = -1
+                orig_answer_text = ""
+        examples.append(SquadExample(qas_id, qa["question"], doc_tokens, orig_answer_text,
+                                     start_position, end_position, is_impossible))
+    if dropped:
+        logger.warning("%s: dropped %d of %d training questions whose answer text does not match "
+                       "the context", path, len(dropped), len(dropped) + len(examples))
+    return examples, dropped
+
+
+def _improve_answer_span(doc_tokens, input_start, input_end, tokenizer, orig_answer_text):
+    """Tightest sub-span whose word pieces equal the tokenized answer (e.g. '1895' in '(1895-1943)')."""
+    tok_answer_text = " ".join(tokenizer.tokenize(orig_answer_text))
+    for new_start in range(input_start, input_end + 1):
+        for new_end in range(input_end, new_start - 1, -1):
+            if " ".join(doc_tokens[new_start:new_end + 1]) == tok_answer_text:
+                return new_start, new_end
+    return input_start, input_end
+
+
+def _check_is_max_context(doc_spans, cur_span_index, position):
+    """True iff window `cur_span_index` gives token `position` the most context (ties: earlier window)."""
+    best_score, best_span_index = None, None
+    for span_index, (start, length) in enumerate(doc_spans):
+        end = start + length - 1
+        if position < start or position > end:
+            continue
+        score = min(position - start, end - position) + 0.01 * length
+        if best_score is None or score > best_score:
+            best_score, best_span_index = score, span_index
+    return cur_span_index == best_span_index
+
+
+def doc_windows(num_tokens, max_tokens_for_doc, doc_stride):
+    """(start, length) of the sliding windows over `num_tokens` document word pieces."""
+    spans, start_offset = [], 0
+    while start_offset < num_tokens:
+        length = min(num_tokens - start_offset, max_tokens_for_doc)
+        spans.append((start_offset, length))
+        if start_offset + length == num_tokens:
+            break
+        start_offset += min(length, doc_stride)
+    return spans
+
+
+def convert_examples_to_features(examples, tokenizer, max_seq_length, doc_stride, max_query_length,
+                                 is_training):
+    """Examples -> (features, metas): one unpadded feature dict per document window.
+
+    Feature keys: input_ids, token_type_ids, attention_mask, and for training start_positions /
+    end_positions (0 = the [CLS] position when the answer is not inside the window or there is none).
+    """
+    features, metas = [], []
+    unique_id = FIRST_UNIQUE_ID
+    cls, sep = "[CLS]", "[SEP]"
+    for example_index, example in enumerate(examples):
+        query_tokens = tokenizer.tokenize(example.question_text)[:max_query_length]
+
+        tok_to_orig_index, orig_to_tok_index, all_doc_tokens = [], [], []
+        for i, token in enumerate(example.doc_tokens):
+            orig_to_tok_index.append(len(all_doc_tokens))
+            for sub_token in tokenizer.tokenize(token):
+                tok_to_orig_index.append(i)
+                all_doc_tokens.append(sub_token)
+
+        tok_start_position = tok_end_position = None
+        if is_training and example.is_impossible:
+            tok_start_position = tok_end_position = -1
+        if is_training and not example.is_impossible:
+            tok_start_position = orig_to_tok_index[example.start_position]
+            if example.end_position < len(example.doc_tokens) - 1:
+                tok_end_position = orig_to_tok_index[example.end_position + 1] - 1
+            else:
+                tok_end_position = len(all_doc_tokens) - 1
+            tok_start_position, tok_end_position = _improve_answer_span(
+                all_doc_tokens, tok_start_position, tok_end_position, tokenizer,
+                example.orig_answer_text)
+
+        max_tokens_for_doc = max_seq_length - len(query_tokens) - 3
+        if max_tokens_for_doc <= 0:
+            raise ConfigError(f"--max_seq_length {max_seq_length} leaves no room for the document "
+                              f"after a {len(query_tokens)}-token question; raise it or lower "
+                              "--max_query_length")
+        doc_spans = doc_windows(len(all_doc_tokens), max_tokens_for_doc, doc_stride)
+
+        for doc_span_index, (span_start, span_length) in enumerate(doc_spans):
+            tokens = [cls] + query_tokens + [sep]
+            segment_ids = [0] * len(tokens)
+            token_to_orig_map, token_is_max_context = {}, {}
+            for i in range(span_length):
+                split_token_index = span_start + i
+                token_to_orig_map[len(tokens)] = tok_to_orig_index[split_token_index]
+                token_is_max_context[len(tokens)] = _check_is_max_context(
+                    doc_spans, doc_span_index, split_token_index)
+                tokens.append(all_doc_tokens[split_token_index])
+                segment_ids.append(1)
+            tokens.append(sep)
+            segment_ids.append(1)
+            input_ids = tokenizer.convert_tokens_to_ids(tokens)
+            feature = {"input_ids": input_ids, "token_type_ids": segment_ids,
+                       "attention_mask": [1] * len(input_ids)}
+            if is_training:
+                start_position = end_position = 0
+                if not example.is_impossible:
+                    doc_end = span_start + span_length - 1
+                    if span_start <= tok_start_position and tok_end_position <= doc_end:
+                        doc_offset = len(query_tokens) + 2
+                        start_position = tok_start_position - span_start + doc_offset
+                        end_position = tok_end_position - span_start + doc_offset
+                feature["start_positions"] = start_position
+                feature["end_positions"] = end_position
+            features.append(feature)
+            metas.append(SquadFeatureMeta(unique_id, example_index, doc_span_index, tokens,
+                                          token_to_orig_map, token_is_max_context))
+            unique_id += 1
+    return features, metas
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoding
+
+
+def _get_best_indexes(logits, n_best_size):
+    """Indices of the n largest logits (stable: ties keep the lower index first)."""
+    ranked = sorted(enumerate(logits), key=lambda x: x[1], reverse=True)
+    return [i for i, _ in ranked[:n_best_size]]
+
+
+def _compute_softmax(scores):
+    if not scores:
+        return []
+    max_score = max(scores)
+    exps = [math.exp(s - max_score) for s in scores]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def get_final_text(pred_text, orig_text, basic_tokenizer, verbose_logging=False):
+    """Project the normalized prediction `pred_text` back onto the original words `orig_text`.
+
+    `basic_tokenizer` is the BasicTokenizer of the model's tokenizer (same do_lower_case).
+    Character-aligns the basic-tokenized original with the original after removing spaces; on
+    any failure the whole original span is returned (as the reference does).
+    """
+    def _strip_spaces(text):
+        ns_chars, ns_to_s_map = [], {}
+        for i, c in enumerate(text):
+            if c == " ":
+                continue
+            ns_to_s_map[len(ns_chars)] = i
+            ns_chars.append(c)
+        return "".join(ns_chars), ns_to_s_map
+
+    tok_text = " ".join(basic_tokenizer.tokenize(orig_text))
+    start_position = tok_text.find(pred_text)
+    if start_position == -1:
+        if verbose_logging:
+            logger.info("Unable to find text: %r in %r", pred_text, orig_text)
+        return orig_text
+    end_position = start_position + len(pred_text) - 1
+
+    orig_ns_text, orig_ns_to_s_map = _strip_spaces(orig_text)
+    tok_ns_text, tok_ns_to_s_map = _strip_spaces(tok_text)
+    if len(orig_ns_text) != len(tok_ns_text):
+        if verbose_logging:
+            logger.info("Length not equal after stripping spaces: %r vs %r", orig_ns_text, tok_ns_text)
+        return orig_text
+    tok_s_to_ns_map = {tok_index: i for i, tok_index in tok_ns_to_s_map.items()}
+
+    orig_start_position = None
+    if start_position in tok_s_to_ns_map:
+        orig_start_position = orig_ns_to_s_map.get(tok_s_to_ns_map[start_position])
+    if orig_start_position is None:
+        return orig_text
+    orig_end_position = None
+    if end_position in tok_s_to_ns_map:
+        orig_end_position = orig_ns_to_s_map.get(tok_s_to_ns_map[end_position])
+    if orig_end_position is None:
+        return orig_text
+    return orig_text[orig_start_position:orig_end_position + 1]
+
+
+def decode_predictions(examples, metas, start_logits, end_logits, n_best_size, max_answer_length,
+                       basic_tokenizer, version_2_with_negative=False, null_score_diff_threshold=0.0,
+                       verbose_logging=False):
+    """Turn per-window start/end logits into answers.
+
+    `start_logits[i]` / `end_logits[i]` are sequences of floats for `metas[i]` (at least
+    len(metas[i].tokens) long; anything beyond is padding and ignored).
+    Returns (predictions: qid -> text, nbest: qid -> list of dicts, null_odds: qid -> float;
+    empty unless v2), all ordered like `examples`.
+    """
+    by_example = collections.defaultdict(list)
+    for i, meta in enumerate(metas):
+        by_example[meta.example_index].append(i)
+
+    predictions, all_nbest, null_odds = (collections.OrderedDict() for _ in range(3))
+    for example_index, example in enumerate(examples):
+        prelim = []   # (score, feature_i, start, end, start_logit, end_logit)
+        score_null, null_feature_i, null_start_logit, null_end_logit = 1000000, None, 0.0, 0.0
+        for feature_i in by_example[example_index]:
+            meta = metas[feature_i]
+            n = len(meta.tokens)
+            s_logits = [float(x) for x in start_logits[feature_i][:n]]
+            e_logits = [float(x) for x in end_logits[feature_i][:n]]
+            if version_2_with_negative:
+                feature_null_score = s_logits[0] + e_logits[0]
+                if feature_null_score < score_null:
+                    score_null, null_feature_i = feature_null_score, feature_i
+                    null_start_logit, null_end_logit = s_logits[0], e_logits[0]
+            for start_index in _get_best_indexes(s_logits, n_best_size):
+                if start_index not in meta.token_to_orig_map:
+                    continue
+                if not meta.token_is_max_context.get(start_index, False):
+                    continue
+                for end_index in _get_best_indexes(e_logits, n_best_size):
+                    if end_index not in meta.token_to_orig_map or end_index < start_index:
+                        continue
+                    if end_index - start_index + 1 > max_answer_length:
+                        continue
+                    prelim.append((s_logits[start_index] + e_logits[end_index], feature_i,
+                                   start_index, end_index, s_logits[start_index], e_logits[end_index]))
+        if version_2_with_negative and null_feature_i is not None:
+            prelim.append((null_start_logit + null_end_logit, null_feature_i, 0, 0,
+                           null_start_logit, null_end_logit))
+        prelim.sort(key=lambda p: p[0], reverse=True)   # stable, like the reference's sorted()
+
+        seen, nbest = set(), []
+        for _, feature_i, start_index, end_index, start_logit, end_logit in prelim:
+            if len(nbest) >= n_best_size:
+                break
+            meta = metas[feature_i]
+            if start_index > 0:   # a real span (index 0 is [CLS], the null answer)
+                tok_text = " ".join(meta.tokens[start_index:end_index + 1])
+                tok_text = tok_text.replace(" ##", "").replace("##", "")
+                tok_text = " ".join(tok_text.strip().split())
+                orig_doc_start = meta.token_to_orig_map[start_index]
+                orig_doc_end = meta.token_to_orig_map[end_index]
+                orig_text = " ".join(example.doc_tokens[orig_doc_start:orig_doc_end + 1])
+                final_text = get_final_text(tok_text, orig_text, basic_tokenizer, verbose_logging)
+                if final_text in seen:
+                    continue
+            else:
+                final_text = ""
+            seen.add(final_text)
+            nbest.append((final_text, start_logit, end_logit))
+
+        if version_2_with_negative:
+            if "" not in seen:
+                nbest.append(("", null_start_logit, null_end_logit))
+            if len(nbest) == 1:   # only the null answer: add a nonce so a non-null entry exists
+                nbest.insert(0, ("empty", 0.0, 0.0))
+        if not nbest:
+            nbest.append(("empty", 0.0, 0.0))
+
+        probs = _compute_softmax([s + e for _, s, e in nbest])
+        all_nbest[example.qas_id] = [
+            collections.OrderedDict([("text", text), ("probability", p),
+                                     ("start_logit", s), ("end_logit", e)])
+            for (text, s, e), p in zip(nbest, probs)]
+        if not version_2_with_negative:
+            predictions[example.qas_id] = nbest[0][0]
+        else:
+            best_non_null = next((entry for entry in nbest if entry[0]), ("empty", 0.0, 0.0))
+            score_diff = score_null - best_non_null[1] - best_non_null[2]
+            null_odds[example.qas_id] = score_diff
+            predictions[example.qas_id] = "" if score_diff > null_score_diff_threshold else best_non_null[0]
+    return predictions, all_nbest, null_odds
+
+
+def write_prediction_files(output_dir, predictions, nbest, null_odds=None):
+    """predictions.json, nbest_predictions.json and (v2) null_odds.json, each written atomically."""
+    import os
+    files = [("predictions.json", predictions), ("nbest_predictions.json", nbest)]
+    if null_odds is not None:
+        files.append(("null_odds.json", null_odds))
+    for name, obj in files:
+        with atomic_open(os.path.join(output_dir, name), "w", encoding="utf-8") as f:
+            f.write(json.dumps(obj, indent=4) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# Official evaluation (evaluate-v1.1.py and evaluate-v2.0.py, same definitions)
+
+
+def normalize_answer(s):
+    """Lower text and remove punctuation, articles and extra whitespace."""
+    s = s.lower()
+    exclude = set(string.punctuation)
+    s = "".join(ch for ch in s if ch not in exclude)
+    s = re.sub(r"\b(a|an|the)\b", " ", s)
+    return " ".join(s.split())
+
+
+def f1_score_v1(prediction, ground_truth):
+    prediction_tokens = normalize_answer(prediction).split()
+    ground_truth_tokens = normalize_answer(ground_truth).split()
+    common = collections.Counter(prediction_tokens) & collections.Counter(ground_truth_tokens)
+    num_same = sum(common.values())
+    if num_same == 0:
+        return 0
+    precision = num_same / len(prediction_tokens)
+    recall = num_same / len(ground_truth_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def exact_match_score(prediction, ground_truth):
+    return normalize_answer(prediction) == normalize_answer(ground_truth)
+
+
+def _iter_eval_qas(dataset):
+    for article in dataset:
+        for paragraph in article["paragraphs"]:
+            for qa in paragraph["qas"]:
+                yield qa
+
+
+def evaluate_v1(dataset, predictions, path="<dataset>"):
+    """evaluate-v1.1.py: {'exact_match', 'f1'} in percent; a missing prediction scores 0."""
+    f1 = exact_match = total = 0
+    missing = 0
+    for qa in _iter_eval_qas(dataset):
+        total += 1
+        qid = str(qa["id"])
+        if qid not in predictions:
+            missing += 1
+            continue
+        ground_truths = [a["text"] for a in qa.get("answers", [])]
+        if not ground_truths:
+            raise DataError(path, None, f"question id={qid!r} has no answers; a SQuAD 2.0 file needs "
+                                        "--version_2_with_negative")
+        prediction = predictions[qid]
+        exact_match += max(exact_match_score(prediction, gt) for gt in ground_truths)
+        f1 += max(f1_score_v1(prediction, gt) for gt in ground_truths)
+    if missing:
+        logger.warning("%d unanswered questions will receive score 0", missing)
+    if total == 0:
+        return {"exact_match": 0.0, "f1": 0.0}
+    return {"exact_match": 100.0 * exact_match / total, "f1": 100.0 * f1 / total}
+
+
+def _get_tokens(s):
+    return normalize_answer(s).split() if s else []
+
+
+def compute_exact(a_gold, a_pred):
+    return int(normalize_answer(a_gold) == normalize_answer(a_pred))
+
+
+def compute_f1(a_gold, a_pred):
+    gold_toks, pred_toks = _get_tokens(a_gold), _get_tokens(a_pred)
+    common = collections.Counter(gold_toks) & collections.Counter(pred_toks)
+    num_same = sum(common.values())
+    if len(gold_toks) == 0 or len(pred_toks) == 0:
+        return int(gold_toks == pred_toks)   # no-answer: 1 iff both are empty
+    if num_same == 0:
+        return 0
+    precision = num_same / len(pred_toks)
+    recall = num_same / len(gold_toks)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _make_eval_dict(exact_scores, f1_scores, qid_list=None):
+    qids = list(exact_scores) if qid_list is None else qid_list
+    total = len(qids)
+    if total == 0:
+        return collections.OrderedDict([("exact", 0.0), ("f1", 0.0), ("total", 0)])
+    return collections.OrderedDict([
+        ("exact", 100.0 * sum(exact_scores[k] for k in qids) / total),
+        ("f1", 100.0 * sum(f1_scores[k] for k in qids) / total),
+        ("total", total)])
+
+
+def _find_best_thresh(preds, scores, na_probs, qid_to_has_ans):
+    num_no_ans = sum(1 for k in qid_to_has_ans if not qid_to_has_ans[k])
+    cur_score = best_score = num_no_ans
+    best_thresh = 0.0
+    for qid in sorted(na_probs, key=lambda k: na_probs[k]):
+        if qid not in scores:
+            continue
+        if qid_to_has_ans[qid]:
+            diff = scores[qid]
+        else:
+            diff = -1 if preds[qid] else 0
+        cur_score += diff
+        if cur_score > best_score:
+            best_score, best_thresh = cur_score, na_probs[qid]
+    return 100.0 * best_score / max(len(scores), 1), best_thresh
+
+
+def evaluate_v2(dataset, predictions, na_probs=None, na_prob_thresh=1.0):
+    """evaluate-v2.0.py: exact, f1, total, HasAns_*, NoAns_* and, given na_probs (null_odds.json),
+    best_exact(_thresh) / best_f1(_thresh). Missing predictions are skipped, as the script does."""
+    qid_to_has_ans = {str(qa["id"]): bool(qa.get("answers")) for qa in _iter_eval_qas(dataset)}
+    exact_raw, f1_raw = {}, {}
+    for qa in _iter_eval_qas(dataset):
+        qid = str(qa["id"])
+        gold_answers = [a["text"] for a in qa.get("answers", []) if normalize_answer(a["text"])]
+        if not gold_answers:
+            gold_answers = [""]   # unanswerable: the only correct prediction is the empty string
+        if qid not in predictions:
+            logger.warning("Missing prediction for %s", qid)
+            continue
+        a_pred = predictions[qid]
+        exact_raw[qid] = max(compute_exact(a, a_pred) for a in gold_answers)
+        f1_raw[qid] = max(compute_f1(a, a_pred) for a in gold_answers)
+
+    probs = na_probs if na_probs is not None else {k: 0.0 for k in predictions}
+
+    def apply_thresh(scores):
+        out = {}
+        for qid, s in scores.items():
+            pred_na = probs[qid] > na_prob_thresh
+            out[qid] = float(not qid_to_has_ans[qid]) if pred_na else s
+        return out
+
+    exact_thresh, f1_thresh = apply_thresh(exact_raw), apply_thresh(f1_raw)
+    out = _make_eval_dict(exact_thresh, f1_thresh)
+    has_ans = [k for k, v in qid_to_has_ans.items() if v and k in exact_thresh]
+    no_ans = [k for k, v in qid_to_has_ans.items() if not v and k in exact_thresh]
+    for prefix, qids in (("HasAns", has_ans), ("NoAns", no_ans)):
+        if qids:
+            for k, v in _make_eval_dict(exact_thresh, f1_thresh, qids).items():
+                out[f"{prefix}_{k}"] = v
+    if na_probs is not None:
+        out["best_exact"], out["best_exact_thresh"] = _find_best_thresh(
+            predictions, exact_raw, na_probs, qid_to_has_ans)
+        out["best_f1"], out["best_f1_thresh"] = _find_best_thresh(
+            predictions, f1_raw, na_probs, qid_to_has_ans)
+    return out
