@@ -1,0 +1,1020 @@
+"""The single training engine shared by every runner (run_*.py, lm_finetuning/*.py).
+
+A runner parses its flags (most of them from `add_engine_args`), builds features with its task
+module, and hands them to this file, which owns everything between the features and the
+tensors:
+
+- environment: device choice, torchrun / `--local_rank` distributed init (NCCL on GPU, gloo on
+  CPU), seeding (`setup_env`);
+- data: feature cache on disk (`cached_features`), dynamic padding (`collate`), length-grouped,
+  deterministic, rank-sharded batches (`make_batches`) and the step stream over one task's
+  training set (`EpochStream`);
+- the loop (`Trainer`): optimizer + LR schedule, gradient accumulation, mixed precision with
+  torch.amp (fp16 + GradScaler, or bf16), DDP, optional gradient surgery across tasks
+  (`grad_combiner`), non-finite loss detection, tqdm, TensorBoard, atomic checkpoints and exact
+  resume, distributed prediction (`Trainer.predict`).
+
+Batch-size convention: `--train_batch_size` is the EFFECTIVE GLOBAL batch of one optimizer
+step. It is split into `--gradient_accumulation_steps` micro-batches, and every micro-batch is
+split across the distributed ranks (each rank gets a strided slice). The loss of every
+micro-batch is weighted by its share of the step's examples, so one optimizer step always sees
+the mean over the global batch: single-process, accumulated and multi-process runs compute the
+same update (exactly for per-example losses; token-level losses are weighted per example).
+
+The engine knows nothing about any one task: a batch is a dict of tensors passed to
+`model(**batch, task_id=...)`, and the model returns a dict with `loss` (training) and any
+outputs (prediction).
+"""
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import pickle
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from file_utils import ConfigError, UserError, atomic_open, atomic_write_json, resolve_model_dir
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoint"          # <output_dir>/checkpoint: the last complete checkpoint
+CHECKPOINT_STATE = "trainer_state.pt"  # model + optimizer + schedule + scaler + RNG + stream
+CHECKPOINT_META = "checkpoint.json"    # small human-readable summary, written last
+TENSORBOARD_DIR = "runs"
+# Sequence keys padded with 0; every other per-token key (labels) is padded with -100 (ignored).
+ZERO_PAD_KEYS = ("input_ids", "token_type_ids", "attention_mask", "input_mask", "segment_ids")
+IGNORE_INDEX = -100
+# fp16: this many optimizer steps skipped in a row by the GradScaler means the loss is broken.
+MAX_CONSECUTIVE_SKIPPED_STEPS = 25
+
+
+class NonFiniteLossError(UserError):
+    """Training produced a NaN/inf loss (reported in one line by file_utils.run_cli)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Flags
+# ----------------------------------------------------------------------------------------------
+
+def add_engine_args(parser, **defaults):
+    """Add the flags every runner shares. `defaults` overrides per runner, e.g.
+    `add_engine_args(parser, max_seq_length=384, learning_rate=3e-5)`."""
+    g = parser.add_argument_group("engine")
+    g.add_argument("--bert_model", default="minilm-l6",
+                   help="model folder (config.json + model.safetensors/pytorch_model.bin + vocab.txt) "
+                        "or a bundled name (minilm-l6)")
+    g.add_argument("--output_dir", required=True, help="where the model, results, checkpoints and logs go")
+    g.add_argument("--config", default=None,
+                   help="adapter config JSON (PALs, low-rank, Houlsby, ...); its BERT keys must match the model's")
+    g.add_argument("--do_lower_case", dest="do_lower_case", action="store_true", default=None,
+                   help="lower-case input (uncased models). Default: taken from the model folder's "
+                        "tokenizer_config.json, else guessed from the vocab")
+    g.add_argument("--no_lower_case", dest="do_lower_case", action="store_false",
+                   help="keep case (cased models)")
+    g.add_argument("--max_seq_length", type=int, default=128, help="max tokens per sequence after word pieces")
+    g.add_argument("--train_batch_size", type=int, default=32,
+                   help="EFFECTIVE global batch of one optimizer step (split by accumulation and ranks)")
+    g.add_argument("--eval_batch_size", type=int, default=8, help="batch size for evaluation/prediction")
+    g.add_argument("--learning_rate", type=float, default=5e-5, help="peak learning rate")
+    g.add_argument("--num_train_epochs", type=float, default=3.0, help="passes over the training data (may be fractional)")
+    g.add_argument("--warmup_proportion", type=float, default=0.1, help="fraction of steps of linear warmup")
+    g.add_argument("--weight_decay", type=float, default=0.01, help="decoupled weight decay (not on bias/LayerNorm)")
+    g.add_argument("--max_grad_norm", type=float, default=1.0,
+                   help="gradient clipping: per tensor inside BertAdam, global norm for AdamW; <=0 disables")
+    g.add_argument("--optimizer", choices=("bertadam", "adamw"), default="bertadam",
+                   help="bertadam: the reference update (no bias correction); adamw: torch.optim.AdamW")
+    g.add_argument("--schedule", default="warmup_linear",
+                   choices=("warmup_linear", "warmup_constant", "warmup_cosine",
+                            "warmup_cosine_hard_restarts", "constant"),
+                   help="learning-rate schedule over the real number of optimizer steps")
+    g.add_argument("--seed", type=int, default=42, help="seeds python, numpy, torch (+cuda) and the batch order")
+    g.add_argument("--gradient_accumulation_steps", type=int, default=1,
+                   help="micro-batches per optimizer step (train_batch_size must be divisible by it)")
+    g.add_argument("--fp16", action="store_true", help="mixed precision fp16 (torch.amp + GradScaler; CUDA only)")
+    g.add_argument("--bf16", action="store_true", help="mixed precision bfloat16 (torch.amp autocast; CPU or GPU)")
+    g.add_argument("--loss_scale", type=float, default=0,
+                   help="fp16 only: 0 = dynamic loss scaling, >0 = this static scale")
+    g.add_argument("--local_rank", type=int, default=-1,
+                   help="set by torch.distributed.launch; with torchrun the LOCAL_RANK env var is used")
+    g.add_argument("--no_cuda", action="store_true", help="do not use CUDA even when it is available")
+    g.add_argument("--save_steps", type=int, default=0,
+                   help="write a resumable checkpoint every N optimizer steps (0: only at the end)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue from <output_dir>/checkpoint (exactly: weights, optimizer, schedule, RNG, data order)")
+    g.add_argument("--pad_to_max_length", action="store_true",
+                   help="pad every batch to max_seq_length (default: pad to the longest sequence in the batch)")
+    g.add_argument("--no_group_by_length", action="store_true",
+                   help="do not group examples of similar length into the same training batch")
+    g.add_argument("--logging_steps", type=int, default=50, help="log loss/lr to TensorBoard every N steps")
+    g.add_argument("--overwrite_output_dir", action="store_true", help="allow a non-empty --output_dir")
+    g.add_argument("--cache_dir", default=None,
+                   help="feature cache folder (default: <output_dir>/../.feature_cache); 'none' disables")
+    g.add_argument("--num_workers", type=int, default=0,
+                   help="kept for CLI compatibility: batches are collated in the main process "
+                        "(cheap next to the model), so this has no effect")
+    if defaults:
+        parser.set_defaults(**defaults)
+    return parser
+
+
+def check_engine_args(args):
+    """Flag combinations that cannot work; raises ConfigError (one line, exit 2)."""
+    if args.gradient_accumulation_steps < 1:
+        raise ConfigError(f"--gradient_accumulation_steps must be >= 1, got {args.gradient_accumulation_steps}")
+    if args.train_batch_size < 1 or args.eval_batch_size < 1:
+        raise ConfigError("--train_batch_size and --eval_batch_size must be >= 1")
+    if args.train_batch_size % args.gradient_accumulation_steps:
+        raise ConfigError(f"--train_batch_size {args.train_batch_size} is not divisible by "
+                          f"--gradient_accumulation_steps {args.gradient_accumulation_steps}")
+    if args.fp16 and args.bf16:
+        raise ConfigError("--fp16 and --bf16 are exclusive; pick one")
+    if args.loss_scale < 0:
+        raise ConfigError(f"--loss_scale must be >= 0 (0 = dynamic), got {args.loss_scale}")
+    if args.max_seq_length < 2:
+        raise ConfigError(f"--max_seq_length must be >= 2, got {args.max_seq_length}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Environment
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class Env:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = -1
+    is_main: bool = True
+    distributed: bool = False
+    amp_dtype: torch.dtype = None   # torch.float16, torch.bfloat16 or None (fp32)
+
+    def barrier(self):
+        if self.distributed:
+            dist.barrier()
+
+
+def set_seed(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def setup_env(args):
+    """Device, distributed init (torchrun env:// or --local_rank), logging, seeds -> Env."""
+    check_engine_args(args)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", args.local_rank))
+    distributed = world_size > 1 or local_rank != -1
+    use_cuda = torch.cuda.is_available() and not args.no_cuda
+    if distributed:
+        if "MASTER_ADDR" not in os.environ:
+            raise ConfigError("--local_rank was given but the distributed env vars (MASTER_ADDR, RANK, "
+                              "WORLD_SIZE) are not set: start the runner with torchrun")
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+            device = torch.device("cuda", local_rank)
+        else:
+            device = torch.device("cpu")
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method="env://")
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+    else:
+        device = torch.device("cuda" if use_cuda else "cpu")
+        rank, world_size = 0, 1
+    args.local_rank = local_rank
+    is_main = rank == 0
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+                        datefmt="%m/%d/%Y %H:%M:%S", level=logging.INFO if is_main else logging.WARNING)
+    if not is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    amp_dtype = None
+    if args.fp16:
+        if device.type != "cuda":
+            raise ConfigError("--fp16 needs a CUDA device (torch.amp fp16 + GradScaler); use --bf16 on CPU")
+        amp_dtype = torch.float16
+    elif args.bf16:
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError("--bf16: this GPU does not support bfloat16; use --fp16")
+        amp_dtype = torch.bfloat16
+    set_seed(args.seed)
+    env = Env(device=device, rank=rank, world_size=world_size, local_rank=local_rank,
+              is_main=is_main, distributed=distributed, amp_dtype=amp_dtype)
+    logger.info("device %s, world size %d, distributed %s, amp %s", device, world_size, distributed,
+                {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(amp_dtype, "off (fp32)"))
+    return env
+
+
+def _guess_lower_case(folder):
+    """Whether a model folder is uncased: tokenizer_config.json if present, else the vocab itself."""
+    tok_config = os.path.join(folder, "tokenizer_config.json")
+    if os.path.isfile(tok_config):
+        with contextlib.suppress(ValueError, OSError):
+            with open(tok_config, encoding="utf-8") as f:
+                value = json.load(f).get("do_lower_case")
+            if isinstance(value, bool):
+                return value
+    vocab = os.path.join(folder, "vocab.txt")
+    if os.path.isfile(vocab):
+        with open(vocab, encoding="utf-8") as f:
+            words = [line.strip() for line in f]
+        upper = sum(1 for w in words if not w.startswith("[") and any(c.isupper() for c in w))
+        # Cased BERT vocabs have thousands of capitalised pieces; uncased ones have none.
+        return upper < 0.01 * max(len(words), 1)
+    return True
+
+
+def load_tokenizer(args):
+    """BertTokenizer from --bert_model's folder (or bundled name); resolves --do_lower_case=None."""
+    import tokenization
+    folder = resolve_model_dir(args.bert_model)
+    if args.do_lower_case is None:
+        args.do_lower_case = _guess_lower_case(folder)
+        logger.info("do_lower_case=%s (from the model folder)", args.do_lower_case)
+    return tokenization.BertTokenizer.from_pretrained(folder, do_lower_case=args.do_lower_case)
+
+
+def load_model(args, task_num_labels=None, task_types=None, task_names=None):
+    """BertForMultiTask.from_pretrained(--bert_model, config=--config, heads...)."""
+    import modeling
+    model = modeling.BertForMultiTask.from_pretrained(
+        args.bert_model, config=args.config, task_num_labels=task_num_labels, task_types=task_types,
+        task_names=task_names)
+    max_pos = getattr(model.config, "max_position_embeddings", None)
+    if max_pos is not None and args.max_seq_length > max_pos:
+        raise ConfigError(f"--max_seq_length {args.max_seq_length} exceeds the model's "
+                          f"max_position_embeddings {max_pos}")
+    return model
+
+
+def prepare_output_dir(args, env):
+    """Create --output_dir; refuse a non-empty one unless --overwrite_output_dir or --resume."""
+    out = args.output_dir
+    if env.is_main:
+        if os.path.isdir(out) and os.listdir(out) and not (args.overwrite_output_dir or args.resume):
+            raise ConfigError(f"output directory {out} exists and is not empty; pass --overwrite_output_dir "
+                              "(or --resume to continue its checkpoint)")
+        os.makedirs(out, exist_ok=True)
+    env.barrier()
+    return out
+
+
+def write_run_config(args, output_dir, env=None):
+    """run_config.json: the full command line and every flag value (rank 0 only)."""
+    if env is not None and not env.is_main:
+        return
+    if env is None and dist.is_initialized() and dist.get_rank() != 0:
+        return
+    flags = {k: (v if isinstance(v, (str, int, float, bool, type(None), list)) else str(v))
+             for k, v in sorted(vars(args).items())}
+    atomic_write_json(os.path.join(output_dir, "run_config.json"), {
+        "argv": list(sys.argv), "command": " ".join(sys.argv), "flags": flags,
+        "torch": torch.__version__, "world_size": dist.get_world_size() if dist.is_initialized() else 1,
+    })
+
+
+# ----------------------------------------------------------------------------------------------
+# Features: cache, collation, batches, streams
+# ----------------------------------------------------------------------------------------------
+
+def file_fingerprint(path):
+    """Key part for an input file: absolute path, size and mtime (a changed file misses the cache)."""
+    st = os.stat(path)
+    return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def default_cache_dir(args):
+    """--cache_dir, or <output_dir>/../.feature_cache; None when --cache_dir none."""
+    if args.cache_dir is not None:
+        return None if args.cache_dir.lower() == "none" else args.cache_dir
+    return os.path.join(os.path.dirname(os.path.abspath(args.output_dir.rstrip("/\\"))), ".feature_cache")
+
+
+def cached_features(cache_dir, key_parts, build_fn):
+    """Return build_fn() from a pickle cache keyed by a hash of key_parts (built once, written atomically).
+
+    key_parts should name everything the features depend on (vocab fingerprint, max_seq_length,
+    task, file_fingerprint(input)). Under torch.distributed rank 0 builds and writes first; the
+    other ranks wait and read. A cache that cannot be read is rebuilt; one that cannot be
+    written only costs a warning."""
+    if not cache_dir:
+        return build_fn()
+    blob = json.dumps(key_parts, sort_keys=True, default=str)
+    digest = hashlib.sha256(blob.encode("utf-8")).hexdigest()[:20]
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(key_parts.get("task", "features")))
+    path = os.path.join(cache_dir, f"{name}-{digest}.pkl")
+    distributed = dist.is_available() and dist.is_initialized()
+    is_main = not distributed or dist.get_rank() == 0
+    if distributed and not is_main:
+        dist.barrier()  # wait for rank 0 to build/write
+    features = None
+    if os.path.isfile(path):
+        try:
+            with open(path, "rb") as f:
+                stored = pickle.load(f)
+            if stored.get("key") == blob:
+                features = stored["features"]
+                logger.info("loaded %d cached features from %s", len(features), path)
+        except Exception as exc:  # a truncated/foreign file: rebuild
+            logger.warning("ignoring unreadable feature cache %s (%s)", path, exc)
+    if features is None:
+        features = build_fn()
+        if is_main:
+            try:
+                with atomic_open(path, "wb") as f:
+                    pickle.dump({"key": blob, "features": features}, f, protocol=pickle.HIGHEST_PROTOCOL)
+                logger.info("cached %d features in %s", len(features), path)
+            except OSError as exc:
+                logger.warning("could not write feature cache %s (%s)", path, exc)
+    if distributed and is_main:
+        dist.barrier()
+    return features
+
+
+def _is_number(x):
+    return isinstance(x, (bool, int, float, np.integer, np.floating))
+
+
+def _nested_len(value):
+    """Token length of a feature's input_ids ([S] or [K][S] for multiple choice)."""
+    if value and isinstance(value[0], (list, tuple)):
+        return max(len(v) for v in value)
+    return len(value)
+
+
+def feature_length(feature):
+    return _nested_len(feature["input_ids"])
+
+
+def _depth(value):
+    d = 0
+    while isinstance(value, (list, tuple)):
+        if not value:
+            return d + 1
+        value = value[0]
+        d += 1
+    return d if _is_number(value) else -1
+
+
+def collate(features, pad_to=None):
+    """List of feature dicts (plain lists, unpadded) -> dict of tensors.
+
+    Sequences are padded to the longest in the batch (or to max(pad_to, longest)): input_ids,
+    token_type_ids and attention_mask with 0, every other per-token key (token labels, MLM
+    labels) with -100. `attention_mask` is built from the lengths when a feature has none.
+    Multiple choice (`input_ids` a list of K lists) gives [B, K, S]. Scalar keys become [B]
+    tensors (float if any value is float). Keys whose values are not numbers or lists of numbers
+    (metadata such as token maps or example ids) are left out."""
+    if not features:
+        raise ValueError("collate() got an empty batch")
+    first = features[0]
+    keys = [k for k in first if _depth(first[k]) >= 0]
+    seq_keys = [k for k in keys if _depth(first[k]) >= 1]
+    if "input_ids" in first and "attention_mask" not in first:
+        seq_keys.append("attention_mask")
+    longest = max(feature_length(f) for f in features) if "input_ids" in first else \
+        max(_nested_len(f[seq_keys[0]]) for f in features) if seq_keys else 0
+    seq_len = max(longest, pad_to or 0)
+    batch = {}
+    for key in keys:
+        if key in seq_keys:
+            continue
+        values = [f[key] for f in features]
+        is_float = any(isinstance(v, (float, np.floating)) for v in values)
+        batch[key] = torch.tensor(values, dtype=torch.float32 if is_float else torch.long)
+    for key in seq_keys:
+        pad = 0 if key in ZERO_PAD_KEYS else IGNORE_INDEX
+        if key == "attention_mask" and key not in first:
+            rows = [[[1] * len(s) for s in f["input_ids"]] if _depth(f["input_ids"]) == 2
+                    else [1] * len(f["input_ids"]) for f in features]
+        else:
+            rows = [f[key] for f in features]
+        depth = _depth(rows[0])
+        flat = [x for r in rows for x in (r if depth == 1 else [y for s in r for y in s])]
+        dtype = torch.float32 if any(isinstance(x, (float, np.floating)) for x in flat) else torch.long
+        if depth == 2:
+            k = max(len(r) for r in rows)
+            out = torch.full((len(rows), k, seq_len), pad, dtype=dtype)
+            for i, r in enumerate(rows):
+                for j, s in enumerate(r):
+                    if s:
+                        out[i, j, :len(s)] = torch.tensor(s, dtype=dtype)
+        else:
+            out = torch.full((len(rows), seq_len), pad, dtype=dtype)
+            for i, r in enumerate(rows):
+                if r:
+                    out[i, :len(r)] = torch.tensor(r, dtype=dtype)
+        batch[key] = out
+    return batch
+
+
+def make_batches(lengths, batch_size, seed, epoch, shuffle=True, group_by_length=True, rank=0,
+                 world_size=1, megabatch_size=50):
+    """Deterministic batches of example indices for one epoch; returns THIS rank's slices.
+
+    Global batches of `batch_size`: shuffled with a generator seeded by (seed, epoch); with
+    `group_by_length`, the shuffled order is cut into megabatches of `megabatch_size` batches,
+    each sorted by length (longest first) and cut into batches, then the batch order is shuffled
+    again and the batch holding the longest example is put first (an out-of-memory shows at
+    once). Each global batch is split across ranks by stride (rank r gets items r, r+W, ...), so
+    every rank gets a slice of every global batch and the union is the single-process batch. A
+    final global batch smaller than world_size is merged into the previous one (no empty slice)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    n = len(lengths)
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    rng = np.random.default_rng([int(seed), int(epoch)])
+    order = rng.permutation(n) if shuffle else np.arange(n)
+    if group_by_length and n:
+        mega = max(1, megabatch_size) * batch_size
+        batches = []
+        for start in range(0, n, mega):
+            chunk = order[start:start + mega]
+            chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+            batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+        if shuffle:
+            perm = rng.permutation(len(batches))
+            batches = [batches[i] for i in perm]
+            longest = int(np.argmax([lengths[b].max() for b in batches]))
+            batches[0], batches[longest] = batches[longest], batches[0]
+    else:
+        batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    if world_size > 1:
+        if len(batches) > 1 and len(batches[-1]) < world_size:
+            batches[-2] = np.concatenate([batches[-2], batches[-1]])
+            batches.pop()
+        if batches and len(batches[-1]) < world_size:
+            raise ConfigError(f"only {n} examples for {world_size} processes: every process needs at least one")
+        batches = [b[rank::world_size] for b in batches]
+    return [b.tolist() for b in batches]
+
+
+class EpochStream:
+    """Step stream over ONE task's training features, data epoch after data epoch.
+
+    `batch_size` is the effective global batch of one optimizer step; a step is `accumulation`
+    micro-batches of batch_size/accumulation examples (the last step of an epoch may have
+    fewer micro-batches). The order depends only on (seed, epoch), so the position
+    (epoch, step) is the whole state: resume is exact."""
+
+    def __init__(self, features, batch_size, accumulation, seed, task_id=0, group_by_length=True,
+                 pad_to=None, rank=0, world_size=1, shuffle=True):
+        if not features:
+            raise ConfigError("no training features (empty training set?)")
+        if batch_size % accumulation:
+            raise ConfigError(f"train batch size {batch_size} is not divisible by gradient accumulation {accumulation}")
+        self.features = features
+        self.micro_batch_size = batch_size // accumulation
+        self.accumulation = accumulation
+        self.seed, self.task_id = seed, task_id
+        self.group_by_length, self.pad_to, self.shuffle = group_by_length, pad_to, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.lengths = np.array([feature_length(f) for f in features], dtype=np.int64)
+        self.epoch, self.step_in_epoch = 0, 0
+        self._batches, self._batches_epoch = None, None
+        self.steps_per_epoch = math.ceil(len(self._epoch_batches(0)) / accumulation)
+
+    def _epoch_batches(self, epoch):
+        if self._batches_epoch != epoch:
+            self._batches = make_batches(self.lengths, self.micro_batch_size, self.seed, epoch, self.shuffle,
+                                         self.group_by_length, self.rank, self.world_size)
+            self._batches_epoch = epoch
+        return self._batches
+
+    def __len__(self):
+        return self.steps_per_epoch
+
+    def next_step(self):
+        """The micro-batches of the next optimizer step: [(task_id, batch), ...]."""
+        if self.step_in_epoch >= self.steps_per_epoch:
+            self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        batches = self._epoch_batches(self.epoch)
+        start = self.step_in_epoch * self.accumulation
+        chunk = batches[start:start + self.accumulation]
+        self.step_in_epoch += 1
+        return [(self.task_id, collate([self.features[i] for i in idx], self.pad_to)) for idx in chunk]
+
+    def state_dict(self):
+        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "num_features": len(self.features),
+                "micro_batch_size": self.micro_batch_size, "seed": self.seed}
+
+    def load_state_dict(self, state):
+        if state.get("num_features") != len(self.features) or state.get("micro_batch_size") != self.micro_batch_size:
+            raise ConfigError(
+                f"checkpoint data position does not fit this run: it was taken with {state.get('num_features')} "
+                f"features and micro-batch {state.get('micro_batch_size')}, this run has {len(self.features)} and "
+                f"{self.micro_batch_size} (same data, batch size and accumulation are needed to resume)")
+        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
+
+
+def make_stream(args, env, features, task_id=0):
+    """EpochStream configured from the engine flags (batch size, accumulation, padding, ranks)."""
+    return EpochStream(features, args.train_batch_size, args.gradient_accumulation_steps, args.seed,
+                       task_id=task_id, group_by_length=not args.no_group_by_length,
+                       pad_to=args.max_seq_length if args.pad_to_max_length else None,
+                       rank=env.rank, world_size=env.world_size)
+
+
+def num_training_steps(args, steps_per_epoch):
+    """Optimizer steps for --num_train_epochs (fractional epochs allowed; at least 1)."""
+    return max(1, math.ceil(steps_per_epoch * args.num_train_epochs))
+
+
+# ----------------------------------------------------------------------------------------------
+# Prediction
+# ----------------------------------------------------------------------------------------------
+
+def _pad_cat(arrays, pad_value):
+    """Concatenate [b, ...] arrays along 0, padding trailing dims to the largest shape."""
+    shapes = {a.shape[1:] for a in arrays}
+    if len(shapes) == 1:
+        return np.concatenate(arrays, axis=0)
+    ndim = max(len(s) for s in shapes)
+    target = [max(a.shape[d] for a in arrays) for d in range(1, ndim + 1)]
+    out = []
+    for a in arrays:
+        widths = [(0, 0)] + [(0, t - s) for s, t in zip(a.shape[1:], target)]
+        out.append(np.pad(a, widths, constant_values=pad_value))
+    return np.concatenate(out, axis=0)
+
+
+def _move(batch, device):
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _autocast(device, amp_dtype):
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+
+@torch.no_grad()
+def predict(model, features, task_id, batch_size, env=None, pad_to=None, pad_value=-10000.0,
+            desc="predict"):
+    """Run `model` over features (sorted by length for speed) -> outputs in INPUT order.
+
+    Returns {output name: numpy array} for every tensor the model returns except `loss`, plus
+    `loss` = example-weighted mean loss (None when the features carry no labels). Token-level
+    outputs of different batches are padded to a common length with `pad_value`. Under
+    torch.distributed every rank must call this (batches are shared out and gathered): every
+    rank gets the full outputs. The model's train/eval mode is restored afterwards."""
+    device = env.device if env is not None else next(model.parameters()).device
+    amp_dtype = env.amp_dtype if env is not None else None
+    rank, world = (env.rank, env.world_size) if env is not None and env.distributed else (0, 1)
+    was_training = model.training
+    model.eval()
+    n = len(features)
+    lengths = np.array([feature_length(f) for f in features], dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    mine = batches[rank::world]
+    outputs, loss_sum, loss_n = [], 0.0, 0
+    show = (env is None or env.is_main) and sys.stderr.isatty()
+    try:
+        from tqdm import tqdm
+        iterator = tqdm(mine, desc=desc, disable=not show, leave=False)
+    except ImportError:  # tqdm is a dependency; this only keeps predict usable without it
+        iterator = mine
+    for idx in iterator:
+        batch = _move(collate([features[i] for i in idx], pad_to), device)
+        with _autocast(device, amp_dtype):
+            out = model(**batch, task_id=task_id)
+        if "loss" in out and out["loss"] is not None:
+            loss_sum += float(out["loss"].float()) * len(idx)
+            loss_n += len(idx)
+        arrays = {k: v.detach().float().cpu().numpy() for k, v in out.items()
+                  if k != "loss" and torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == len(idx)}
+        outputs.append((idx, arrays))
+    if world > 1:
+        gathered = [None] * world
+        dist.all_gather_object(gathered, (outputs, loss_sum, loss_n))
+        outputs = [o for part in gathered for o in part[0]]
+        loss_sum = sum(part[1] for part in gathered)
+        loss_n = sum(part[2] for part in gathered)
+    if was_training:
+        model.train()
+    result = {}
+    if outputs:
+        index = np.concatenate([idx for idx, _ in outputs])
+        inverse = np.empty(n, dtype=np.int64)
+        inverse[index] = np.arange(n)
+        for key in outputs[0][1]:
+            result[key] = _pad_cat([arrays[key] for _, arrays in outputs], pad_value)[inverse]
+    result["loss"] = loss_sum / loss_n if loss_n else None
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Trainer
+# ----------------------------------------------------------------------------------------------
+
+def _rng_state():
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state):
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def find_checkpoint(output_dir):
+    """Path of the last complete checkpoint folder in output_dir, or None."""
+    for name in (CHECKPOINT_DIR, CHECKPOINT_DIR + ".old"):
+        path = os.path.join(output_dir, name)
+        if os.path.isfile(os.path.join(path, CHECKPOINT_META)) and os.path.isfile(os.path.join(path, CHECKPOINT_STATE)):
+            return path
+    return None
+
+
+def _fsync_dir(path):
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class Trainer:
+    """Optimizer steps over a step stream; checkpoints; prediction. See the module docstring.
+
+    model: the unwrapped model (BertForMultiTask or anything with the same forward contract).
+    num_training_steps: optimizer steps the LR schedule spans (the real number of steps).
+    param_groups: optimizer groups (default optimization.param_groups(model, weight_decay, lr)).
+    grad_combiner: f(list of flat per-task gradients of the shared parameters) -> flat gradient,
+      applied to steps whose micro-batches come from more than one task (PCGrad, vaccine).
+    """
+
+    def __init__(self, args, env, model, num_training_steps, param_groups=None, grad_combiner=None):
+        import optimization
+        self.args, self.env = args, env
+        self.model = model.to(env.device)
+        self.num_training_steps = int(num_training_steps)
+        self.grad_combiner = grad_combiner
+        if env.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            # A step uses one task's adapters and head only: the rest are unused in that step.
+            self.ddp_model = DDP(self.model, device_ids=[env.local_rank] if env.device.type == "cuda" else None,
+                                 output_device=env.local_rank if env.device.type == "cuda" else None,
+                                 find_unused_parameters=True)
+        else:
+            self.ddp_model = self.model
+        if param_groups is None:
+            param_groups = optimization.param_groups(self.model, args.weight_decay, args.learning_rate)
+        self.optimizer = optimization.build_optimizer(args.optimizer, param_groups, args.learning_rate,
+                                                      max_grad_norm=args.max_grad_norm)
+        self.engine_clips = args.optimizer != "bertadam" and args.max_grad_norm > 0
+        lr_lambda = optimization.get_lr_lambda(args.schedule, args.warmup_proportion, max(1, self.num_training_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda)
+        fp16 = env.amp_dtype == torch.float16
+        self.static_loss_scale = float(args.loss_scale) if fp16 and args.loss_scale > 0 else None
+        self.scaler = torch.amp.GradScaler(env.device.type, enabled=fp16,
+                                           init_scale=self.static_loss_scale or 2.0 ** 16)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self._shared_params = None
+        self.global_step = 0
+        self.epoch = 0
+        self.extra_state = {}
+        self.consecutive_skipped = 0
+        self._tb_writer = None
+        self.train_loss_sum, self.train_loss_steps = 0.0, 0
+
+    # -- logging ---------------------------------------------------------------------------------
+
+    @property
+    def tb_writer(self):
+        """TensorBoard SummaryWriter on rank 0 (created on first use in <output_dir>/runs), else None."""
+        if self._tb_writer is None and self.env.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+            self._tb_writer = SummaryWriter(os.path.join(self.args.output_dir, TENSORBOARD_DIR))
+        return self._tb_writer
+
+    def log_scalars(self, tag_prefix, values, step=None):
+        """Write every finite number in `values` as TensorBoard scalar `<tag_prefix>/<key>` (rank 0)."""
+        if not self.env.is_main:
+            return
+        step = self.global_step if step is None else step
+        writer = self.tb_writer
+        for key, value in values.items():
+            if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
+                    and math.isfinite(float(value)):
+                writer.add_scalar(f"{tag_prefix}/{key}" if tag_prefix else key, float(value), step)
+        writer.flush()
+
+    def close(self):
+        if self._tb_writer is not None:
+            self._tb_writer.close()
+            self._tb_writer = None
+
+    # -- one optimizer step ----------------------------------------------------------------------
+
+    def _forward_backward(self, module, task_id, batch, weight):
+        """Forward + weighted backward of one micro-batch; returns the detached fp32 loss."""
+        with _autocast(self.env.device, self.env.amp_dtype):
+            out = module(**batch, task_id=task_id)
+        loss = out["loss"].float()
+        self.scaler.scale(loss * weight).backward()
+        return loss.detach()
+
+    def shared_parameters(self):
+        if self._shared_params is None:
+            if hasattr(self.model, "shared_parameters"):
+                shared = list(self.model.shared_parameters())
+            else:
+                shared = list(self.model.parameters())
+            ids = {id(p) for p in shared}
+            self._shared_params = [p for p in self.params if id(p) in ids]
+        return self._shared_params
+
+    def _all_reduce_grads(self, params):
+        """Average .grad of `params` over ranks (one flat buffer; the same params on every rank)."""
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.env.world_size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def _step_microbatches(self, micro):
+        """Backward all micro-batches of one step (grads left in .grad); returns the global mean loss."""
+        env = self.env
+        micro = [(tid, _move(batch, env.device)) for tid, batch in micro]
+        counts = torch.tensor([float(next(iter(b.values())).shape[0]) for _, b in micro], dtype=torch.float64)
+        local_counts = counts.clone()
+        if env.distributed:
+            counts = counts.to(env.device)
+            dist.all_reduce(counts)
+            counts = counts.cpu()
+        total = float(counts.sum())
+        # weight: this micro-batch's share of the step's examples; x world_size because DDP averages.
+        weights = [float(local_counts[i]) / total * env.world_size for i in range(len(micro))]
+        tasks = list(dict.fromkeys(tid for tid, _ in micro))
+        loss_acc = torch.zeros((), dtype=torch.float64, device=env.device)
+        if len(tasks) == 1:
+            # One task: the ordinary path; DDP reduces on the last micro-batch only.
+            for i, (tid, batch) in enumerate(micro):
+                sync = not env.distributed or i == len(micro) - 1
+                ctx = contextlib.nullcontext() if sync else self.ddp_model.no_sync()
+                with ctx:
+                    loss = self._forward_backward(self.ddp_model, tid, batch, weights[i])
+                loss_acc += loss.double() * float(local_counts[i]) / total
+        else:
+            # Several tasks in one step: no DDP reduction inside (the set of used parameters differs
+            # between micro-batches); grads are reduced by hand below, per task when combining.
+            shared = self.shared_parameters() if self.grad_combiner is not None else None
+            flats, used = [], [False] * len(shared or [])
+            for task in tasks:
+                for i, (tid, batch) in enumerate(micro):
+                    if tid != task:
+                        continue
+                    with self.ddp_model.no_sync() if env.distributed else contextlib.nullcontext():
+                        loss = self._forward_backward(self.ddp_model, tid, batch, weights[i])
+                    loss_acc += loss.double() * float(local_counts[i]) / total
+                if shared is not None:
+                    parts = []
+                    for j, p in enumerate(shared):
+                        if p.grad is None:
+                            parts.append(torch.zeros(p.numel(), dtype=torch.float32, device=p.device))
+                        else:
+                            used[j] = True
+                            parts.append(p.grad.detach().reshape(-1).float())
+                            p.grad = None
+                    flats.append(torch.cat(parts))
+            if env.distributed:
+                shared_ids = {id(p) for p in (shared or [])}
+                self._all_reduce_grads([p for p in self.params if id(p) not in shared_ids])
+                for flat in flats:
+                    dist.all_reduce(flat)
+                    flat /= env.world_size
+            if shared is not None:
+                scale = float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
+                combined = self.grad_combiner([f / scale for f in flats]) * scale
+                offset = 0
+                for j, p in enumerate(shared):
+                    numel = p.numel()
+                    if used[j]:
+                        p.grad = combined[offset:offset + numel].view_as(p).to(p.dtype).clone()
+                    offset += numel
+        if env.distributed:
+            dist.all_reduce(loss_acc)
+        return float(loss_acc)
+
+    def training_step(self, micro):
+        """One optimizer step over the given micro-batches; returns the step's mean loss."""
+        loss = self._step_microbatches(micro)
+        fp16 = self.scaler.is_enabled()
+        if not math.isfinite(loss) and not fp16:
+            task = ",".join(str(t) for t in dict.fromkeys(t for t, _ in micro))
+            raise NonFiniteLossError(
+                f"non-finite training loss ({loss}) at step {self.global_step + 1} (task {task}); "
+                "lower --learning_rate, check the input data, or try --bf16/fp32")
+        if fp16 or self.engine_clips:
+            self.scaler.unscale_(self.optimizer)
+        if self.engine_clips:
+            torch.nn.utils.clip_grad_norm_(self.params, self.args.max_grad_norm)
+        if fp16:
+            skipped = False
+            with contextlib.suppress(Exception):  # private API: only used to count skipped steps
+                skipped = any(float(v) > 0 for v in self.scaler._found_inf_per_device(self.optimizer).values())
+            self.scaler.step(self.optimizer)
+            self.scaler.update(self.static_loss_scale)
+            self.consecutive_skipped = self.consecutive_skipped + 1 if skipped or not math.isfinite(loss) else 0
+            if self.consecutive_skipped >= MAX_CONSECUTIVE_SKIPPED_STEPS:
+                raise NonFiniteLossError(
+                    f"fp16: {self.consecutive_skipped} optimizer steps in a row skipped for inf/NaN gradients "
+                    f"(loss {loss}, loss scale {self.scaler.get_scale():g}) at step {self.global_step + 1}; "
+                    "the loss itself is probably non-finite: lower --learning_rate or use --bf16")
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        import warnings
+        with warnings.catch_warnings():
+            # A first fp16 step skipped by the scaler makes LambdaLR warn about the call order.
+            warnings.simplefilter("ignore", UserWarning)
+            self.scheduler.step()
+        return loss
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def _gather_rng(self):
+        state = _rng_state()
+        if not self.env.distributed:
+            return [state]
+        gathered = [None] * self.env.world_size
+        dist.all_gather_object(gathered, state)
+        return gathered
+
+    def save_checkpoint(self, stream):
+        """Write <output_dir>/checkpoint atomically: a kill at any moment leaves the previous one intact.
+        Collective under torch.distributed (RNG states of every rank are gathered); rank 0 writes."""
+        rng = self._gather_rng()
+        if self.env.is_main:
+            out = self.args.output_dir
+            state = {
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "rng": rng, "stream": stream.state_dict() if hasattr(stream, "state_dict") else None,
+                "global_step": self.global_step, "epoch": self.epoch, "extra_state": self.extra_state,
+                "world_size": self.env.world_size, "consecutive_skipped": self.consecutive_skipped,
+                "train_loss_sum": self.train_loss_sum, "train_loss_steps": self.train_loss_steps,
+            }
+            tmp = tempfile.mkdtemp(prefix=".checkpoint-", dir=out)
+            try:
+                with atomic_open(os.path.join(tmp, CHECKPOINT_STATE), "wb") as f:
+                    torch.save(state, f)
+                atomic_write_json(os.path.join(tmp, CHECKPOINT_META), {
+                    "global_step": self.global_step, "epoch": self.epoch, "time": time.time(),
+                    "num_training_steps": self.num_training_steps})
+                final, old = os.path.join(out, CHECKPOINT_DIR), os.path.join(out, CHECKPOINT_DIR + ".old")
+                if os.path.isdir(old):
+                    if os.path.isdir(final):
+                        shutil.rmtree(old)
+                    else:  # the previous save was killed between its renames: old is the good one
+                        os.replace(old, final)
+                if os.path.isdir(final):
+                    os.replace(final, old)
+                os.replace(tmp, final)
+                _fsync_dir(out)
+                shutil.rmtree(old, ignore_errors=True)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            logger.info("checkpoint at step %d written to %s", self.global_step, final)
+        self.env.barrier()
+
+    def load_checkpoint(self, path, stream):
+        """Restore everything save_checkpoint wrote (model, optimizer, schedule, scaler, RNG, stream)."""
+        state = torch.load(os.path.join(path, CHECKPOINT_STATE), map_location="cpu", weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler.is_enabled() and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if state.get("stream") is not None and hasattr(stream, "load_state_dict"):
+            stream.load_state_dict(state["stream"])
+        rng = state["rng"]
+        if len(rng) != self.env.world_size:
+            logger.warning("checkpoint was written by %d processes, resuming with %d: dropout RNG differs",
+                           len(rng), self.env.world_size)
+        _set_rng_state(rng[self.env.rank] if self.env.rank < len(rng) else rng[0])
+        self.global_step, self.epoch = state["global_step"], state["epoch"]
+        self.extra_state = state.get("extra_state") or {}
+        self.consecutive_skipped = state.get("consecutive_skipped", 0)
+        self.train_loss_sum = state.get("train_loss_sum", 0.0)
+        self.train_loss_steps = state.get("train_loss_steps", 0)
+        logger.info("resumed from %s at step %d (epoch %d)", path, self.global_step, self.epoch)
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def train(self, stream, num_steps, steps_per_epoch=None, on_epoch_end=None, desc="train"):
+        """Run optimizer steps from stream.next_step() until global_step == num_steps.
+
+        Every `steps_per_epoch` steps, on_epoch_end(epoch_index, trainer) runs on all ranks (after
+        the step, before that step's checkpoint); returning True stops training. With --resume,
+        continues from <output_dir>/checkpoint. Returns {"global_step", "loss" (mean step loss of
+        the whole run), "stopped_early"}."""
+        args, env = self.args, self.env
+        steps_per_epoch = steps_per_epoch or getattr(stream, "steps_per_epoch", None) or num_steps
+        if args.resume:
+            path = find_checkpoint(args.output_dir)
+            if path is not None:
+                self.load_checkpoint(path, stream)
+            else:
+                logger.info("--resume: no checkpoint in %s, starting from scratch", args.output_dir)
+        self.ddp_model.train()
+        from tqdm import tqdm
+        bar = tqdm(total=num_steps, initial=self.global_step, desc=desc,
+                   disable=not (env.is_main and sys.stderr.isatty()), dynamic_ncols=True)
+        stopped_early = False
+        log_loss, log_n = 0.0, 0
+        saved_at = self.global_step
+        try:
+            while self.global_step < num_steps:
+                micro = stream.next_step()
+                loss = self.training_step(micro)
+                self.global_step += 1
+                if math.isfinite(loss):
+                    self.train_loss_sum += loss
+                    self.train_loss_steps += 1
+                    log_loss, log_n = log_loss + loss, log_n + 1
+                bar.update(1)
+                if env.is_main and (self.global_step % max(1, args.logging_steps) == 0 or self.global_step == num_steps):
+                    lr = self.scheduler.get_last_lr()[0]
+                    avg = log_loss / max(log_n, 1)
+                    bar.set_postfix(loss=f"{avg:.4f}", lr=f"{lr:.2e}")
+                    self.log_scalars("train", {"loss": avg, "learning_rate": lr})
+                    if not sys.stderr.isatty():
+                        logger.info("step %d/%d loss %.4f lr %.3e", self.global_step, num_steps, avg, lr)
+                    log_loss, log_n = 0.0, 0
+                if self.global_step % steps_per_epoch == 0:
+                    self.epoch += 1
+                    if on_epoch_end is not None:
+                        stop = on_epoch_end(self.epoch - 1, self)
+                        self.ddp_model.train()
+                        if stop:
+                            stopped_early = True
+                if args.save_steps and args.save_steps > 0 and self.global_step % args.save_steps == 0:
+                    self.save_checkpoint(stream)
+                    saved_at = self.global_step
+                if stopped_early:
+                    logger.info("early stop after epoch %d (step %d)", self.epoch, self.global_step)
+                    break
+            if saved_at != self.global_step or find_checkpoint(args.output_dir) is None:
+                self.save_checkpoint(stream)
+        finally:
+            bar.close()
+            if self._tb_writer is not None:
+                self._tb_writer.flush()
+        mean = self.train_loss_sum / self.train_loss_steps if self.train_loss_steps else float("nan")
+        return {"global_step": self.global_step, "loss": mean, "stopped_early": stopped_early}
+
+    # -- outputs ---------------------------------------------------------------------------------
+
+    def predict(self, features, task_id, batch_size=None, pad_to=None):
+        """See module-level predict(); collective under torch.distributed."""
+        if pad_to is None and self.args.pad_to_max_length:
+            pad_to = self.args.max_seq_length
+        return predict(self.model, features, task_id, batch_size or self.args.eval_batch_size, self.env,
+                       pad_to=pad_to)
+
+    def save_model(self, directory, tokenizer=None):
+        """Rank 0: save_pretrained (config.json, model.safetensors, vocab.txt) into directory."""
+        if self.env.is_main:
+            save_model(self.model, directory, tokenizer)
+        self.env.barrier()
+
+
+def save_model(model, directory, tokenizer=None):
+    """save_pretrained into directory (each file atomic); the tokenizer's vocab when given."""
+    os.makedirs(directory, exist_ok=True)
+    vocab_file = getattr(tokenizer, "vocab_file", None) if tokenizer is not None else None
+    model.save_pretrained(directory, vocab_file=vocab_file)
+    if tokenizer is not None and not os.path.isfile(os.path.join(directory, "vocab.txt")):
+        tokenizer.save_vocabulary(directory)
+
+
+def write_eval_results(path, results):
+    """`key = value` lines, keys sorted (the reference eval_results.txt format), atomically."""
+    lines = [f"{key} = {results[key]}" for key in sorted(results)]
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
