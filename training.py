@@ -678,7 +678,8 @@ class Trainer:
         if param_groups is None:
             param_groups = optimization.param_groups(self.model, args.weight_decay, args.learning_rate)
         self.optimizer = optimization.build_optimizer(args.optimizer, param_groups, args.learning_rate,
-                                                      max_grad_norm=args.max_grad_norm)
+                                                      max_grad_norm=args.max_grad_norm,
+                                                      weight_decay=args.weight_decay)
         self.engine_clips = args.optimizer != "bertadam" and args.max_grad_norm > 0
         lr_lambda = optimization.get_lr_lambda(args.schedule, args.warmup_proportion, max(1, self.num_training_steps))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda)
