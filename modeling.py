@@ -58,7 +58,7 @@ STANDARD_KEYS = OrderedDict([
     ("type_vocab_size", ("int", 2)),
     ("initializer_range", ("float", 0.02)),
     ("layer_norm_eps", ("float", 1e-12)),
-    ("pad_token_id", ("int", 0)),
+    ("pad_token_id", ("?int", 0)),
     ("classifier_dropout", ("?float", None)),  # HF key: dropout before heads; None = hidden_dropout_prob
 ])
 ADAPTER_KEYS = OrderedDict([
@@ -95,7 +95,8 @@ IGNORED_KEYS = frozenset([
     "output_hidden_states", "return_dict", "torchscript", "tie_word_embeddings", "directionality",
     "pooler_fc_size", "pooler_num_attention_heads", "pooler_num_fc_layers", "pooler_size_per_head",
     "pooler_type", "tokenizer_class", "prefix", "pruned_heads", "tf_legacy_loss", "use_bfloat16",
-    "_attn_implementation_autoset", "num_labels", "embedding_size",
+    "_attn_implementation_autoset", "num_labels", "embedding_size", "is_encoder_decoder",
+    "decoder_start_token_id", "task_specific_params", "_commit_hash", "_attn_implementation",
 ])
 ACTIVATIONS = {
     "gelu": F.gelu,
