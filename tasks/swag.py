@@ -1,0 +1,140 @@
+"""SWAG multiple choice: read the swagaf CSV files, build four `[CLS] context [SEP] start + ending [SEP]`
+sequences per example, score accuracy, write test predictions.
+
+Layout (swagaf `data/train.csv`, `val.csv`, `test.csv`), header
+`,video-id,fold-ind,startphrase,sent1,sent2,gold-source,ending0,ending1,ending2,ending3,label`
+(test.csv has no `label` column). As in the reference run_swag.py the context is `sent1`, the
+start of every ending is `sent2`, and the pair is truncated longest-first to max_seq_length - 3.
+"""
+import csv
+import logging
+from dataclasses import dataclass
+
+from file_utils import DataError, atomic_open
+
+logger = logging.getLogger(__name__)
+
+NUM_CHOICES = 4
+HEADER = ["", "video-id", "fold-ind", "startphrase", "sent1", "sent2", "gold-source",
+          "ending0", "ending1", "ending2", "ending3", "label"]
+PREDICTION_HEADER = ["id", "video-id", "fold-ind", "label"]
+
+
+@dataclass
+class SwagExample:
+    row_id: str          # the first (unnamed) column
+    video_id: str
+    fold_ind: str
+    context: str         # sent1
+    start_ending: str    # sent2
+    endings: list
+    label: int = None
+    line: int = None
+
+
+def read_swag_examples(path, require_label=True):
+    """Read a SWAG CSV. A file without a `label` column (test.csv) gives label None, unless
+    `require_label` (training / evaluation), which makes it an error."""
+    try:
+        f = open(path, encoding="utf-8", newline="")
+    except OSError as exc:
+        raise DataError(path, None, f"cannot read file: {exc.strerror}") from exc
+    examples = []
+    with f:
+        reader = csv.reader(f)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise DataError(path, 1, "empty file: expected the SWAG header") from None
+        except csv.Error as exc:
+            raise DataError(path, reader.line_num, f"bad CSV: {exc}") from exc
+        header = [h.strip().lstrip("\ufeff") for h in header]
+        if header == HEADER:
+            has_label = True
+        elif header == HEADER[:-1]:
+            has_label = False
+        else:
+            raise DataError(path, 1, "not a SWAG header: expected " + ",".join(HEADER)
+                            + " (test.csv: without ',label')")
+        if require_label and not has_label:
+            raise DataError(path, 1, "this file has no 'label' column (a test file?); "
+                                     "training and evaluation need labels")
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                raise DataError(path, reader.line_num, f"bad CSV: {exc}") from exc
+            line = reader.line_num
+            if not row or all(not c.strip() for c in row):
+                continue
+            if len(row) != len(header):
+                raise DataError(path, line, f"expected {len(header)} columns, got {len(row)}")
+            endings = row[7:11]
+            label = None
+            if has_label:
+                try:
+                    label = int(row[11])
+                except ValueError:
+                    label = None
+                if label is None or not 0 <= label < NUM_CHOICES:
+                    raise DataError(path, line, f"label must be 0..{NUM_CHOICES - 1}, got {row[11]!r}")
+            if not row[4].strip() or any(not e.strip() for e in endings):
+                raise DataError(path, line, "empty sent1 or ending")
+            examples.append(SwagExample(row[0], row[1], row[2], row[4], row[5], endings, label, line))
+    return examples
+
+
+def _truncate_seq_pair(tokens_a, tokens_b, max_length):
+    """Pop from the longer list until the pair fits (in place), as the reference does."""
+    while len(tokens_a) + len(tokens_b) > max_length:
+        (tokens_a if len(tokens_a) > len(tokens_b) else tokens_b).pop()
+
+
+def convert_examples_to_features(examples, tokenizer, max_seq_length):
+    """One feature per example: input_ids / token_type_ids / attention_mask are lists of 4 lists
+    (unpadded); `labels` (int) when the example has a label. Returns (features, n_truncated)."""
+    features, n_truncated = [], 0
+    for ex in examples:
+        context_tokens = tokenizer.tokenize(ex.context)
+        start_ending_tokens = tokenizer.tokenize(ex.start_ending)
+        choices_ids, choices_types = [], []
+        truncated = False
+        for ending in ex.endings:
+            tokens_a = list(context_tokens)
+            tokens_b = start_ending_tokens + tokenizer.tokenize(ending)
+            if len(tokens_a) + len(tokens_b) > max_seq_length - 3:
+                truncated = True
+            _truncate_seq_pair(tokens_a, tokens_b, max_seq_length - 3)
+            tokens = ["[CLS]"] + tokens_a + ["[SEP]"] + tokens_b + ["[SEP]"]
+            choices_ids.append(tokenizer.convert_tokens_to_ids(tokens))
+            choices_types.append([0] * (len(tokens_a) + 2) + [1] * (len(tokens_b) + 1))
+        n_truncated += truncated
+        feature = {"input_ids": choices_ids, "token_type_ids": choices_types,
+                   "attention_mask": [[1] * len(ids) for ids in choices_ids]}
+        if ex.label is not None:
+            feature["labels"] = ex.label
+        features.append(feature)
+    if n_truncated:
+        logger.warning("%d of %d examples were truncated to --max_seq_length %d",
+                       n_truncated, len(examples), max_seq_length)
+    return features, n_truncated
+
+
+def accuracy(logits, labels):
+    """Fraction of rows whose argmax choice equals the label."""
+    if len(labels) == 0:
+        return 0.0
+    correct = sum(int(max(range(len(row)), key=lambda c: row[c]) == label)
+                  for row, label in zip(logits, labels))
+    return correct / len(labels)
+
+
+def write_predictions(path, examples, logits):
+    """CSV `id,video-id,fold-ind,label` (predicted ending index), one row per example, input order."""
+    with atomic_open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(PREDICTION_HEADER)
+        for ex, row in zip(examples, logits):
+            writer.writerow([ex.row_id, ex.video_id, ex.fold_ind, max(range(len(row)), key=lambda c: row[c])])
