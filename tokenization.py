@@ -332,31 +332,33 @@ class BertTokenizer:
         return [self.vocab[t] for t in self.SPECIAL_TOKENS]
 
     def _word_pieces(self, word):
-        pieces = self._cache.get(word)
-        if pieces is None:
+        """Word pieces of one raw word (after cleaning and whitespace splitting); cached."""
+        if word in self._never:
+            if word in self.basic_tokenizer.never_split:
+                pieces = [word]
+            else:
+                # A special token that only appeared after cleaning (e.g. "[SE\u200bP]"):
+                # kept whole by the basic step, then word-pieced (it is in the vocab).
+                pieces = self.wordpiece_tokenizer.tokenize_word(word)
+        else:
             pieces = []
             wp = self.wordpiece_tokenizer.tokenize_word
             for token in self.basic_tokenizer.tokenize_word(word):
                 pieces.extend(wp(token))
-            if len(self._cache) >= self._cache_size:
-                # Evict the oldest entry (dicts keep insertion order): O(1), bounded memory.
-                del self._cache[next(iter(self._cache))]
-            self._cache[word] = pieces
+        cache = self._cache
+        if len(cache) >= self._cache_size:
+            # Evict the oldest entry (dicts keep insertion order): O(1), bounded memory.
+            del cache[next(iter(cache))]
+        cache[word] = pieces
         return pieces
 
     def _tokenize_chunk(self, text, out):
-        never = self._never
-        user_never = self.basic_tokenizer.never_split
+        cache_get = self._cache.get
         for word in self.basic_tokenizer.clean_and_split(text):
-            if word in never:
-                if word in user_never:
-                    out.append(word)
-                else:
-                    # A special token that only appeared after cleaning (e.g. "[SE\u200bP]"):
-                    # kept whole by the basic step, then word-pieced (it is in the vocab).
-                    out.extend(self.wordpiece_tokenizer.tokenize_word(word))
-            else:
-                out.extend(self._word_pieces(word))
+            pieces = cache_get(word)
+            if pieces is None:
+                pieces = self._word_pieces(word)
+            out.extend(pieces)
 
     def tokenize(self, text):
         """Text -> list of word-piece strings (special tokens in the text are kept whole)."""
