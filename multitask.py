@@ -26,7 +26,7 @@ import torch
 from file_utils import ConfigError, atomic_write_json, atomic_write_text
 
 # The task list of the reference (`--tasks all`), in its order: the task index is the position here.
-PAPER_TASKS = ["cola", "mrpc", "mnli", "rte", "sts-b", "sst-2", "qqp", "qnli"]
+from tasks.glue import PAPER_TASKS  # noqa: E402  (cola mrpc mnli rte sts-b sst-2 qqp qnli)
 SAMPLING_MODES = ("prop", "sqrt", "anneal", "rr")
 PROJECTIONS = ("none", "pcgrad", "vaccine")
 COMBINE_STRATEGIES = ("all", "sampled")
@@ -36,23 +36,22 @@ COMBINE_STRATEGIES = ("all", "sampled")
 # Task lists
 # ----------------------------------------------------------------------------------------------
 
-def parse_task_list(spec, known_tasks):
-    """`all` -> PAPER_TASKS; else a comma list of known task names (case-insensitive, unique)."""
-    spec = (spec or "").strip().lower()
-    if spec == "all":
-        return list(PAPER_TASKS)
-    names = [name.strip() for name in spec.split(",") if name.strip()]
-    if not names:
+def parse_task_list(spec):
+    """`all` -> the 8 paper tasks in the reference order; else a comma list of GLUE tasks that have
+    a training set (WNLI included; MNLI-mm and AX are evaluated/predicted with the MNLI head)."""
+    from tasks import glue
+    raw = [item.strip().lower() for item in str(spec or "").split(",") if item.strip()]
+    if not raw:
         raise ConfigError("--tasks is empty: give 'all' or a comma list such as 'cola,rte'")
-    aliases = {"sts": "sts-b", "stsb": "sts-b", "sst": "sst-2", "sst2": "sst-2"}
-    names = [aliases.get(name, name) for name in names]
-    known = [k.lower() for k in known_tasks]
-    for name in names:
-        if name not in known:
-            raise ConfigError(f"unknown task '{name}' in --tasks; known: all, {', '.join(known)}")
-    duplicates = sorted({name for name in names if names.count(name) > 1})
+    canonical = [glue.get_task(item).name if item not in glue.TASK_SETS else item for item in raw]
+    duplicates = sorted({name for name in canonical if canonical.count(name) > 1})
     if duplicates:
         raise ConfigError(f"task(s) listed twice in --tasks: {', '.join(duplicates)}")
+    names = glue.parse_task_list(raw)
+    for name in names:
+        if glue.get_task(name).head_task is not None or "train" not in glue.get_task(name).files:
+            raise ConfigError(f"task '{name}' has no training set; it is evaluated with the "
+                              f"{glue.get_task(name).head_task} head (give that task instead)")
     return names
 
 
@@ -227,7 +226,9 @@ def schedule_report(task_names, sizes, batch_sizes, mode, num_epochs, steps_per_
         epochs.append({"epoch": epoch, "alpha": sampling_alpha(mode, epoch, num_epochs),
                        "probabilities": probs.tolist()})
         expected_steps += per_step * steps_per_epoch
-    passes = expected_steps * np.asarray(batch_sizes, dtype=np.float64) / np.asarray(sizes, dtype=np.float64)
+    # one pass over task i = ceil(N_i / batch_i) steps (the last batch of a pass is smaller)
+    steps_per_pass = np.ceil(np.asarray(sizes, dtype=np.float64) / np.asarray(batch_sizes, dtype=np.float64))
+    passes = expected_steps / steps_per_pass
     return {"tasks": list(task_names), "sizes": [int(s) for s in sizes], "batch_sizes": list(batch_sizes),
             "epochs": epochs, "steps": expected_steps.tolist(), "passes": passes.tolist(),
             "steps_per_epoch": steps_per_epoch, "num_epochs": num_epochs, "tasks_per_step": tasks_per_step}
@@ -262,15 +263,21 @@ class MultiTaskStream:
     Each `next_step()` asks the sampler for the step's task(s) and returns the concatenated
     micro-batches [(task_id, batch), ...]: all micro-batches of a task's share of the step come from
     that task, so gradient accumulation never mixes tasks within one task's gradient.
+    `combiner` (optional, the Trainer's grad_combiner) is checkpointed with the stream, because its
+    state (random order, vaccine EMA) advances with the steps.
     """
 
-    def __init__(self, task_streams, sampler, steps_per_epoch, tasks_per_step=1):
+    def __init__(self, task_streams, sampler, steps_per_epoch, tasks_per_step=1, combiner=None):
         if len(task_streams) != sampler.num_tasks:
             raise ConfigError("one EpochStream per task is needed")
         self.task_streams, self.sampler = list(task_streams), sampler
         self.steps_per_epoch, self.tasks_per_step = int(steps_per_epoch), int(tasks_per_step)
+        self.combiner = combiner
+        if combiner is not None and hasattr(combiner, "stream"):
+            combiner.stream = self
         self.step = 0
         self.last_tasks = []
+        self.epoch_counts = {}  # 1-based epoch -> steps per task in that epoch
 
     @property
     def epoch(self):
@@ -278,21 +285,28 @@ class MultiTaskStream:
         return self.step // self.steps_per_epoch + 1
 
     def next_step(self):
-        tasks = self.sampler.sample(self.epoch, self.tasks_per_step)
+        epoch = self.epoch
+        tasks = self.sampler.sample(epoch, self.tasks_per_step)
         self.last_tasks = tasks
+        counts = self.epoch_counts.setdefault(epoch, [0] * self.sampler.num_tasks)
         micro_batches = []
         for t in tasks:
+            counts[t] += 1
             micro_batches.extend(self.task_streams[t].next_step())
         self.step += 1
         return micro_batches
 
-    def realized_frequencies(self):
-        total = sum(self.sampler.counts)
-        return [c / total if total else 0.0 for c in self.sampler.counts]
+    def realized_frequencies(self, epoch=None):
+        """Share of task draws per task, over one 1-based epoch or (None) the whole run so far."""
+        counts = self.sampler.counts if epoch is None else self.epoch_counts.get(epoch, [0] * self.sampler.num_tasks)
+        total = sum(counts)
+        return [c / total if total else 0.0 for c in counts]
 
     def state_dict(self):
         return {"step": self.step, "sampler": self.sampler.state_dict(),
-                "streams": [s.state_dict() for s in self.task_streams]}
+                "streams": [s.state_dict() for s in self.task_streams],
+                "epoch_counts": {str(k): list(v) for k, v in self.epoch_counts.items()},
+                "combiner": self.combiner.state_dict() if hasattr(self.combiner, "state_dict") else None}
 
     def load_state_dict(self, state):
         self.step = int(state["step"])
@@ -301,6 +315,9 @@ class MultiTaskStream:
             raise ConfigError("cannot resume: the checkpoint has a different number of tasks")
         for stream, s in zip(self.task_streams, state["streams"]):
             stream.load_state_dict(s)
+        self.epoch_counts = {int(k): list(v) for k, v in (state.get("epoch_counts") or {}).items()}
+        if state.get("combiner") is not None and hasattr(self.combiner, "load_state_dict"):
+            self.combiner.load_state_dict(state["combiner"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -377,8 +394,10 @@ class GradientCombiner:
     """`grad_combiner` for training.Trainer: combines per-task flat gradients of the shared params.
 
     Called as combiner(grads) or combiner(grads, task_ids); `task_ids` (global task indices of the
-    grads, in order) lets the vaccine keep one EMA per task pair; without them the positions are
-    used. The random order over the other tasks comes from a seeded numpy Generator: the same on
+    grads, in order) lets the vaccine keep one EMA per task pair. The Trainer passes only the grads,
+    in the order the step's tasks first appear in its micro-batches, which is the order of
+    `stream.last_tasks` of the MultiTaskStream this combiner is attached to (it sets `stream`);
+    with neither, the positions are used. The random order over the other tasks comes from a seeded numpy Generator: the same on
     every DDP rank, and its state (plus the vaccine EMA) is in `state_dict()` for exact resume.
     """
 
@@ -389,9 +408,12 @@ class GradientCombiner:
         self.rng = np.random.default_rng(seed)
         self.phi_hat = np.zeros((self.num_tasks, self.num_tasks), dtype=np.float64)
         self.calls = 0
+        self.stream = None
 
     def __call__(self, grads, task_ids=None):
         grads = list(grads)
+        if task_ids is None and self.stream is not None and len(self.stream.last_tasks) == len(grads):
+            task_ids = self.stream.last_tasks
         self.calls += 1
         if self.method == "sum":
             return torch.stack([g.reshape(-1) for g in grads]).sum(0)
@@ -568,7 +590,12 @@ class ModelSelector:
     """
 
     def __init__(self, state, task_names, patience=0):
-        self.state, self.task_names, self.patience = state, list(task_names), int(patience)
+        self.task_names, self.patience = list(task_names), int(patience)
+        self.bind(state)
+
+    def bind(self, state):
+        """Use `state` (e.g. the Trainer's extra_state after a resume replaced it)."""
+        self.state = state
         state.setdefault("history", [])
         state.setdefault("best_average", None)
         state.setdefault("best_epoch", None)
@@ -645,3 +672,192 @@ def combination_plan(num_tasks, projection, tasks_per_step, combine_strategy):
                           f"--tasks_per_step {num_tasks} (or leave --tasks_per_step out)")
     method = {"none": "sum", "pcgrad": "pcgrad", "vaccine": "vaccine"}[projection]
     return tasks_per_step, combine_strategy, method
+
+
+# ----------------------------------------------------------------------------------------------
+# Data, evaluation and prediction for GLUE multi-task runs (used by run_multi_task.py)
+# ----------------------------------------------------------------------------------------------
+
+# The reference trains STS-B on score/5 (targets in [0, 1]); predictions are multiplied back.
+REGRESSION_LABEL_SCALE = 1.0 / 5.0
+
+
+class TaskData:
+    """One training task of a run: its GLUE task object, id, training features and dev sets."""
+
+    def __init__(self, name, task_id):
+        from tasks import glue
+        self.name, self.task_id = name, task_id
+        self.task = glue.get_task(name)
+        self.label_scale = REGRESSION_LABEL_SCALE if self.task.is_regression else 1.0
+        self.train = None      # list of features
+        self.train_size = None
+        self.dev = []          # [(eval name, examples, features)]: MNLI has mnli + mnli-mm
+
+
+def _features(task, split, data_dir, tokenizer, args, cache_dir, label_scale, examples=None, path=None):
+    from tasks import glue
+    import training
+    path = path or glue.task_file(task, data_dir, split)
+    key = {"task": f"{task.name}-{split}", "file": training.file_fingerprint(path),
+           "vocab": getattr(tokenizer, "vocab_fingerprint", None), "lower": getattr(args, "do_lower_case", None),
+           "max_seq_length": args.max_seq_length, "label_scale": label_scale}
+
+    def build():
+        ex = examples if examples is not None else glue.read_examples(task, data_dir, split, path=path)
+        return glue.convert_examples_to_features(ex, task, tokenizer, args.max_seq_length, label_scale=label_scale)
+    return training.cached_features(cache_dir, key, build)
+
+
+def training_set_sizes(task_names, data_dir):
+    """Real training-set sizes (examples the reader keeps), without tokenizing."""
+    from tasks import glue
+    return [len(glue.read_examples(name, data_dir, "train")) for name in task_names]
+
+
+def load_task_data(task_names, data_dir, tokenizer, args, cache_dir, max_eval_examples=None, train=True):
+    """TaskData per task: training features (cached) and dev examples + features (MNLI: m and mm)."""
+    from tasks import glue
+    data = []
+    for task_id, name in enumerate(task_names):
+        td = TaskData(name, task_id)
+        if train:
+            td.train = _features(td.task, "train", data_dir, tokenizer, args, cache_dir, td.label_scale)
+            td.train_size = len(td.train)
+        dev_sets = [(name, td.task, "dev")]
+        if td.task.name == "mnli":
+            dev_sets.append(("mnli-mm", glue.get_task("mnli-mm"), "dev"))
+        for eval_name, task, split in dev_sets:
+            examples = glue.read_examples(task, data_dir, split)
+            if max_eval_examples and len(examples) > max_eval_examples:
+                examples = examples[:max_eval_examples]
+            features = glue.convert_examples_to_features(examples, task, tokenizer, args.max_seq_length,
+                                                         label_scale=td.label_scale)
+            td.dev.append((eval_name, examples, features))
+        data.append(td)
+    return data
+
+
+def evaluate(predict_fn, task_data):
+    """Dev metrics of every task: {eval name: metrics}, task-level main scores, GLUE average.
+
+    predict_fn(features, task_id) -> dict with "logits" (training.Trainer.predict).
+    MNLI's task-level score (per-task model selection) is the mean of MNLI-m and MNLI-mm.
+    """
+    from tasks import glue
+    results, task_scores = {}, {}
+    for td in task_data:
+        scores = []
+        for eval_name, examples, features in td.dev:
+            out = predict_fn(features, td.task_id)
+            preds = glue.logits_to_predictions(td.task, out["logits"], label_scale=td.label_scale)
+            metrics = glue.compute_metrics(eval_name, preds, glue.gold_labels(eval_name, examples))
+            if out.get("loss") is not None:
+                metrics["loss"] = float(out["loss"])
+            results[eval_name] = metrics
+            scores.append(glue.main_score(eval_name, metrics))
+        task_scores[td.name] = float(np.mean(scores))
+    return results, task_scores, glue.glue_score(results)
+
+
+def predict_test_sets(predict_fn, task_data, data_dir, tokenizer, args, out_dir):
+    """GLUE submission files for every task's test set (MNLI: -m and -mm; AX with the MNLI head)."""
+    from tasks import glue
+    import logging
+    log = logging.getLogger(__name__)
+    written = []
+    for td in task_data:
+        splits = [(td.task, "test")]
+        if td.task.name == "mnli":
+            splits = [(td.task, "test_matched"), (td.task, "test_mismatched"), (glue.get_task("ax"), "test")]
+        for task, split in splits:
+            try:
+                path = glue.task_file(task, data_dir, split)
+            except Exception as exc:  # AX is optional in a data folder; every other test file is not
+                if task.name == "ax":
+                    log.warning("no AX diagnostic file (%s): AX.tsv not written", exc)
+                    continue
+                raise
+            examples = glue.read_examples(task, data_dir, split, path=path)
+            features = glue.convert_examples_to_features(examples, task, tokenizer, args.max_seq_length)
+            out = predict_fn(features, td.task_id)
+            preds = glue.logits_to_predictions(task, out["logits"], label_scale=td.label_scale)
+            written.append(glue.write_predictions(task, out_dir + os.sep, [e.index for e in examples], preds,
+                                                  split=split))
+    return written
+
+
+def meta_model(name_or_path, config, task_num_labels, task_types, task_names):
+    """The BertForMultiTask a run would build, on the meta device (no weights read, no memory): for
+    parameter counts in --dry_run."""
+    import modeling
+    _, merged, _ = modeling.BertForMultiTask._read_pretrained(name_or_path, config)
+    for key in modeling.TASK_KEYS:
+        merged[key] = None
+    merged["num_tasks"] = len(task_num_labels)
+    with torch.device("meta"):
+        return modeling.BertForMultiTask(modeling.BertConfig.from_dict(merged), task_num_labels, task_types,
+                                         task_names)
+
+
+class EpochEnd:
+    """`on_epoch_end` hook for Trainer.train: evaluate every dev set, print the table, log TensorBoard
+    (metrics, GLUE average, target vs realized task frequencies), keep the best model(s), early stop."""
+
+    def __init__(self, data, selector, stream, sampler, args, env, tokenizer):
+        self.data, self.selector, self.stream, self.sampler = data, selector, stream, sampler
+        self.args, self.env, self.tokenizer = args, env, tokenizer
+
+    def __call__(self, epoch_index, trainer):
+        from tasks import glue
+        import training
+        self.selector.bind(trainer.extra_state)
+        epoch = epoch_index + 1
+        results, task_scores, average = evaluate(lambda f, t: trainer.predict(f, t), self.data)
+        improved, task_improved, stop = self.selector.update(epoch, results, task_scores, average)
+        if self.env.is_main:
+            main = {k: glue.main_score(k, v) for k, v in results.items()}
+            note = " (new best)" if improved else f" (best: epoch {self.selector.state['best_epoch']})"
+            print(format_eval_table(epoch, results, main, average) + note, flush=True)
+            for name, metrics in results.items():
+                trainer.log_scalars(f"eval/{name}", metrics)
+            trainer.log_scalars("eval", {"glue_average": average})
+            probs = self.sampler.probabilities(epoch)
+            k = self.stream.tasks_per_step
+            target = probs if k == 1 else (np.full(len(probs), 1.0 / len(probs)) if self.sampler.mode == "rr"
+                                           else inclusion_probabilities(probs, k) / k)
+            realized = self.stream.realized_frequencies(epoch)
+            freq = {}
+            for i, td in enumerate(self.data):
+                freq[f"{td.name}/target"], freq[f"{td.name}/realized"] = float(target[i]), realized[i]
+            trainer.log_scalars("sampling", freq)
+            out = self.args.output_dir
+            if improved:
+                def write_best(tmp):
+                    training.save_model(trainer.model, tmp, self.tokenizer)
+                    atomic_write_json(os.path.join(tmp, "selection.json"),
+                                      {"epoch": epoch, "glue_average": average, "step": trainer.global_step})
+                save_dir_atomically(os.path.join(out, "best"), write_best)
+            if self.args.per_task_best:
+                for td in self.data:
+                    if td.name in task_improved:
+                        save_task_parameters(trainer.model, td.task_id, td.name,
+                                             os.path.join(out, "per_task_best", td.name),
+                                             {"epoch": epoch, "score": task_scores[td.name]})
+        self.env.barrier()
+        return stop
+
+
+def write_per_task_combined(output_dir, task_names, tokenizer=None):
+    """best/ (joint model) + each task's own-best modules and head -> per_task_best/combined/."""
+    import modeling
+    import training
+    model = modeling.BertForMultiTask.from_pretrained(os.path.join(output_dir, "best"))
+    epochs = assemble_per_task_best(model, os.path.join(output_dir, "per_task_best"), task_names)
+    target = os.path.join(output_dir, "per_task_best", "combined")
+
+    def write(tmp):
+        training.save_model(model, tmp, tokenizer)
+        atomic_write_json(os.path.join(tmp, "selection.json"), {"task_epochs": epochs, "shared_from": "best"})
+    save_dir_atomically(target, write)
+    return {"path": os.path.relpath(target, output_dir), "task_epochs": epochs}
