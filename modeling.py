@@ -666,7 +666,7 @@ class PreTrainedBertMixin:
         pretrain_task = None
         if is_multitask and "pretraining" in self.task_types:
             pretrain_task = self.task_types.index("pretraining")
-        mapped, unexpected = {}, []
+        mapped, unexpected, mismatched = {}, [], []
         for key, tensor in state.items():
             name = re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", key))
             if name.endswith("embeddings.position_ids"):
@@ -689,9 +689,11 @@ class PreTrainedBertMixin:
                 unexpected.append(key)
                 continue
             if tuple(tensor.shape) != tuple(own[name].shape):
-                raise ConfigError(f"{weights_path}: checkpoint tensor '{key}' has shape {tuple(tensor.shape)} "
+                mismatched.append(f"checkpoint tensor '{key}' has shape {tuple(tensor.shape)} "
                                   f"but the model's '{name}' has shape {tuple(own[name].shape)}")
             mapped[name] = tensor
+        if mismatched:
+            raise ConfigError(f"{weights_path}: " + "; ".join(mismatched))
         missing = [k for k in own if k not in mapped]
         self.load_state_dict(mapped, strict=False)
         if missing or unexpected:
