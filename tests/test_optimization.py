@@ -122,6 +122,22 @@ def test_foreach_and_loop_paths_agree():
         torch.testing.assert_close(pa, pb, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_foreach_matches_cpu_loop():
+    torch.manual_seed(4)
+    cpu = [nn.Parameter(torch.randn(s)) for s in [(64, 32), (32,), (3,)]]
+    gpu = [nn.Parameter(p.detach().cuda()) for p in cpu]
+    oc, og = BertAdam(cpu, lr=0.01, foreach=False), BertAdam(gpu, lr=0.01)  # default: foreach on CUDA
+    for _ in range(3):
+        for pc, pg in zip(cpu, gpu):
+            g = torch.randn(pc.shape) * 5
+            pc.grad, pg.grad = g, g.cuda()
+        oc.step()
+        og.step()
+    for pc, pg in zip(cpu, gpu):
+        torch.testing.assert_close(pc, pg.cpu(), rtol=1e-5, atol=1e-6)
+
+
 def test_internal_legacy_schedule_equals_lambdalr():
     # The reference's own schedule (per-parameter step before increment) vs the engine's LambdaLR.
     torch.manual_seed(2)
