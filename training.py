@@ -95,7 +95,7 @@ def add_engine_args(parser, **defaults):
     g.add_argument("--optimizer", choices=("bertadam", "adamw"), default="bertadam",
                    help="bertadam: the reference update (no bias correction); adamw: torch.optim.AdamW")
     g.add_argument("--schedule", default="warmup_linear",
-                   choices=("warmup_linear", "warmup_constant", "warmup_cosine",
+                   choices=("warmup_linear", "warmup_linear_legacy", "warmup_constant", "warmup_cosine",
                             "warmup_cosine_hard_restarts", "constant"),
                    help="learning-rate schedule over the real number of optimizer steps")
     g.add_argument("--seed", type=int, default=42, help="seeds python, numpy, torch (+cuda) and the batch order")
@@ -743,19 +743,6 @@ class Trainer:
             self._shared_params = [p for p in self.params if id(p) in ids]
         return self._shared_params
 
-    def _all_reduce_grads(self, params):
-        """Average .grad of `params` over ranks (one flat buffer; the same params on every rank)."""
-        grads = [p.grad for p in params if p.grad is not None]
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= self.env.world_size
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
-
     def _step_microbatches(self, micro):
         """Backward all micro-batches of one step (grads left in .grad); returns the global mean loss."""
         env = self.env
@@ -771,54 +758,61 @@ class Trainer:
         weights = [float(local_counts[i]) / total * env.world_size for i in range(len(micro))]
         tasks = list(dict.fromkeys(tid for tid, _ in micro))
         loss_acc = torch.zeros((), dtype=torch.float64, device=env.device)
-        if len(tasks) == 1:
-            # One task: the ordinary path; DDP reduces on the last micro-batch only.
+        if self.grad_combiner is None or len(tasks) == 1:
+            # DDP reduces once, on the last micro-batch; parameters used in any no_sync micro-batch
+            # are reduced too (DDP records them), so micro-batches of different tasks are fine.
             for i, (tid, batch) in enumerate(micro):
                 sync = not env.distributed or i == len(micro) - 1
-                ctx = contextlib.nullcontext() if sync else self.ddp_model.no_sync()
-                with ctx:
+                with contextlib.nullcontext() if sync else self.ddp_model.no_sync():
                     loss = self._forward_backward(self.ddp_model, tid, batch, weights[i])
                 loss_acc += loss.double() * float(local_counts[i]) / total
         else:
-            # Several tasks in one step: no DDP reduction inside (the set of used parameters differs
-            # between micro-batches); grads are reduced by hand below, per task when combining.
-            shared = self.shared_parameters() if self.grad_combiner is not None else None
-            flats, used = [], [False] * len(shared or [])
-            for task in tasks:
-                for i, (tid, batch) in enumerate(micro):
-                    if tid != task:
-                        continue
-                    with self.ddp_model.no_sync() if env.distributed else contextlib.nullcontext():
-                        loss = self._forward_backward(self.ddp_model, tid, batch, weights[i])
-                    loss_acc += loss.double() * float(local_counts[i]) / total
-                if shared is not None:
-                    parts = []
-                    for j, p in enumerate(shared):
-                        if p.grad is None:
-                            parts.append(torch.zeros(p.numel(), dtype=torch.float32, device=p.device))
-                        else:
-                            used[j] = True
-                            parts.append(p.grad.detach().reshape(-1).float())
-                            p.grad = None
-                    flats.append(torch.cat(parts))
-            if env.distributed:
-                shared_ids = {id(p) for p in (shared or [])}
-                self._all_reduce_grads([p for p in self.params if id(p) not in shared_ids])
-                for flat in flats:
-                    dist.all_reduce(flat)
-                    flat /= env.world_size
-            if shared is not None:
-                scale = float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
-                combined = self.grad_combiner([f / scale for f in flats]) * scale
-                offset = 0
-                for j, p in enumerate(shared):
-                    numel = p.numel()
-                    if used[j]:
-                        p.grad = combined[offset:offset + numel].view_as(p).to(p.dtype).clone()
-                    offset += numel
+            loss_acc += self._combined_backward(micro, tasks, weights, local_counts, total)
         if env.distributed:
             dist.all_reduce(loss_acc)
         return float(loss_acc)
+
+    def _combined_backward(self, micro, tasks, weights, local_counts, total):
+        """Gradient surgery: one flat gradient of the shared parameters per task -> grad_combiner ->
+        written back; task-specific parameters keep their own gradients.
+
+        Under DDP, every task but the last is backpropagated under no_sync and its flat gradient
+        all-reduced here; the last task's final micro-batch is a normal synced backward, so DDP
+        reduces the task-specific gradients and the last task's shared gradient itself and its
+        record of used parameters is consumed (a manual-only reduction would leave it stale and
+        break the next step). Earlier tasks' shared gradients are zeroed in place, not set to
+        None, for the same reason."""
+        env = self.env
+        shared = self.shared_parameters()
+        flats, loss_acc = [], torch.zeros((), dtype=torch.float64, device=env.device)
+        for t_index, task in enumerate(tasks):
+            idxs = [i for i, (tid, _) in enumerate(micro) if tid == task]
+            for k, i in enumerate(idxs):
+                sync = not env.distributed or (t_index == len(tasks) - 1 and k == len(idxs) - 1)
+                with contextlib.nullcontext() if sync else self.ddp_model.no_sync():
+                    loss = self._forward_backward(self.ddp_model, task, micro[i][1], weights[i])
+                loss_acc += loss.double() * float(local_counts[i]) / total
+            flats.append(torch.cat([
+                torch.zeros(p.numel(), dtype=torch.float32, device=p.device) if p.grad is None
+                else p.grad.detach().reshape(-1).float() for p in shared]))
+            if t_index < len(tasks) - 1:
+                for p in shared:
+                    if p.grad is not None:
+                        p.grad.zero_()
+        if env.distributed:
+            for flat in flats[:-1]:
+                dist.all_reduce(flat)
+                flat /= env.world_size
+        scale = float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
+        # The combiner sees true-scale gradients (not fp16 loss-scaled ones).
+        combined = self.grad_combiner([f / scale for f in flats]) * scale
+        offset = 0
+        for p in shared:
+            numel = p.numel()
+            if p.grad is not None:  # None: no task of this step used the parameter
+                p.grad.copy_(combined[offset:offset + numel].view_as(p.grad))
+            offset += numel
+        return loss_acc
 
     def training_step(self, micro):
         """One optimizer step over the given micro-batches; returns the step's mean loss."""

@@ -1,0 +1,119 @@
+"""torchrun (2 CPU processes, gloo) trains exactly like one process with the same global batch.
+
+The worker trains a 2-task tiny BERT (dropout 0) through the engine on a step stream that mixes
+single-task steps with accumulation, an uneven last micro-batch (3 + 2 examples on two ranks)
+and steps whose micro-batches come from BOTH tasks (the manual all-reduce path, and with a
+gradient combiner the per-task path). After training it runs the collective predict. The
+single-process and the 2-process runs must end with the same weights and predictions.
+"""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from test_training_helpers import ROOT, state_dict_max_diff, write_tiny_model
+
+WORKER = r'''
+import os, sys, json
+sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
+import torch
+import training
+from test_training_helpers import engine_args, synthetic_features
+
+model_dir, out_root = sys.argv[1], sys.argv[2]
+
+
+class Mixed:
+    """task 0 step, task 1 step, one step with a micro-batch of each task, repeat."""
+    def __init__(self):
+        self.i = 0
+    def next_step(self):
+        kind = self.i % 3
+        self.i += 1
+        if kind == 2:
+            return [streams[0].next_step()[0], streams[1].next_step()[0]]
+        return streams[kind].next_step()
+    def state_dict(self):
+        return {{"i": self.i, "s": [s.state_dict() for s in streams]}}
+    def load_state_dict(self, d):
+        self.i = d["i"]
+        for s, sd in zip(streams, d["s"]):
+            s.load_state_dict(sd)
+
+
+for mode in ("plain", "combiner"):
+    out_dir = os.path.join(out_root, mode)
+    args = engine_args(model_dir, out_dir, "--train_batch_size", 12, "--gradient_accumulation_steps", 2,
+                       "--learning_rate", 1e-3, "--warmup_proportion", 0.2, "--logging_steps", 1000)
+    env = training.setup_env(args)
+    training.prepare_output_dir(args, env)
+    model = training.load_model(args, [2, 3], task_names=["a", "b"])
+    feats = [synthetic_features(23, seed=1, num_labels=2), synthetic_features(17, seed=2, num_labels=3)]
+    streams = [training.make_stream(args, env, f, task_id=t) for t, f in enumerate(feats)]
+    combiner = (lambda flats: 0.7 * flats[0] + 0.3 * flats[1]) if mode == "combiner" else None
+    steps = 12
+    trainer = training.Trainer(args, env, model, steps, grad_combiner=combiner)
+    result = trainer.train(Mixed(), steps, steps_per_epoch=6)
+    pred = trainer.predict(feats[1], task_id=1, batch_size=4)
+    if env.is_main:
+        torch.save({{"weights": trainer.model.state_dict(), "logits": torch.tensor(pred["logits"]),
+                    "pred_loss": pred["loss"], "train_loss": result["loss"]}}, os.path.join(out_dir, "result.pt"))
+'''
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(cmd, env):
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    base = tmp_path_factory.mktemp("dist")
+    model_dir = write_tiny_model(str(base / "model"), dropout=0.0)
+    worker = base / "worker.py"
+    worker.write_text(WORKER.format(root=ROOT, tests=os.path.join(ROOT, "tests")))
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return base, model_dir, worker, env
+
+
+@pytest.fixture(scope="module")
+def runs(setup):
+    """One single-process and one 2-process launch; each trains a plain and a combiner run."""
+    base, model_dir, worker, env = setup
+    _run([sys.executable, str(worker), model_dir, str(base / "single")], env)
+    _run([sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+          f"--master_port={_free_port()}", str(worker), model_dir, str(base / "ddp")], env)
+    load = lambda path: torch.load(path / "result.pt", weights_only=False)  # noqa: E731
+    yield {(kind, mode): load(base / kind / mode) for kind in ("single", "ddp") for mode in ("plain", "combiner")}
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.parametrize("mode", ["plain", "combiner"])
+def test_two_process_training_equals_single_process(setup, runs, mode):
+    a, b = runs["single", mode], runs["ddp", mode]
+    import modeling
+    initial = modeling.BertModel.from_pretrained(setup[1]).state_dict()
+    moved = max(float((a["weights"]["bert." + k] - v).abs().max()) for k, v in initial.items()
+                if "bert." + k in a["weights"])
+    assert moved > 1e-3  # training really changed the shared encoder
+    assert state_dict_max_diff(a["weights"], b["weights"]) < 2e-6
+    torch.testing.assert_close(a["logits"], b["logits"], atol=2e-5, rtol=0)
+    assert abs(a["train_loss"] - b["train_loss"]) < 1e-5
+    assert abs(a["pred_loss"] - b["pred_loss"]) < 1e-5
+
+
+def test_combiner_changes_the_update(runs):
+    """Sanity of the comparison above: the combiner run differs from the plain run."""
+    assert state_dict_max_diff(runs["single", "plain"]["weights"], runs["single", "combiner"]["weights"]) > 1e-4

@@ -1,0 +1,64 @@
+"""Shared helpers (no tests here) for the engine tests (tests/test_training*.py, test_distributed.py, test_resume.py).
+
+Builds tiny random BERT checkpoints with modeling.BertConfig (hidden 32, 2 layers, a 100-token
+vocab) so engine tests run in milliseconds per step, and deterministic synthetic features whose
+label is a simple function of the tokens (so a model can learn it).
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(95)]
+
+
+def write_tiny_model(directory, dropout=0.0, seed=0, **overrides):
+    """A random BertModel checkpoint folder (config.json, model.safetensors, vocab.txt)."""
+    import modeling
+    os.makedirs(directory, exist_ok=True)
+    cfg = dict(vocab_size=len(TINY_VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+               intermediate_size=64, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+               max_position_embeddings=64)
+    cfg.update(overrides)
+    vocab = os.path.join(directory, "vocab.txt")
+    with open(vocab, "w", encoding="utf-8") as f:
+        f.write("\n".join(TINY_VOCAB) + "\n")
+    torch.manual_seed(seed)
+    modeling.BertModel(modeling.BertConfig(**cfg)).save_pretrained(directory, vocab_file=vocab)
+    return directory
+
+
+def synthetic_features(n, seed=0, num_labels=2, min_len=4, max_len=24, regression=False):
+    """[CLS] w.. [SEP] features; the label depends on whether token w5..w49 dominate."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        length = int(rng.integers(min_len, max_len + 1))
+        body = [int(x) for x in rng.integers(5, len(TINY_VOCAB), length - 2)]
+        low = sum(1 for x in body if x < 50)
+        ids = [2] + body + [3]
+        if regression:
+            label = float(low) / len(body)
+        else:
+            label = int(low * num_labels // (len(body) + 1))
+        out.append({"input_ids": ids, "token_type_ids": [0] * length, "labels": label})
+    return out
+
+
+def engine_args(model_dir, output_dir, *extra):
+    """Parse the engine flags as a runner would."""
+    import training
+    parser = argparse.ArgumentParser()
+    training.add_engine_args(parser)
+    return parser.parse_args(["--bert_model", model_dir, "--output_dir", output_dir,
+                              "--max_seq_length", "32", "--cache_dir", "none", *map(str, extra)])
+
+
+def state_dict_max_diff(a, b):
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
