@@ -214,9 +214,6 @@ def write_swag_dir(folder):
 
 
 def make_tokenizer(vocab_file, do_lower_case=True):
-    """The project's BertTokenizer; until tokenization.py exists, transformers' legacy one (same API)."""
-    try:
-        from tokenization import BertTokenizer
-    except ImportError:
-        from transformers import BertTokenizerLegacy as BertTokenizer
+    """The project's BertTokenizer (the bundled MiniLM vocab is uncased)."""
+    from tokenization import BertTokenizer
     return BertTokenizer(vocab_file, do_lower_case=do_lower_case)

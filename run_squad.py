@@ -1,0 +1,140 @@
+"""Fine-tune BERT (optionally with PALs/adapters via --config) on SQuAD v1.1 / v2.0 and predict.
+
+Flags + wiring only: reading, windows, decoding and the official EM/F1 live in tasks/squad.py,
+the training loop in training.py. Outputs in --output_dir: the model (config.json,
+model.safetensors, vocab.txt), train_results.txt, predictions.json, nbest_predictions.json,
+null_odds.json (v2) and eval_results.txt (when the predict file has gold answers).
+
+    python run_squad.py --bert_model minilm-l6 --do_train --do_predict \
+        --train_file train-v1.1.json --predict_file dev-v1.1.json --output_dir out/squad
+"""
+import argparse
+import logging
+import os
+
+import training
+from file_utils import ConfigError, run_cli
+from tasks import squad
+
+logger = logging.getLogger("run_squad")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    training.add_engine_args(parser, max_seq_length=384)
+    g = parser.add_argument_group("squad")
+    g.add_argument("--train_file", help="SQuAD JSON for training (e.g. train-v1.1.json)")
+    g.add_argument("--predict_file", help="SQuAD JSON to predict (e.g. dev-v1.1.json); scored if it has answers")
+    g.add_argument("--do_train", action="store_true", help="train on --train_file")
+    g.add_argument("--do_predict", action="store_true", help="predict (and score) --predict_file")
+    g.add_argument("--doc_stride", type=int, default=128, help="stride between sliding windows over a context")
+    g.add_argument("--max_query_length", type=int, default=64, help="question word pieces kept")
+    g.add_argument("--predict_batch_size", type=int, default=None, help="prediction batch (default --eval_batch_size)")
+    g.add_argument("--n_best_size", type=int, default=20, help="n-best candidates kept per question")
+    g.add_argument("--max_answer_length", type=int, default=30, help="longest answer, in word pieces")
+    g.add_argument("--verbose_logging", action="store_true", help="log failed answer/text alignments")
+    g.add_argument("--version_2_with_negative", action="store_true", help="SQuAD 2.0: questions may have no answer")
+    g.add_argument("--null_score_diff_threshold", type=float, default=0.0,
+                   help="v2: predict no answer when null score - best span score > this")
+    return parser
+
+
+def check_args(args):
+    if not (args.do_train or args.do_predict):
+        raise ConfigError("at least one of --do_train or --do_predict is required")
+    if args.do_train and not args.train_file:
+        raise ConfigError("--do_train needs --train_file")
+    if args.do_predict and not args.predict_file:
+        raise ConfigError("--do_predict needs --predict_file")
+    for name in ("doc_stride", "max_query_length", "n_best_size", "max_answer_length"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name} must be >= 1")
+
+
+def _features(args, tokenizer, path, is_training, examples):
+    """Windows of `examples`, cached on disk (key: file, vocab and every windowing flag)."""
+    key = {"task": "squad-train" if is_training else "squad-predict", "file": training.file_fingerprint(path),
+           "vocab": tokenizer.vocab_fingerprint, "lower": args.do_lower_case, "max_seq_length": args.max_seq_length,
+           "doc_stride": args.doc_stride, "max_query_length": args.max_query_length,
+           "v2": args.version_2_with_negative}
+
+    def build():
+        features, metas = squad.convert_examples_to_features(
+            examples, tokenizer, args.max_seq_length, args.doc_stride, args.max_query_length, is_training)
+        return list(zip(features, metas))
+
+    pairs = training.cached_features(training.default_cache_dir(args), key, build)
+    return [f for f, _ in pairs], [m for _, m in pairs]
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    env = training.setup_env(args)
+    if args.do_train:
+        training.prepare_output_dir(args, env)
+    else:
+        os.makedirs(args.output_dir, exist_ok=True)
+    training.write_run_config(args, args.output_dir, env)
+    tokenizer = training.load_tokenizer(args)
+    # Read and window the data before loading the model, so that a bad file fails fast.
+    if args.do_train:
+        train_examples, dropped = squad.read_squad_examples(args.train_file, True, args.version_2_with_negative)
+        train_features, _ = _features(args, tokenizer, args.train_file, True, train_examples)
+    if args.do_predict:
+        examples, _ = squad.read_squad_examples(args.predict_file, False, args.version_2_with_negative)
+        features, metas = _features(args, tokenizer, args.predict_file, False, examples)
+    model = training.load_model(args, task_num_labels=[2], task_types=["span"], task_names=["squad"])
+
+    trainer = None
+    if args.do_train:
+        stream = training.make_stream(args, env, train_features)
+        num_steps = training.num_training_steps(args, stream.steps_per_epoch)   # from features
+        logger.info("training on %d questions -> %d windows, %d optimizer steps (%d dropped: answer "
+                    "not found in context)", len(train_examples), len(train_features), num_steps, len(dropped))
+        trainer = training.Trainer(args, env, model, num_steps)
+        result = trainer.train(stream, num_steps, stream.steps_per_epoch)
+        trainer.save_model(args.output_dir, tokenizer)
+        if env.is_main:
+            training.write_eval_results(os.path.join(args.output_dir, "train_results.txt"), {
+                "global_step": result["global_step"], "loss": result["loss"],
+                "train_examples": len(train_examples), "train_features": len(train_features),
+                "train_dropped_answers": len(dropped)})
+
+    if args.do_predict:
+        batch_size = args.predict_batch_size or args.eval_batch_size
+        if trainer is not None:
+            out = trainer.predict(features, task_id=0, batch_size=batch_size)
+        else:
+            out = training.predict(model.to(env.device), features, 0, batch_size, env)
+        if env.is_main:
+            preds, nbest, null_odds = squad.decode_predictions(
+                examples, metas, out["start_logits"], out["end_logits"], args.n_best_size,
+                args.max_answer_length, tokenizer.basic_tokenizer, args.version_2_with_negative,
+                args.null_score_diff_threshold, args.verbose_logging)
+            squad.write_prediction_files(args.output_dir, preds, nbest,
+                                         null_odds if args.version_2_with_negative else None)
+            data, _, version = squad.load_squad_json(args.predict_file)
+            if all("answers" in qa for qa in squad._iter_eval_qas(data)):
+                if args.version_2_with_negative:
+                    # na-prob threshold = the decoding threshold, so the scores describe predictions.json
+                    results = squad.evaluate_v2(data, preds, null_odds, args.null_score_diff_threshold)
+                else:
+                    if version not in (None, "1.1"):
+                        logger.warning("evaluation expects SQuAD v1.1, the file says version %s", version)
+                    results = dict(squad.evaluate_v1(data, preds, args.predict_file))
+                results.update(predict_questions=len(examples), predict_features=len(features))
+                if trainer is not None:
+                    results.update(global_step=trainer.global_step, train_dropped_answers=len(dropped))
+                training.write_eval_results(os.path.join(args.output_dir, "eval_results.txt"), results)
+                logger.info("eval: %s", ", ".join(f"{k} = {v}" for k, v in sorted(results.items())))
+            else:
+                logger.info("%s has no gold answers: predictions written, nothing scored", args.predict_file)
+    if trainer is not None:
+        trainer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
