@@ -165,6 +165,18 @@ def test_matches_transformers_legacy_options(vocab_file, vocab_tokens, kwargs):
     assert _compare(ours, ref, lines) == []
 
 
+def test_special_token_splitting_matches_transformers_trie(vocab_file):
+    # Dense random strings over the letters of the special tokens: overlapping, nested and
+    # broken brackets, where our regex split and transformers' trie could disagree.
+    ref = _legacy(vocab_file)
+    ours = BertTokenizer(vocab_file)
+    rng = random.Random(5)
+    alphabet = list("[]SEPCLMAKUNDsep x") + ["[SEP]", "[MASK]", "[CLS]", "[UNK]", "[PAD]", "\u200b"]
+    lines = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 25))) for _ in range(1500)]
+    assert sum("[SEP]" in x for x in lines) > 100
+    assert _compare(ours, ref, lines) == []
+
+
 def test_ids_match_transformers_for_arbitrary_tokens(vocab_file):
     ref = _legacy(vocab_file)
     ours = BertTokenizer(vocab_file)
