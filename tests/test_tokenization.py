@@ -240,6 +240,10 @@ def test_bert_tokenizer_on_tiny_vocab(tiny_vocab):
     assert (tok.cls_token, tok.sep_token, tok.pad_token, tok.mask_token, tok.unk_token) == (
         "[CLS]", "[SEP]", "[PAD]", "[MASK]", "[UNK]")
     assert tok.vocab["runn"] == 10 and tok.ids_to_tokens[10] == "runn" and len(tok) == len(TINY)
+    # Picklable (feature building in worker processes), caches included.
+    import pickle
+    clone = pickle.loads(pickle.dumps(tok))
+    assert clone.tokenize("UNwant\u00E9d,running \u535A x[SEP]") == tok.tokenize("UNwant\u00E9d,running \u535A x[SEP]")
     # Cased keeps the accent, so é stays a separate known token only when lower-cased.
     assert BertTokenizer(tiny_vocab, do_lower_case=False).tokenize("é É") == ["é", "[UNK]"]
 
