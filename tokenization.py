@@ -17,6 +17,7 @@ pieces result is cached per tokenizer (bounded, oldest entries evicted first); c
 classes are cached too. On warm caches this is several times faster than the reference.
 """
 import hashlib
+import json
 import logging
 import os
 import re
@@ -407,4 +408,29 @@ class BertTokenizer:
         vocab_file = os.path.join(folder, VOCAB_NAME)
         if not os.path.isfile(vocab_file):
             raise ConfigError(f"no {VOCAB_NAME} in model folder {folder}")
+        _warn_casing_mismatch(folder, do_lower_case)
         return cls(vocab_file, do_lower_case=do_lower_case, **kwargs)
+
+
+def _warn_casing_mismatch(folder, do_lower_case):
+    """Warn (do not override, unlike v0.6.2) when the model folder says the other casing:
+    a cased model fed lower-cased text, or the reverse, silently loses accuracy (#35, #131, #343)."""
+    expected, source = None, None
+    config_path = os.path.join(folder, "tokenizer_config.json")
+    if os.path.isfile(config_path):
+        try:
+            with open(config_path, encoding="utf-8") as f:
+                value = json.load(f).get("do_lower_case")
+            if isinstance(value, bool):
+                expected, source = value, config_path
+        except (OSError, ValueError, AttributeError):
+            pass
+    if expected is None:
+        base = os.path.basename(os.path.normpath(folder)).lower()
+        if "uncased" in base:
+            expected, source = True, f"the folder name '{base}'"
+        elif "cased" in base:
+            expected, source = False, f"the folder name '{base}'"
+    if expected is not None and bool(do_lower_case) != expected:
+        logger.warning("do_lower_case=%s but %s says do_lower_case=%s: the tokens will not match what the "
+                       "model was trained on", bool(do_lower_case), source, expected)

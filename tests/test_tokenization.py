@@ -283,6 +283,20 @@ def test_save_vocabulary_and_from_pretrained(tiny_vocab, tmp_path):
         BertTokenizer(str(tmp_path / "missing.txt"))
 
 
+def test_from_pretrained_warns_on_casing_mismatch(tiny_vocab, tmp_path, caplog):
+    folder = tmp_path / "my-cased-model"
+    folder.mkdir()
+    (folder / "vocab.txt").write_text(open(tiny_vocab, encoding="utf-8").read(), encoding="utf-8")
+    (folder / "tokenizer_config.json").write_text('{"do_lower_case": false}', encoding="utf-8")
+    with caplog.at_level("WARNING", logger="tokenization"):
+        BertTokenizer.from_pretrained(str(folder), do_lower_case=False)
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="tokenization"):
+        tok = BertTokenizer.from_pretrained(str(folder), do_lower_case=True)
+    assert tok.do_lower_case is True  # warned, not overridden
+    assert "do_lower_case=True" in caplog.text and "tokenizer_config.json" in caplog.text
+
+
 def test_from_pretrained_bundled(minilm_dir):
     tok = BertTokenizer.from_pretrained("minilm-l6")
     assert len(tok.vocab) == 30522
