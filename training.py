@@ -873,6 +873,7 @@ class Trainer:
                 "world_size": self.env.world_size, "consecutive_skipped": self.consecutive_skipped,
                 "train_loss_sum": self.train_loss_sum, "train_loss_steps": self.train_loss_steps,
             }
+            os.makedirs(out, exist_ok=True)
             tmp = tempfile.mkdtemp(prefix=".checkpoint-", dir=out)
             try:
                 with atomic_open(os.path.join(tmp, CHECKPOINT_STATE), "wb") as f:
