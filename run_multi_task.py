@@ -199,6 +199,7 @@ def main(argv=None):
         written = mt.predict_test_sets(lambda f, t: training.predict(selected, f, t, args.eval_batch_size, env),
                                        data, args.data_dir, tokenizer, args, out_dir)
         results["predictions"] = [os.path.relpath(p, args.output_dir) for p in written]
+    trainer.close()
     if env.is_main:
         mt.write_results(args.output_dir, results)
         best = selector.state["best_average"]

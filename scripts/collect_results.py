@@ -235,7 +235,8 @@ def format_table(rows, references=True):
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         values = [cell(row["metrics"].get(task, {}).get(key)) for _, task, key, _ in COLUMNS]
-        params = "-" if row["parameters"] is None else f"{row['parameters'] / 1e6:.1f}M"
+        n = row["parameters"]
+        params = "-" if n is None else f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n:,d}"
         lines.append("| " + " | ".join([row["label"]] + values + [cell(row["glue"]), cell(row["avg9"]), params,
                                                                     cell(row["multiplier"], "{:.2f}x")]) + " |")
     notes = []
