@@ -384,8 +384,10 @@ class BertTokenizer:
 
     def convert_ids_to_tokens(self, ids):
         """Ids -> tokens; an id outside the vocab gives the [UNK] token."""
-        if isinstance(ids, int):
-            return self.ids_to_tokens.get(ids, self.unk_token)
+        try:
+            iter(ids)
+        except TypeError:  # one id: int, numpy integer or 0-d tensor
+            return self.ids_to_tokens.get(int(ids), self.unk_token)
         return [self.ids_to_tokens.get(int(i), self.unk_token) for i in ids]
 
     def convert_tokens_to_string(self, tokens):

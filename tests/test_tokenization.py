@@ -185,6 +185,11 @@ def test_ids_match_transformers_for_arbitrary_tokens(vocab_file):
     ids = [0, 100, 101, 102, 103, 7592, 30521]
     assert ours.convert_ids_to_tokens(ids) == ref.convert_ids_to_tokens(ids)
     assert ours.convert_ids_to_tokens(10 ** 6) == "[UNK]"
+    import numpy as np
+    import torch
+    assert ours.convert_ids_to_tokens(np.int64(7592)) == "hello"
+    assert ours.convert_ids_to_tokens(torch.tensor(7592)) == "hello"
+    assert ours.convert_ids_to_tokens(torch.tensor([101, 7592])) == ["[CLS]", "hello"]
     assert ours.convert_tokens_to_ids("hello") == 7592
 
 
