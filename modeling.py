@@ -683,8 +683,12 @@ class PreTrainedBertMixin:
                     name = name.replace("predictions.decoder.bias", "predictions.bias")
                     if name in mapped:
                         continue
-            if is_multitask and name.startswith(("classifier.", "qa_outputs.")) and f"heads.0.{name}" in own:
-                name = "heads.0." + name  # a single-task HF fine-tuned checkpoint: its head is task 0's
+            if is_multitask and name.startswith(("classifier.", "qa_outputs.")):
+                # A single-task HF fine-tuned checkpoint: its head becomes task 0's if it fits; a head
+                # of another size is left unused (reported) and task 0 gets a fresh one.
+                target = "heads.0." + name
+                if target in own and tuple(own[target].shape) == tuple(tensor.shape):
+                    name = target
             if name not in own:
                 unexpected.append(key)
                 continue

@@ -208,3 +208,21 @@ def test_save_pretrained_vocab_errors(tmp_path):
     again = BertModel.from_pretrained(str(tmp_path / "m"))
     assert (tmp_path / "m" / "vocab.txt").read_text() == "[PAD]\n"
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_hf_sequence_classification_head_becomes_task_0(tmp_path, caplog):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    hf_cfg = transformers.BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                     intermediate_size=48, max_position_embeddings=40, num_labels=3)
+    hf = transformers.BertForSequenceClassification(hf_cfg).eval()
+    hf.save_pretrained(str(tmp_path))
+    ours = BertForMultiTask.from_pretrained(str(tmp_path), task_num_labels=[3, 2]).eval()
+    ids, tt, mask = batch(3, vocab=120)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids, tt, mask, task_id=0)["logits"],
+                                   hf(input_ids=ids, token_type_ids=tt, attention_mask=mask).logits, atol=1e-5, rtol=0)
+    caplog.set_level(logging.WARNING)
+    other = BertForMultiTask.from_pretrained(str(tmp_path), task_num_labels=[2])  # another size: fresh head
+    assert other.heads[0].classifier.bias.abs().max() == 0
+    assert "unused checkpoint keys: classifier.bias, classifier.weight" in modeling_warnings(caplog)[-1].getMessage()
