@@ -31,7 +31,9 @@ from array import array
 import numpy as np
 import torch
 
-from file_utils import DataError, UserError, atomic_open, atomic_write_json
+from file_utils import ConfigError, DataError, UserError, atomic_open, atomic_write_json
+# The stream below batches, pads and shards exactly like the engine's EpochStream.
+from training import collate, make_batches
 
 logger = logging.getLogger(__name__)
 
@@ -540,10 +542,10 @@ class PregeneratedEpoch:
             del mm
         return out
 
-    def batch(self, indices):
+    def batch(self, indices, pad_to=None):
         """Model inputs for the rows `indices`, cut to the longest row of the batch (int64 tensors)."""
         r = self.rows(indices)
-        width = int(r["lengths"].max())
+        width = min(max(int(r["lengths"].max()), pad_to or 0), self.max_seq_len)
         return {
             "input_ids": torch.from_numpy(r["input_ids"][:, :width].astype(np.int64)),
             "token_type_ids": torch.from_numpy(r["segment_ids"][:, :width].astype(np.int64)),
@@ -572,20 +574,8 @@ class FeatureEpoch:
     def __len__(self):
         return len(self.features)
 
-    def batch(self, indices):
-        feats = [self.features[i] for i in indices]
-        width = max(len(f["input_ids"]) for f in feats)
-        out = {k: torch.zeros(len(feats), width, dtype=torch.long)
-               for k in ("input_ids", "token_type_ids", "attention_mask")}
-        out["masked_lm_labels"] = torch.full((len(feats), width), IGNORE_INDEX, dtype=torch.long)
-        for r, f in enumerate(feats):
-            n = len(f["input_ids"])
-            out["input_ids"][r, :n] = torch.tensor(f["input_ids"])
-            out["token_type_ids"][r, :n] = torch.tensor(f["token_type_ids"])
-            out["attention_mask"][r, :n] = 1
-            out["masked_lm_labels"][r, :n] = torch.tensor(f["masked_lm_labels"])
-        out["next_sentence_label"] = torch.tensor([f["next_sentence_label"] for f in feats], dtype=torch.long)
-        return out
+    def batch(self, indices, pad_to=None):
+        return collate([self.features[i] for i in indices], pad_to)
 
     def close(self):
         self.features = []
@@ -660,3 +650,87 @@ def simple_lm_features(db, max_seq_length, special_ids, vocab_size, rng, mask_pr
                 "next_sentence_label": is_random_next,
             })
     return features
+
+
+# --------------------------------------------------------------------------------------
+# Step stream over data epochs (the engine's EpochStream protocol)
+# --------------------------------------------------------------------------------------
+
+class DataEpochStream:
+    """Optimizer steps over training epochs whose data come from different sources.
+
+    Training epoch e reads data epoch `load_epoch(e)`, an object with `lengths`,
+    `batch(indices, pad_to)` and `close()` (a PregeneratedEpoch for epoch_{e % N}.json, or a
+    freshly sampled FeatureEpoch); only one is held at a time. Batching is the engine's:
+    `make_batches` over that epoch's lengths with (seed, e), `batch_size` the effective global
+    batch split into `accumulation` micro-batches and across ranks, so a step holds the same
+    examples as EpochStream would give. The position (epoch, step) is the whole state, so
+    `--resume` continues exactly. `epoch_sizes[e]` (examples in training epoch e) gives the step
+    counts up front, without loading any data.
+    """
+
+    def __init__(self, load_epoch, epoch_sizes, batch_size, accumulation, seed, task_id=0,
+                 group_by_length=True, pad_to=None, rank=0, world_size=1):
+        if batch_size % accumulation:
+            raise ConfigError(f"train batch size {batch_size} is not divisible by gradient accumulation {accumulation}")
+        if not epoch_sizes or min(epoch_sizes) < 1:
+            raise ConfigError("no training examples")
+        self.load_epoch = load_epoch
+        self.epoch_sizes = [int(n) for n in epoch_sizes]
+        self.micro_batch_size = batch_size // accumulation
+        self.accumulation, self.seed, self.task_id = accumulation, seed, task_id
+        self.group_by_length, self.pad_to = group_by_length, pad_to
+        self.rank, self.world_size = rank, world_size
+        # The batch count depends only on the example count, not on the lengths.
+        self.steps = [math.ceil(len(make_batches(np.ones(n), self.micro_batch_size, seed, e, False, False,
+                                                 rank, world_size)) / accumulation)
+                      for e, n in enumerate(self.epoch_sizes)]
+        self.steps_per_epoch = self.steps[0]
+        self.epoch, self.step_in_epoch = 0, 0
+        self._data, self._data_epoch, self._batches = None, None, None
+
+    @property
+    def total_steps(self):
+        return sum(self.steps)
+
+    def _ensure_epoch(self, epoch):
+        if self._data_epoch == epoch:
+            return
+        self.close()
+        self._data = self.load_epoch(epoch)
+        if len(self._data.lengths) != self.epoch_sizes[epoch]:
+            raise DataError(getattr(self._data, "path", f"epoch {epoch}"), None,
+                            f"holds {len(self._data.lengths)} examples, expected {self.epoch_sizes[epoch]}")
+        self._batches = make_batches(self._data.lengths, self.micro_batch_size, self.seed, epoch, True,
+                                     self.group_by_length, self.rank, self.world_size)
+        self._data_epoch = epoch
+
+    def next_step(self):
+        """The micro-batches of the next optimizer step: [(task_id, batch), ...]."""
+        if self.step_in_epoch >= self.steps[self.epoch]:
+            if self.epoch + 1 >= len(self.steps):
+                raise ConfigError(f"the stream has only {self.total_steps} steps")
+            self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        self._ensure_epoch(self.epoch)
+        start = self.step_in_epoch * self.accumulation
+        chunk = self._batches[start:start + self.accumulation]
+        self.step_in_epoch += 1
+        return [(self.task_id, self._data.batch(idx, self.pad_to)) for idx in chunk]
+
+    def state_dict(self):
+        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "epoch_sizes": list(self.epoch_sizes),
+                "micro_batch_size": self.micro_batch_size, "seed": self.seed}
+
+    def load_state_dict(self, state):
+        if state.get("epoch_sizes") != self.epoch_sizes or state.get("micro_batch_size") != self.micro_batch_size:
+            raise ConfigError(
+                "checkpoint data position does not fit this run: it was taken with epoch sizes "
+                f"{state.get('epoch_sizes')} and micro-batch {state.get('micro_batch_size')}, this run has "
+                f"{self.epoch_sizes} and {self.micro_batch_size} (same data, epochs, batch size and "
+                "accumulation are needed to resume)")
+        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
+
+    def close(self):
+        if self._data is not None:
+            self._data.close()
+        self._data, self._data_epoch, self._batches = None, None, None

@@ -1,0 +1,98 @@
+"""Quick domain fine-tuning with masked LM + next-sentence prediction straight from a corpus.
+
+Every consecutive sentence pair inside a document is one example; with probability 0.5 the
+second sentence is swapped for a random sentence of another document (next_sentence_label 1).
+Each word piece is masked independently with probability 0.15 (80% [MASK], 10% random token,
+10% unchanged). Pairs and masks are drawn afresh every epoch. Two sentences are usually much
+shorter than --max_seq_length: for long-sequence training use pregenerate_training_data.py +
+finetune_on_pregenerated.py instead. Training runs on the shared engine (training.py); the
+output folder (config.json, model.safetensors, vocab.txt) loads as --bert_model elsewhere.
+
+    python lm_finetuning/simple_lm_finetuning.py --train_corpus corpus.txt \
+        --bert_model minilm-l6 --do_lower_case --output_dir finetuned_lm/ --do_train
+"""
+import argparse
+import logging
+import os
+import random
+import sys
+
+# Run as `python lm_finetuning/simple_lm_finetuning.py`: the repo root (parent of this folder)
+# holds the shared modules, and Python only puts this script's own folder on sys.path.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import training  # noqa: E402
+from file_utils import ConfigError, DataError, run_cli  # noqa: E402
+from tasks import pretraining  # noqa: E402
+
+logger = logging.getLogger("simple_lm_finetuning")
+
+TASK_NAME = "lm"
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--train_corpus", required=True,
+                   help="text file: one sentence per line, blank line between documents")
+    p.add_argument("--do_train", action="store_true",
+                   help="accepted for compatibility: training is this script's only mode")
+    p.add_argument("--on_memory", action="store_true",
+                   help="accepted for compatibility: the tokenized corpus is always held in RAM "
+                        "(4 bytes per word piece); use the pregenerate path for corpora that do not fit")
+    p.add_argument("--masked_lm_prob", type=float, default=0.15, help="probability of masking each word piece")
+    training.add_engine_args(p, learning_rate=3e-5)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    env = training.setup_env(args)
+    tokenizer = training.load_tokenizer(args)
+    if args.max_seq_length < 5:
+        raise ConfigError(f"--max_seq_length must be at least 5 ([CLS] A [SEP] B [SEP]), got {args.max_seq_length}")
+    if not 0.0 < args.masked_lm_prob < 1.0:
+        raise ConfigError(f"--masked_lm_prob must be in (0, 1), got {args.masked_lm_prob}")
+    db = pretraining.read_corpus(args.train_corpus, tokenizer, progress=env.is_main and sys.stderr.isatty())
+    num_pairs = pretraining.num_sentence_pairs(db)
+    if num_pairs < 1:
+        raise DataError(args.train_corpus, None, "no document has two sentences, so there is no sentence pair")
+    logger.info("%d documents, %d sentences, %d sentence pairs per epoch", len(db), db.num_sentences, num_pairs)
+    training.prepare_output_dir(args, env)
+    training.write_run_config(args, args.output_dir, env)
+    model = training.load_model(args, task_num_labels=[2], task_types=["pretraining"], task_names=[TASK_NAME])
+
+    special = {"cls": tokenizer.cls_token_id, "sep": tokenizer.sep_token_id, "mask": tokenizer.mask_token_id}
+    vocab_size = max(tokenizer.vocab.values()) + 1
+
+    def load_epoch(epoch):
+        # Pairs and masks depend only on (seed, epoch): a resumed run sees the same data.
+        rng = random.Random(f"simple_lm:{args.seed}:{epoch}")
+        return pretraining.FeatureEpoch(pretraining.simple_lm_features(
+            db, args.max_seq_length, special, vocab_size, rng, mask_prob=args.masked_lm_prob))
+
+    num_epochs = max(1, int(-(-args.num_train_epochs // 1)))
+    stream = pretraining.DataEpochStream(
+        load_epoch, [num_pairs] * num_epochs, args.train_batch_size, args.gradient_accumulation_steps,
+        args.seed, group_by_length=not args.no_group_by_length,
+        pad_to=args.max_seq_length if args.pad_to_max_length else None, rank=env.rank, world_size=env.world_size)
+    num_steps = training.num_training_steps(args, stream.steps_per_epoch)
+    logger.info("%d optimizer steps over %s epoch(s) (batch %d, accumulation %d)", num_steps,
+                args.num_train_epochs, args.train_batch_size, args.gradient_accumulation_steps)
+    trainer = training.Trainer(args, env, model, num_steps)
+    try:
+        result = trainer.train(stream, num_steps, stream.steps_per_epoch, desc="simple lm fine-tuning")
+    finally:
+        stream.close()
+        db.close()
+        trainer.close()
+    trainer.save_model(args.output_dir, tokenizer)
+    if env.is_main:
+        training.write_eval_results(os.path.join(args.output_dir, "train_results.txt"),
+                                    {"global_step": result["global_step"], "loss": result["loss"]})
+        logger.info("saved to %s: global_step %d, mean loss %.4f", args.output_dir, result["global_step"],
+                    result["loss"])
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
