@@ -151,6 +151,11 @@ class BertConfig:
                     raise ConfigError(f"config key 'model_type' is {value!r}; only \"bert\" models are supported")
             else:
                 raise ConfigError(f"unknown config key '{key}' (value {value!r})")
+        if "num_tasks" not in self._explicit:  # a hand-written config may list tasks without counting them
+            for key in TASK_KEYS:
+                if getattr(self, key) is not None:
+                    self.num_tasks = len(getattr(self, key))
+                    break
         self.validate()
 
     # -- construction / serialisation -----------------------------------------------------------

@@ -45,6 +45,7 @@ def test_config_defaults_and_json_roundtrip(tmp_path):
     c3 = BertConfig.from_json_file(path)
     assert c3 == c2 and c3.to_dict() == c2.to_dict()
     assert BertConfig.from_dict(c2.to_dict()) == c2
+    assert BertConfig(task_num_labels=[2, 3, 1]).num_tasks == 3  # counted when not given
 
 
 @pytest.mark.parametrize("key,value", [
