@@ -723,8 +723,8 @@ class PreTrainedBertMixin:
         state, seen = {}, set()
         for key, tensor in self.state_dict().items():
             tensor = tensor.detach().cpu().contiguous()
-            ptr = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
-            if ptr in seen:  # safetensors refuses shared storage: store a copy
+            ptr = tensor.untyped_storage().data_ptr()
+            if ptr in seen and tensor.numel():  # safetensors refuses shared storage: store a copy
                 tensor = tensor.clone()
             seen.add(ptr)
             state[key] = tensor

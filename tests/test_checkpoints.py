@@ -226,3 +226,16 @@ def test_hf_sequence_classification_head_becomes_task_0(tmp_path, caplog):
     other = BertForMultiTask.from_pretrained(str(tmp_path), task_num_labels=[2])  # another size: fresh head
     assert other.heads[0].classifier.bias.abs().max() == 0
     assert "unused checkpoint keys: classifier.bias, classifier.weight" in modeling_warnings(caplog)[-1].getMessage()
+
+
+def test_save_handles_tensors_sharing_storage(tmp_path):
+    """safetensors refuses tensors that share memory; save_pretrained stores copies."""
+    cfg = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64)
+    model = BertModel(cfg)
+    block = torch.randn(2, 32, 32)
+    model.pooler.dense.weight = torch.nn.Parameter(block[0])
+    model.encoder.layer[0].attention.self.query.weight = torch.nn.Parameter(block[1])
+    model.save_pretrained(str(tmp_path))
+    again = BertModel.from_pretrained(str(tmp_path))
+    assert torch.equal(again.pooler.dense.weight, block[0])
+    assert torch.equal(again.encoder.layer[0].attention.self.query.weight, block[1])
