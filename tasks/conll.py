@@ -297,13 +297,16 @@ def format_report(scores, digits=4):
 
 
 def write_results(path, scores, extra=None):
-    """`precision = `, `recall = `, `f1 = ` (+ extra key = value lines) then the per-type report."""
+    """`key = value` lines, keys sorted: `precision`, `recall`, `f1` (micro), the `extra` values, and
+    per entity type `<TYPE>_precision`, `<TYPE>_recall`, `<TYPE>_f1`, `<TYPE>_support`."""
     values = {"precision": scores["precision"], "recall": scores["recall"], "f1": scores["f1"]}
+    for etype, row in scores["per_type"].items():
+        for key in ("precision", "recall", "f1", "support"):
+            values[f"{etype}_{key}"] = row[key]
     values.update(extra or {})
     with atomic_open(path, "w", encoding="utf-8") as f:
         for key in sorted(values):
             f.write(f"{key} = {values[key]}\n")
-        f.write("\n" + format_report(scores))
 
 
 def write_predictions(path, source_path, predicted_tags):

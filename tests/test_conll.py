@@ -164,7 +164,9 @@ def test_write_predictions_keeps_layout(tmp_path):
 
 
 def test_write_results_format(tmp_path):
-    s = conll.entity_scores([["B-PER", "O"]], [["B-PER", "O"]])
+    s = conll.entity_scores([["B-PER", "O", "B-LOC"]], [["B-PER", "O", "O"]])
     conll.write_results(str(tmp_path / "r.txt"), s, {"loss": 0.5})
     lines = open(tmp_path / "r.txt").read().splitlines()
-    assert lines[:4] == ["f1 = 1.0", "loss = 0.5", "precision = 1.0", "recall = 1.0"]
+    assert lines == ["LOC_f1 = 0.0", "LOC_precision = 0.0", "LOC_recall = 0.0", "LOC_support = 1",
+                     "PER_f1 = 1.0", "PER_precision = 1.0", "PER_recall = 1.0", "PER_support = 1",
+                     "f1 = 0.6666666666666666", "loss = 0.5", "precision = 1.0", "recall = 0.5"]

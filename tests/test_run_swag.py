@@ -1,5 +1,7 @@
 """run_swag.py end to end on tiny SWAG CSV files with the bundled MiniLM model."""
 import csv
+import json
+import os
 
 import pytest
 
@@ -15,10 +17,13 @@ def run(argv, capsys):
     return exc.value.code, capsys.readouterr().err
 
 
-def test_train_eval_predict(tmp_path, capsys):
+def test_train_eval_predict_with_pals(tmp_path, capsys):
     data = write_swag_dir(tmp_path / "swag")
     out = tmp_path / "out"
-    code, err = run(["--bert_model", "minilm-l6", "--data_dir", str(data), "--do_train", "--do_eval", "--do_predict",
+    pals = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                        "minilm_pals_config.json")
+    code, err = run(["--bert_model", "minilm-l6", "--config", pals,
+                     "--data_dir", str(data), "--do_train", "--do_eval", "--do_predict",
                      "--output_dir", str(out), "--max_seq_length", "40", "--train_batch_size", "4",
                      "--num_train_epochs", "8", "--learning_rate", "1e-4", "--warmup_proportion", "0",
                      "--logging_steps", "1", "--seed", "2"], capsys)
@@ -35,6 +40,8 @@ def test_train_eval_predict(tmp_path, capsys):
     assert rows[0] == ["id", "video-id", "fold-ind", "label"]
     assert [r[0] for r in rows[1:]] == ["1", "2", "3"]
     assert all(r[3] in "0123" for r in rows[1:])
+    saved = json.load(open(out / "config.json"))   # the PALs setting travels with the model
+    assert saved["pals"] is True and saved["task_types"] == ["choice"]
 
 
 def test_bad_label_is_one_line_exit_2(tmp_path, capsys):
