@@ -89,7 +89,8 @@ def load_squad_json(path):
 
 
 def _iter_qas(path, data, raw):
-    """Yield (where, paragraph_text, qa) for every question, validating the structure.
+    """Yield (where, paragraph_text, qa) for every question, validating the structure (answer
+    offsets are checked where they are used: training).
 
     `where` names the record for error messages: `data[i].paragraphs[j].qas[k] (title=..., id=...)`.
     """
@@ -127,10 +128,6 @@ def _iter_qas(path, data, raw):
                         continue   # only used for training; checked there
                     if not isinstance(start, int) or isinstance(start, bool):
                         fail(where, f"answers[{n}].answer_start is not an integer: {start!r}", qa["id"])
-                    if start < 0 or start + len(answer["text"]) > len(context):
-                        fail(where, f"answers[{n}].answer_start {start} with answer length "
-                                    f"{len(answer['text'])} is outside the context "
-                                    f"({len(context)} characters)", qa["id"])
                 yield where, context, qa
 
 
@@ -167,9 +164,11 @@ def read_squad_examples(path, is_training, version_2_with_negative=False):
                     raise DataError(path, _line_of(raw, qa["id"]),
                                     f"{where}: is_impossible must be true or false")
             if len(answers) != 1 and not is_impossible:
+                hint = "" if answers or version_2_with_negative else \
+                    "; SQuAD 2.0 files need --version_2_with_negative"
                 raise DataError(path, _line_of(raw, qa["id"]),
                                 f"{where}: for training each question needs exactly 1 answer "
-                                f"(found {len(answers)})")
+                                f"(found {len(answers)}){hint}")
             if not is_impossible:
                 answer = answers[0]
                 orig_answer_text = answer["text"]
@@ -178,6 +177,10 @@ def read_squad_examples(path, is_training, version_2_with_negative=False):
                 if not orig_answer_text:
                     raise DataError(path, _line_of(raw, qa["id"]), f"{where}: empty answer text")
                 answer_offset = answer["answer_start"]
+                if answer_offset < 0 or answer_offset + len(orig_answer_text) > len(context):
+                    raise DataError(path, _line_of(raw, qa["id"]),
+                                    f"{where}: answer_start {answer_offset} with answer length "
+                                    f"{len(orig_answer_text)} is outside the context ({len(context)} characters)")
                 start_position = char_to_word_offset[answer_offset]
                 end_position = char_to_word_offset[answer_offset + len(orig_answer_text) - 1]
                 actual_text = " ".join(doc_tokens[start_position:end_position + 1])

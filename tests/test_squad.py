@@ -316,3 +316,19 @@ def test_prediction_files_written(tmp_path):
     assert json.load(open(tmp_path / "predictions.json")) == {"a": "x"}
     assert json.load(open(tmp_path / "null_odds.json")) == {"a": 0.5}
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+def test_answer_offsets_are_only_checked_where_used(tmp_path):
+    data = squad_v1_data()
+    data[1]["paragraphs"][0]["qas"][2]["answers"][0]["answer_start"] = 10 ** 6
+    path = write_squad(tmp_path / "dev.json", data)
+    examples, _ = squad.read_squad_examples(str(path), is_training=False)   # prediction ignores answers
+    assert len(examples) == 11
+    with pytest.raises(DataError, match="outside the context"):
+        squad.read_squad_examples(str(path), is_training=True)
+
+
+def test_v2_file_without_flag_hints(tmp_path):
+    path = write_squad(tmp_path / "train.json", squad_v2_data(), "2.0")
+    with pytest.raises(DataError, match="--version_2_with_negative"):
+        squad.read_squad_examples(str(path), is_training=True)
