@@ -59,3 +59,14 @@ def test_eval_on_test_file_without_labels_is_error(tmp_path, capsys):
     (data / "val.csv").write_bytes((data / "test.csv").read_bytes())
     code, err = run(["--data_dir", str(data), "--do_eval", "--output_dir", str(tmp_path / "o")], capsys)
     assert code == 2 and "no 'label' column" in err
+
+
+def test_eval_alone_works(tmp_path, capsys):
+    # the reference crashed here (tr_loss undefined without --do_train)
+    data = write_swag_dir(tmp_path / "swag")
+    out = tmp_path / "o"
+    code, err = run(["--data_dir", str(data), "--do_eval", "--output_dir", str(out), "--max_seq_length", "32",
+                     "--cache_dir", "none"], capsys)
+    assert code == 0, err
+    results = read_kv(out / "eval_results.txt")
+    assert set(results) == {"eval_accuracy", "eval_loss", "eval_examples"}
