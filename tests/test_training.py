@@ -12,7 +12,9 @@ import torch
 
 import training
 from file_utils import ConfigError
-from test_training_helpers import engine_args, state_dict_max_diff, synthetic_features, write_tiny_model
+from test_training_helpers import single_thread, engine_args, state_dict_max_diff, synthetic_features, write_tiny_model
+
+pytestmark = pytest.mark.usefixtures(single_thread.__name__)  # tiny models: one thread
 
 
 @pytest.fixture(scope="module")
