@@ -442,6 +442,11 @@ def make_batches(lengths, batch_size, seed, epoch, shuffle=True, group_by_length
             chunk = order[start:start + mega]
             chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
             batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+        if world_size > 1 and len(batches) > 1 and len(batches[-1]) < world_size:
+            # Merge the short final batch BEFORE the batch order is shuffled: once shuffled it is
+            # no longer last, and some rank would get an empty slice.
+            batches[-2] = np.concatenate([batches[-2], batches[-1]])
+            batches.pop()
         if shuffle:
             perm = rng.permutation(len(batches))
             batches = [batches[i] for i in perm]
