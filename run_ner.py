@@ -69,7 +69,6 @@ def main(argv=None):
         training.prepare_output_dir(args, env)
     else:
         os.makedirs(args.output_dir, exist_ok=True)
-    training.write_run_config(args, args.output_dir, env)
     tokenizer = training.load_tokenizer(args)
 
     # Read every file first, so that a bad record fails before the model is loaded.
@@ -86,6 +85,7 @@ def main(argv=None):
         conll.check_labels(sentences["train"], labels, splits["train"])
     features = {name: _features(args, tokenizer, splits[name], sentences[name], labels) for name in splits}
     logger.info("labels: %s", " ".join(labels))
+    training.write_run_config(args, args.output_dir, env)   # after the data checks: a failed run leaves no files
     model = training.load_model(args, task_num_labels=[len(labels)], task_types=["token"], task_names=["ner"])
 
     trainer = None

@@ -76,7 +76,6 @@ def main(argv=None):
         training.prepare_output_dir(args, env)
     else:
         os.makedirs(args.output_dir, exist_ok=True)
-    training.write_run_config(args, args.output_dir, env)
     tokenizer = training.load_tokenizer(args)
     # Read and window the data before loading the model, so that a bad file fails fast.
     if args.do_train:
@@ -85,6 +84,7 @@ def main(argv=None):
     if args.do_predict:
         examples, _ = squad.read_squad_examples(args.predict_file, False, args.version_2_with_negative)
         features, metas = _features(args, tokenizer, args.predict_file, False, examples)
+    training.write_run_config(args, args.output_dir, env)   # after the data checks: a failed run leaves no files
     model = training.load_model(args, task_num_labels=[2], task_types=["span"], task_names=["squad"])
 
     trainer = None

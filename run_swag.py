@@ -47,7 +47,6 @@ def main(argv=None):
         training.prepare_output_dir(args, env)
     else:
         os.makedirs(args.output_dir, exist_ok=True)
-    training.write_run_config(args, args.output_dir, env)
     tokenizer = training.load_tokenizer(args)
 
     # Read every file first, so that a bad record fails before the model is loaded.
@@ -60,6 +59,7 @@ def main(argv=None):
         splits["test"] = (os.path.join(args.data_dir, "test.csv"), False)
     examples = {name: swag.read_swag_examples(path, require_label=need) for name, (path, need) in splits.items()}
     features = {name: _features(args, tokenizer, splits[name][0], examples[name]) for name in splits}
+    training.write_run_config(args, args.output_dir, env)   # after the data checks: a failed run leaves no files
     model = training.load_model(args, task_num_labels=[swag.NUM_CHOICES], task_types=["choice"],
                                 task_names=["swag"])
 
