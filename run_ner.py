@@ -112,7 +112,8 @@ def main(argv=None):
         if trainer is not None:
             out = trainer.predict(feats, task_id=0)
         else:
-            out = training.predict(model.to(env.device), feats, 0, args.eval_batch_size, env)
+            out = training.predict(model.to(env.device), feats, 0, args.eval_batch_size, env,
+                                   pad_to=args.max_seq_length if args.pad_to_max_length else None)
         if not env.is_main:
             continue
         predicted = conll.decode_predictions(sentences[name], metas, out["logits"], labels)

@@ -30,7 +30,8 @@ def build_parser():
     g.add_argument("--do_predict", action="store_true", help="predict (and score) --predict_file")
     g.add_argument("--doc_stride", type=int, default=128, help="stride between sliding windows over a context")
     g.add_argument("--max_query_length", type=int, default=64, help="question word pieces kept")
-    g.add_argument("--predict_batch_size", type=int, default=None, help="prediction batch (default --eval_batch_size)")
+    g.add_argument("--predict_batch_size", type=int, default=None,
+                   help="prediction batch size; unset: --eval_batch_size")
     g.add_argument("--n_best_size", type=int, default=20, help="n-best candidates kept per question")
     g.add_argument("--max_answer_length", type=int, default=30, help="longest answer, in word pieces")
     g.add_argument("--verbose_logging", action="store_true", help="log failed answer/text alignments")
@@ -107,7 +108,8 @@ def main(argv=None):
         if trainer is not None:
             out = trainer.predict(features, task_id=0, batch_size=batch_size)
         else:
-            out = training.predict(model.to(env.device), features, 0, batch_size, env)
+            out = training.predict(model.to(env.device), features, 0, batch_size, env,
+                                   pad_to=args.max_seq_length if args.pad_to_max_length else None)
         if env.is_main:
             preds, nbest, null_odds = squad.decode_predictions(
                 examples, metas, out["start_logits"], out["end_logits"], args.n_best_size,

@@ -81,14 +81,16 @@ def main(argv=None):
         if trainer is not None:
             out = trainer.predict(features[name], task_id=0)
         else:
-            out = training.predict(model.to(env.device), features[name], 0, args.eval_batch_size, env)
+            out = training.predict(model.to(env.device), features[name], 0, args.eval_batch_size, env,
+                                   pad_to=args.max_seq_length if args.pad_to_max_length else None)
         if not env.is_main:
             continue
         if name == "eval":
             results = {"eval_accuracy": swag.accuracy(out["logits"], [e.label for e in examples[name]]),
                        "eval_loss": out["loss"], "eval_examples": len(examples[name])}
             if trainer is not None:
-                results.update(global_step=trainer.global_step, loss=trainer.train_loss_sum / max(1, trainer.train_loss_steps))
+                results.update(global_step=trainer.global_step,
+                               loss=trainer.train_loss_sum / max(1, trainer.train_loss_steps))
             training.write_eval_results(os.path.join(args.output_dir, "eval_results.txt"), results)
             logger.info("eval: accuracy %.4f on %d examples", results["eval_accuracy"], len(examples[name]))
         else:
