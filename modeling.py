@@ -15,11 +15,10 @@ What lives here, top to bottom:
 - Checkpoint loading/saving (`from_pretrained`, `save_pretrained`) and parameter grouping
   (`count_parameters`, shared vs task-specific parameters).
 
-This module knows nothing about files of tasks, tokenizers or the CLI (see docs/CONTRACT.md).
+This module knows nothing about task file formats, tokenizers or the CLI (see docs/CONTRACT.md).
 """
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -217,6 +216,8 @@ class BertConfig:
             value = getattr(self, key)
             if value is not None and not 0.0 <= value < 1.0:
                 raise ConfigError(f"config key '{key}' must be in [0, 1), got {value}")
+        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
+            raise ConfigError(f"config key 'pad_token_id' ({self.pad_token_id}) must be in [0, vocab_size={self.vocab_size})")
         if self.hidden_act not in ACTIVATIONS:
             raise ConfigError(f"config key 'hidden_act' must be one of {sorted(ACTIVATIONS)}, got {self.hidden_act!r}")
         if self.hidden_size % self.num_attention_heads:

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from file_utils import ConfigError
 from modeling import BertConfig, BertForMultiTask, BertModel
