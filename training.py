@@ -442,11 +442,6 @@ def make_batches(lengths, batch_size, seed, epoch, shuffle=True, group_by_length
             chunk = order[start:start + mega]
             chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
             batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
-        if world_size > 1 and len(batches) > 1 and len(batches[-1]) < world_size:
-            # Merge the short final batch BEFORE the batch order is shuffled: once shuffled it is
-            # no longer last, and some rank would get an empty slice.
-            batches[-2] = np.concatenate([batches[-2], batches[-1]])
-            batches.pop()
         if shuffle:
             perm = rng.permutation(len(batches))
             batches = [batches[i] for i in perm]
@@ -455,9 +450,14 @@ def make_batches(lengths, batch_size, seed, epoch, shuffle=True, group_by_length
     else:
         batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
     if world_size > 1:
-        if len(batches) > 1 and len(batches[-1]) < world_size:
-            batches[-2] = np.concatenate([batches[-2], batches[-1]])
-            batches.pop()
+        # The one short batch (< world_size) is merged into a neighbour. With length grouping the
+        # batch order was shuffled, so it need not be the last one.
+        short = [i for i, b in enumerate(batches) if len(b) < world_size]
+        if len(batches) > 1 and short:
+            i = short[0]
+            j = i - 1 if i > 0 else 1
+            batches[min(i, j)] = np.concatenate([batches[min(i, j)], batches[max(i, j)]])
+            batches.pop(max(i, j))
         if batches and len(batches[-1]) < world_size:
             raise ConfigError(f"only {n} examples for {world_size} processes: every process needs at least one")
         batches = [b[rank::world_size] for b in batches]
