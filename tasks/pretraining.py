@@ -29,11 +29,11 @@ import tempfile
 from array import array
 
 import numpy as np
-import torch
 
 from file_utils import ConfigError, DataError, UserError, atomic_open, atomic_write_json
-# The stream below batches, pads and shards exactly like the engine's EpochStream.
-from training import collate, make_batches
+
+# torch and the engine are imported where batches are made, so that pregenerating data (corpus ->
+# JSON) starts fast and stays small: it needs neither.
 
 logger = logging.getLogger(__name__)
 
@@ -544,6 +544,7 @@ class PregeneratedEpoch:
 
     def batch(self, indices, pad_to=None):
         """Model inputs for the rows `indices`, cut to the longest row of the batch (int64 tensors)."""
+        import torch
         r = self.rows(indices)
         width = min(max(int(r["lengths"].max()), pad_to or 0), self.max_seq_len)
         return {
@@ -575,6 +576,7 @@ class FeatureEpoch:
         return len(self.features)
 
     def batch(self, indices, pad_to=None):
+        from training import collate
         return collate([self.features[i] for i in indices], pad_to)
 
     def close(self):
@@ -675,6 +677,9 @@ class DataEpochStream:
             raise ConfigError(f"train batch size {batch_size} is not divisible by gradient accumulation {accumulation}")
         if not epoch_sizes or min(epoch_sizes) < 1:
             raise ConfigError("no training examples")
+        # Batches are cut, ordered and sharded by the engine's own function: same as EpochStream.
+        from training import make_batches
+        self._make_batches = make_batches
         self.load_epoch = load_epoch
         self.epoch_sizes = [int(n) for n in epoch_sizes]
         self.micro_batch_size = batch_size // accumulation
@@ -701,7 +706,7 @@ class DataEpochStream:
         if len(self._data.lengths) != self.epoch_sizes[epoch]:
             raise DataError(getattr(self._data, "path", f"epoch {epoch}"), None,
                             f"holds {len(self._data.lengths)} examples, expected {self.epoch_sizes[epoch]}")
-        self._batches = make_batches(self._data.lengths, self.micro_batch_size, self.seed, epoch, True,
+        self._batches = self._make_batches(self._data.lengths, self.micro_batch_size, self.seed, epoch, True,
                                      self.group_by_length, self.rank, self.world_size)
         self._data_epoch = epoch
 

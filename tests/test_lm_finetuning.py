@@ -298,3 +298,57 @@ def test_minilm_lm_finetune_then_glue_runners(tmp_path):
         ran += 1
     if not ran:
         pytest.skip("no GLUE runner in the repository yet")
+
+
+def test_stream_shards_each_global_batch_across_ranks(data_dir, vocab_file):
+    vocab = BertTokenizer(vocab_file).vocab
+    plan = P.find_pregenerated_epochs(data_dir)
+    sizes = [n for _, n, _ in plan]
+    streams = [P.DataEpochStream(_loader(data_dir, vocab, plan), sizes, batch_size=8, accumulation=2, seed=1,
+                                 rank=r, world_size=w) for r, w in ((0, 1), (0, 2), (1, 2))]
+    single, r0, r1 = streams
+    assert r0.steps == r1.steps
+
+    def rows(batch):
+        return [tuple(r[:int(m.sum())].tolist()) for r, m in zip(batch["input_ids"], batch["attention_mask"])]
+
+    for epoch in range(len(sizes)):
+        whole, split, same_step = [], [], 0
+        for _ in range(single.steps[epoch]):
+            whole.extend(row for _, b in single.next_step() for row in rows(b))
+        for _ in range(r0.steps[epoch]):
+            for (_, a), (_, b) in zip(r0.next_step(), r1.next_step()):
+                assert len(a["input_ids"]) >= 1 and len(b["input_ids"]) >= 1  # no empty slice on any rank
+                split.extend(rows(a) + rows(b))
+        assert sorted(split) == sorted(whole) and len(split) == sizes[epoch]  # each example once per epoch
+    for s in streams:
+        s.close()
+
+
+def test_finetune_resume_after_interruption_is_exact(data_dir, tiny_model, tmp_path, monkeypatch):
+    n0, _ = _counts(data_dir)
+    base = ["--pregenerated_data", data_dir, "--bert_model", tiny_model, "--epochs", "2", "--train_batch_size", "4",
+            "--learning_rate", "1e-3", "--do_lower_case", "--save_steps", "1", "--reduce_memory"]
+    full = str(tmp_path / "full")
+    finetune_on_pregenerated.main(base + ["--output_dir", full])
+    stop_after = math.ceil(n0 / 4) + 1  # interrupted inside the second epoch (second data file)
+    calls = {"n": 0}
+    original = P.DataEpochStream.next_step
+
+    def interrupted(self):
+        calls["n"] += 1
+        if calls["n"] > stop_after:
+            raise KeyboardInterrupt
+        return original(self)
+
+    part = str(tmp_path / "part")
+    monkeypatch.setattr(P.DataEpochStream, "next_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        finetune_on_pregenerated.main(base + ["--output_dir", part])
+    monkeypatch.setattr(P.DataEpochStream, "next_step", original)
+    assert not os.path.exists(os.path.join(part, "model.safetensors"))
+    assert json.load(open(os.path.join(part, "checkpoint", "checkpoint.json")))["global_step"] == stop_after
+    finetune_on_pregenerated.main(base + ["--output_dir", part, "--resume"])
+    a, b = _weights(full), _weights(part)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
