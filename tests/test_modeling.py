@@ -292,3 +292,21 @@ def test_backward_reaches_shared_and_own_head_only(multi_head_model):
     assert m.bert.encoder.layer[0].attention.self.query.weight.grad is not None
     assert all(p.grad is None for p in m.heads[1].parameters())
     m.zero_grad(set_to_none=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_autocast_matches_fp32(dtype):
+    torch.manual_seed(0)
+    model = BertForMultiTask(BertConfig(mult=True, pals=True, hidden_dropout_prob=0.0,
+                                        attention_probs_dropout_prob=0.0, num_hidden_layers=4), [3, 1]).cuda()
+    ids, token_type, mask = (t.cuda() for t in padded_batch())
+    labels = torch.tensor([0, 2, 1], device="cuda")
+    ref = model(ids, token_type, mask, task_id=0, labels=labels)
+    with torch.autocast("cuda", dtype=dtype):
+        out = model(ids, token_type, mask, task_id=0, labels=labels)
+    out["loss"].backward()
+    assert out["loss"].dtype == torch.float32
+    torch.testing.assert_close(out["logits"].float(), ref["logits"], atol=0.05, rtol=0.05)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
