@@ -20,6 +20,7 @@ import collections
 import json
 import logging
 import math
+import os
 import re
 import string
 from dataclasses import dataclass, field
@@ -463,7 +464,6 @@ def decode_predictions(examples, metas, start_logits, end_logits, n_best_size, m
 
 def write_prediction_files(output_dir, predictions, nbest, null_odds=None):
     """predictions.json, nbest_predictions.json and (v2) null_odds.json, each written atomically."""
-    import os
     files = [("predictions.json", predictions), ("nbest_predictions.json", nbest)]
     if null_odds is not None:
         files.append(("null_odds.json", null_odds))
