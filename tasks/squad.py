@@ -63,11 +63,11 @@ def whitespace_tokenize(text):
     return text.split() if text else []
 
 
-def _line_of(raw_text, qas_id):
-    """Line number (1-based) of `"id": "<qas_id>"` in the raw JSON text, or None."""
-    if raw_text is None:
+def _line_of(raw_text, value, key="id"):
+    """Line number (1-based) of `"<key>": <value>` in the raw JSON text, or None."""
+    if raw_text is None or value is None:
         return None
-    pattern = r'"id"\s*:\s*' + re.escape(json.dumps(qas_id))
+    pattern = r'"' + key + r'"\s*:\s*' + re.escape(json.dumps(value, ensure_ascii=False))
     match = re.search(pattern, raw_text)
     return raw_text.count("\n", 0, match.start()) + 1 if match else None
 
@@ -95,24 +95,25 @@ def _iter_qas(path, data, raw):
 
     `where` names the record for error messages: `data[i].paragraphs[j].qas[k] (title=..., id=...)`.
     """
-    def fail(where, message, qas_id=None):
-        line = _line_of(raw, qas_id) if qas_id is not None else None
+    def fail(where, message, qas_id=None, title=None):
+        # the question's id line, else the article's title line
+        line = _line_of(raw, qas_id) if qas_id is not None else _line_of(raw, title, "title")
         raise DataError(path, line, f"{where}: {message}")
 
     for i, article in enumerate(data):
         title = article.get("title") if isinstance(article, dict) else None
         if not isinstance(article, dict) or not isinstance(article.get("paragraphs"), list):
-            fail(f"data[{i}]", 'missing "paragraphs" list')
+            fail(f"data[{i}]", 'missing "paragraphs" list', title=title if isinstance(title, str) else None)
         for j, paragraph in enumerate(article["paragraphs"]):
             pwhere = f"data[{i}].paragraphs[{j}]" + (f" (title={title!r})" if title is not None else "")
             if not isinstance(paragraph, dict) or not isinstance(paragraph.get("context"), str):
-                fail(pwhere, 'missing "context" string')
+                fail(pwhere, 'missing "context" string', title=title)
             if not isinstance(paragraph.get("qas"), list):
-                fail(pwhere, 'missing "qas" list')
+                fail(pwhere, 'missing "qas" list', title=title)
             for k, qa in enumerate(paragraph["qas"]):
                 if not isinstance(qa, dict) or not isinstance(qa.get("id"), (str, int)):
                     fail(f"data[{i}].paragraphs[{j}].qas[{k}]" + (f" (title={title!r})" if title else ""),
-                         'missing question "id"')
+                         'missing question "id"', title=title)
                 qid = str(qa["id"])
                 where = f"data[{i}].paragraphs[{j}].qas[{k}] (id={qid!r})"
                 if not isinstance(qa.get("question"), str):

@@ -166,6 +166,16 @@ def test_malformed_record_names_file_record_and_line(tmp_path, mutate, needle):
     assert '"q0006"' in lines[err.value.line - 1]
 
 
+def test_record_without_id_points_at_its_article(tmp_path):
+    data = squad_v1_data()
+    del data[2]["paragraphs"][0]["qas"][0]["id"]
+    path = write_squad(tmp_path / "bad.json", data)
+    with pytest.raises(DataError) as err:
+        squad.read_squad_examples(str(path), is_training=False)
+    assert "data[2].paragraphs[0].qas[0] (title='Super_Bowl_50'): missing question \"id\"" in str(err.value)
+    assert '"Super_Bowl_50"' in open(path).read().splitlines()[err.value.line - 1]
+
+
 def test_bad_json_reports_line(tmp_path):
     path = tmp_path / "broken.json"
     path.write_text('{"version": "1.1",\n "data": [\n  {"title": "x",, }]}')
