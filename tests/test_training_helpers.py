@@ -19,17 +19,22 @@ if ROOT not in sys.path:
 TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(95)]
 
 
-def write_tiny_model(directory, dropout=0.0, seed=0, **overrides):
-    """A random BertModel checkpoint folder (config.json, model.safetensors, vocab.txt)."""
+def write_tiny_model(directory, dropout=0.0, seed=0, vocab_file=None, **overrides):
+    """A random BertModel checkpoint folder (config.json, model.safetensors, vocab.txt).
+    vocab_file: use a real vocab (e.g. MiniLM's) instead of the 100-token toy vocab."""
     import modeling
     os.makedirs(directory, exist_ok=True)
-    cfg = dict(vocab_size=len(TINY_VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    tokens = TINY_VOCAB
+    if vocab_file is not None:
+        with open(vocab_file, encoding="utf-8") as f:
+            tokens = [line.rstrip("\n") for line in f]
+    cfg = dict(vocab_size=len(tokens), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                intermediate_size=64, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
                max_position_embeddings=64)
     cfg.update(overrides)
     vocab = os.path.join(directory, "vocab.txt")
     with open(vocab, "w", encoding="utf-8") as f:
-        f.write("\n".join(TINY_VOCAB) + "\n")
+        f.write("\n".join(tokens) + "\n")
     torch.manual_seed(seed)
     modeling.BertModel(modeling.BertConfig(**cfg)).save_pretrained(directory, vocab_file=vocab)
     return directory
