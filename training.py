@@ -698,6 +698,7 @@ class Trainer:
         self.epoch = 0
         self.extra_state = {}
         self.consecutive_skipped = 0
+        self.stopped_early = False  # an on_epoch_end said stop; kept in checkpoints (resume does not go on)
         self._tb_writer = None
         self.train_loss_sum, self.train_loss_steps = 0.0, 0
 
@@ -876,6 +877,7 @@ class Trainer:
                 "rng": rng, "stream": stream.state_dict() if hasattr(stream, "state_dict") else None,
                 "global_step": self.global_step, "epoch": self.epoch, "extra_state": self.extra_state,
                 "world_size": self.env.world_size, "consecutive_skipped": self.consecutive_skipped,
+                "stopped_early": self.stopped_early,
                 "train_loss_sum": self.train_loss_sum, "train_loss_steps": self.train_loss_steps,
             }
             os.makedirs(out, exist_ok=True)
@@ -921,6 +923,7 @@ class Trainer:
         self.global_step, self.epoch = state["global_step"], state["epoch"]
         self.extra_state = state.get("extra_state") or {}
         self.consecutive_skipped = state.get("consecutive_skipped", 0)
+        self.stopped_early = state.get("stopped_early", False)
         self.train_loss_sum = state.get("train_loss_sum", 0.0)
         self.train_loss_steps = state.get("train_loss_steps", 0)
         logger.info("resumed from %s at step %d (epoch %d)", path, self.global_step, self.epoch)
@@ -946,11 +949,10 @@ class Trainer:
         from tqdm import tqdm
         bar = tqdm(total=num_steps, initial=self.global_step, desc=desc,
                    disable=not (env.is_main and sys.stderr.isatty()), dynamic_ncols=True)
-        stopped_early = False
         log_loss, log_n = 0.0, 0
         saved_at = self.global_step
         try:
-            while self.global_step < num_steps:
+            while self.global_step < num_steps and not self.stopped_early:
                 micro = stream.next_step()
                 loss = self.training_step(micro)
                 self.global_step += 1
@@ -973,11 +975,11 @@ class Trainer:
                         stop = on_epoch_end(self.epoch - 1, self)
                         self.ddp_model.train()
                         if stop:
-                            stopped_early = True
+                            self.stopped_early = True
                 if args.save_steps and args.save_steps > 0 and self.global_step % args.save_steps == 0:
                     self.save_checkpoint(stream)
                     saved_at = self.global_step
-                if stopped_early:
+                if self.stopped_early:
                     logger.info("early stop after epoch %d (step %d)", self.epoch, self.global_step)
                     break
             if saved_at != self.global_step or find_checkpoint(args.output_dir) is None:
@@ -987,7 +989,7 @@ class Trainer:
             if self._tb_writer is not None:
                 self._tb_writer.flush()
         mean = self.train_loss_sum / self.train_loss_steps if self.train_loss_steps else float("nan")
-        return {"global_step": self.global_step, "loss": mean, "stopped_early": stopped_early}
+        return {"global_step": self.global_step, "loss": mean, "stopped_early": self.stopped_early}
 
     # -- outputs ---------------------------------------------------------------------------------
 

@@ -318,6 +318,11 @@ def test_early_stop_epoch_callback_and_dropout_back_on(tmp_path):
     assert calls == [(0, 2, True), (1, 4, True), (2, 6, True)]
     assert result["stopped_early"] and trainer.global_step == 6 and model.training
     trainer.close()
+    # --resume after an early stop does not train on
+    args.resume = True
+    again = training.Trainer(args, env, training.load_model(args, [2]), 20)
+    assert again.train(training.make_stream(args, env, feats), 20, on_epoch_end=on_epoch_end)["stopped_early"]
+    assert again.global_step == 6 and len(calls) == 3
 
 
 # ----------------------------------------------------------------------------------------------
