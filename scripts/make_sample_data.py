@@ -194,7 +194,7 @@ def gen_sst(rng, n):
     return out
 
 
-def _reword(rng, f, changes):
+def _reword(f, changes):
     """Reword a fact sentence keeping its meaning: synonyms, time phrase moved, passive voice."""
     verb = VERB_SYN.get(f["past"], f["past"]) if "verb" in changes else f["past"]
     noun = NOUN_SYN.get(f["noun"], f["noun"]) if "noun" in changes else f["noun"]
@@ -225,7 +225,7 @@ def gen_mrpc(rng, n):
                     g["noun"] = _other(rng, NOUNS, f["noun"])
                 else:
                     g["base"], g["past"] = _other(rng, VERBS, (f["base"], f["past"]))
-        out.append((s1, _reword(rng, g, changes), label))
+        out.append((s1, _reword(g, changes), label))
     return out
 
 
@@ -261,6 +261,10 @@ def gen_qqp(rng, n):
     return out
 
 
+def _sts_sentence(s):
+    return f"A {s[1]} {s[0]} is {s[2]} {s[3]} {s[4]}."
+
+
 def gen_stsb(rng, n):
     pools = [STS_SUBJ, STS_ADJ, STS_VERB, STS_OBJ, STS_PLACE]
     out = []
@@ -269,11 +273,8 @@ def gen_stsb(rng, n):
         a = [rng.choice(p) for p in pools]
         keep = set(rng.sample(range(5), k))
         b = [a[i] if i in keep else _other(rng, pools[i], a[i]) for i in range(5)]
-
-        def say(s):
-            return f"A {s[1]} {s[0]} is {s[2]} {s[3]} {s[4]}."
         score = min(5.0, max(0.0, 5.0 * k / 5 + rng.uniform(-0.25, 0.25)))
-        out.append((say(a), say(b), f"{score:.3f}"))
+        out.append((_sts_sentence(a), _sts_sentence(b), f"{score:.3f}"))
     return out
 
 
