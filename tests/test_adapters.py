@@ -103,6 +103,8 @@ MODES = {
     "houlsby_lhuc": dict(houlsby=True, lhuc=True),
     "top_attn": dict(top=True),
     "top_bert_layer": dict(top=True, bert_lay_top=True),
+    "houlsby_original_pals_lhuc": dict(houlsby_original=True, mult=True, pals=True, lhuc=True, extra_dim=6),
+    "low_rank_top_attn": dict(mult=True, top=True),
 }
 
 
