@@ -139,7 +139,7 @@ def read_run(directory):
     if not os.path.exists(config_path):
         return None
     config = _read_json(config_path)
-    flags = config.get("args", config)
+    flags = config.get("flags") or config.get("args") or config  # run_classifier: {"flags": {...}}
     task = flags.get("task_name") or flags.get("task")
     if not task:
         return None

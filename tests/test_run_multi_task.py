@@ -192,10 +192,12 @@ def test_collect_results_table(setup, tmp_path, capsys):
     (mt_run / "results.json").write_text(json.dumps({"kind": "multi_task", "label": "PALs", "best_epoch": 1,
                                                      "history": history,
                                                      "parameters": {"total": 113, "shared": 100}}))
-    for task, metrics in (("rte", "acc = 0.75\n"), ("cola", "mcc = 0.25\nloss = 0.6\n")):
+    # run_classifier.py's format: run_config.json {"flags": {...}}, eval_results.txt `key = value` (MNLI: mm_*)
+    for task, metrics in (("rte", "acc = 0.75\n"), ("cola", "global_step = 9\nloss = 0.6\nmcc = 0.25\n"),
+                          ("mnli", "acc = 0.6\nmm_acc = 0.55\n")):
         folder = runs / task
         folder.mkdir()
-        (folder / "run_config.json").write_text(json.dumps({"args": {"task_name": task}}))
+        (folder / "run_config.json").write_text(json.dumps({"flags": {"task_name": task}}))
         (folder / "eval_results.txt").write_text(metrics)
         from safetensors.torch import save_file
         save_file({"bert.w": torch.zeros(10, 10), "heads.0.w": torch.zeros(2, 5),
@@ -210,9 +212,10 @@ def test_collect_results_table(setup, tmp_path, capsys):
     # GLUE (leaderboard rule): mean of 50, 90, 82.5, 81, 80, 83.5, 90, 70 = 78.375
     assert cells[14] == "78.4"
     assert cells[15] == f"{(50 + 90 + 85 + 82 + 70 + 84 + 83 + 90 + 70) / 9:.1f}" and cells[-1] == "1.13x"
-    separate = next(line for line in table.splitlines() if "separate fine-tuned BERTs (2 models)" in line)
+    separate = next(line for line in table.splitlines() if "separate fine-tuned BERTs (3 models)" in line)
     cells = [c.strip() for c in separate.strip("|").split("|")]
-    assert cells[1] == "25.0" and cells[12] == "75.0" and cells[-1] == "2.20x"  # (110 + 110) / 100 params
+    assert cells[1] == "25.0" and cells[12] == "75.0" and cells[9:11] == ["60.0", "55.0"]
+    assert cells[-1] == "3.30x"  # 3 x (100 encoder + 10 head) / 100 params
     # the published BERT-base test average is 79.6 over the 9 paper columns
     bert = next(line for line in table.splitlines() if "Devlin" in line)
     assert [c.strip() for c in bert.strip("|").split("|")][15] == "79.6"
