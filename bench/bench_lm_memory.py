@@ -49,13 +49,19 @@ def run_measured(cmd, log_path):
     return usage.ru_maxrss / 1024.0, time.time() - start  # ru_maxrss is in KiB on Linux
 
 
+TINY_MODEL = """
+import sys, torch, modeling
+torch.manual_seed(0)
+config = modeling.BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                             intermediate_size=128, max_position_embeddings=512)
+modeling.BertModel(config).save_pretrained(sys.argv[1], vocab_file=sys.argv[2])
+"""
+
+
 def tiny_model(folder, vocab_file):
-    import modeling
-    import torch
-    torch.manual_seed(0)
-    config = modeling.BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                 intermediate_size=128, max_position_embeddings=512)
-    modeling.BertModel(config).save_pretrained(folder, vocab_file=vocab_file)
+    # In a child process: this process must stay small, because a child's RSS high-water mark
+    # starts from the size of the process it was forked from.
+    subprocess.run([sys.executable, "-c", TINY_MODEL, folder, vocab_file], cwd=ROOT, check=True)
     return folder
 
 
@@ -65,6 +71,8 @@ def main():
     p.add_argument("--max_seq_len", type=int, default=128)
     p.add_argument("--bert_model", default=None, help="default: a tiny random BERT (hidden 64, 2 layers)")
     p.add_argument("--steps", type=int, default=5, help="training steps per measured run")
+    p.add_argument("--batch", type=int, default=2,
+                   help="train batch size (small: the [batch, seq, vocab] MLM logits are the largest transient)")
     p.add_argument("--pregenerate_too", action="store_true",
                    help="also measure pregenerate_training_data.py with and without --reduce_memory")
     p.add_argument("--work_dir", default=None, help="default: a temporary folder (removed afterwards)")
@@ -97,7 +105,7 @@ def main():
         metrics = json.load(f)
     num, seq = metrics["num_training_examples"], metrics["max_seq_len"]
     data_bytes = num * seq * (4 + 1 + 1 + 4) + num * (1 + 4)  # PregeneratedEpoch arrays
-    batch = 8
+    batch = args.batch
     epochs = args.steps * batch / num  # a fraction of an epoch: a few steps over the whole data epoch
     for mode in ("RAM", "--reduce_memory"):
         out = os.path.join(work, "ft_" + ("rm" if mode != "RAM" else "ram"))
@@ -114,6 +122,8 @@ def main():
     print(f"{'script':26s} {'mode':16s} {'peak RSS MiB':>12s} {'wall s':>8s}")
     for script, mode, rss, secs in rows:
         print(f"{script:26s} {mode:16s} {rss:12.1f} {secs:8.1f}")
+    import resource
+    print(f"(this driver process: peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f} MiB)")
     ft = {mode: rss for script, mode, rss, _ in rows if script == "finetune_on_pregenerated"}
     saved = ft["RAM"] - ft["--reduce_memory"]
     print(f"finetune peak saved by --reduce_memory: {saved:.1f} MiB = {saved / (data_bytes / 2**20):.2f} x the data arrays; "
