@@ -992,6 +992,8 @@ class BertForMultiTask(PreTrainedBertMixin, nn.Module):
             head_inputs["labels"] = labels
         head = self.heads[task_id]
         if head_type == "choice":  # [B,K,S] -> [B*K,S]; the head folds logits back to [B,K]
+            if input_ids.dim() != 3:
+                raise ValueError(f"a choice head (task {task_id}) needs input_ids [B, K, S], got {tuple(input_ids.shape)}")
             head_inputs["num_choices"] = input_ids.shape[1]
             flat = lambda t: None if t is None else t.reshape(-1, t.shape[-1])  # noqa: E731
             input_ids, token_type_ids, attention_mask = flat(input_ids), flat(token_type_ids), flat(attention_mask)

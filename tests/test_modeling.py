@@ -282,6 +282,8 @@ def test_forward_rejects_wrong_inputs(multi_head_model):
         multi_head_model(ids, task_id=2, labels=torch.tensor([1, 2]))
     with pytest.raises(IndexError, match="task_id 6"):
         multi_head_model(ids, task_id=6)
+    with pytest.raises(ValueError, match=r"\[B, K, S\]"):
+        multi_head_model(ids, task_id=4)
 
 
 def test_backward_reaches_shared_and_own_head_only(multi_head_model):
