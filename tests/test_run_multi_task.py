@@ -167,6 +167,17 @@ def test_end_to_end_table_best_model_predictions(setup, capsys):
     assert all(0.0 <= float(line.split("\t")[1]) <= 5.0 for line in sts[1:])
     assert set(line.split("\t")[1] for line in (out / "predictions" / "MNLI-mm.tsv").read_text().splitlines()[1:]) \
         <= {"entailment", "neutral", "contradiction"}
+    # a finished model evaluates and predicts again without training (same dev numbers)
+    again = setup["base"] / "e2e-no-train"
+    assert run_multi_task.main(["--data_dir", setup["data"], "--bert_model", str(out / "best"), "--config", "none",
+                                "--tasks", "all", "--no_train", "--do_predict", "--output_dir", str(again),
+                                "--max_seq_length", "32", "--eval_batch_size", "16", "--cache_dir", "none"]) == 0
+    res2 = json.loads((again / "results.json").read_text())
+    for task in ("cola", "mnli-mm", "sts-b"):
+        for key, value in best["results"][task].items():
+            if key != "loss":
+                assert res2["history"][0]["results"][task][key] == pytest.approx(value, abs=1e-6)
+    assert (again / "predictions" / "QNLI.tsv").read_text() == (out / "predictions" / "QNLI.tsv").read_text()
     # TensorBoard: dev metrics and target vs realized task frequencies
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     acc = EventAccumulator(str(out / "runs"))
