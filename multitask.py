@@ -488,12 +488,6 @@ def format_parameter_report(report):
 # Evaluation table, model selection, early stopping
 # ----------------------------------------------------------------------------------------------
 
-def glue_average(main_scores):
-    """Unweighted mean of the tasks' main scores (the selection criterion; the reference used the sum)."""
-    values = [float(v) for v in main_scores.values()]
-    return sum(values) / len(values) if values else float("nan")
-
-
 def format_eval_table(epoch, results, main_scores, average):
     """results: {task: {metric: value}}; main_scores: {task: value}. Scores are shown as 0-100."""
     width = max(8, *(len(t) for t in results))
@@ -535,6 +529,16 @@ def recover_atomic_dir(directory):
     if not os.path.exists(directory) and os.path.isdir(directory + ".old"):
         os.replace(directory + ".old", directory)
     shutil.rmtree(directory + ".tmp", ignore_errors=True)
+
+
+def recover_output_dirs(output_dir):
+    """On --resume: finish any best/ or per_task_best/<task>/ swap a kill interrupted."""
+    recover_atomic_dir(os.path.join(output_dir, "best"))
+    per_task = os.path.join(output_dir, "per_task_best")
+    if os.path.isdir(per_task):
+        names = {n[:-4] if n.endswith((".old", ".tmp")) else n for n in os.listdir(per_task)}
+        for name in names:
+            recover_atomic_dir(os.path.join(per_task, name))
 
 
 def save_task_parameters(model, task_id, task_name, directory, info):
@@ -695,13 +699,14 @@ class TaskData:
         self.dev = []          # [(eval name, examples, features)]: MNLI has mnli + mnli-mm
 
 
-def _features(task, split, data_dir, tokenizer, args, cache_dir, label_scale, examples=None, path=None):
+def _features(task, split, data_dir, tokenizer, args, cache_dir, label_scale, examples=None, path=None, limit=None):
+    """Features of one split, from the engine's feature cache (built once per file/tokenizer/length)."""
     from tasks import glue
     import training
     path = path or glue.task_file(task, data_dir, split)
     key = {"task": f"{task.name}-{split}", "file": training.file_fingerprint(path),
            "vocab": getattr(tokenizer, "vocab_fingerprint", None), "lower": getattr(args, "do_lower_case", None),
-           "max_seq_length": args.max_seq_length, "label_scale": label_scale}
+           "max_seq_length": args.max_seq_length, "label_scale": label_scale, "limit": limit}
 
     def build():
         ex = examples if examples is not None else glue.read_examples(task, data_dir, split, path=path)
@@ -731,8 +736,8 @@ def load_task_data(task_names, data_dir, tokenizer, args, cache_dir, max_eval_ex
             examples = glue.read_examples(task, data_dir, split)
             if max_eval_examples and len(examples) > max_eval_examples:
                 examples = examples[:max_eval_examples]
-            features = glue.convert_examples_to_features(examples, task, tokenizer, args.max_seq_length,
-                                                         label_scale=td.label_scale)
+            features = _features(task, split, data_dir, tokenizer, args, cache_dir, td.label_scale,
+                                 examples=examples, limit=len(examples))
             td.dev.append((eval_name, examples, features))
         data.append(td)
     return data
@@ -760,8 +765,10 @@ def evaluate(predict_fn, task_data):
     return results, task_scores, glue.glue_score(results)
 
 
-def predict_test_sets(predict_fn, task_data, data_dir, tokenizer, args, out_dir):
-    """GLUE submission files for every task's test set (MNLI: -m and -mm; AX with the MNLI head)."""
+def predict_test_sets(predict_fn, task_data, data_dir, tokenizer, args, out_dir, write=True):
+    """GLUE submission files for every task's test set (MNLI: -m and -mm; AX with the MNLI head).
+
+    Under DDP every rank must call this (prediction is collective); only `write=True` writes."""
     from tasks import glue
     import logging
     log = logging.getLogger(__name__)
@@ -782,8 +789,9 @@ def predict_test_sets(predict_fn, task_data, data_dir, tokenizer, args, out_dir)
             features = glue.convert_examples_to_features(examples, task, tokenizer, args.max_seq_length)
             out = predict_fn(features, td.task_id)
             preds = glue.logits_to_predictions(task, out["logits"], label_scale=td.label_scale)
-            written.append(glue.write_predictions(task, out_dir + os.sep, [e.index for e in examples], preds,
-                                                  split=split))
+            if write:
+                written.append(glue.write_predictions(task, out_dir + os.sep, [e.index for e in examples], preds,
+                                                      split=split))
     return written
 
 

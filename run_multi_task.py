@@ -137,6 +137,8 @@ def main(argv=None):
 
     env = training.setup_env(args)
     training.prepare_output_dir(args, env)
+    if args.resume and env.is_main:
+        mt.recover_output_dirs(args.output_dir)
     training.write_run_config(args, args.output_dir, env)
     tokenizer = training.load_tokenizer(args)
     cache_dir = training.default_cache_dir(args)
@@ -197,7 +199,7 @@ def main(argv=None):
         selected = modeling.BertForMultiTask.from_pretrained(best_dir).to(env.device)
         out_dir = os.path.join(args.output_dir, "predictions")
         written = mt.predict_test_sets(lambda f, t: training.predict(selected, f, t, args.eval_batch_size, env),
-                                       data, args.data_dir, tokenizer, args, out_dir)
+                                       data, args.data_dir, tokenizer, args, out_dir, write=env.is_main)
         results["predictions"] = [os.path.relpath(p, args.output_dir) for p in written]
     trainer.close()
     if env.is_main:
