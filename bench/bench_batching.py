@@ -9,10 +9,11 @@ distribution (lognormal lengths, median ~25 word pieces, clipped to [4, 128]):
    training loop on the SAME weights and the SAME (dynamically padded) batches, both with
    torch.optim.AdamW and global gradient clipping.
 
-Timings cover the optimizer steps only (model loading and the end-of-training checkpoint are
-excluded); each side gets one warm-up step first. Prints the timings and the ratios.
+Timings cover the optimizer steps only (model loading and checkpoints are excluded); each side
+gets one warm-up step first, and the three epochs are interleaved step by step (rotating which goes
+first) so that a change in machine load affects them alike. Prints the timings and the ratios.
 
-    python bench/bench_batching.py [--examples 256] [--batch_size 32] [--threads 2]
+    python bench/bench_batching.py [--examples 512] [--batch_size 32] [--threads 2]
 """
 import argparse
 import os
@@ -48,34 +49,26 @@ def engine_args(output_dir, *extra):
                               "--optimizer", "adamw", "--logging_steps", "100000", *extra])
 
 
-def time_engine_epoch(feats, batch_size, *extra):
-    """Seconds for one epoch of optimizer steps through Trainer.training_step; also the batches."""
-    with tempfile.TemporaryDirectory() as out:
-        args = engine_args(out, "--train_batch_size", str(batch_size), *extra)
-        env = training.setup_env(args)
-        model = training.load_model(args, [2])
-        stream = training.make_stream(args, env, feats)
-        trainer = training.Trainer(args, env, model, stream.steps_per_epoch)
-        warm = training.make_stream(args, env, feats[:batch_size])
-        trainer.training_step(warm.next_step())  # warm-up (allocator, kernels); not timed
-        steps = [stream.next_step() for _ in range(stream.steps_per_epoch)]
-        start = time.perf_counter()
-        for micro in steps:
-            trainer.training_step(micro)
-        seconds = time.perf_counter() - start
-        padded = sum(b["input_ids"].numel() for step in steps for _, b in step)
-        return seconds, steps, padded, model
+def engine_trainer(feats, batch_size, *extra):
+    """A Trainer on MiniLM and the list of steps of one epoch (batches collated up front)."""
+    out = tempfile.mkdtemp(prefix="bench-")
+    args = engine_args(out, "--train_batch_size", str(batch_size), *extra)
+    env = training.setup_env(args)
+    model = training.load_model(args, [2])
+    stream = training.make_stream(args, env, feats)
+    trainer = training.Trainer(args, env, model, stream.steps_per_epoch)
+    steps = [stream.next_step() for _ in range(stream.steps_per_epoch)]
+    padded = sum(b["input_ids"].numel() for step in steps for _, b in step)
+    return trainer, steps, padded
 
 
-def time_hf_epoch(steps, our_model, max_grad_norm=1.0, lr=5e-5):
-    """The same batches through transformers.BertForSequenceClassification with a plain loop."""
+def hf_step_fn(our_model, max_grad_norm=1.0, lr=5e-5):
+    """One optimizer step of a plain loop on transformers.BertForSequenceClassification with the
+    same weights as the engine's model (encoder from the same checkpoint, head copied) and the
+    same optimizer kind (torch AdamW, same groups/eps, global clipping)."""
     from transformers import BertForSequenceClassification
     hf = BertForSequenceClassification.from_pretrained(resolve_model_dir("minilm-l6"), num_labels=2)
-    # same head weights as the engine's model (the encoder comes from the same checkpoint)
-    head = our_model.heads[0]
-    classifier = getattr(head, "classifier", None)
-    if classifier is not None:
-        hf.classifier.load_state_dict(classifier.state_dict())
+    hf.classifier.load_state_dict(our_model.heads[0].classifier.state_dict())
     hf.train()
     no_decay = ("bias", "LayerNorm.weight", "LayerNorm.bias")
     groups = [{"params": [p for n, p in hf.named_parameters() if not any(k in n for k in no_decay)],
@@ -93,16 +86,12 @@ def time_hf_epoch(steps, our_model, max_grad_norm=1.0, lr=5e-5):
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    step(steps[0])  # warm-up
-    start = time.perf_counter()
-    for micro in steps:
-        step(micro)
-    return time.perf_counter() - start
+    return step
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--examples", type=int, default=256)
+    parser.add_argument("--examples", type=int, default=512)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     parser.add_argument("--seed", type=int, default=0)
@@ -115,9 +104,22 @@ def main():
     print(f"{opts.examples} examples, length median {int(np.median(lengths))}, mean {lengths.mean():.1f}, "
           f"max {lengths.max()}; batch {opts.batch_size}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, device cpu")
-    dyn_s, dyn_steps, dyn_tokens, model = time_engine_epoch(feats, opts.batch_size)
-    fix_s, _, fix_tokens, _ = time_engine_epoch(feats, opts.batch_size, "--pad_to_max_length")
-    hf_s = time_hf_epoch(dyn_steps, model)
+    dyn, dyn_steps, dyn_tokens = engine_trainer(feats, opts.batch_size)
+    fix, fix_steps, fix_tokens = engine_trainer(feats, opts.batch_size, "--pad_to_max_length")
+    hf_step = hf_step_fn(dyn.model)
+    runs = [("dyn", lambda i: dyn.training_step(dyn_steps[i])),
+            ("fix", lambda i: fix.training_step(fix_steps[i])),
+            ("hf", lambda i: hf_step(dyn_steps[i]))]
+    for _, run in runs:  # warm-up step (allocator, kernels), not timed
+        run(0)
+    # The three epochs are interleaved step by step, so a change in machine load hits all alike.
+    seconds = {name: 0.0 for name, _ in runs}
+    for i in range(len(dyn_steps)):
+        for name, run in runs[i % 3:] + runs[:i % 3]:  # rotate who goes first (cache effects)
+            start = time.perf_counter()
+            run(i)
+            seconds[name] += time.perf_counter() - start
+    dyn_s, fix_s, hf_s = seconds["dyn"], seconds["fix"], seconds["hf"]
     n = opts.examples
     print(f"engine, default batching (dynamic, length-grouped): {dyn_s:7.2f} s/epoch  {n / dyn_s:7.1f} ex/s  "
           f"{dyn_tokens} padded tokens")

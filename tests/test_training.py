@@ -363,6 +363,8 @@ def test_flag_checks_and_lower_case_guess(tiny_dir, tmp_path, minilm_dir):
                                        "--gradient_accumulation_steps", 3))
     with pytest.raises(ConfigError, match="exclusive"):
         training.setup_env(engine_args(tiny_dir, str(tmp_path), "--fp16", "--bf16"))
+    with pytest.raises(ConfigError, match="torchrun"):  # --local_rank without the launcher's env vars
+        training.setup_env(engine_args(tiny_dir, str(tmp_path), "--local_rank", 0))
     args = engine_args(minilm_dir, str(tmp_path))
     assert args.do_lower_case is None
     tok = training.load_tokenizer(args)
