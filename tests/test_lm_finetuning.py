@@ -357,3 +357,23 @@ def test_finetune_resume_after_interruption_is_exact(data_dir, tiny_model, tmp_p
     a, b = _weights(full), _weights(part)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_simple_lm_needs_a_sentence_pair(tmp_path, capsys, tiny_model):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("one.\n\ntwo.\n\nthree.\n", encoding="utf-8")  # three one-sentence documents
+    with pytest.raises(SystemExit) as exc:
+        run_cli(simple_lm_finetuning.main, ["--train_corpus", str(corpus), "--bert_model", tiny_model,
+                                            "--output_dir", str(tmp_path / "o")])
+    assert exc.value.code == 2
+    assert "no document has two sentences" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not os.path.exists(tmp_path / "o")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="--fp16 needs a CUDA device")
+def test_finetune_on_pregenerated_fp16_cuda(data_dir, tiny_model, tmp_path):
+    out = str(tmp_path / "fp16")
+    assert finetune_on_pregenerated.main(["--pregenerated_data", data_dir, "--bert_model", tiny_model, "--epochs", "1",
+                                          "--train_batch_size", "4", "--fp16", "--output_dir", out]) == 0
+    results = dict(line.split(" = ") for line in open(os.path.join(out, "train_results.txt")).read().splitlines())
+    assert math.isfinite(float(results["loss"]))
