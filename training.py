@@ -317,27 +317,31 @@ def cached_features(cache_dir, key_parts, build_fn):
     is_main = not distributed or dist.get_rank() == 0
     if distributed and not is_main:
         dist.barrier()  # wait for rank 0 to build/write
-    features = None
-    if os.path.isfile(path):
-        try:
-            with open(path, "rb") as f:
-                stored = pickle.load(f)
-            if stored.get("key") == blob:
-                features = stored["features"]
-                logger.info("loaded %d cached features from %s", len(features), path)
-        except Exception as exc:  # a truncated/foreign file: rebuild
-            logger.warning("ignoring unreadable feature cache %s (%s)", path, exc)
-    if features is None:
-        features = build_fn()
-        if is_main:
+    try:
+        features = None
+        if os.path.isfile(path):
             try:
-                with atomic_open(path, "wb") as f:
-                    pickle.dump({"key": blob, "features": features}, f, protocol=pickle.HIGHEST_PROTOCOL)
-                logger.info("cached %d features in %s", len(features), path)
-            except OSError as exc:
-                logger.warning("could not write feature cache %s (%s)", path, exc)
-    if distributed and is_main:
-        dist.barrier()
+                with open(path, "rb") as f:
+                    stored = pickle.load(f)
+                if stored.get("key") == blob:
+                    features = stored["features"]
+                    logger.info("loaded %d cached features from %s", len(features), path)
+            except Exception as exc:  # a truncated/foreign file: rebuild
+                logger.warning("ignoring unreadable feature cache %s (%s)", path, exc)
+        if features is None:
+            # Other ranks only get here if rank 0 failed (they then hit the same error and exit)
+            # or the cache folder is not shared between nodes.
+            features = build_fn()
+            if is_main:
+                try:
+                    with atomic_open(path, "wb") as f:
+                        pickle.dump({"key": blob, "features": features}, f, protocol=pickle.HIGHEST_PROTOCOL)
+                    logger.info("cached %d features in %s", len(features), path)
+                except OSError as exc:
+                    logger.warning("could not write feature cache %s (%s)", path, exc)
+    finally:
+        if distributed and is_main:
+            dist.barrier()  # also on a bad input file: the waiting ranks must not hang
     return features
 
 

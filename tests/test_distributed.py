@@ -4,10 +4,10 @@ The worker trains a 2-task tiny BERT (dropout 0) through the engine on a step st
 single-task steps with accumulation, an uneven last micro-batch (3 + 2 examples on two ranks)
 and steps whose micro-batches come from BOTH tasks (the manual all-reduce path, and with a
 gradient combiner the per-task path). After training it runs the collective predict. The
-single-process and the 2-process runs must end with the same weights and predictions.
+single-process and the 2-process runs must end with the same weights and predictions. Finally
+a bad input file met while building cached features must fail on every rank (no hang).
 """
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -62,6 +62,16 @@ for mode in ("plain", "combiner"):
     if env.is_main:
         torch.save({{"weights": trainer.model.state_dict(), "logits": torch.tensor(pred["logits"]),
                     "pred_loss": pred["loss"], "train_loss": result["loss"]}}, os.path.join(out_dir, "result.pt"))
+
+# A bad input file while building cached features: every rank must fail with it, none may hang.
+from file_utils import DataError
+def bad_build():
+    raise DataError("train.tsv", 3, "expected 2 tab-separated fields, found 1")
+try:
+    training.cached_features(os.path.join(out_root, "cache"), {{"task": "bad"}}, bad_build)
+except DataError as exc:
+    with open(os.path.join(out_root, f"error-rank{{env.rank}}.txt"), "w") as f:
+        f.write(str(exc))
 '''
 
 
@@ -97,7 +107,6 @@ def runs(setup):
           f"--master_port={_free_port()}", str(worker), model_dir, str(base / "ddp")], env)
     load = lambda path: torch.load(path / "result.pt", weights_only=False)  # noqa: E731
     yield {(kind, mode): load(base / kind / mode) for kind in ("single", "ddp") for mode in ("plain", "combiner")}
-    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.mark.parametrize("mode", ["plain", "combiner"])
@@ -112,6 +121,14 @@ def test_two_process_training_equals_single_process(setup, runs, mode):
     torch.testing.assert_close(a["logits"], b["logits"], atol=2e-5, rtol=0)
     assert abs(a["train_loss"] - b["train_loss"]) < 1e-5
     assert abs(a["pred_loss"] - b["pred_loss"]) < 1e-5
+
+
+def test_bad_input_fails_on_every_rank_without_hanging(setup, runs):
+    base = setup[0]
+    for kind, ranks in (("single", 1), ("ddp", 2)):
+        for rank in range(ranks):
+            assert (base / kind / f"error-rank{rank}.txt").read_text() == \
+                "train.tsv:3: expected 2 tab-separated fields, found 1"
 
 
 def test_combiner_changes_the_update(runs):
