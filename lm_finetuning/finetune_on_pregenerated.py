@@ -83,8 +83,8 @@ def main(argv=None):
     # The sequence length comes from the data, not from a flag (checked against the model below).
     args.max_seq_length = max(max_len for _, _, max_len in plan)
     training.prepare_output_dir(args, env)
+    tokenizer = training.load_tokenizer(args)  # resolves --do_lower_case before it is recorded
     training.write_run_config(args, args.output_dir, env)
-    tokenizer = training.load_tokenizer(args)
     check_pregenerate_config(args.pregenerated_data, args)
     model = training.load_model(args, task_num_labels=[2], task_types=["pretraining"], task_names=[TASK_NAME])
 
