@@ -25,7 +25,6 @@ The engine knows nothing about any one task: a batch is a dict of tensors passed
 `model(**batch, task_id=...)`, and the model returns a dict with `loss` (training) and any
 outputs (prediction).
 """
-import argparse
 import contextlib
 import hashlib
 import json
