@@ -19,7 +19,6 @@ Three jobs, all independent of the model and the CLI:
 Label conventions follow modeling.py's "pretraining" head: `masked_lm_labels` is -100 where
 a position is not predicted, `next_sentence_label` is 1 when sentence B is a random one.
 """
-import bisect
 import json
 import logging
 import math
@@ -690,6 +689,8 @@ class DataEpochStream:
         self.steps = [math.ceil(len(make_batches(np.ones(n), self.micro_batch_size, seed, e, False, False,
                                                  rank, world_size)) / accumulation)
                       for e, n in enumerate(self.epoch_sizes)]
+        # Protocol attribute; data epochs may differ in size, so the engine's epoch counter (which
+        # only feeds logs here) is approximate. `steps` holds the exact count of every epoch.
         self.steps_per_epoch = self.steps[0]
         self.epoch, self.step_in_epoch = 0, 0
         self._data, self._data_epoch, self._batches = None, None, None
