@@ -354,6 +354,11 @@ def test_pregenerated_epoch_matches_json_and_memmap_equals_ram(tokenizer, pregen
             assert torch.nonzero(labels != -100).flatten().tolist() == inst["masked_lm_positions"]
             assert tokenizer.convert_ids_to_tokens(labels[labels != -100].tolist()) == inst["masked_lm_labels"]
             assert a["next_sentence_label"][r].item() == int(inst["is_random_next"])
+    # The memmap variant keeps no array in the process and no mapping alive between batches, so
+    # its pages cannot pile up in the resident set while an epoch is read.
+    assert mm._arrays == {} and mm.lengths.nbytes == 4 * n
+    if os.path.exists("/proc/self/maps"):
+        assert ".memmap" not in open("/proc/self/maps").read()
     mm.close()
     assert os.listdir(tmp_path / "mm") == []
 
