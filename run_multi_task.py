@@ -24,7 +24,7 @@ from tasks import glue
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEMO_DATA_DIR = os.path.join(ROOT, "data", "glue_sample")
 # Without --data_dir: a CPU-sized demo instead of the paper's 25 x 2400 steps at lr 2e-5.
-DEMO_PROFILE = {"num_train_epochs": 3.0, "steps_per_task": 25, "learning_rate": 1e-4, "max_eval_examples": 200}
+DEMO_PROFILE = {"num_train_epochs": 3.0, "steps_per_task": 20, "learning_rate": 1e-4, "max_eval_examples": 200}
 ADAPTER_CONFIGS = ("pals", "low_rank", "top_attn", "top_bert_layer", "houlsby", "houlsby_plus_pals",
                    "houlsby_original", "lhuc")
 logger = logging.getLogger("run_multi_task")
