@@ -271,6 +271,28 @@ def test_fp16_needs_cuda(tiny_dir, tmp_path):
         training.setup_env(engine_args(tiny_dir, str(tmp_path), "--fp16"))
 
 
+@pytest.mark.parametrize("loss_scale", [0, 128])
+def test_fp16_scaler_logic_on_cpu(tiny_dir, tmp_path, loss_scale):
+    """The runner refuses --fp16 on CPU, but torch.amp can run fp16 autocast + GradScaler on CPU:
+    enough to check the engine's scaler handling (dynamic vs static scale, skipped-step limit)."""
+    args, env, model = _setup(tiny_dir, tmp_path / "out", "--train_batch_size", 4, "--loss_scale", loss_scale)
+    args.fp16, env.amp_dtype = True, torch.float16
+    trainer = training.Trainer(args, env, model, 40)
+    assert trainer.scaler.is_enabled() and trainer.scaler.get_scale() == (loss_scale or 2.0 ** 16)
+    result = trainer.train(training.make_stream(args, env, synthetic_features(16, seed=12)), 3)
+    assert np.isfinite(result["loss"]) and trainer.consecutive_skipped == 0
+    with torch.no_grad():
+        model.heads[0].classifier.weight.fill_(float("nan"))
+    with pytest.raises(training.NonFiniteLossError, match="25 optimizer steps in a row skipped"):
+        trainer.train(training.make_stream(args, env, synthetic_features(16, seed=12)), 40)
+    assert trainer.global_step == 3 + 25 - 1  # the 25th skipped step raises before it is counted
+    if loss_scale:
+        assert trainer.scaler.get_scale() == loss_scale  # static: skipped steps do not change it
+    else:
+        assert trainer.scaler.get_scale() == 2.0 ** 16 / 2 ** 25  # dynamic: halved at every skip
+    trainer.close()
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 with GradScaler needs CUDA")
 @pytest.mark.parametrize("loss_scale", [0, 128])
