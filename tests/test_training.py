@@ -84,6 +84,11 @@ def test_make_batches_rank_slices_union_to_the_single_process_batches():
     # a final global batch smaller than world_size is merged into the previous one
     merged = training.make_batches(list(range(9)), 4, 0, 0, shuffle=False, group_by_length=False, rank=1, world_size=2)
     assert merged == [[1, 3], [5, 7]]
+    # ... also when length grouping + shuffling put the short batch anywhere (33 = 4 x 8 + 1)
+    for epoch in range(5):
+        parts = [training.make_batches(list(range(3, 36)), 8, 0, epoch, rank=r, world_size=2) for r in (0, 1)]
+        assert all(b for part in parts for b in part) and len(parts[0]) == len(parts[1]) == 4
+        assert sorted(i for part in parts for b in part for i in b) == list(range(33))
 
 
 def test_epoch_stream_steps_accumulation_and_state():
