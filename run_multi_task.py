@@ -101,7 +101,11 @@ def resolve_config(args):
         return None
     if args.config not in ADAPTER_CONFIGS:
         return args.config
-    with open(os.path.join(resolve_model_dir(args.bert_model), "config.json"), encoding="utf-8") as f:
+    folder = resolve_model_dir(args.bert_model)
+    names = [n for n in ("config.json", "bert_config.json") if os.path.isfile(os.path.join(folder, n))]
+    if not names:
+        raise ConfigError(f"{folder} has no config.json / bert_config.json")
+    with open(os.path.join(folder, names[0]), encoding="utf-8") as f:
         hidden = json.load(f).get("hidden_size")
     prefix = {384: "minilm_", 768: ""}.get(hidden)
     path = os.path.join(ROOT, "configs", f"{prefix}{args.config}_config.json") if prefix is not None else None
