@@ -44,24 +44,32 @@ def write_corpus(path, num_docs=8, seed=0):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory, vocab_file):
-    """A 2-layer, hidden-32 random BERT with the real uncased vocab, saved as a model folder."""
+    """A 2-layer, hidden-32 random BERT whose vocab holds just the word pieces of the test corpora.
+
+    A small vocab keeps the [batch, seq, vocab] MLM logits, the cost of every step, small."""
     import modeling
     folder = str(tmp_path_factory.mktemp("tiny_bert"))
+    full = BertTokenizer(vocab_file)
+    pieces = sorted({p for w in WORDS + ["unbelievably", ".", "one", "two", "three"] for p in full.tokenize(w)})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + pieces
+    with open(os.path.join(folder, "vocab.txt"), "w", encoding="utf-8") as f:
+        f.write("\n".join(vocab) + "\n")
     torch.manual_seed(0)
-    config = modeling.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    config = modeling.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                  intermediate_size=64, max_position_embeddings=64)
-    modeling.BertModel(config).save_pretrained(folder, vocab_file=vocab_file)
+    modeling.BertModel(config).save_pretrained(folder)
     return folder
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """Two pregenerated data epochs (max_seq_len 24) of a small corpus."""
+def data_dir(tmp_path_factory, tiny_model):
+    """Two pregenerated data epochs (max_seq_len 24) of a small corpus, in the tiny model's vocab."""
     base = tmp_path_factory.mktemp("pregen")
     corpus = write_corpus(base / "corpus.txt", num_docs=10)
     out = str(base / "data")
     assert pregenerate_training_data.main(["--train_corpus", corpus, "--output_dir", out, "--epochs_to_generate", "2",
-                                           "--max_seq_len", "24", "--do_lower_case", "--seed", "3"]) == 0
+                                           "--max_seq_len", "24", "--do_lower_case", "--seed", "3",
+                                           "--bert_model", tiny_model]) == 0
     return out
 
 
@@ -74,7 +82,7 @@ def _counts(folder):
 # pregenerate_training_data.py
 
 
-def test_pregenerate_metrics_match_files_and_storage_modes_agree(tmp_path, data_dir):
+def test_pregenerate_metrics_match_files_and_storage_modes_agree(tmp_path, data_dir, tiny_model):
     for e, n in enumerate(_counts(data_dir)):
         lines = open(os.path.join(data_dir, f"epoch_{e}.json")).read().splitlines()
         assert len(lines) == n > 0
@@ -85,7 +93,7 @@ def test_pregenerate_metrics_match_files_and_storage_modes_agree(tmp_path, data_
     other = str(tmp_path / "disk")
     pregenerate_training_data.main(["--train_corpus", src, "--output_dir", other, "--epochs_to_generate", "2",
                                     "--max_seq_len", "24", "--do_lower_case", "--seed", "3", "--reduce_memory",
-                                    "--num_workers", "2"])
+                                    "--num_workers", "2", "--bert_model", tiny_model])
     for e in range(2):
         for name in (f"epoch_{e}.json", f"epoch_{e}_metrics.json"):
             assert open(os.path.join(other, name), "rb").read() == open(os.path.join(data_dir, name), "rb").read()
@@ -163,8 +171,8 @@ def _loader(data_dir, vocab, plan, memmap_dir=None):
     return lambda e: P.PregeneratedEpoch(plan[e][0], plan[e][1], plan[e][2], vocab, memmap_dir=memmap_dir)
 
 
-def test_stream_memmap_equals_ram_reuses_data_epochs_and_resumes(data_dir, tmp_path, vocab_file):
-    vocab = BertTokenizer(vocab_file).vocab
+def test_stream_memmap_equals_ram_reuses_data_epochs_and_resumes(data_dir, tmp_path, tiny_model):
+    vocab = BertTokenizer.from_pretrained(tiny_model).vocab
     data = P.find_pregenerated_epochs(data_dir)
     plan = [data[e % 2] for e in range(3)]  # 3 training epochs over 2 data epochs
     sizes = [n for _, n, _ in plan]
@@ -305,8 +313,8 @@ def test_minilm_lm_finetune_then_glue_runners(tmp_path):
     assert os.path.isfile(os.path.join(out, "best", "model.safetensors"))
 
 
-def test_stream_shards_each_global_batch_across_ranks(data_dir, vocab_file):
-    vocab = BertTokenizer(vocab_file).vocab
+def test_stream_shards_each_global_batch_across_ranks(data_dir, tiny_model):
+    vocab = BertTokenizer.from_pretrained(tiny_model).vocab
     plan = P.find_pregenerated_epochs(data_dir)
     sizes = [n for _, n, _ in plan]
     streams = [P.DataEpochStream(_loader(data_dir, vocab, plan), sizes, batch_size=8, accumulation=2, seed=1,
