@@ -325,3 +325,13 @@ def test_ddp_two_processes_match_one_process(setup):
     for task, metrics in a["history"][0]["results"].items():
         for key, value in metrics.items():
             assert b["history"][0]["results"][task][key] == pytest.approx(value, abs=1e-3), (task, key)
+
+
+def test_patience_stops_on_glue_average(setup):
+    # learning rate 0: every epoch scores the same, so epoch 2 is no improvement and patience 1 stops there
+    out = setup["base"] / "patience"
+    assert _run(setup, out, "--tasks", "rte,cola", "--num_train_epochs", 4, "--steps_per_epoch", 2,
+                "--patience", 1, "--learning_rate", 0) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["stopped_early"] and [h["epoch"] for h in res["history"]] == [1, 2] and res["best_epoch"] == 1
+    assert res["steps"] == 4
