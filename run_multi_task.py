@@ -16,6 +16,7 @@ import os
 import sys
 import time
 
+import modeling
 import multitask as mt
 import training
 from file_utils import ConfigError, atomic_write_json, resolve_model_dir, run_cli
@@ -152,7 +153,7 @@ def main(argv=None):
     if args.freeze:
         for p in model.shared_parameters():
             p.requires_grad_(False)
-    report = mt.parameter_report(model, names, __import__("modeling").count_parameters)
+    report = mt.parameter_report(model, names, modeling.count_parameters)
     if env.is_main:
         print(mt.format_parameter_report(report), flush=True)
     selector = mt.ModelSelector({}, names, args.patience)
@@ -187,6 +188,7 @@ def main(argv=None):
         stop_at = min(total_steps, args.stop_after_steps or total_steps)
         outcome = trainer.train(stream, stop_at, args.steps_per_epoch, on_epoch_end=on_epoch_end, desc="multi-task")
         if stop_at < total_steps and not outcome["stopped_early"]:
+            trainer.close()
             print(f"stopped after {trainer.global_step} steps as asked; continue with --resume", flush=True)
             return 0
         selector.bind(trainer.extra_state)
@@ -199,7 +201,6 @@ def main(argv=None):
     if args.per_task_best and not args.no_train and env.is_main:
         results["per_task_best_combined"] = mt.write_per_task_combined(args.output_dir, names, tokenizer)
     if args.do_predict:
-        import modeling
         selected = modeling.BertForMultiTask.from_pretrained(best_dir).to(env.device)
         out_dir = os.path.join(args.output_dir, "predictions")
         written = mt.predict_test_sets(lambda f, t: training.predict(selected, f, t, args.eval_batch_size, env),
@@ -220,7 +221,6 @@ def dry_run(args, names, tasks, batch_sizes, num_epochs, tasks_per_step):
                                   tasks_per_step)
     model = mt.meta_model(args.bert_model, args.config, [t.num_labels for t in tasks], [t.head_type for t in tasks],
                           names)
-    import modeling
     report = mt.parameter_report(model, names, modeling.count_parameters)
     print(f"DRY RUN: {len(names)} tasks, --sample {args.sample}, model {args.bert_model}, "
           f"config {args.config or 'none (shared encoder + heads)'}")
