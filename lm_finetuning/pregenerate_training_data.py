@@ -32,7 +32,10 @@ def build_parser():
     p.add_argument("--output_dir", required=True, help="folder for epoch_N.json / epoch_N_metrics.json")
     p.add_argument("--bert_model", default="minilm-l6",
                    help="model folder with vocab.txt, or a bundled name (minilm-l6); only its vocabulary is used")
-    p.add_argument("--do_lower_case", action="store_true", help="lower-case and strip accents (uncased models)")
+    p.add_argument("--do_lower_case", dest="do_lower_case", action="store_true", default=None,
+                   help="lower-case and strip accents (uncased models). Default: as the model folder says "
+                        "(tokenizer_config.json, else guessed from the vocab), like the training scripts")
+    p.add_argument("--no_lower_case", dest="do_lower_case", action="store_false", help="keep case (cased models)")
     p.add_argument("--do_whole_word_mask", action="store_true",
                    help="mask all word pieces of a word together instead of single pieces")
     p.add_argument("--reduce_memory", action="store_true",
@@ -85,17 +88,22 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     check_args(args)
-    from tokenization import BertTokenizer
-    tokenizer = BertTokenizer.from_pretrained(args.bert_model, do_lower_case=args.do_lower_case)
+    if args.do_lower_case is None:
+        # The training scripts' rule, so that both steps tokenize alike (imports torch: only here).
+        import training
+        tokenizer = training.load_tokenizer(args)
+    else:
+        from tokenization import BertTokenizer
+        tokenizer = BertTokenizer.from_pretrained(args.bert_model, do_lower_case=args.do_lower_case)
     os.makedirs(args.output_dir, exist_ok=True)
     clear_old_epochs(args.output_dir, args.overwrite_output_dir)
 
     db = pretraining.read_corpus(args.train_corpus, tokenizer, reduce_memory=args.reduce_memory,
-                                 workdir=args.output_dir, progress=True)
+                                 workdir=args.output_dir, progress=sys.stderr.isatty())
     with db:
         logger.info("%d documents, %d sentences, %d word pieces", len(db), db.num_sentences, db.num_tokens)
         vocab_list = list(tokenizer.vocab)  # random replacements: uniform over the whole vocab
-        _worker_state.update(db=db, progress=args.num_workers == 1, kwargs=dict(
+        _worker_state.update(db=db, progress=args.num_workers == 1 and sys.stderr.isatty(), kwargs=dict(
             output_dir=args.output_dir, max_seq_len=args.max_seq_len, short_seq_prob=args.short_seq_prob,
             masked_lm_prob=args.masked_lm_prob, max_predictions_per_seq=args.max_predictions_per_seq,
             whole_word_mask=args.do_whole_word_mask, vocab_list=vocab_list, seed=args.seed))
