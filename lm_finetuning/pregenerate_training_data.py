@@ -65,14 +65,18 @@ def check_args(args):
         raise ConfigError("--max_predictions_per_seq and --num_workers must be at least 1")
 
 
-def clear_old_epochs(output_dir, overwrite):
-    """Refuse (or with --overwrite_output_dir remove) earlier data: stale epochs would be trained on."""
+def old_epochs(output_dir, overwrite):
+    """Files of earlier data; refused without --overwrite_output_dir (stale epochs would be trained on)."""
     old = sorted(glob.glob(os.path.join(output_dir, "epoch_*.json")))
     if old and not overwrite:
         raise ConfigError(f"{output_dir} already holds pregenerated data ({os.path.basename(old[0])}, ...); "
                           "use --overwrite_output_dir to replace it")
+    return old
+
+
+def remove_files(paths):
     # Metrics first: a data epoch without its metrics file is never read.
-    for path in sorted(old, key=lambda p: not p.endswith("_metrics.json")):
+    for path in sorted(paths, key=lambda p: not p.endswith("_metrics.json")):
         os.remove(path)
 
 
@@ -96,10 +100,11 @@ def main(argv=None):
         from tokenization import BertTokenizer
         tokenizer = BertTokenizer.from_pretrained(args.bert_model, do_lower_case=args.do_lower_case)
     os.makedirs(args.output_dir, exist_ok=True)
-    clear_old_epochs(args.output_dir, args.overwrite_output_dir)
+    old = old_epochs(args.output_dir, args.overwrite_output_dir)
 
     db = pretraining.read_corpus(args.train_corpus, tokenizer, reduce_memory=args.reduce_memory,
                                  workdir=args.output_dir, progress=sys.stderr.isatty())
+    remove_files(old)  # only once the new corpus has been read without error
     with db:
         logger.info("%d documents, %d sentences, %d word pieces", len(db), db.num_sentences, db.num_tokens)
         vocab_list = list(tokenizer.vocab)  # random replacements: uniform over the whole vocab
