@@ -377,6 +377,15 @@ def write_epoch(db, output_dir, epoch, max_seq_len=128, short_seq_prob=0.1, mask
 # 3. Pregenerated epochs -> arrays -> engine steps
 # --------------------------------------------------------------------------------------
 
+def _count_lines(path):
+    count, last = 0, b"\n"
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            count += block.count(b"\n")
+            last = block[-1:]
+    return count + (last != b"\n")
+
+
 def find_pregenerated_epochs(folder):
     """[(epoch_file, num_samples, max_seq_len), ...] for epoch_0, epoch_1, ... until one is missing."""
     folder = os.fspath(folder)
@@ -397,6 +406,10 @@ def find_pregenerated_epochs(folder):
         if num < 1 or max_len < 5:
             raise DataError(metrics, None, f"no usable training examples (num_training_examples={num}, "
                             f"max_seq_len={max_len})")
+        # Cheap up-front check, so that a truncated later epoch does not stop a run hours in.
+        lines = _count_lines(data)
+        if lines != num:
+            raise DataError(data, None, f"holds {lines} lines but its metrics file announces {num} instances")
         epochs.append((data, num, max_len))
     if not epochs:
         raise DataError(folder, None, "holds no pregenerated data (epoch_0.json and epoch_0_metrics.json "

@@ -379,6 +379,17 @@ def test_pregenerated_epoch_count_mismatch_and_foreign_vocab(tokenizer, pregener
         P.PregeneratedEpoch(path, n, 10, tokenizer.vocab)
 
 
+def test_find_pregenerated_epochs_checks_line_counts(pregenerated):
+    folder, n = pregenerated
+    path = folder / "epoch_0.json"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:-1]))  # a truncated file
+    with pytest.raises(DataError, match=f"holds {n - 1} lines but its metrics file announces {n}"):
+        P.find_pregenerated_epochs(str(folder))
+    path.write_text("".join(lines).rstrip("\n"))  # no final newline: still n lines
+    assert P.find_pregenerated_epochs(str(folder))[0][1] == n
+
+
 def test_find_pregenerated_epochs_errors(tmp_path):
     with pytest.raises(DataError, match="not found"):
         P.find_pregenerated_epochs(str(tmp_path / "missing"))
