@@ -25,7 +25,9 @@ from tasks import glue
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEMO_DATA_DIR = os.path.join(ROOT, "data", "glue_sample")
 # Without --data_dir: a CPU-sized demo instead of the paper's 25 x 2400 steps at lr 2e-5.
-DEMO_PROFILE = {"num_train_epochs": 3.0, "steps_per_task": 20, "learning_rate": 1e-4, "max_eval_examples": 200}
+# AdamW, because BertAdam (no bias correction) at lr 1e-4 collapses to the majority class in so few steps.
+DEMO_PROFILE = {"num_train_epochs": 3.0, "steps_per_task": 20, "learning_rate": 1e-4, "optimizer": "adamw",
+                "max_eval_examples": 200}
 ADAPTER_CONFIGS = ("pals", "low_rank", "top_attn", "top_bert_layer", "houlsby", "houlsby_plus_pals",
                    "houlsby_original", "lhuc")
 logger = logging.getLogger("run_multi_task")
@@ -123,7 +125,7 @@ def main(argv=None):
     if args.demo:
         print(f"DEMO PROFILE (no --data_dir): bundled sample data {os.path.relpath(args.data_dir)}, "
               f"{int(args.num_train_epochs)} epochs x {args.steps_per_epoch or DEMO_PROFILE['steps_per_task'] * len(names)}"
-              f" steps, lr {args.learning_rate:g}, dev capped at {args.max_eval_examples} examples. "
+              f" steps, {args.optimizer} lr {args.learning_rate:g}, dev capped at {args.max_eval_examples} examples. "
               "Explicit flags override; pass --data_dir for real runs.", flush=True)
     if args.steps_per_epoch is None:
         args.steps_per_epoch = (DEMO_PROFILE["steps_per_task"] if args.demo else 300) * len(names)
