@@ -13,7 +13,7 @@ Timings cover the optimizer steps only (model loading and checkpoints are exclud
 gets one warm-up step first, and the three epochs are interleaved step by step (rotating which goes
 first) so that a change in machine load affects them alike. Prints the timings and the ratios.
 
-    python bench/bench_batching.py [--examples 512] [--batch_size 32] [--threads 2]
+    python bench/bench_batching.py [--examples 512] [--batch_size 32] [--threads 1]
 """
 import argparse
 import os
@@ -106,7 +106,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--examples", type=int, default=512)
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (0: torch default). 1 by default: on a small shared CPU, "
+                             "OpenMP threads competing with other jobs made every step up to 10x slower and noisy")
     parser.add_argument("--seed", type=int, default=0)
     opts = parser.parse_args()
     if opts.threads:
