@@ -92,7 +92,7 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted_run(model_dir, tmp_pa
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, str(worker), model_dir, str(out)], env=dict(env, STEP_DELAY="0.25"),
+    proc = subprocess.Popen([sys.executable, str(worker), model_dir, str(out)], env=dict(env, STEP_DELAY="0.4"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     meta = out / training.CHECKPOINT_DIR / training.CHECKPOINT_META
     deadline = time.time() + 120
