@@ -62,6 +62,10 @@ def atomic_open(path, mode="w", **kwargs):
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
     os.close(fd)
+    # mkstemp creates 0600 files; give the final file the mode a plain open() would (umask applies).
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         with open(tmp, mode, **kwargs) as f:
             yield f

@@ -43,6 +43,15 @@ def test_atomic_open_keeps_old_file_when_writer_fails(tmp_path):
     assert os.listdir(tmp_path) == ["results.txt"]  # no temp file left behind
 
 
+def test_atomic_files_get_the_usual_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "r.json", {})
+    finally:
+        os.umask(umask)
+    assert (os.stat(tmp_path / "r.json").st_mode & 0o777) == 0o644  # not mkstemp's 0600
+
+
 def test_atomic_write_json_round_trip(tmp_path):
     atomic_write_json(tmp_path / "a" / "b.json", {"z": 1, "a": [1, 2]})
     assert json.loads((tmp_path / "a" / "b.json").read_text()) == {"z": 1, "a": [1, 2]}
