@@ -134,8 +134,7 @@ def main(argv=None):
         model.to(env.device)
         trainer = None
         results["global_step"] = 0
-        if env.is_main:
-            os.makedirs(args.output_dir, exist_ok=True)
+        training.prepare_output_dir(args, env, training=False)
     task_id = find_task_id(model, task)
     head_labels = model.task_num_labels[task_id]
     if head_labels != task.num_labels:

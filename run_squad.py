@@ -73,10 +73,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     check_args(args)
     env = training.setup_env(args)
-    if args.do_train:
-        training.prepare_output_dir(args, env)
-    else:
-        os.makedirs(args.output_dir, exist_ok=True)
+    training.prepare_output_dir(args, env, training=args.do_train)
     tokenizer = training.load_tokenizer(args)
     # Read and window the data before loading the model, so that a bad file fails fast.
     if args.do_train:

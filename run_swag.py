@@ -43,10 +43,7 @@ def main(argv=None):
     if not (args.do_train or args.do_eval or args.do_predict):
         raise ConfigError("at least one of --do_train, --do_eval or --do_predict is required")
     env = training.setup_env(args)
-    if args.do_train:
-        training.prepare_output_dir(args, env)
-    else:
-        os.makedirs(args.output_dir, exist_ok=True)
+    training.prepare_output_dir(args, env, training=args.do_train)
     tokenizer = training.load_tokenizer(args)
 
     # Read every file first, so that a bad record fails before the model is loaded.

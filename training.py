@@ -256,11 +256,12 @@ def load_model(args, task_num_labels=None, task_types=None, task_names=None):
     return model
 
 
-def prepare_output_dir(args, env):
-    """Create --output_dir; refuse a non-empty one unless --overwrite_output_dir or --resume."""
+def prepare_output_dir(args, env, training=True):
+    """Create --output_dir. A training run refuses a non-empty one unless --overwrite_output_dir or
+    --resume; an evaluation-only run (training=False) may write its results next to a model there."""
     out = args.output_dir
     if env.is_main:
-        if os.path.isdir(out) and os.listdir(out) and not (args.overwrite_output_dir or args.resume):
+        if training and os.path.isdir(out) and os.listdir(out) and not (args.overwrite_output_dir or args.resume):
             raise ConfigError(f"output directory {out} exists and is not empty; pass --overwrite_output_dir "
                               "(or --resume to continue its checkpoint)")
         os.makedirs(out, exist_ok=True)
