@@ -131,7 +131,7 @@ def _check_type(key, kind, value):
 
 
 class BertConfig:
-    """BERT + adapter configuration. See docs/sections/modeling.md for every key."""
+    """BERT + adapter configuration. README.md ("The model") lists every key."""
 
     def __init__(self, **kwargs):
         for key, (_, default) in ALL_KEYS.items():
