@@ -102,9 +102,12 @@ def test_config_validation_errors(kw, needle):
 
 
 def test_divisible_adapter_sizes_are_accepted():
-    BertConfig(mult=True, pals=True, hidden_size_aug=204)  # 204 = 6 x 34
-    BertConfig(top=True, hidden_size_aug=96)               # 96 = 12 x 8
-    BertConfig(top=True, bert_lay_top=True, hidden_size_aug=100)  # full top layer: d_s unused
+    pals = BertConfig(mult=True, pals=True, hidden_size_aug=204)  # 204 = 6 x 34
+    top = BertConfig(top=True, hidden_size_aug=96)                # 96 = 12 x 8
+    top_layer = BertConfig(top=True, bert_lay_top=True, hidden_size_aug=100)  # full top layer: d_s unused
+    assert (pals.hidden_size_aug, pals.pal_num_heads) == (204, 6)
+    assert (top.hidden_size_aug, top.top_num_heads) == (96, 12)
+    assert top_layer.hidden_size_aug == 100 and top_layer.bert_lay_top
 
 
 # ---------------------------------------------------------------------------------------------- encoder
