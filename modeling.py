@@ -1,9 +1,9 @@
 """BERT with task-specific modules (PALs and friends) for multi-task fine-tuning.
 
-What lives here, top to bottom:
+Top to bottom:
 - `BertConfig`: the standard BERT keys, the adapter keys of the PALs reference
-  (Stickland & Murray, ICML 2019) and the task metadata saved with a fine-tuned model.
-  Strict: an unknown or ill-typed key is a `ConfigError` naming the key.
+  (Stickland & Murray, ICML 2019) and the task metadata saved with a fine-tuned model, one field
+  each. Strict: an unknown or ill-typed key is a `ConfigError` naming the key.
 - The encoder (`BertModel`): embeddings, layers using `F.scaled_dot_product_attention`, pooler.
   State-dict names are the Hugging Face BERT names, so checkpoints move both ways.
 - Adapters, each written once and keyed by task id (`TaskModuleList`): `PAL` (projected
@@ -12,91 +12,37 @@ What lives here, top to bottom:
   serial after the attention output, serial/parallel at the FFN output, parallel to the layer.
 - Heads (`classification`, `regression`, `span`, `token`, `choice`, `pretraining`) and
   `BertForMultiTask`, which routes ONE task id per batch through adapters and head.
-- Checkpoint loading/saving (`from_pretrained`, `save_pretrained`) and parameter grouping
-  (`count_parameters`, shared vs task-specific parameters).
+- Parameter grouping (shared vs task-specific, counts).
+- Checkpoints in and out (`from_pretrained`, `save_pretrained`): the key mapping from other
+  checkpoint layouts and the lists of foreign config keys we accept.
 
-This module knows nothing about task file formats, tokenizers or the CLI (see docs/CONTRACT.md).
+This module knows nothing about task file formats, tokenizers or the CLI (docs/model.md).
 """
 import json
 import logging
+import math
 import os
 import re
 import shutil
+import typing
 from collections import OrderedDict
+from dataclasses import dataclass, field, fields
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file as safetensors_load_file
+from safetensors.torch import save as safetensors_save
 from torch import nn
 
 from file_utils import ConfigError, atomic_open, atomic_write_json, resolve_model_dir
 
 logger = logging.getLogger(__name__)
 
-CONFIG_NAMES = ("config.json", "bert_config.json")
-WEIGHTS_NAMES = ("model.safetensors", "pytorch_model.bin")
 HEAD_TYPES = ("classification", "regression", "span", "token", "choice", "pretraining")
 TOP_NUM_BLOCKS = 6  # stacked attention blocks in the top projected-attention module (reference constant)
 # Additive attention-mask value: the reference's -10000 fits fp16/bf16 and makes exp() underflow to 0.
 MASK_VALUE = -10000.0
-
-# ----------------------------------------------------------------------------------------------
-# Config
-# ----------------------------------------------------------------------------------------------
-
-# key -> (kind, default). Kinds: int, float, bool, str, and "?x" = x or None, "list:x" = list of x.
-STANDARD_KEYS = OrderedDict([
-    ("vocab_size", ("int", 30522)),
-    ("hidden_size", ("int", 768)),
-    ("num_hidden_layers", ("int", 12)),
-    ("num_attention_heads", ("int", 12)),
-    ("intermediate_size", ("int", 3072)),
-    ("hidden_act", ("str", "gelu")),
-    ("hidden_dropout_prob", ("float", 0.1)),
-    ("attention_probs_dropout_prob", ("float", 0.1)),
-    ("max_position_embeddings", ("int", 512)),
-    ("type_vocab_size", ("int", 2)),
-    ("initializer_range", ("float", 0.02)),
-    ("layer_norm_eps", ("float", 1e-12)),
-    ("pad_token_id", ("?int", 0)),
-    ("classifier_dropout", ("?float", None)),  # HF key: dropout before heads; None = hidden_dropout_prob
-])
-ADAPTER_KEYS = OrderedDict([
-    ("hidden_size_aug", ("int", 204)),
-    ("pals", ("bool", False)),
-    ("mult", ("bool", False)),
-    ("houlsby", ("bool", False)),
-    ("houlsby_original", ("bool", False)),
-    ("top", ("bool", False)),
-    ("bert_lay_top", ("bool", False)),
-    ("lhuc", ("bool", False)),
-    ("extra_dim", ("?int", None)),
-    ("num_tasks", ("int", 1)),
-    ("pal_num_heads", ("int", 6)),
-    ("top_num_heads", ("int", 12)),
-])
-TASK_KEYS = OrderedDict([
-    ("task_names", ("?list:str", None)),
-    ("task_num_labels", ("?list:int", None)),
-    ("task_types", ("?list:str", None)),
-])
-ALL_KEYS = OrderedDict(list(STANDARD_KEYS.items()) + list(ADAPTER_KEYS.items()) + list(TASK_KEYS.items()))
-# Standard keys that fix tensor shapes or the function computed: an adapter config must agree with
-# the checkpoint on these. (Dropout/init keys of an adapter config simply override the checkpoint's.)
-STRUCTURAL_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                   "intermediate_size", "hidden_act", "max_position_embeddings", "type_vocab_size",
-                   "layer_norm_eps")
-# Bookkeeping keys written by Hugging Face / older tools: accepted and ignored (checked where they matter).
-IGNORED_KEYS = frozenset([
-    "architectures", "model_type", "transformers_version", "_name_or_path", "gradient_checkpointing",
-    "position_embedding_type", "use_cache", "torch_dtype", "dtype", "output_past", "bos_token_id",
-    "eos_token_id", "sep_token_id", "cls_token_id", "id2label", "label2id", "finetuning_task",
-    "problem_type", "is_decoder", "add_cross_attention", "chunk_size_feed_forward", "output_attentions",
-    "output_hidden_states", "return_dict", "torchscript", "tie_word_embeddings", "directionality",
-    "pooler_fc_size", "pooler_num_attention_heads", "pooler_num_fc_layers", "pooler_size_per_head",
-    "pooler_type", "tokenizer_class", "prefix", "pruned_heads", "tf_legacy_loss", "use_bfloat16",
-    "_attn_implementation_autoset", "num_labels", "embedding_size", "is_encoder_decoder",
-    "decoder_start_token_id", "task_specific_params", "_commit_hash", "_attn_implementation",
-])
 ACTIVATIONS = {
     "gelu": F.gelu,
     "relu": F.relu,
@@ -108,53 +54,65 @@ ACTIVATIONS = {
 }
 
 
-def _check_type(key, kind, value):
-    """Return `value` if it has the kind declared for `key`, else raise ConfigError."""
-    if kind.startswith("?"):
-        if value is None:
-            return value
-        kind = kind[1:]
-    if kind.startswith("list:"):
-        inner = kind[5:]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{key}' must be a list of {inner}, got {value!r}")
-        return [_check_type(key, inner, v) for v in value]
-    ok = {
-        "int": isinstance(value, int) and not isinstance(value, bool),
-        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-        "bool": isinstance(value, bool),
-        "str": isinstance(value, str),
-    }[kind]
-    if not ok:
-        raise ConfigError(f"config key '{key}' must be {kind}, got {type(value).__name__} {value!r}")
-    return float(value) if kind == "float" else value
+# ----------------------------------------------------------------------------------------------
+# Config
+# ----------------------------------------------------------------------------------------------
+
+def _key(default, group):
+    """A config field; `group` says which keys an adapter config may set (see _merge_configs)."""
+    return field(default=default, metadata={"group": group})
 
 
+@dataclass
 class BertConfig:
-    """BERT + adapter configuration. README.md ("The model") lists every key."""
+    """BERT + adapter configuration: the keys of config.json / bert_config.json / an adapter config.
 
-    def __init__(self, **kwargs):
-        for key, (_, default) in ALL_KEYS.items():
-            setattr(self, key, list(default) if isinstance(default, list) else default)
-        # Keys the user actually wrote: only those of an adapter config override a checkpoint's.
-        self._explicit = set()
-        for key, value in kwargs.items():
-            if key in ALL_KEYS:
-                setattr(self, key, _check_type(key, ALL_KEYS[key][0], value))
-                self._explicit.add(key)
-            elif key in IGNORED_KEYS:
-                if key == "position_embedding_type" and value != "absolute":
-                    raise ConfigError(f"config key 'position_embedding_type' must be \"absolute\" "
-                                      f"(only absolute position embeddings are implemented), got {value!r}")
-                if key == "model_type" and value not in ("bert", None):
-                    raise ConfigError(f"config key 'model_type' is {value!r}; only \"bert\" models are supported")
-            else:
-                raise ConfigError(f"unknown config key '{key}' (value {value!r})")
-        if "num_tasks" not in self._explicit:  # a hand-written config may list tasks without counting them
-            for key in TASK_KEYS:
-                if getattr(self, key) is not None:
-                    self.num_tasks = len(getattr(self, key))
-                    break
+    Build it with `from_dict` / `from_json_file` to read files (foreign Hugging Face keys are
+    accepted there) or with keyword arguments in code. Every value is type-checked and the
+    combination validated in `__post_init__`.
+    """
+    # -- standard BERT keys (Google / Hugging Face names) --
+    vocab_size: int = _key(30522, "standard")             # rows of the word-embedding matrix
+    hidden_size: int = _key(768, "standard")              # d, the width of every layer
+    num_hidden_layers: int = _key(12, "standard")         # L, transformer layers
+    num_attention_heads: int = _key(12, "standard")       # heads of BERT's own attention
+    intermediate_size: int = _key(3072, "standard")       # FFN width
+    hidden_act: str = _key("gelu", "standard")            # FFN activation (a key of ACTIVATIONS)
+    hidden_dropout_prob: float = _key(0.1, "standard")    # dropout on embeddings and sublayer outputs
+    attention_probs_dropout_prob: float = _key(0.1, "standard")  # dropout on attention probabilities
+    max_position_embeddings: int = _key(512, "standard")  # longest input in word pieces
+    type_vocab_size: int = _key(2, "standard")            # segment ids (A/B)
+    initializer_range: float = _key(0.02, "standard")     # std of the N(0, std) init of new weights
+    layer_norm_eps: float = _key(1e-12, "standard")       # epsilon inside every LayerNorm
+    pad_token_id: Optional[int] = _key(0, "standard")     # embedding row kept at zero; None: none
+    classifier_dropout: Optional[float] = _key(None, "standard")  # before the heads; None: hidden_dropout_prob
+    # -- adapters (keys of the PALs reference configs; docs/model.md shows where each sits) --
+    hidden_size_aug: int = _key(204, "adapter")           # d_s, the small dimension of PALs/low-rank/top
+    pals: bool = _key(False, "adapter")                   # adapters are PALs (else low-rank MLPs)
+    mult: bool = _key(False, "adapter")                   # one adapter per layer, parallel to the layer
+    houlsby: bool = _key(False, "adapter")                # reference Houlsby-style: serial + FFN-parallel
+    houlsby_original: bool = _key(False, "adapter")       # Houlsby et al. 2019: serial after attn and FFN
+    top: bool = _key(False, "adapter")                    # a per-task module on top of the encoder
+    bert_lay_top: bool = _key(False, "adapter")           # with top: a full BERT layer instead of projected attention
+    lhuc: bool = _key(False, "adapter")                   # per-task LHUC scaling of each layer
+    extra_dim: Optional[int] = _key(None, "adapter")      # low-rank bottleneck if not hidden_size_aug
+    num_tasks: Optional[int] = _key(None, "adapter")      # adapter copies; None: len(task lists) or 1
+    pal_num_heads: int = _key(6, "adapter")               # heads of the PAL attention (reference: 6)
+    top_num_heads: int = _key(12, "adapter")              # heads of the top projected attention (12)
+    # -- task metadata written with a fine-tuned model --
+    task_names: Optional[List[str]] = _key(None, "task")  # e.g. ["cola", "mrpc"]; index = task id
+    task_num_labels: Optional[List[int]] = _key(None, "task")  # head outputs per task
+    task_types: Optional[List[str]] = _key(None, "task")  # head type per task (HEAD_TYPES)
+
+    def __post_init__(self):
+        for f in fields(self):
+            setattr(self, f.name, _check_type(f.name, f.type, getattr(self, f.name)))
+        # Keys given explicitly: only those of an adapter config override a checkpoint's.
+        # from_dict replaces this guess with the exact set of keys in the file.
+        self._explicit = {f.name for f in fields(self) if getattr(self, f.name) != f.default}
+        if self.num_tasks is None:  # a hand-written config may list tasks without counting them
+            lists = [getattr(self, k) for k in TASK_KEYS if getattr(self, k) is not None]
+            self.num_tasks = len(lists[0]) if lists else 1
         self.validate()
 
     # -- construction / serialisation -----------------------------------------------------------
@@ -162,7 +120,21 @@ class BertConfig:
     def from_dict(cls, d):
         if not isinstance(d, dict):
             raise ConfigError(f"a BERT config must be a JSON object, got {type(d).__name__}")
-        return cls(**d)
+        known = {}
+        for key, value in d.items():
+            if key in ALL_KEYS:
+                known[key] = value
+            elif key in FOREIGN_KEYS:
+                if key == "position_embedding_type" and value != "absolute":
+                    raise ConfigError(f"config key 'position_embedding_type' must be \"absolute\" "
+                                      f"(only absolute position embeddings are implemented), got {value!r}")
+                if key == "model_type" and value not in ("bert", None):
+                    raise ConfigError(f"config key 'model_type' is {value!r}; only \"bert\" models are supported")
+            else:
+                raise ConfigError(f"unknown config key '{key}' (value {value!r})")
+        config = cls(**known)
+        config._explicit = set(known)
+        return config
 
     @classmethod
     def from_json_file(cls, path):
@@ -171,8 +143,10 @@ class BertConfig:
                 d = json.load(f)
         except OSError as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not valid JSON: {exc}") from exc
+            raise ConfigError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from exc
         try:
             config = cls.from_dict(d)
         except ConfigError as exc:
@@ -196,12 +170,6 @@ class BertConfig:
         new._explicit = set(self._explicit)
         return new
 
-    def __eq__(self, other):
-        return isinstance(other, BertConfig) and self.to_dict() == other.to_dict()
-
-    def __repr__(self):
-        return f"BertConfig {self.to_json_string()}"
-
     # -- checks ---------------------------------------------------------------------------------
     def validate(self):
         """Raise ConfigError for values/combinations that would crash or silently misbehave later."""
@@ -216,8 +184,13 @@ class BertConfig:
             value = getattr(self, key)
             if value is not None and not 0.0 <= value < 1.0:
                 raise ConfigError(f"config key '{key}' must be in [0, 1), got {value}")
+        for key in ("initializer_range", "layer_norm_eps"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"config key '{key}' must be a positive number, got {value}")
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
-            raise ConfigError(f"config key 'pad_token_id' ({self.pad_token_id}) must be in [0, vocab_size={self.vocab_size})")
+            raise ConfigError(f"config key 'pad_token_id' ({self.pad_token_id}) must be in "
+                              f"[0, vocab_size={self.vocab_size})")
         if self.hidden_act not in ACTIVATIONS:
             raise ConfigError(f"config key 'hidden_act' must be one of {sorted(ACTIVATIONS)}, got {self.hidden_act!r}")
         if self.hidden_size % self.num_attention_heads:
@@ -241,14 +214,39 @@ class BertConfig:
             value = getattr(self, key)
             if value is not None and len(value) != self.num_tasks:
                 raise ConfigError(f"config key '{key}' has {len(value)} entries but num_tasks is {self.num_tasks}")
-        if self.task_types is not None:
-            for t in self.task_types:
-                if t not in HEAD_TYPES:
-                    raise ConfigError(f"config key 'task_types': unknown head type {t!r} (known: {', '.join(HEAD_TYPES)})")
+        for t in self.task_types or ():
+            if t not in HEAD_TYPES:
+                raise ConfigError(f"config key 'task_types': unknown head type {t!r} (known: {', '.join(HEAD_TYPES)})")
 
-    @property
-    def has_adapters(self):
-        return any((self.mult, self.houlsby, self.houlsby_original, self.top, self.lhuc))
+
+def _group(name):
+    return tuple(f.name for f in fields(BertConfig) if f.metadata["group"] == name)
+
+
+ALL_KEYS = tuple(f.name for f in fields(BertConfig))
+STANDARD_KEYS, ADAPTER_KEYS, TASK_KEYS = _group("standard"), _group("adapter"), _group("task")
+
+
+def _check_type(key, annotation, value):
+    """Return `value` if it has the type declared for `key` (ints accepted as floats), else raise ConfigError."""
+    if typing.get_origin(annotation) is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) is list:
+        inner = typing.get_args(annotation)[0]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' must be a list of {inner.__name__}, got {value!r}")
+        return [_check_type(key, inner, v) for v in value]
+    ok = {
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        bool: isinstance(value, bool),
+        str: isinstance(value, str),
+    }[annotation]
+    if not ok:
+        raise ConfigError(f"config key '{key}' must be {annotation.__name__}, got {type(value).__name__} {value!r}")
+    return float(value) if annotation is float else value
 
 
 # ----------------------------------------------------------------------------------------------
@@ -546,9 +544,6 @@ class BertPooler(nn.Module):
         return torch.tanh(self.dense(sequence_output[:, 0]))
 
 
-# ----------------------------------------------------------------------------------------------
-# Shared pretrained-model plumbing: init, load, save
-# ----------------------------------------------------------------------------------------------
 
 def _init_module(module, config):
     """BERT init: Linear/Embedding ~ N(0, initializer_range), biases 0, LayerNorm gamma 1 beta 0.
@@ -579,178 +574,12 @@ def _init_module(module, config):
         nn.init.zeros_(module.predictions.bias)
 
 
-def _find_file(directory, names, what):
-    for name in names:
-        path = os.path.join(directory, name)
-        if os.path.isfile(path):
-            return path
-    raise ConfigError(f"{directory}: no {what} found (looked for {', '.join(names)})")
-
-
-def load_state_dict_file(path):
-    """Read model.safetensors or pytorch_model.bin (torch.load with weights_only=True: no code runs)."""
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-        try:
-            return load_file(path, device="cpu")
-        except Exception as exc:  # safetensors raises its own error types
-            raise ConfigError(f"{path}: cannot read safetensors weights: {exc}") from exc
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ConfigError(f"{path}: refusing or unable to load weights (only plain tensors are accepted, "
-                          f"torch.load weights_only=True): {str(exc).splitlines()[0]}") from exc
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ConfigError(f"{path}: expected a state dict, got {type(state).__name__}")
-    return state
-
-
-def _compress_names(names):
-    """Summarise key lists: layer numbers -> '*', so 12 identical layers print once (with a count)."""
-    counts = OrderedDict()
-    for name in sorted(names):
-        pattern = re.sub(r"\.\d+\.", ".*.", name)
-        counts[pattern] = counts.get(pattern, 0) + 1
-    return ", ".join(p if c == 1 else f"{p} (x{c})" for p, c in counts.items())
-
-
-def _config_hint(adapter_config, ckpt_config):
-    path = getattr(adapter_config, "_path", None)
-    if path and ckpt_config.hidden_size == 384 and not os.path.basename(path).startswith("minilm_"):
-        candidate = os.path.join(os.path.dirname(path) or ".", "minilm_" + os.path.basename(path))
-        return f"; for the bundled MiniLM (hidden 384) use {candidate}"
-    return "; use an adapter config written for this checkpoint's sizes (configs/minilm_*.json for MiniLM)"
-
-
-def _merge_configs(ckpt_config, adapter_config):
-    """Checkpoint config + adapter config: adapter keys (and explicit dropout/init keys) come from the
-    adapter config; its explicit structural keys must equal the checkpoint's."""
-    where = getattr(adapter_config, "_path", "the adapter config")
-    for key in STRUCTURAL_KEYS:
-        if key in adapter_config._explicit and getattr(adapter_config, key) != getattr(ckpt_config, key):
-            raise ConfigError(
-                f"{where}: '{key}' is {getattr(adapter_config, key)!r} but the checkpoint has "
-                f"{getattr(ckpt_config, key)!r}{_config_hint(adapter_config, ckpt_config)}")
-    merged = ckpt_config.to_dict()
-    for key in list(ADAPTER_KEYS) + ["hidden_dropout_prob", "attention_probs_dropout_prob",
-                                     "initializer_range", "classifier_dropout"]:
-        if key in adapter_config._explicit or key in ADAPTER_KEYS:
-            merged[key] = getattr(adapter_config, key)
-    for key in TASK_KEYS:  # a checkpoint's task metadata wins over the adapter config's
-        if merged[key] is None:
-            merged[key] = getattr(adapter_config, key)
-    for key in TASK_KEYS:
-        if merged[key] is not None:
-            merged["num_tasks"] = len(merged[key])
-    return merged
-
-
-class PreTrainedBertMixin:
-    """from_pretrained / save_pretrained shared by BertModel and BertForMultiTask."""
-
-    # -- loading --------------------------------------------------------------------------------
-    @classmethod
-    def _read_pretrained(cls, name_or_path, config):
-        directory = resolve_model_dir(name_or_path)
-        ckpt_config = BertConfig.from_json_file(_find_file(directory, CONFIG_NAMES, "config.json/bert_config.json"))
-        if config is None:
-            merged = ckpt_config.to_dict()
-        else:
-            if not isinstance(config, BertConfig):
-                config = BertConfig.from_json_file(config)
-            merged = _merge_configs(ckpt_config, config)
-        weights_path = _find_file(directory, WEIGHTS_NAMES, "weights")
-        return directory, merged, weights_path
-
-    def _load_weights(self, weights_path):
-        """Copy checkpoint tensors into this model; one warning lists what was new/unused."""
-        state = load_state_dict_file(weights_path)
-        own = self.state_dict()
-        is_multitask = isinstance(self, BertForMultiTask)
-        pretrain_task = None
-        if is_multitask and "pretraining" in self.task_types:
-            pretrain_task = self.task_types.index("pretraining")
-        mapped, unexpected, mismatched = {}, [], []
-        for key, tensor in state.items():
-            name = re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", key))
-            if name.endswith("embeddings.position_ids"):
-                continue  # an HF buffer, recomputed on the fly here
-            if name.startswith(("embeddings.", "encoder.", "pooler.")):
-                name = "bert." + name
-            if not is_multitask and name.startswith("bert."):
-                name = name[len("bert."):]
-            if is_multitask and name.startswith("cls.") and pretrain_task is not None:
-                name = f"heads.{pretrain_task}." + name[len("cls."):]
-                if name.endswith("predictions.decoder.weight"):
-                    continue  # tied to the word embeddings
-                if name.endswith("predictions.decoder.bias"):
-                    name = name.replace("predictions.decoder.bias", "predictions.bias")
-                    if name in mapped:
-                        continue
-            if is_multitask and name.startswith(("classifier.", "qa_outputs.")):
-                # A single-task HF fine-tuned checkpoint: its head becomes task 0's if it fits; a head
-                # of another size is left unused (reported) and task 0 gets a fresh one.
-                target = "heads.0." + name
-                if target in own and tuple(own[target].shape) == tuple(tensor.shape):
-                    name = target
-            if name not in own:
-                unexpected.append(key)
-                continue
-            if tuple(tensor.shape) != tuple(own[name].shape):
-                mismatched.append(f"checkpoint tensor '{key}' has shape {tuple(tensor.shape)} "
-                                  f"but the model's '{name}' has shape {tuple(own[name].shape)}")
-            mapped[name] = tensor
-        if mismatched:
-            raise ConfigError(f"{weights_path}: " + "; ".join(mismatched))
-        missing = [k for k in own if k not in mapped]
-        self.load_state_dict(mapped, strict=False)
-        if missing or unexpected:
-            parts = [f"loaded {len(mapped)} tensors from {weights_path}"]
-            if missing:
-                parts.append(f"newly initialised (not in checkpoint): {_compress_names(missing)}")
-            if unexpected:
-                parts.append(f"unused checkpoint keys: {_compress_names(unexpected)}")
-            logger.warning("; ".join(parts))
-        self._source_dir = os.path.dirname(weights_path)
-        return missing, unexpected
-
-    # -- saving ---------------------------------------------------------------------------------
-    def save_pretrained(self, directory, vocab_file=None):
-        """Write config.json (with task metadata), model.safetensors and vocab.txt, each atomically."""
-        from safetensors.torch import save as safetensors_save
-        os.makedirs(directory, exist_ok=True)
-        state, seen = {}, set()
-        for key, tensor in self.state_dict().items():
-            tensor = tensor.detach().cpu().contiguous()
-            ptr = tensor.untyped_storage().data_ptr()
-            if ptr in seen and tensor.numel():  # safetensors refuses shared storage: store a copy
-                tensor = tensor.clone()
-            seen.add(ptr)
-            state[key] = tensor
-        if vocab_file is None and getattr(self, "_source_dir", None):
-            candidate = os.path.join(self._source_dir, "vocab.txt")
-            vocab_file = candidate if os.path.isfile(candidate) else None
-        if vocab_file is not None:
-            if not os.path.isfile(vocab_file):
-                raise ConfigError(f"vocab file {vocab_file} does not exist")
-            target = os.path.join(directory, "vocab.txt")
-            if os.path.abspath(vocab_file) != os.path.abspath(target):
-                with open(vocab_file, "rb") as src, atomic_open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-        else:
-            logger.warning("save_pretrained(%s): no vocab.txt written (no vocab_file and no source folder)", directory)
-        with atomic_open(os.path.join(directory, "model.safetensors"), "wb") as f:
-            f.write(safetensors_save(state, metadata={"format": "pt"}))
-        self.config.to_json_file(os.path.join(directory, "config.json"))
-
 
 # ----------------------------------------------------------------------------------------------
 # BertModel
 # ----------------------------------------------------------------------------------------------
 
-class BertModel(PreTrainedBertMixin, nn.Module):
+class BertModel(nn.Module):
     """Embeddings -> encoder (with the config's adapters) -> pooler. One task id per batch."""
 
     def __init__(self, config, _init=True):
@@ -772,11 +601,15 @@ class BertModel(PreTrainedBertMixin, nn.Module):
         return h, self.pooler(h)
 
     @classmethod
-    def from_pretrained(cls, name_or_path, config=None):
-        directory, merged, weights_path = cls._read_pretrained(name_or_path, config)
+    def from_pretrained(cls, name_or_path, config=None, allow_random_init=False):
+        """The bare encoder from a checkpoint folder (see `read_pretrained` / `load_weights`)."""
+        _, merged, weights_path = read_pretrained(name_or_path, config)
         model = cls(BertConfig.from_dict(merged))
-        model._load_weights(weights_path)
+        load_weights(model, weights_path, allow_random_init)
         return model
+
+    def save_pretrained(self, directory, vocab_file=None):
+        write_pretrained(self, directory, vocab_file)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -944,7 +777,7 @@ def _resolve_tasks(config, task_num_labels, task_types, task_names):
     return task_num_labels, task_types, task_names
 
 
-class BertForMultiTask(PreTrainedBertMixin, nn.Module):
+class BertForMultiTask(nn.Module):
     """Shared BERT (+ per-task adapters) + one head per task; forward routes ONE task id per batch."""
 
     def __init__(self, config, task_num_labels=None, task_types=None, task_names=None):
@@ -1019,20 +852,30 @@ class BertForMultiTask(PreTrainedBertMixin, nn.Module):
 
     # -- checkpoints ----------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, name_or_path, config=None, task_num_labels=None, task_types=None, task_names=None):
-        """Load a BERT checkpoint (HF, old pytorch-pretrained-BERT, or our own save) + adapter config.
+    def from_pretrained(cls, name_or_path, config=None, task_num_labels=None, task_types=None, task_names=None,
+                        allow_random_init=False):
+        """A BERT checkpoint (HF, Google TF, old pytorch-pretrained-BERT, or our own save) + adapter config.
 
-        New adapters/heads keep their fresh init; what was new or unused is logged once.
+        Heads come from `task_num_labels`/`task_types`/`task_names` when given (they replace the
+        checkpoint's task metadata), else from the checkpoint's config. New adapters/heads keep
+        their fresh init; what was new or unused is logged once.
         """
-        directory, merged, weights_path = cls._read_pretrained(name_or_path, config)
-        if task_num_labels is not None:  # explicit tasks replace the checkpoint's metadata
+        _, merged, weights_path = read_pretrained(name_or_path, config)
+        if task_num_labels is not None:
             for key in TASK_KEYS:
                 merged[key] = None
             merged["num_tasks"] = len(task_num_labels)
         model = cls(BertConfig.from_dict(merged), task_num_labels, task_types, task_names)
-        model._load_weights(weights_path)
+        load_weights(model, weights_path, allow_random_init)
         return model
 
+    def save_pretrained(self, directory, vocab_file=None):
+        write_pretrained(self, directory, vocab_file)
+
+
+# ----------------------------------------------------------------------------------------------
+# Parameter groups: shared encoder vs task-specific modules
+# ----------------------------------------------------------------------------------------------
 
 def _unwrap(model):
     return getattr(model, "module", model)  # DDP / DataParallel
@@ -1061,3 +904,253 @@ def count_parameters(module, trainable_only=False):
         seen.add(id(p))
         total += p.numel()
     return total
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints in and out
+# ----------------------------------------------------------------------------------------------
+
+CONFIG_NAMES = ("config.json", "bert_config.json")
+WEIGHTS_NAMES = ("model.safetensors", "pytorch_model.bin")
+# Standard keys that fix tensor shapes or the function computed: an adapter config must agree with
+# the checkpoint on these. (Dropout/init keys of an adapter config simply override the checkpoint's.)
+STRUCTURAL_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                   "intermediate_size", "hidden_act", "max_position_embeddings", "type_vocab_size",
+                   "layer_norm_eps")
+# Bookkeeping keys written by Hugging Face / older tools: accepted and ignored (checked where they matter).
+FOREIGN_KEYS = frozenset([
+    "architectures", "model_type", "transformers_version", "_name_or_path", "gradient_checkpointing",
+    "position_embedding_type", "use_cache", "torch_dtype", "dtype", "output_past", "bos_token_id",
+    "eos_token_id", "sep_token_id", "cls_token_id", "id2label", "label2id", "finetuning_task",
+    "problem_type", "is_decoder", "add_cross_attention", "chunk_size_feed_forward", "output_attentions",
+    "output_hidden_states", "return_dict", "torchscript", "tie_word_embeddings", "directionality",
+    "pooler_fc_size", "pooler_num_attention_heads", "pooler_num_fc_layers", "pooler_size_per_head",
+    "pooler_type", "tokenizer_class", "prefix", "pruned_heads", "tf_legacy_loss", "use_bfloat16",
+    "_attn_implementation_autoset", "num_labels", "embedding_size", "is_encoder_decoder",
+    "decoder_start_token_id", "task_specific_params", "_commit_hash", "_attn_implementation",
+])
+# Short names of the bundled adapter configs (`--config pals`). configs/ holds each for bert-base
+# (hidden 768, `<name>_config.json`) and for the bundled MiniLM (hidden 384, `minilm_<name>_config.json`).
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+ADAPTER_CONFIGS = ("pals", "low_rank", "top_attn", "top_bert_layer", "houlsby", "houlsby_plus_pals",
+                   "houlsby_original", "lhuc")
+_CONFIG_PREFIX_BY_HIDDEN = {768: "", 384: "minilm_"}
+
+
+def adapter_config_path(name, hidden_size):
+    """configs/ file of the bundled adapter config `name` for a model of width `hidden_size`."""
+    prefix = _CONFIG_PREFIX_BY_HIDDEN.get(hidden_size)
+    path = os.path.join(CONFIGS_DIR, f"{prefix}{name}_config.json") if prefix is not None else None
+    if path is None or not os.path.isfile(path):
+        raise ConfigError(f"no bundled '{name}' config for hidden size {hidden_size}: pass a config JSON file")
+    return path
+
+
+def resolve_adapter_config(config, model_dir):
+    """--config value -> a config path (or BertConfig), or None for 'none' / no adapters.
+
+    A short name (ADAPTER_CONFIGS) picks the configs/ file matching the model folder's width."""
+    if config is None or isinstance(config, BertConfig):
+        return config
+    if str(config).lower() == "none":
+        return None
+    if config in ADAPTER_CONFIGS:
+        hidden = BertConfig.from_json_file(_find_file(model_dir, CONFIG_NAMES, "config.json/bert_config.json"))
+        return adapter_config_path(config, hidden.hidden_size)
+    if not os.path.isfile(config):
+        raise ConfigError(f"--config {config}: no such file (or a bundled name: {', '.join(ADAPTER_CONFIGS)}, none)")
+    return config
+
+
+def _config_hint(adapter_config, ckpt_config):
+    path = getattr(adapter_config, "_path", None)
+    prefix = _CONFIG_PREFIX_BY_HIDDEN.get(ckpt_config.hidden_size)
+    if path and prefix and not os.path.basename(path).startswith(prefix):
+        candidate = os.path.join(os.path.dirname(path) or ".", prefix + os.path.basename(path))
+        return f"; for a model of hidden size {ckpt_config.hidden_size} use {candidate}"
+    return f"; use an adapter config written for this checkpoint's sizes (or a short name: {', '.join(ADAPTER_CONFIGS)})"
+
+
+def _find_file(directory, names, what):
+    for name in names:
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            return path
+    raise ConfigError(f"{directory}: no {what} found (looked for {', '.join(names)})")
+
+
+def _merge_configs(ckpt_config, adapter_config):
+    """Checkpoint config + adapter config: adapter keys (and explicit dropout/init keys) come from the
+    adapter config; its explicit structural keys must equal the checkpoint's."""
+    where = getattr(adapter_config, "_path", "the adapter config")
+    for key in STRUCTURAL_KEYS:
+        if key in adapter_config._explicit and getattr(adapter_config, key) != getattr(ckpt_config, key):
+            raise ConfigError(
+                f"{where}: '{key}' is {getattr(adapter_config, key)!r} but the checkpoint has "
+                f"{getattr(ckpt_config, key)!r}{_config_hint(adapter_config, ckpt_config)}")
+    merged = ckpt_config.to_dict()
+    for key in ADAPTER_KEYS:
+        merged[key] = getattr(adapter_config, key)
+    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range", "classifier_dropout"):
+        if key in adapter_config._explicit:
+            merged[key] = getattr(adapter_config, key)
+    for key in TASK_KEYS:  # a checkpoint's task metadata wins over the adapter config's
+        if merged[key] is None:
+            merged[key] = getattr(adapter_config, key)
+    lists = [merged[k] for k in TASK_KEYS if merged[k] is not None]
+    merged["num_tasks"] = len(lists[0]) if lists else adapter_config.num_tasks
+    return merged
+
+
+def read_pretrained(name_or_path, config=None):
+    """Model folder -> (folder, merged config dict, weights path). `config`: adapter config (path or BertConfig)."""
+    directory = resolve_model_dir(name_or_path)
+    ckpt_config = BertConfig.from_json_file(_find_file(directory, CONFIG_NAMES, "config.json/bert_config.json"))
+    config = resolve_adapter_config(config, directory)
+    if config is None:
+        merged = ckpt_config.to_dict()
+    else:
+        if not isinstance(config, BertConfig):
+            config = BertConfig.from_json_file(config)
+        merged = _merge_configs(ckpt_config, config)
+    weights_path = _find_file(directory, WEIGHTS_NAMES, "weights")
+    return directory, merged, weights_path
+
+
+def load_state_dict_file(path):
+    """Read model.safetensors or pytorch_model.bin (torch.load with weights_only=True: no code runs)."""
+    if path.endswith(".safetensors"):
+        try:
+            return safetensors_load_file(path, device="cpu")
+        except Exception as exc:  # safetensors raises its own error types
+            raise ConfigError(f"{path}: cannot read safetensors weights: {exc}") from exc
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ConfigError(f"{path}: refusing or unable to load weights (only plain tensors are accepted, "
+                          f"torch.load weights_only=True): {str(exc).splitlines()[0]}") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ConfigError(f"{path}: expected a state dict, got {type(state).__name__}")
+    return state
+
+
+def _compress_names(names):
+    """Summarise key lists: layer numbers -> '*', so 12 identical layers print once (with a count)."""
+    counts = OrderedDict()
+    for name in sorted(names):
+        pattern = re.sub(r"\.\d+\.", ".*.", name)
+        counts[pattern] = counts.get(pattern, 0) + 1
+    return ", ".join(p if c == 1 else f"{p} (x{c})" for p, c in counts.items())
+
+
+def _our_name(key, model, own, pretrain_task):
+    """A checkpoint key -> this model's state-dict name (None: skip it silently).
+
+    Accepts Hugging Face names with or without the `bert.` prefix, the old `gamma`/`beta`
+    LayerNorm names, HF pre-training heads (`cls.*`, onto our pretraining head) and a single-task
+    HF head (`classifier.*`, `qa_outputs.*`, onto task 0's head when the shapes fit)."""
+    is_multitask = isinstance(model, BertForMultiTask)
+    name = re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", key))
+    if name.endswith("embeddings.position_ids"):
+        return None  # an HF buffer, recomputed on the fly here
+    if name.startswith(("embeddings.", "encoder.", "pooler.")):
+        name = "bert." + name
+    if not is_multitask and name.startswith("bert."):
+        name = name[len("bert."):]
+    if is_multitask and name.startswith("cls.") and pretrain_task is not None:
+        name = f"heads.{pretrain_task}." + name[len("cls."):]
+        if name.endswith("predictions.decoder.weight"):
+            return None  # tied to the word embeddings
+        if name.endswith("predictions.decoder.bias"):
+            name = name.replace("predictions.decoder.bias", "predictions.bias")
+    if is_multitask and name.startswith(("classifier.", "qa_outputs.")):
+        target = "heads.0." + name
+        if target in own:
+            name = target
+    return name
+
+
+def _encoder_names(model):
+    """State-dict names of the plain BERT encoder (embeddings + layers, not adapters, heads or pooler)."""
+    specific = set().union(*task_specific_parameter_names(model).values())
+    return [n for n, _ in model.named_parameters()
+            if n not in specific and ".pooler." not in f".{n}" and not n.startswith("heads.")]
+
+
+def load_weights(model, weights_path, allow_random_init=False):
+    """Copy checkpoint tensors into `model`; one warning lists what was new or unused.
+
+    Every encoder weight (embeddings and layers) must come from the checkpoint: a file whose keys
+    do not fit would otherwise train a random model without a word. `allow_random_init` permits
+    that for deliberate from-scratch runs."""
+    state = load_state_dict_file(weights_path)
+    own = model.state_dict()
+    pretrain_task = None
+    if isinstance(model, BertForMultiTask) and "pretraining" in model.task_types:
+        pretrain_task = model.task_types.index("pretraining")
+    mapped, unexpected, mismatched = {}, [], []
+    for key, tensor in state.items():
+        name = _our_name(key, model, own, pretrain_task)
+        if name is None or name in mapped:
+            continue
+        if name not in own:
+            unexpected.append(key)
+            continue
+        if tuple(tensor.shape) != tuple(own[name].shape):
+            if name.startswith("heads.0.") and not key.startswith("heads."):
+                unexpected.append(key)  # a single-task HF head of another size: task 0 gets a fresh one
+                continue
+            mismatched.append(f"checkpoint tensor '{key}' has shape {tuple(tensor.shape)} "
+                              f"but the model's '{name}' has shape {tuple(own[name].shape)}")
+            continue
+        mapped[name] = tensor
+    if mismatched:
+        raise ConfigError(f"{weights_path}: " + "; ".join(mismatched))
+    missing_encoder = [n for n in _encoder_names(model) if n not in mapped]
+    if missing_encoder and not allow_random_init:
+        sample = _compress_names(list(state)[:8]) or "none"
+        raise ConfigError(
+            f"{weights_path}: {len(missing_encoder)} encoder weights are not in the checkpoint "
+            f"({_compress_names(missing_encoder)[:300]}); its keys look like: {sample[:300]}. Not a BERT "
+            "checkpoint of this size? Pass --allow_random_init to train those weights from scratch")
+    missing = [k for k in own if k not in mapped]
+    model.load_state_dict(mapped, strict=False)
+    if missing or unexpected:
+        parts = [f"loaded {len(mapped)} tensors from {weights_path}"]
+        if missing:
+            parts.append(f"newly initialised (not in checkpoint): {_compress_names(missing)}")
+        if unexpected:
+            parts.append(f"unused checkpoint keys: {_compress_names(unexpected)}")
+        logger.warning("; ".join(parts))
+    model._source_dir = os.path.dirname(weights_path)
+    return missing, unexpected
+
+
+def write_pretrained(model, directory, vocab_file=None):
+    """Write config.json (with task metadata), model.safetensors and vocab.txt, each atomically."""
+    os.makedirs(directory, exist_ok=True)
+    state, seen = {}, set()
+    for key, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        ptr = tensor.untyped_storage().data_ptr()
+        if ptr in seen and tensor.numel():  # safetensors refuses shared storage: store a copy
+            tensor = tensor.clone()
+        seen.add(ptr)
+        state[key] = tensor
+    if vocab_file is None and getattr(model, "_source_dir", None):
+        candidate = os.path.join(model._source_dir, "vocab.txt")
+        vocab_file = candidate if os.path.isfile(candidate) else None
+    if vocab_file is not None:
+        if not os.path.isfile(vocab_file):
+            raise ConfigError(f"vocab file {vocab_file} does not exist")
+        target = os.path.join(directory, "vocab.txt")
+        if os.path.abspath(vocab_file) != os.path.abspath(target):
+            with open(vocab_file, "rb") as src, atomic_open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    else:
+        logger.warning("save_pretrained(%s): no vocab.txt written (no vocab_file and no source folder)", directory)
+    with atomic_open(os.path.join(directory, "model.safetensors"), "wb") as f:
+        f.write(safetensors_save(state, metadata={"format": "pt"}))
+    model.config.to_json_file(os.path.join(directory, "config.json"))

@@ -75,9 +75,9 @@ def test_config_accepts_real_hf_config_files(minilm_dir, tmp_path):
           "is_decoder": False, "tie_word_embeddings": True, "bos_token_id": None}
     assert BertConfig.from_dict(hf).pad_token_id is None
     with pytest.raises(ConfigError, match="position_embedding_type"):
-        BertConfig(position_embedding_type="relative_key")
+        BertConfig.from_dict({"position_embedding_type": "relative_key"})
     with pytest.raises(ConfigError, match="model_type"):
-        BertConfig(model_type="roberta")
+        BertConfig.from_dict({"model_type": "roberta"})
     with pytest.raises(ConfigError, match="not valid JSON"):
         (tmp_path / "x.json").write_text("{")
         BertConfig.from_json_file(tmp_path / "x.json")
