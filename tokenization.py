@@ -31,20 +31,31 @@ VOCAB_NAME = "vocab.txt"
 
 
 def load_vocab(vocab_file):
-    """Read vocab.txt into the list of tokens (id = line index), as the reference reads it."""
+    """Read vocab.txt into the list of tokens (id = line index), as the reference reads it.
+
+    Refused (ConfigError naming the file and line): an empty file, a byte-order mark (it would
+    become part of the first token and shift nothing visibly but break its id), invalid UTF-8,
+    and a vocab without one of the special tokens (an appended id can fall outside the model's
+    embedding matrix)."""
     try:
         with open(vocab_file, "r", encoding="utf-8") as reader:
             # readlines + rstrip("\n") (not strip()): a token keeps any other surrounding spaces.
-            return [line.rstrip("\n") for line in reader.readlines()]
+            tokens = [line.rstrip("\n") for line in reader.readlines()]
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"vocab file {vocab_file} is not UTF-8: {exc}") from exc
+        line = 1 + open(vocab_file, "rb").read()[:exc.start].count(b"\n")
+        raise ConfigError(f"{vocab_file}:{line}: not UTF-8 text ({exc.reason})") from exc
     except OSError as exc:
         raise ConfigError(f"cannot read vocab file {vocab_file}: {exc}") from exc
-
-
-def whitespace_tokenize(text):
-    """Split on whitespace (Python's definition, as the reference does)."""
-    return text.split()
+    if not tokens:
+        raise ConfigError(f"{vocab_file}: the vocab file is empty")
+    if tokens[0].startswith("\ufeff"):
+        raise ConfigError(f"{vocab_file}:1: starts with a byte-order mark (U+FEFF), which would become part of "
+                          f"the token {tokens[0][1:]!r}; save the file as UTF-8 without BOM")
+    missing = [t for t in BertTokenizer.SPECIAL_TOKENS if t not in tokens]
+    if missing:
+        raise ConfigError(f"{vocab_file}: the special token(s) {', '.join(missing)} are not in the vocab; "
+                          "a BERT vocab.txt lists [PAD] [UNK] [CLS] [SEP] [MASK] (ids must match the model's)")
+    return tokens
 
 
 def truncate_seq_pair(tokens_a, tokens_b, max_length):
@@ -286,14 +297,6 @@ class BertTokenizer:
         for index, token in enumerate(self._tokens):
             self.vocab[token] = index  # a duplicated line keeps its last id, as in the reference
         self.ids_to_tokens = {index: token for token, index in self.vocab.items()}
-        for token in self.SPECIAL_TOKENS:
-            if token not in self.vocab:
-                # The reference appends a missing special token after the vocab; so do we.
-                logger.warning("special token %s is not in %s; appending it with id %d",
-                               token, vocab_file, len(self._tokens))
-                self.vocab[token] = len(self._tokens)
-                self.ids_to_tokens[len(self._tokens)] = token
-                self._tokens.append(token)
         self.do_lower_case = do_lower_case
         self.never_split = tuple(never_split or ())
         self.basic_tokenizer = BasicTokenizer(do_lower_case, never_split, tokenize_chinese_chars,
@@ -318,19 +321,8 @@ class BertTokenizer:
         self.vocab_fingerprint = h.hexdigest()[:16]
 
     def __len__(self):
-        return len(self.vocab)
-
-    @property
-    def vocab_size(self):
-        return len(self.vocab)
-
-    @property
-    def all_special_tokens(self):
-        return list(self.SPECIAL_TOKENS)
-
-    @property
-    def all_special_ids(self):
-        return [self.vocab[t] for t in self.SPECIAL_TOKENS]
+        """Number of ids the tokenizer can produce (the model's vocab_size must be at least this)."""
+        return len(self._tokens)
 
     def _word_pieces(self, word):
         """Word pieces of one raw word (after cleaning and whitespace splitting); cached."""
@@ -390,9 +382,6 @@ class BertTokenizer:
             return self.ids_to_tokens.get(int(ids), self.unk_token)
         return [self.ids_to_tokens.get(int(i), self.unk_token) for i in ids]
 
-    def convert_tokens_to_string(self, tokens):
-        return " ".join(tokens).replace(" ##", "").strip()
-
     def save_vocabulary(self, vocab_path):
         """Write vocab.txt (one token per line, in id order) into a folder; return its path."""
         path = os.path.join(vocab_path, VOCAB_NAME) if os.path.isdir(vocab_path) else vocab_path
@@ -414,25 +403,44 @@ class BertTokenizer:
         return cls(vocab_file, do_lower_case=do_lower_case, **kwargs)
 
 
-def _warn_casing_mismatch(folder, do_lower_case):
-    """Warn (do not override, unlike v0.6.2) when the model folder says the other casing:
-    a cased model fed lower-cased text, or the reverse, silently loses accuracy (#35, #131, #343)."""
-    expected, source = None, None
+def casing_from_folder(folder):
+    """(do_lower_case, where it was read) from a model folder's tokenizer_config.json or its name,
+    else (None, None). Google's release folders say it in their name (uncased_L-12_H-768_A-12)."""
     config_path = os.path.join(folder, "tokenizer_config.json")
     if os.path.isfile(config_path):
         try:
             with open(config_path, encoding="utf-8") as f:
                 value = json.load(f).get("do_lower_case")
             if isinstance(value, bool):
-                expected, source = value, config_path
+                return value, config_path
         except (OSError, ValueError, AttributeError):
             pass
-    if expected is None:
-        base = os.path.basename(os.path.normpath(folder)).lower()
-        if "uncased" in base:
-            expected, source = True, f"the folder name '{base}'"
-        elif "cased" in base:
-            expected, source = False, f"the folder name '{base}'"
+    base = os.path.basename(os.path.normpath(folder)).lower()
+    if "uncased" in base:
+        return True, f"the folder name '{base}'"
+    if "cased" in base:
+        return False, f"the folder name '{base}'"
+    return None, None
+
+
+def guess_do_lower_case(folder):
+    """Whether a model folder is uncased: casing_from_folder, else the vocab itself (cased BERT
+    vocabs have thousands of capitalised pieces, uncased ones none)."""
+    value, _ = casing_from_folder(folder)
+    if value is not None:
+        return value
+    vocab = os.path.join(folder, VOCAB_NAME)
+    if not os.path.isfile(vocab):
+        return True
+    words = load_vocab(vocab)
+    upper = sum(1 for w in words if not w.startswith("[") and any(c.isupper() for c in w))
+    return upper < 0.01 * len(words)
+
+
+def _warn_casing_mismatch(folder, do_lower_case):
+    """Warn (do not override, unlike v0.6.2) when the model folder says the other casing:
+    a cased model fed lower-cased text, or the reverse, silently loses accuracy (#35, #131, #343)."""
+    expected, source = casing_from_folder(folder)
     if expected is not None and bool(do_lower_case) != expected:
         logger.warning("do_lower_case=%s but %s says do_lower_case=%s: the tokens will not match what the "
                        "model was trained on", bool(do_lower_case), source, expected)

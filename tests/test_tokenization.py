@@ -253,13 +253,19 @@ def test_bert_tokenizer_on_tiny_vocab(tiny_vocab):
     assert BertTokenizer(tiny_vocab, do_lower_case=False).tokenize("é É") == ["é", "[UNK]"]
 
 
-def test_missing_special_token_is_appended(tmp_path):
+@pytest.mark.parametrize("content,needle", [
+    (b"", "is empty"),
+    (b"[PAD]\n[UNK]\nhello\n", "[SEP], [CLS], [MASK] are not in the vocab"),
+    ("\ufeff[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n".encode("utf-8"), ":1: starts with a byte-order mark"),
+    (b"[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nab\xffc\n", ":6: not UTF-8"),
+])
+def test_bad_vocab_files_are_refused_with_file_and_line(tmp_path, content, needle):
+    # Each would shift or break token ids (an appended [MASK] id can lie outside the embedding matrix).
     path = tmp_path / "vocab.txt"
-    path.write_text("[PAD]\n[UNK]\nhello\n", encoding="utf-8")
-    tok = BertTokenizer(str(path))
-    # Same order and ids as transformers gives them.
-    assert tok.convert_tokens_to_ids(["hello", "[CLS]", "[SEP]", "[MASK]"]) == [2, 4, 3, 5]
-    assert tok.tokenize("hello[MASK]") == ["hello", "[MASK]"]
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as err:
+        BertTokenizer(str(path))
+    assert needle in str(err.value) and str(path) in str(err.value)
 
 
 def test_save_vocabulary_and_from_pretrained(tiny_vocab, tmp_path):
