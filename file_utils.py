@@ -1,4 +1,4 @@
-"""Small shared helpers: model-name resolution, user-facing errors, atomic file writes.
+"""Small shared helpers: model-name resolution, user-facing errors, atomic file writes, the CLI frame.
 
 Every runner and module uses these so that:
 - a model is found the same way everywhere (`--bert_model minilm-l6` or a folder path);
@@ -6,6 +6,7 @@ Every runner and module uses these so that:
 - files land atomically (temp file + rename), so a kill never leaves a half-written file
   that looks complete.
 """
+import argparse
 import contextlib
 import json
 import os
@@ -85,6 +86,20 @@ def atomic_write_text(path, text):
 
 def atomic_write_json(path, obj, indent=2):
     atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True) + "\n")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help with every default shown, except on on/off switches (their default is "off") and
+    flags whose default is decided at run time (None; their help says how)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or isinstance(action.default, bool) or action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def make_parser(description):
+    return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter, allow_abbrev=False)
 
 
 def run_cli(main, argv=None):

@@ -16,17 +16,21 @@ What lives here (the runner only wires flags to these):
   per-epoch dev table.
 """
 import json
+import logging
 import math
 import os
 import shutil
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
+import modeling
+import training
 from file_utils import ConfigError, atomic_write_json, atomic_write_text
+from tasks import glue
 
-# The task list of the reference (`--tasks all`), in its order: the task index is the position here.
-from tasks.glue import PAPER_TASKS  # noqa: E402  (cola mrpc mnli rte sts-b sst-2 qqp qnli)
+logger = logging.getLogger(__name__)
 SAMPLING_MODES = ("prop", "sqrt", "anneal", "rr")
 PROJECTIONS = ("none", "pcgrad", "vaccine")
 COMBINE_STRATEGIES = ("all", "sampled")
@@ -39,7 +43,6 @@ COMBINE_STRATEGIES = ("all", "sampled")
 def parse_task_list(spec):
     """`all` -> the 8 paper tasks in the reference order; else a comma list of GLUE tasks that have
     a training set (WNLI included; MNLI-mm and AX are evaluated/predicted with the MNLI head)."""
-    from tasks import glue
     raw = [item.strip().lower() for item in str(spec or "").split(",") if item.strip()]
     if not raw:
         raise ConfigError("--tasks is empty: give 'all' or a comma list such as 'cola,rte'")
@@ -494,14 +497,10 @@ def format_eval_table(epoch, results, main_scores, average):
     lines = [f"Dev results after epoch {epoch}:",
              f"{'task':<{width}} | {'metrics':<52} | main"]
     for task, metrics in results.items():
-        shown = ", ".join(f"{k} {_pct(v)}" for k, v in metrics.items() if k not in ("loss",) and _is_number(v))
+        shown = ", ".join(f"{k} {_pct(v)}" for k, v in metrics.items() if k not in ("loss",) and training.is_number(v))
         lines.append(f"{task:<{width}} | {shown:<52} | {_pct(main_scores[task])}")
     lines.append(f"{'GLUE avg':<{width}} | {'':<52} | {_pct(average)}")
     return "\n".join(lines)
-
-
-def _is_number(v):
-    return isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)
 
 
 def _pct(v):
@@ -543,7 +542,6 @@ def recover_output_dirs(output_dir):
 
 def save_task_parameters(model, task_id, task_name, directory, info):
     """Save ONLY task `task_id`'s parameters (its modules + head) and `info` (epoch, score)."""
-    from safetensors.torch import save_file
     names = task_parameter_names(model, task_id)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items() if k in names}
 
@@ -565,7 +563,6 @@ def assemble_per_task_best(model, per_task_dir, task_names):
 
     `model` should hold the selected joint model (output_dir/best/); returns {task: epoch}.
     """
-    from safetensors.torch import load_file
     epochs = {}
     own = model.state_dict()
     for task_id, task in enumerate(task_names):
@@ -690,7 +687,6 @@ class TaskData:
     """One training task of a run: its GLUE task object, id, training features and dev sets."""
 
     def __init__(self, name, task_id):
-        from tasks import glue
         self.name, self.task_id = name, task_id
         self.task = glue.get_task(name)
         self.label_scale = REGRESSION_LABEL_SCALE if self.task.is_regression else 1.0
@@ -699,35 +695,31 @@ class TaskData:
         self.dev = []          # [(eval name, examples, features)]: MNLI has mnli + mnli-mm
 
 
-def _features(task, split, data_dir, tokenizer, args, cache_dir, label_scale, examples=None, path=None, limit=None):
+def _features(task, split, data_dir, tokenizer, opts, label_scale, examples=None, path=None, limit=None):
     """Features of one split, from the engine's feature cache (built once per file/tokenizer/length)."""
-    from tasks import glue
-    import training
     path = path or glue.task_file(task, data_dir, split)
     key = {"task": f"{task.name}-{split}", "file": training.file_fingerprint(path),
-           "vocab": getattr(tokenizer, "vocab_fingerprint", None), "lower": getattr(args, "do_lower_case", None),
-           "max_seq_length": args.max_seq_length, "label_scale": label_scale, "limit": limit}
+           "vocab": tokenizer.vocab_fingerprint, "lower": opts.do_lower_case,
+           "max_seq_length": opts.max_seq_length, "label_scale": label_scale, "limit": limit}
 
     def build():
         ex = examples if examples is not None else glue.read_examples(task, data_dir, split, path=path)
-        return glue.convert_examples_to_features(ex, task, tokenizer, args.max_seq_length, label_scale=label_scale)
-    return training.cached_features(cache_dir, key, build)
+        return glue.convert_examples_to_features(ex, task, tokenizer, opts.max_seq_length, label_scale=label_scale)
+    return training.cached_features(opts.cache_dir, key, build)
 
 
 def training_set_sizes(task_names, data_dir):
     """Real training-set sizes (examples the reader keeps), without tokenizing."""
-    from tasks import glue
     return [len(glue.read_examples(name, data_dir, "train")) for name in task_names]
 
 
-def load_task_data(task_names, data_dir, tokenizer, args, cache_dir, max_eval_examples=None, train=True):
+def load_task_data(task_names, data_dir, tokenizer, opts, max_eval_examples=None, train=True):
     """TaskData per task: training features (cached) and dev examples + features (MNLI: m and mm)."""
-    from tasks import glue
     data = []
     for task_id, name in enumerate(task_names):
         td = TaskData(name, task_id)
         if train:
-            td.train = _features(td.task, "train", data_dir, tokenizer, args, cache_dir, td.label_scale)
+            td.train = _features(td.task, "train", data_dir, tokenizer, opts, td.label_scale)
             td.train_size = len(td.train)
         dev_sets = [(name, td.task, "dev")]
         if td.task.name == "mnli":
@@ -736,7 +728,7 @@ def load_task_data(task_names, data_dir, tokenizer, args, cache_dir, max_eval_ex
             examples = glue.read_examples(task, data_dir, split)
             if max_eval_examples and len(examples) > max_eval_examples:
                 examples = examples[:max_eval_examples]
-            features = _features(task, split, data_dir, tokenizer, args, cache_dir, td.label_scale,
+            features = _features(task, split, data_dir, tokenizer, opts, td.label_scale,
                                  examples=examples, limit=len(examples))
             td.dev.append((eval_name, examples, features))
         data.append(td)
@@ -749,7 +741,6 @@ def evaluate(predict_fn, task_data):
     predict_fn(features, task_id) -> dict with "logits" (training.Trainer.predict).
     MNLI's task-level score (per-task model selection) is the mean of MNLI-m and MNLI-mm.
     """
-    from tasks import glue
     results, task_scores = {}, {}
     for td in task_data:
         scores = []
@@ -765,13 +756,10 @@ def evaluate(predict_fn, task_data):
     return results, task_scores, glue.glue_score(results)
 
 
-def predict_test_sets(predict_fn, task_data, data_dir, tokenizer, args, out_dir, write=True):
+def predict_test_sets(predict_fn, task_data, data_dir, tokenizer, max_seq_length, out_dir, write=True):
     """GLUE submission files for every task's test set (MNLI: -m and -mm; AX with the MNLI head).
 
     Under DDP every rank must call this (prediction is collective); only `write=True` writes."""
-    from tasks import glue
-    import logging
-    log = logging.getLogger(__name__)
     written = []
     for td in task_data:
         splits = [(td.task, "test")]
@@ -782,11 +770,11 @@ def predict_test_sets(predict_fn, task_data, data_dir, tokenizer, args, out_dir,
                 path = glue.task_file(task, data_dir, split)
             except Exception as exc:  # AX is optional in a data folder; every other test file is not
                 if task.name == "ax":
-                    log.warning("no AX diagnostic file (%s): AX.tsv not written", exc)
+                    logger.warning("no AX diagnostic file (%s): AX.tsv not written", exc)
                     continue
                 raise
             examples = glue.read_examples(task, data_dir, split, path=path)
-            features = glue.convert_examples_to_features(examples, task, tokenizer, args.max_seq_length)
+            features = glue.convert_examples_to_features(examples, task, tokenizer, max_seq_length)
             out = predict_fn(features, td.task_id)
             preds = glue.logits_to_predictions(task, out["logits"], label_scale=td.label_scale)
             if write:
@@ -798,8 +786,7 @@ def predict_test_sets(predict_fn, task_data, data_dir, tokenizer, args, out_dir,
 def meta_model(name_or_path, config, task_num_labels, task_types, task_names):
     """The BertForMultiTask a run would build, on the meta device (no weights read, no memory): for
     parameter counts in --dry_run."""
-    import modeling
-    _, merged, _ = modeling.BertForMultiTask._read_pretrained(name_or_path, config)
+    _, merged, _ = modeling.read_pretrained(name_or_path, config)
     for key in modeling.TASK_KEYS:
         merged[key] = None
     merged["num_tasks"] = len(task_num_labels)
@@ -812,13 +799,12 @@ class EpochEnd:
     """`on_epoch_end` hook for Trainer.train: evaluate every dev set, print the table, log TensorBoard
     (metrics, GLUE average, target vs realized task frequencies), keep the best model(s), early stop."""
 
-    def __init__(self, data, selector, stream, sampler, args, env, tokenizer):
+    def __init__(self, data, selector, stream, sampler, env, tokenizer, output_dir, per_task_best=False):
         self.data, self.selector, self.stream, self.sampler = data, selector, stream, sampler
-        self.args, self.env, self.tokenizer = args, env, tokenizer
+        self.env, self.tokenizer = env, tokenizer
+        self.output_dir, self.per_task_best = output_dir, per_task_best
 
     def __call__(self, epoch_index, trainer):
-        from tasks import glue
-        import training
         self.selector.bind(trainer.extra_state)
         epoch = epoch_index + 1
         results, task_scores, average = evaluate(lambda f, t: trainer.predict(f, t), self.data)
@@ -839,14 +825,14 @@ class EpochEnd:
             for i, td in enumerate(self.data):
                 freq[f"{td.name}/target"], freq[f"{td.name}/realized"] = float(target[i]), realized[i]
             trainer.log_scalars("sampling", freq)
-            out = self.args.output_dir
+            out = self.output_dir
             if improved:
                 def write_best(tmp):
                     training.save_model(trainer.model, tmp, self.tokenizer)
                     atomic_write_json(os.path.join(tmp, "selection.json"),
                                       {"epoch": epoch, "glue_average": average, "step": trainer.global_step})
                 save_dir_atomically(os.path.join(out, "best"), write_best)
-            if self.args.per_task_best:
+            if self.per_task_best:
                 for td in self.data:
                     if td.name in task_improved:
                         save_task_parameters(trainer.model, td.task_id, td.name,
@@ -858,8 +844,6 @@ class EpochEnd:
 
 def write_per_task_combined(output_dir, task_names, tokenizer=None):
     """best/ (joint model) + each task's own-best modules and head -> per_task_best/combined/."""
-    import modeling
-    import training
     model = modeling.BertForMultiTask.from_pretrained(os.path.join(output_dir, "best"))
     epochs = assemble_per_task_best(model, os.path.join(output_dir, "per_task_best"), task_names)
     target = os.path.join(output_dir, "per_task_best", "combined")

@@ -13,12 +13,11 @@ an `mm_` prefix), GLUE submission files with --do_predict (MNLI: MNLI-m.tsv, MNL
 AX.tsv when the diagnostic set is present), run_config.json, TensorBoard logs in runs/, and a
 resumable checkpoint/.
 """
-import argparse
 import logging
 import os
 
 import training
-from file_utils import ConfigError, run_cli
+from file_utils import ConfigError, make_parser, run_cli
 from tasks import glue
 
 logger = logging.getLogger("run_classifier")
@@ -27,8 +26,7 @@ TASK_NAMES = ("cola", "sst-2", "mrpc", "sts-b", "qqp", "mnli", "mnli-mm", "qnli"
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = make_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--task_name", required=True, type=str.lower,
                         help=f"GLUE task: {', '.join(TASK_NAMES)} (case-insensitive)")
     parser.add_argument("--data_dir", required=True,
@@ -40,21 +38,21 @@ def build_parser():
     return parser
 
 
-def load_split(args, task, tokenizer, split, cache_dir):
+def load_split(opts, data_dir, task, tokenizer, split):
     """Features of one split (cached); test features carry their submission `index` as metadata."""
-    path = glue.task_file(task, args.data_dir, split)
+    path = glue.task_file(task, data_dir, split)
 
     def build():
-        examples = glue.read_examples(task, args.data_dir, split, path=path)
-        features = glue.convert_examples_to_features(examples, task, tokenizer, args.max_seq_length)
+        examples = glue.read_examples(task, data_dir, split, path=path)
+        features = glue.convert_examples_to_features(examples, task, tokenizer, opts.max_seq_length)
         if split.startswith("test"):
             for feature, example in zip(features, examples):
                 feature["index"] = example.index  # a string: the collator leaves it out of batches
         return features
 
     key = {"task": f"glue-{task.name}-{split}", "vocab": tokenizer.vocab_fingerprint,
-           "max_seq_length": args.max_seq_length, "file": training.file_fingerprint(path), "format": 1}
-    return training.cached_features(cache_dir, key, build)
+           "max_seq_length": opts.max_seq_length, "file": training.file_fingerprint(path), "format": 1}
+    return training.cached_features(opts.cache_dir, key, build)
 
 
 def find_task_id(model, task):
@@ -69,10 +67,9 @@ def find_task_id(model, task):
                       f"({', '.join(names) or 'unnamed'}) and none is {task.name}")
 
 
-def evaluate(args, env, model, task_id, task, tokenizer, cache_dir, split):
-    features = load_split(args, task, tokenizer, split, cache_dir)
-    out = training.predict(model, features, task_id, args.eval_batch_size, env,
-                           pad_to=args.max_seq_length if args.pad_to_max_length else None)
+def evaluate(opts, data_dir, env, model, task_id, task, tokenizer, split):
+    features = load_split(opts, data_dir, task, tokenizer, split)
+    out = training.predict(model, features, task_id, opts.eval_batch_size, env, pad_to=opts.pad_to)
     preds = glue.logits_to_predictions(task, out["logits"])
     gold = [f["labels"] for f in features]
     metrics = {k: float(v) for k, v in glue.compute_metrics(task, preds, gold).items()}
@@ -80,7 +77,7 @@ def evaluate(args, env, model, task_id, task, tokenizer, cache_dir, split):
     return metrics
 
 
-def predict_test(args, env, model, task_id, task, tokenizer, cache_dir):
+def predict_test(opts, data_dir, env, model, task_id, task, tokenizer):
     """Write the submission file(s) for every test split of the task (+ AX with the MNLI head)."""
     jobs = [(task, split) for split in task.submissions]
     if task.name == "mnli":
@@ -92,15 +89,15 @@ def predict_test(args, env, model, task_id, task, tokenizer, cache_dir):
             continue
         if job_task.name == "ax":
             try:
-                glue.task_file(job_task, args.data_dir, split)
+                glue.task_file(job_task, data_dir, split)
             except Exception:  # AX is optional: predicted only when the diagnostic file is there
-                logger.info("no AX diagnostic file under %s; skipping AX.tsv", args.data_dir)
+                logger.info("no AX diagnostic file under %s; skipping AX.tsv", data_dir)
                 continue
-        features = load_split(args, job_task, tokenizer, split, cache_dir)
-        out = training.predict(model, features, task_id, args.eval_batch_size, env)
+        features = load_split(opts, data_dir, job_task, tokenizer, split)
+        out = training.predict(model, features, task_id, opts.eval_batch_size, env)
         preds = glue.logits_to_predictions(job_task, out["logits"])
         if env.is_main:
-            path = glue.write_predictions(job_task, args.output_dir, [f.get("index") for f in features], preds, split)
+            path = glue.write_predictions(job_task, opts.output_dir, [f.get("index") for f in features], preds, split)
             logger.info("wrote %s", path)
         written.add(target)
 
@@ -112,29 +109,29 @@ def main(argv=None):
     if args.task_name not in TASK_NAMES:
         raise ConfigError(f"unknown --task_name '{args.task_name}' (known: {', '.join(TASK_NAMES)})")
     task = glue.get_task(args.task_name)
-    env = training.setup_env(args)
-    tokenizer = training.load_tokenizer(args)
-    cache_dir = training.default_cache_dir(args)
+    opts = training.EngineOptions.from_args(args)
+    env = training.setup_env(opts)
+    tokenizer = training.load_tokenizer(opts)
     results = {}
     if args.do_train:
-        training.prepare_output_dir(args, env)
-        training.write_run_config(args, args.output_dir, env)
-        train_features = load_split(args, task, tokenizer, "train", cache_dir)
-        model = training.load_model(args, [task.num_labels], [task.head_type], [task.head_task or task.name])
-        stream = training.make_stream(args, env, train_features)
-        num_steps = training.num_training_steps(args, stream.steps_per_epoch)
+        training.prepare_output_dir(opts, env)
+        training.write_run_config(args, opts.output_dir, env)
+        train_features = load_split(opts, args.data_dir, task, tokenizer, "train")
+        model = training.load_model(opts, [task.num_labels], [task.head_type], [task.head_task or task.name])
+        stream = training.make_stream(opts, env, train_features)
+        num_steps = training.num_training_steps(opts, stream.steps_per_epoch)
         logger.info("%d examples, %d optimizer steps of %d examples (%d per epoch)", len(train_features),
-                    num_steps, args.train_batch_size, stream.steps_per_epoch)
-        trainer = training.Trainer(args, env, model, num_steps)
+                    num_steps, opts.train_batch_size, stream.steps_per_epoch)
+        trainer = training.Trainer(opts, env, model, num_steps)
         summary = trainer.train(stream, num_steps, stream.steps_per_epoch)
-        trainer.save_model(args.output_dir, tokenizer)
+        trainer.save_model(opts.output_dir, tokenizer)
         results.update(global_step=summary["global_step"], loss=summary["loss"])
     else:
-        model = training.load_model(args)  # a fine-tuned folder: heads from its config
+        model = training.load_model(opts)  # a fine-tuned folder: heads from its config
         model.to(env.device)
         trainer = None
         results["global_step"] = 0
-        training.prepare_output_dir(args, env, training=False)
+        training.prepare_output_dir(opts, env, training=False)
     task_id = find_task_id(model, task)
     head_labels = model.task_num_labels[task_id]
     if head_labels != task.num_labels:
@@ -144,18 +141,19 @@ def main(argv=None):
                           f"{task.display} needs {task.num_labels}")
     if args.do_eval:
         dev_split = "dev_mismatched" if task.name == "mnli-mm" else "dev"
-        results.update(evaluate(args, env, model, task_id, task, tokenizer, cache_dir, dev_split))
+        results.update(evaluate(opts, args.data_dir, env, model, task_id, task, tokenizer, dev_split))
         if task.name == "mnli":
-            mm = evaluate(args, env, model, task_id, glue.get_task("mnli-mm"), tokenizer, cache_dir, "dev_mismatched")
+            mm = evaluate(opts, args.data_dir, env, model, task_id, glue.get_task("mnli-mm"), tokenizer,
+                          "dev_mismatched")
             results.update({f"mm_{k}": v for k, v in mm.items()})
         if env.is_main:
-            training.write_eval_results(os.path.join(args.output_dir, "eval_results.txt"), results)
+            training.write_eval_results(os.path.join(opts.output_dir, "eval_results.txt"), results)
             for key in sorted(results):
                 logger.info("  %s = %s", key, results[key])
         if trainer is not None:
             trainer.log_scalars("eval", results)
     if args.do_predict:
-        predict_test(args, env, model, task_id, task, tokenizer, cache_dir)
+        predict_test(opts, args.data_dir, env, model, task_id, task, tokenizer)
     if trainer is not None:
         trainer.close()
     return 0

@@ -9,8 +9,6 @@ on the bundled sample data runs (printed as such). Machinery: multitask.py; engi
     python run_multi_task.py --data_dir glue_data --bert_model uncased_L-12_H-768_A-12 \
         --config configs/pals_config.json --tasks all --sample anneal --num_train_epochs 25 --output_dir runs/pals
 """
-import argparse
-import json
 import logging
 import os
 import sys
@@ -18,8 +16,9 @@ import time
 
 import modeling
 import multitask as mt
+import optimization
 import training
-from file_utils import ConfigError, atomic_write_json, resolve_model_dir, run_cli
+from file_utils import ConfigError, make_parser, run_cli
 from tasks import glue
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -28,13 +27,11 @@ DEMO_DATA_DIR = os.path.join(ROOT, "data", "glue_sample")
 # AdamW, because BertAdam (no bias correction) at lr 1e-4 collapses to the majority class in so few steps.
 DEMO_PROFILE = {"num_train_epochs": 3.0, "steps_per_task": 20, "learning_rate": 1e-4, "optimizer": "adamw",
                 "max_eval_examples": 200}
-ADAPTER_CONFIGS = ("pals", "low_rank", "top_attn", "top_bert_layer", "houlsby", "houlsby_plus_pals",
-                   "houlsby_original", "lhuc")
 logger = logging.getLogger("run_multi_task")
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    p = make_parser(__doc__.split("\n")[0])
     # Paper hyperparameters as defaults: batch 32, lr 2e-5, length 128, warmup 0.1, seed 42.
     training.add_engine_args(p, learning_rate=2e-5, eval_batch_size=32, config="pals")
     for action in p._actions:
@@ -42,8 +39,8 @@ def build_parser():
             action.required, action.default = False, None
             action.help = "output folder (default: runs/multi_task-<timestamp>; an existing non-empty one is refused)"
         if action.dest == "config":
-            action.help = (f"adapter config: a JSON file, one of {', '.join(ADAPTER_CONFIGS)} (the configs/ file for "
-                           "the model's size), or 'none' (shared encoder + heads only). Default: pals")
+            action.help = (f"adapter config: a JSON file, one of {', '.join(modeling.ADAPTER_CONFIGS)} (the configs/ "
+                           "file for the model's width), or 'none' (shared encoder + heads only)")
     g = p.add_argument_group("multi-task")
     g.add_argument("--data_dir", default=None, help="GLUE data (<data_dir>/<TASK>/train.tsv ...); default: the "
                    "bundled sample data with a short demo profile")
@@ -98,28 +95,8 @@ def parse_args(argv):
     return args
 
 
-def resolve_config(args):
-    """--config name -> path of the configs/ file matching the model's size (None for 'none')."""
-    if args.config is None or args.config.lower() == "none":
-        return None
-    if args.config not in ADAPTER_CONFIGS:
-        return args.config
-    folder = resolve_model_dir(args.bert_model)
-    names = [n for n in ("config.json", "bert_config.json") if os.path.isfile(os.path.join(folder, n))]
-    if not names:
-        raise ConfigError(f"{folder} has no config.json / bert_config.json")
-    with open(os.path.join(folder, names[0]), encoding="utf-8") as f:
-        hidden = json.load(f).get("hidden_size")
-    prefix = {384: "minilm_", 768: ""}.get(hidden)
-    path = os.path.join(ROOT, "configs", f"{prefix}{args.config}_config.json") if prefix is not None else None
-    if path is None or not os.path.isfile(path):
-        raise ConfigError(f"no bundled '{args.config}' config for hidden size {hidden}: pass a config JSON file")
-    return path
-
-
 def main(argv=None):
     args = parse_args(argv)
-    args.config = resolve_config(args)
     names = mt.parse_task_list(args.tasks)
     tasks = [glue.get_task(n) for n in names]
     if args.demo:
@@ -139,19 +116,18 @@ def main(argv=None):
                                                            args.combine_strategy)
     if args.freeze and args.projection != "none":
         raise ConfigError("--freeze trains no shared parameter, so --projection has nothing to act on")
+    opts = training.EngineOptions.from_args(args)
     if args.dry_run:
-        return dry_run(args, names, tasks, batch_sizes, num_epochs, tasks_per_step)
+        return dry_run(args, opts, names, tasks, batch_sizes, num_epochs, tasks_per_step)
 
-    env = training.setup_env(args)
-    training.prepare_output_dir(args, env)
-    if args.resume and env.is_main:
-        mt.recover_output_dirs(args.output_dir)
-    training.write_run_config(args, args.output_dir, env)
-    tokenizer = training.load_tokenizer(args)
-    cache_dir = training.default_cache_dir(args)
-    data = mt.load_task_data(names, args.data_dir, tokenizer, args, cache_dir, args.max_eval_examples,
-                             train=not args.no_train)
-    model = training.load_model(args, [t.num_labels for t in tasks], [t.head_type for t in tasks], names)
+    env = training.setup_env(opts)
+    training.prepare_output_dir(opts, env)
+    if opts.resume and env.is_main:
+        mt.recover_output_dirs(opts.output_dir)
+    training.write_run_config(args, opts.output_dir, env)
+    tokenizer = training.load_tokenizer(opts)
+    data = mt.load_task_data(names, args.data_dir, tokenizer, opts, args.max_eval_examples, train=not args.no_train)
+    model = training.load_model(opts, [t.num_labels for t in tasks], [t.head_type for t in tasks], names)
     if args.freeze:
         for p in model.shared_parameters():
             p.requires_grad_(False)
@@ -159,34 +135,31 @@ def main(argv=None):
     if env.is_main:
         print(mt.format_parameter_report(report), flush=True)
     selector = mt.ModelSelector({}, names, args.patience)
-    results = {"kind": "multi_task", "label": _label(args), "tasks": names, "config": args.config,
+    results = {"kind": "multi_task", "label": _label(args, opts), "tasks": names, "config": opts.config,
                "sample": args.sample, "parameters": report, "demo": args.demo, "projection": args.projection}
     if args.no_train:
-        trainer = training.Trainer(args, env, model, 1)
+        trainer = training.Trainer(opts, env, model, 1)
         scores = mt.evaluate(lambda f, t: trainer.predict(f, t), data)
         selector.update(0, *scores)
         _print_table(env, 0, scores)
-        best_dir = resolve_model_dir(args.bert_model)
+        best_dir = opts.model_dir
     else:
         sizes = [td.train_size for td in data]
-        import optimization
-        groups = optimization.param_groups(model, args.weight_decay, args.learning_rate, task_lr=args.task_lr)
-        combiner = mt.GradientCombiner(method, len(names), seed=args.seed, beta=args.vaccine_beta) \
+        groups = optimization.param_groups(model, opts.weight_decay, opts.learning_rate, task_lr=args.task_lr)
+        combiner = mt.GradientCombiner(method, len(names), seed=opts.seed, beta=args.vaccine_beta) \
             if tasks_per_step > 1 else None
-        streams = [training.EpochStream(td.train, bs, args.gradient_accumulation_steps, args.seed + i, task_id=i,
-                                        group_by_length=not args.no_group_by_length,
-                                        pad_to=args.max_seq_length if args.pad_to_max_length else None,
-                                        rank=env.rank, world_size=env.world_size)
+        streams = [training.make_stream(opts, env, td.train, task_id=i, batch_size=bs, seed=opts.seed + i)
                    for i, (td, bs) in enumerate(zip(data, batch_sizes))]
-        sampler = mt.TaskSampler(sizes, args.sample, num_epochs, args.seed)
+        sampler = mt.TaskSampler(sizes, args.sample, num_epochs, opts.seed)
         stream = mt.MultiTaskStream(streams, sampler, args.steps_per_epoch, tasks_per_step, combiner)
         schedule = mt.schedule_report(names, sizes, batch_sizes, args.sample, num_epochs, args.steps_per_epoch,
                                       tasks_per_step)
         if env.is_main:
             print(mt.format_schedule_report(schedule), flush=True)
-        total_steps = training.num_training_steps(args, args.steps_per_epoch)
-        trainer = training.Trainer(args, env, model, total_steps, param_groups=groups, grad_combiner=combiner)
-        on_epoch_end = mt.EpochEnd(data, selector, stream, sampler, args, env, tokenizer)
+        total_steps = training.num_training_steps(opts, args.steps_per_epoch)
+        trainer = training.Trainer(opts, env, model, total_steps, param_groups=groups, grad_combiner=combiner)
+        on_epoch_end = mt.EpochEnd(data, selector, stream, sampler, env, tokenizer, opts.output_dir,
+                                   per_task_best=args.per_task_best)
         stop_at = min(total_steps, args.stop_after_steps or total_steps)
         outcome = trainer.train(stream, stop_at, args.steps_per_epoch, on_epoch_end=on_epoch_end, desc="multi-task")
         if stop_at < total_steps and not outcome["stopped_early"]:
@@ -197,42 +170,43 @@ def main(argv=None):
         results.update(schedule=schedule, steps=trainer.global_step, train_loss=outcome["loss"],
                        stopped_early=outcome["stopped_early"], combine_strategy=strategy,
                        tasks_per_step=tasks_per_step, realized_frequencies=stream.realized_frequencies())
-        best_dir = os.path.join(args.output_dir, "best")
+        best_dir = os.path.join(opts.output_dir, "best")
     results.update(history=selector.state["history"], best_epoch=selector.state["best_epoch"],
                    best_glue_average=selector.state["best_average"], task_best=selector.state["task_best"])
     if args.per_task_best and not args.no_train and env.is_main:
-        results["per_task_best_combined"] = mt.write_per_task_combined(args.output_dir, names, tokenizer)
+        results["per_task_best_combined"] = mt.write_per_task_combined(opts.output_dir, names, tokenizer)
     if args.do_predict:
         selected = modeling.BertForMultiTask.from_pretrained(best_dir).to(env.device)
-        out_dir = os.path.join(args.output_dir, "predictions")
-        written = mt.predict_test_sets(lambda f, t: training.predict(selected, f, t, args.eval_batch_size, env),
-                                       data, args.data_dir, tokenizer, args, out_dir, write=env.is_main)
-        results["predictions"] = [os.path.relpath(p, args.output_dir) for p in written]
+        out_dir = os.path.join(opts.output_dir, "predictions")
+        written = mt.predict_test_sets(lambda f, t: training.predict(selected, f, t, opts.eval_batch_size, env),
+                                       data, args.data_dir, tokenizer, opts.max_seq_length, out_dir,
+                                       write=env.is_main)
+        results["predictions"] = [os.path.relpath(p, opts.output_dir) for p in written]
     trainer.close()
     if env.is_main:
-        mt.write_results(args.output_dir, results)
+        mt.write_results(opts.output_dir, results)
         best = selector.state["best_average"]
         print(f"best GLUE average {100 * best:.2f} at epoch {selector.state['best_epoch']}; outputs in "
-              f"{args.output_dir}" if best is not None else f"outputs in {args.output_dir}", flush=True)
+              f"{opts.output_dir}" if best is not None else f"outputs in {opts.output_dir}", flush=True)
     return 0
 
 
-def dry_run(args, names, tasks, batch_sizes, num_epochs, tasks_per_step):
+def dry_run(args, opts, names, tasks, batch_sizes, num_epochs, tasks_per_step):
     sizes = mt.training_set_sizes(names, args.data_dir)
     schedule = mt.schedule_report(names, sizes, batch_sizes, args.sample, num_epochs, args.steps_per_epoch,
                                   tasks_per_step)
-    model = mt.meta_model(args.bert_model, args.config, [t.num_labels for t in tasks], [t.head_type for t in tasks],
+    model = mt.meta_model(opts.model_dir, opts.config, [t.num_labels for t in tasks], [t.head_type for t in tasks],
                           names)
     report = mt.parameter_report(model, names, modeling.count_parameters)
     print(f"DRY RUN: {len(names)} tasks, --sample {args.sample}, model {args.bert_model}, "
-          f"config {args.config or 'none (shared encoder + heads)'}")
+          f"config {opts.config or 'none (shared encoder + heads)'}")
     print(mt.format_schedule_report(schedule))
     print(mt.format_parameter_report(report))
     return 0
 
 
-def _label(args):
-    config = os.path.basename(args.config).replace("_config.json", "") if args.config else "shared"
+def _label(args, opts):
+    config = os.path.basename(opts.config).replace("_config.json", "") if opts.config else "shared"
     return f"{config} ({args.sample}{', ' + args.projection if args.projection != 'none' else ''})"
 
 

@@ -8,12 +8,11 @@ test_results.txt and test_predictions.txt (test) into --output_dir.
     python run_ner.py --bert_model minilm-l6 --data_dir conll2003 --do_train --do_eval --do_predict \
         --output_dir out/ner
 """
-import argparse
 import logging
 import os
 
 import training
-from file_utils import ConfigError, atomic_write_text, resolve_model_dir, run_cli
+from file_utils import ConfigError, atomic_write_text, make_parser, run_cli
 from tasks import conll
 
 logger = logging.getLogger("run_ner")
@@ -21,8 +20,7 @@ LABELS_FILE = "labels.txt"
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = make_parser(__doc__.split("\n\n")[0])
     training.add_engine_args(parser, max_seq_length=128)
     g = parser.add_argument_group("ner")
     g.add_argument("--data_dir", required=True, help="folder with train.txt, valid.txt (or dev.txt), test.txt")
@@ -35,11 +33,11 @@ def build_parser():
     return parser
 
 
-def label_list(args, train_sentences):
+def label_list(args, opts, train_sentences):
     """--labels, else the model folder's labels.txt (a fine-tuned model), else the train file's tags."""
     if args.labels:
         return conll.read_labels_file(args.labels)
-    saved = os.path.join(resolve_model_dir(args.bert_model), LABELS_FILE)
+    saved = os.path.join(opts.model_dir, LABELS_FILE)
     if os.path.isfile(saved):
         return conll.read_labels_file(saved)
     if train_sentences is not None:
@@ -47,16 +45,16 @@ def label_list(args, train_sentences):
     raise ConfigError(f"no label list: pass --labels, --do_train, or a --bert_model folder with {LABELS_FILE}")
 
 
-def _features(args, tokenizer, path, sentences, labels):
+def _features(opts, tokenizer, path, sentences, labels):
     key = {"task": "conll-" + os.path.basename(path), "file": training.file_fingerprint(path),
-           "vocab": tokenizer.vocab_fingerprint, "lower": args.do_lower_case,
-           "max_seq_length": args.max_seq_length, "labels": labels}
+           "vocab": tokenizer.vocab_fingerprint, "lower": opts.do_lower_case,
+           "max_seq_length": opts.max_seq_length, "labels": labels}
 
     def build():
-        features, metas, _ = conll.convert_sentences_to_features(sentences, tokenizer, labels, args.max_seq_length)
+        features, metas, _ = conll.convert_sentences_to_features(sentences, tokenizer, labels, opts.max_seq_length)
         return list(zip(features, metas))
 
-    pairs = training.cached_features(training.default_cache_dir(args), key, build)
+    pairs = training.cached_features(opts.cache_dir, key, build)
     return [f for f, _ in pairs], [m for _, m in pairs]
 
 
@@ -64,9 +62,10 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if not (args.do_train or args.do_eval or args.do_predict):
         raise ConfigError("at least one of --do_train, --do_eval or --do_predict is required")
-    env = training.setup_env(args)
-    training.prepare_output_dir(args, env, training=args.do_train)
-    tokenizer = training.load_tokenizer(args)
+    opts = training.EngineOptions.from_args(args)
+    env = training.setup_env(opts)
+    training.prepare_output_dir(opts, env, training=args.do_train)
+    tokenizer = training.load_tokenizer(opts)
 
     # Read every file first, so that a bad record fails before the model is loaded.
     splits = {}
@@ -77,28 +76,28 @@ def main(argv=None):
     if args.do_predict:
         splits["test"] = os.path.join(args.data_dir, "test.txt")
     sentences = {name: conll.read_conll(path) for name, path in splits.items()}
-    labels = label_list(args, sentences.get("train"))
+    labels = label_list(args, opts, sentences.get("train"))
     if "train" in sentences:
         conll.check_labels(sentences["train"], labels, splits["train"])
-    features = {name: _features(args, tokenizer, splits[name], sentences[name], labels) for name in splits}
+    features = {name: _features(opts, tokenizer, splits[name], sentences[name], labels) for name in splits}
     logger.info("labels: %s", " ".join(labels))
-    training.write_run_config(args, args.output_dir, env)   # after the data checks: a failed run leaves no files
-    model = training.load_model(args, task_num_labels=[len(labels)], task_types=["token"], task_names=["ner"])
+    training.write_run_config(args, opts.output_dir, env)   # after the data checks: a failed run leaves no files
+    model = training.load_model(opts, task_num_labels=[len(labels)], task_types=["token"], task_names=["ner"])
 
     trainer = None
     if args.do_train:
         train_features = features["train"][0]
-        stream = training.make_stream(args, env, train_features)
-        num_steps = training.num_training_steps(args, stream.steps_per_epoch)
+        stream = training.make_stream(opts, env, train_features)
+        num_steps = training.num_training_steps(opts, stream.steps_per_epoch)
         logger.info("training on %d sentences -> %d windows, %d optimizer steps",
                     len(sentences["train"]), len(train_features), num_steps)
-        trainer = training.Trainer(args, env, model, num_steps)
+        trainer = training.Trainer(opts, env, model, num_steps)
         result = trainer.train(stream, num_steps, stream.steps_per_epoch)
         if env.is_main:
-            atomic_write_text(os.path.join(args.output_dir, LABELS_FILE), "\n".join(labels) + "\n")
-        trainer.save_model(args.output_dir, tokenizer)
+            atomic_write_text(os.path.join(opts.output_dir, LABELS_FILE), "\n".join(labels) + "\n")
+        trainer.save_model(opts.output_dir, tokenizer)
         if env.is_main:
-            training.write_eval_results(os.path.join(args.output_dir, "train_results.txt"), {
+            training.write_eval_results(os.path.join(opts.output_dir, "train_results.txt"), {
                 "global_step": result["global_step"], "loss": result["loss"],
                 "train_sentences": len(sentences["train"]), "train_features": len(train_features)})
 
@@ -109,8 +108,7 @@ def main(argv=None):
         if trainer is not None:
             out = trainer.predict(feats, task_id=0)
         else:
-            out = training.predict(model.to(env.device), feats, 0, args.eval_batch_size, env,
-                                   pad_to=args.max_seq_length if args.pad_to_max_length else None)
+            out = training.predict(model.to(env.device), feats, 0, opts.eval_batch_size, env, pad_to=opts.pad_to)
         if not env.is_main:
             continue
         predicted = conll.decode_predictions(sentences[name], metas, out["logits"], labels)
@@ -119,8 +117,8 @@ def main(argv=None):
         if trainer is not None:
             extra["global_step"] = trainer.global_step
         if name == "test":
-            conll.write_predictions(os.path.join(args.output_dir, "test_predictions.txt"), splits[name], predicted)
-        conll.write_results(os.path.join(args.output_dir, results_file), scores, extra)
+            conll.write_predictions(os.path.join(opts.output_dir, "test_predictions.txt"), splits[name], predicted)
+        conll.write_results(os.path.join(opts.output_dir, results_file), scores, extra)
         logger.info("%s (%s): precision %.4f recall %.4f f1 %.4f\n%s", name, splits[name], scores["precision"],
                     scores["recall"], scores["f1"], conll.format_report(scores))
     if trainer is not None:

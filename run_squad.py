@@ -8,20 +8,18 @@ null_odds.json (v2) and eval_results.txt (when the predict file has gold answers
     python run_squad.py --bert_model minilm-l6 --do_train --do_predict \
         --train_file train-v1.1.json --predict_file dev-v1.1.json --output_dir out/squad
 """
-import argparse
 import logging
 import os
 
 import training
-from file_utils import ConfigError, run_cli
+from file_utils import ConfigError, make_parser, run_cli
 from tasks import squad
 
 logger = logging.getLogger("run_squad")
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = make_parser(__doc__.split("\n\n")[0])
     training.add_engine_args(parser, max_seq_length=384)
     g = parser.add_argument_group("squad")
     g.add_argument("--train_file", help="SQuAD JSON for training (e.g. train-v1.1.json)")
@@ -53,66 +51,66 @@ def check_args(args):
             raise ConfigError(f"--{name} must be >= 1")
 
 
-def _features(args, tokenizer, path, is_training, examples):
+def _features(args, opts, tokenizer, path, is_training, examples):
     """Windows of `examples`, cached on disk (key: file, vocab and every windowing flag)."""
     key = {"task": "squad-train" if is_training else "squad-predict", "file": training.file_fingerprint(path),
-           "vocab": tokenizer.vocab_fingerprint, "lower": args.do_lower_case, "max_seq_length": args.max_seq_length,
+           "vocab": tokenizer.vocab_fingerprint, "lower": opts.do_lower_case, "max_seq_length": opts.max_seq_length,
            "doc_stride": args.doc_stride, "max_query_length": args.max_query_length,
            "v2": args.version_2_with_negative}
 
     def build():
         features, metas = squad.convert_examples_to_features(
-            examples, tokenizer, args.max_seq_length, args.doc_stride, args.max_query_length, is_training)
+            examples, tokenizer, opts.max_seq_length, args.doc_stride, args.max_query_length, is_training)
         return list(zip(features, metas))
 
-    pairs = training.cached_features(training.default_cache_dir(args), key, build)
+    pairs = training.cached_features(opts.cache_dir, key, build)
     return [f for f, _ in pairs], [m for _, m in pairs]
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     check_args(args)
-    env = training.setup_env(args)
-    training.prepare_output_dir(args, env, training=args.do_train)
-    tokenizer = training.load_tokenizer(args)
+    opts = training.EngineOptions.from_args(args)
+    env = training.setup_env(opts)
+    training.prepare_output_dir(opts, env, training=args.do_train)
+    tokenizer = training.load_tokenizer(opts)
     # Read and window the data before loading the model, so that a bad file fails fast.
     if args.do_train:
         train_examples, dropped = squad.read_squad_examples(args.train_file, True, args.version_2_with_negative)
-        train_features, _ = _features(args, tokenizer, args.train_file, True, train_examples)
+        train_features, _ = _features(args, opts, tokenizer, args.train_file, True, train_examples)
     if args.do_predict:
         examples, _ = squad.read_squad_examples(args.predict_file, False, args.version_2_with_negative)
-        features, metas = _features(args, tokenizer, args.predict_file, False, examples)
-    training.write_run_config(args, args.output_dir, env)   # after the data checks: a failed run leaves no files
-    model = training.load_model(args, task_num_labels=[2], task_types=["span"], task_names=["squad"])
+        features, metas = _features(args, opts, tokenizer, args.predict_file, False, examples)
+    training.write_run_config(args, opts.output_dir, env)   # after the data checks: a failed run leaves no files
+    model = training.load_model(opts, task_num_labels=[2], task_types=["span"], task_names=["squad"])
 
     trainer = None
     if args.do_train:
-        stream = training.make_stream(args, env, train_features)
-        num_steps = training.num_training_steps(args, stream.steps_per_epoch)   # from features
+        stream = training.make_stream(opts, env, train_features)
+        num_steps = training.num_training_steps(opts, stream.steps_per_epoch)   # from features
         logger.info("training on %d questions -> %d windows, %d optimizer steps (%d dropped: answer "
                     "not found in context)", len(train_examples), len(train_features), num_steps, len(dropped))
-        trainer = training.Trainer(args, env, model, num_steps)
+        trainer = training.Trainer(opts, env, model, num_steps)
         result = trainer.train(stream, num_steps, stream.steps_per_epoch)
-        trainer.save_model(args.output_dir, tokenizer)
+        trainer.save_model(opts.output_dir, tokenizer)
         if env.is_main:
-            training.write_eval_results(os.path.join(args.output_dir, "train_results.txt"), {
+            training.write_eval_results(os.path.join(opts.output_dir, "train_results.txt"), {
                 "global_step": result["global_step"], "loss": result["loss"],
                 "train_examples": len(train_examples), "train_features": len(train_features),
                 "train_dropped_answers": len(dropped)})
 
     if args.do_predict:
-        batch_size = args.predict_batch_size or args.eval_batch_size
+        batch_size = args.predict_batch_size or opts.eval_batch_size
         if trainer is not None:
             out = trainer.predict(features, task_id=0, batch_size=batch_size)
         else:
-            out = training.predict(model.to(env.device), features, 0, batch_size, env,
-                                   pad_to=args.max_seq_length if args.pad_to_max_length else None)
+            out = training.predict(model.to(env.device), features, 0, batch_size, env, pad_to=opts.pad_to)
         if env.is_main:
             preds, nbest, null_odds = squad.decode_predictions(
                 examples, metas, out["start_logits"], out["end_logits"], args.n_best_size,
                 args.max_answer_length, tokenizer.basic_tokenizer, args.version_2_with_negative,
                 args.null_score_diff_threshold, args.verbose_logging)
-            squad.write_prediction_files(args.output_dir, preds, nbest,
+            squad.write_prediction_files(opts.output_dir, preds, nbest,
                                          null_odds if args.version_2_with_negative else None)
             data, _, version = squad.load_squad_json(args.predict_file)
             if all("answers" in qa for qa in squad._iter_eval_qas(data)):
@@ -126,7 +124,7 @@ def main(argv=None):
                 results.update(predict_questions=len(examples), predict_features=len(features))
                 if trainer is not None:
                     results.update(global_step=trainer.global_step, train_dropped_answers=len(dropped))
-                training.write_eval_results(os.path.join(args.output_dir, "eval_results.txt"), results)
+                training.write_eval_results(os.path.join(opts.output_dir, "eval_results.txt"), results)
                 logger.info("eval: %s", ", ".join(f"{k} = {v}" for k, v in sorted(results.items())))
             else:
                 logger.info("%s has no gold answers: predictions written, nothing scored", args.predict_file)

@@ -37,12 +37,20 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
 
+import modeling
+import optimization
+import tokenization
 from file_utils import ConfigError, UserError, atomic_open, atomic_write_json, resolve_model_dir
 
 logger = logging.getLogger(__name__)
@@ -63,7 +71,7 @@ class NonFiniteLossError(UserError):
 
 
 # ----------------------------------------------------------------------------------------------
-# Flags
+# Flags -> EngineOptions
 # ----------------------------------------------------------------------------------------------
 
 def add_engine_args(parser, **defaults):
@@ -75,10 +83,12 @@ def add_engine_args(parser, **defaults):
                         "or a bundled name (minilm-l6)")
     g.add_argument("--output_dir", required=True, help="where the model, results, checkpoints and logs go")
     g.add_argument("--config", default=None,
-                   help="adapter config JSON (PALs, low-rank, Houlsby, ...); its BERT keys must match the model's")
+                   help="adapter config: a JSON file or a bundled name (" + ", ".join(modeling.ADAPTER_CONFIGS)
+                        + ": the configs/ file for the model's width); its BERT keys must match the model's. "
+                        "Default: none (plain BERT)")
     g.add_argument("--do_lower_case", dest="do_lower_case", action="store_true", default=None,
                    help="lower-case input (uncased models). Default: taken from the model folder's "
-                        "tokenizer_config.json, else guessed from the vocab")
+                        "tokenizer_config.json or name, else guessed from the vocab")
     g.add_argument("--no_lower_case", dest="do_lower_case", action="store_false",
                    help="keep case (cased models)")
     g.add_argument("--max_seq_length", type=int, default=128, help="max tokens per sequence after word pieces")
@@ -91,11 +101,9 @@ def add_engine_args(parser, **defaults):
     g.add_argument("--weight_decay", type=float, default=0.01, help="decoupled weight decay (not on bias/LayerNorm)")
     g.add_argument("--max_grad_norm", type=float, default=1.0,
                    help="gradient clipping: per tensor inside BertAdam, global norm for AdamW; <=0 disables")
-    g.add_argument("--optimizer", choices=("bertadam", "adamw"), default="bertadam",
+    g.add_argument("--optimizer", choices=optimization.OPTIMIZERS, default="bertadam",
                    help="bertadam: the reference update (no bias correction); adamw: torch.optim.AdamW")
-    g.add_argument("--schedule", default="warmup_linear",
-                   choices=("warmup_linear", "warmup_linear_legacy", "warmup_constant", "warmup_cosine",
-                            "warmup_cosine_hard_restarts", "constant"),
+    g.add_argument("--schedule", default="warmup_linear", choices=tuple(optimization.SCHEDULES),
                    help="learning-rate schedule over the real number of optimizer steps")
     g.add_argument("--seed", type=int, default=42, help="seeds python, numpy, torch (+cuda) and the batch order")
     g.add_argument("--gradient_accumulation_steps", type=int, default=1,
@@ -104,7 +112,7 @@ def add_engine_args(parser, **defaults):
     g.add_argument("--bf16", action="store_true", help="mixed precision bfloat16 (torch.amp autocast; CPU or GPU)")
     g.add_argument("--loss_scale", type=float, default=0,
                    help="fp16 only: 0 = dynamic loss scaling, >0 = this static scale")
-    g.add_argument("--local_rank", type=int, default=-1,
+    g.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=-1,
                    help="set by torch.distributed.launch; with torchrun the LOCAL_RANK env var is used")
     g.add_argument("--no_cuda", action="store_true", help="do not use CUDA even when it is available")
     g.add_argument("--save_steps", type=int, default=0,
@@ -122,26 +130,103 @@ def add_engine_args(parser, **defaults):
     g.add_argument("--num_workers", type=int, default=0,
                    help="kept for CLI compatibility: batches are collated in the main process "
                         "(cheap next to the model), so this has no effect")
+    g.add_argument("--allow_random_init", action="store_true",
+                   help="accept a checkpoint that lacks encoder weights and train those from scratch "
+                        "(default: such a checkpoint is refused)")
     if defaults:
         parser.set_defaults(**defaults)
     return parser
 
 
-def check_engine_args(args):
-    """Flag combinations that cannot work; raises ConfigError (one line, exit 2)."""
-    if args.gradient_accumulation_steps < 1:
-        raise ConfigError(f"--gradient_accumulation_steps must be >= 1, got {args.gradient_accumulation_steps}")
-    if args.train_batch_size < 1 or args.eval_batch_size < 1:
-        raise ConfigError("--train_batch_size and --eval_batch_size must be >= 1")
-    if args.train_batch_size % args.gradient_accumulation_steps:
-        raise ConfigError(f"--train_batch_size {args.train_batch_size} is not divisible by "
-                          f"--gradient_accumulation_steps {args.gradient_accumulation_steps}")
-    if args.fp16 and args.bf16:
-        raise ConfigError("--fp16 and --bf16 are exclusive; pick one")
-    if args.loss_scale < 0:
-        raise ConfigError(f"--loss_scale must be >= 0 (0 = dynamic), got {args.loss_scale}")
-    if args.max_seq_length < 2:
-        raise ConfigError(f"--max_seq_length must be >= 2, got {args.max_seq_length}")
+@dataclass(frozen=True)
+class EngineOptions:
+    """What the engine needs from the command line, typed and resolved once per run.
+
+    `from_args` is the only place that knows the engine's flag names; everything below takes
+    this object, so runners (and tests) can build it without argparse."""
+    output_dir: str
+    model_dir: str                          # the --bert_model folder, resolved
+    config: Optional[str] = None            # adapter config file (short names resolved); None = plain BERT
+    do_lower_case: bool = True
+    max_seq_length: int = 128
+    train_batch_size: int = 32              # effective global batch of one optimizer step
+    eval_batch_size: int = 8
+    learning_rate: float = 5e-5
+    num_train_epochs: float = 3.0
+    warmup_proportion: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    optimizer: str = "bertadam"
+    schedule: str = "warmup_linear"
+    seed: int = 42
+    gradient_accumulation_steps: int = 1
+    precision: str = "fp32"                 # fp32, fp16 or bf16
+    loss_scale: float = 0.0                 # fp16: 0 = dynamic
+    use_cuda: bool = True                   # when a GPU is visible
+    local_rank: int = -1
+    save_steps: int = 0
+    resume: bool = False
+    pad_to_max_length: bool = False
+    group_by_length: bool = True
+    logging_steps: int = 50
+    overwrite_output_dir: bool = False
+    cache_dir: Optional[str] = None         # feature cache; None = no cache
+    num_workers: int = 0
+    allow_random_init: bool = False
+
+    def __post_init__(self):
+        self.check()
+
+    def check(self):
+        """Values and combinations that cannot work: ConfigError (one line, exit 2)."""
+        if self.gradient_accumulation_steps < 1:
+            raise ConfigError(f"--gradient_accumulation_steps must be >= 1, got {self.gradient_accumulation_steps}")
+        if self.train_batch_size < 1 or self.eval_batch_size < 1:
+            raise ConfigError("--train_batch_size and --eval_batch_size must be >= 1")
+        if self.train_batch_size % self.gradient_accumulation_steps:
+            raise ConfigError(f"--train_batch_size {self.train_batch_size} is not divisible by "
+                              f"--gradient_accumulation_steps {self.gradient_accumulation_steps}")
+        if self.precision not in ("fp32", "fp16", "bf16"):
+            raise ConfigError(f"unknown precision {self.precision!r}")
+        if self.loss_scale < 0:
+            raise ConfigError(f"--loss_scale must be >= 0 (0 = dynamic), got {self.loss_scale}")
+        if self.max_seq_length < 2:
+            raise ConfigError(f"--max_seq_length must be >= 2, got {self.max_seq_length}")
+
+    @classmethod
+    def from_args(cls, args):
+        """Options from the flags of add_engine_args: resolves the model folder, the adapter
+        config name, the casing (from the folder unless given) and the feature-cache folder."""
+        if args.fp16 and args.bf16:
+            raise ConfigError("--fp16 and --bf16 are exclusive; pick one")
+        model_dir = resolve_model_dir(args.bert_model)
+        do_lower_case = args.do_lower_case
+        if do_lower_case is None:
+            do_lower_case = tokenization.guess_do_lower_case(model_dir)
+            logger.info("do_lower_case=%s (from the model folder)", do_lower_case)
+        if args.cache_dir is not None:
+            cache_dir = None if args.cache_dir.lower() == "none" else args.cache_dir
+        else:
+            cache_dir = os.path.join(os.path.dirname(os.path.abspath(args.output_dir.rstrip("/\\"))), ".feature_cache")
+        return cls(
+            output_dir=args.output_dir, model_dir=model_dir,
+            config=modeling.resolve_adapter_config(args.config, model_dir), do_lower_case=do_lower_case,
+            max_seq_length=args.max_seq_length, train_batch_size=args.train_batch_size,
+            eval_batch_size=args.eval_batch_size, learning_rate=args.learning_rate,
+            num_train_epochs=args.num_train_epochs, warmup_proportion=args.warmup_proportion,
+            weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm, optimizer=args.optimizer,
+            schedule=args.schedule, seed=args.seed, gradient_accumulation_steps=args.gradient_accumulation_steps,
+            precision="fp16" if args.fp16 else "bf16" if args.bf16 else "fp32", loss_scale=args.loss_scale,
+            use_cuda=not args.no_cuda, local_rank=args.local_rank, save_steps=args.save_steps,
+            resume=args.resume, pad_to_max_length=args.pad_to_max_length,
+            group_by_length=not args.no_group_by_length, logging_steps=args.logging_steps,
+            overwrite_output_dir=args.overwrite_output_dir, cache_dir=cache_dir, num_workers=args.num_workers,
+            allow_random_init=args.allow_random_init)
+
+    @property
+    def pad_to(self):
+        """Length every batch is padded to (None: the longest sequence of the batch)."""
+        return self.max_seq_length if self.pad_to_max_length else None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -169,13 +254,12 @@ def set_seed(seed):
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
-def setup_env(args):
+def setup_env(opts):
     """Device, distributed init (torchrun env:// or --local_rank), logging, seeds -> Env."""
-    check_engine_args(args)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", args.local_rank))
+    local_rank = int(os.environ.get("LOCAL_RANK", opts.local_rank))
     distributed = world_size > 1 or local_rank != -1
-    use_cuda = torch.cuda.is_available() and not args.no_cuda
+    use_cuda = torch.cuda.is_available() and opts.use_cuda
     if distributed:
         if "MASTER_ADDR" not in os.environ:
             raise ConfigError("--local_rank was given but the distributed env vars (MASTER_ADDR, RANK, "
@@ -191,22 +275,21 @@ def setup_env(args):
     else:
         device = torch.device("cuda" if use_cuda else "cpu")
         rank, world_size = 0, 1
-    args.local_rank = local_rank
     is_main = rank == 0
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
                         datefmt="%m/%d/%Y %H:%M:%S", level=logging.INFO if is_main else logging.WARNING)
     if not is_main:
         logging.getLogger().setLevel(logging.WARNING)
     amp_dtype = None
-    if args.fp16:
+    if opts.precision == "fp16":
         if device.type != "cuda":
             raise ConfigError("--fp16 needs a CUDA device (torch.amp fp16 + GradScaler); use --bf16 on CPU")
         amp_dtype = torch.float16
-    elif args.bf16:
+    elif opts.precision == "bf16":
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ConfigError("--bf16: this GPU does not support bfloat16; use --fp16")
         amp_dtype = torch.bfloat16
-    set_seed(args.seed)
+    set_seed(opts.seed)
     env = Env(device=device, rank=rank, world_size=world_size, local_rank=local_rank,
               is_main=is_main, distributed=distributed, amp_dtype=amp_dtype)
     logger.info("device %s, world size %d, distributed %s, amp %s", device, world_size, distributed,
@@ -214,54 +297,38 @@ def setup_env(args):
     return env
 
 
-def _guess_lower_case(folder):
-    """Whether a model folder is uncased: tokenizer_config.json if present, else the vocab itself."""
-    tok_config = os.path.join(folder, "tokenizer_config.json")
-    if os.path.isfile(tok_config):
-        with contextlib.suppress(ValueError, OSError):
-            with open(tok_config, encoding="utf-8") as f:
-                value = json.load(f).get("do_lower_case")
-            if isinstance(value, bool):
-                return value
-    vocab = os.path.join(folder, "vocab.txt")
-    if os.path.isfile(vocab):
-        with open(vocab, encoding="utf-8") as f:
-            words = [line.strip() for line in f]
-        upper = sum(1 for w in words if not w.startswith("[") and any(c.isupper() for c in w))
-        # Cased BERT vocabs have thousands of capitalised pieces; uncased ones have none.
-        return upper < 0.01 * max(len(words), 1)
-    return True
+def load_tokenizer(opts):
+    """BertTokenizer of the model folder; refuses a vocab longer than the model's embedding matrix."""
+    tokenizer = tokenization.BertTokenizer.from_pretrained(opts.model_dir, do_lower_case=opts.do_lower_case)
+    config_path = next((os.path.join(opts.model_dir, n) for n in modeling.CONFIG_NAMES
+                        if os.path.isfile(os.path.join(opts.model_dir, n))), None)
+    if config_path is not None:
+        vocab_size = modeling.BertConfig.from_json_file(config_path).vocab_size
+        if len(tokenizer) > vocab_size:
+            raise ConfigError(f"{tokenizer.vocab_file}: {len(tokenizer)} tokens but the model's vocab_size is "
+                              f"{vocab_size} ({config_path}): ids past {vocab_size - 1} have no embedding; "
+                              "use the vocab.txt that belongs to the model")
+    return tokenizer
 
 
-def load_tokenizer(args):
-    """BertTokenizer from --bert_model's folder (or bundled name); resolves --do_lower_case=None."""
-    import tokenization
-    folder = resolve_model_dir(args.bert_model)
-    if args.do_lower_case is None:
-        args.do_lower_case = _guess_lower_case(folder)
-        logger.info("do_lower_case=%s (from the model folder)", args.do_lower_case)
-    return tokenization.BertTokenizer.from_pretrained(folder, do_lower_case=args.do_lower_case)
-
-
-def load_model(args, task_num_labels=None, task_types=None, task_names=None):
-    """BertForMultiTask.from_pretrained(--bert_model, config=--config, heads...)."""
-    import modeling
+def load_model(opts, task_num_labels=None, task_types=None, task_names=None):
+    """BertForMultiTask from the model folder + adapter config, with the given heads."""
     model = modeling.BertForMultiTask.from_pretrained(
-        args.bert_model, config=args.config, task_num_labels=task_num_labels, task_types=task_types,
-        task_names=task_names)
+        opts.model_dir, config=opts.config, task_num_labels=task_num_labels, task_types=task_types,
+        task_names=task_names, allow_random_init=opts.allow_random_init)
     max_pos = getattr(model.config, "max_position_embeddings", None)
-    if max_pos is not None and args.max_seq_length > max_pos:
-        raise ConfigError(f"--max_seq_length {args.max_seq_length} exceeds the model's "
+    if max_pos is not None and opts.max_seq_length > max_pos:
+        raise ConfigError(f"--max_seq_length {opts.max_seq_length} exceeds the model's "
                           f"max_position_embeddings {max_pos}")
     return model
 
 
-def prepare_output_dir(args, env, training=True):
+def prepare_output_dir(opts, env, training=True):
     """Create --output_dir. A training run refuses a non-empty one unless --overwrite_output_dir or
     --resume; an evaluation-only run (training=False) may write its results next to a model there."""
-    out = args.output_dir
+    out = opts.output_dir
     if env.is_main:
-        if training and os.path.isdir(out) and os.listdir(out) and not (args.overwrite_output_dir or args.resume):
+        if training and os.path.isdir(out) and os.listdir(out) and not (opts.overwrite_output_dir or opts.resume):
             raise ConfigError(f"output directory {out} exists and is not empty; pass --overwrite_output_dir "
                               "(or --resume to continue its checkpoint)")
         os.makedirs(out, exist_ok=True)
@@ -291,13 +358,6 @@ def file_fingerprint(path):
     """Key part for an input file: absolute path, size and mtime (a changed file misses the cache)."""
     st = os.stat(path)
     return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def default_cache_dir(args):
-    """--cache_dir, or <output_dir>/../.feature_cache; None when --cache_dir none."""
-    if args.cache_dir is not None:
-        return None if args.cache_dir.lower() == "none" else args.cache_dir
-    return os.path.join(os.path.dirname(os.path.abspath(args.output_dir.rstrip("/\\"))), ".feature_cache")
 
 
 def cached_features(cache_dir, key_parts, build_fn):
@@ -345,8 +405,9 @@ def cached_features(cache_dir, key_parts, build_fn):
     return features
 
 
-def _is_number(x):
-    return isinstance(x, (bool, int, float, np.integer, np.floating))
+def is_number(x):
+    """A Python or numpy int/float, not a bool (a feature value, a metric)."""
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
 
 
 def _nested_len(value):
@@ -367,7 +428,7 @@ def _depth(value):
             return d + 1
         value = value[0]
         d += 1
-    return d if _is_number(value) else -1
+    return d if is_number(value) else -1
 
 
 def collate(features, pad_to=None):
@@ -526,17 +587,16 @@ class EpochStream:
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
 
 
-def make_stream(args, env, features, task_id=0):
-    """EpochStream configured from the engine flags (batch size, accumulation, padding, ranks)."""
-    return EpochStream(features, args.train_batch_size, args.gradient_accumulation_steps, args.seed,
-                       task_id=task_id, group_by_length=not args.no_group_by_length,
-                       pad_to=args.max_seq_length if args.pad_to_max_length else None,
-                       rank=env.rank, world_size=env.world_size)
+def make_stream(opts, env, features, task_id=0, batch_size=None, seed=None):
+    """EpochStream configured from the options (batch size, accumulation, padding, ranks)."""
+    return EpochStream(features, batch_size or opts.train_batch_size, opts.gradient_accumulation_steps,
+                       opts.seed if seed is None else seed, task_id=task_id, group_by_length=opts.group_by_length,
+                       pad_to=opts.pad_to, rank=env.rank, world_size=env.world_size)
 
 
-def num_training_steps(args, steps_per_epoch):
+def num_training_steps(opts, steps_per_epoch):
     """Optimizer steps for --num_train_epochs (fractional epochs allowed; at least 1)."""
-    return max(1, math.ceil(steps_per_epoch * args.num_train_epochs))
+    return max(1, math.ceil(steps_per_epoch * opts.num_train_epochs))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -589,11 +649,7 @@ def predict(model, features, task_id, batch_size, env=None, pad_to=None, pad_val
     mine = batches[rank::world]
     outputs, loss_sum, loss_n = [], 0.0, 0
     show = (env is None or env.is_main) and sys.stderr.isatty()
-    try:
-        from tqdm import tqdm
-        iterator = tqdm(mine, desc=desc, disable=not show, leave=False)
-    except ImportError:  # tqdm is a dependency; this only keeps predict usable without it
-        iterator = mine
+    iterator = tqdm(mine, desc=desc, disable=not show, leave=False)
     for idx in iterator:
         batch = _move(collate([features[i] for i in idx], pad_to), device)
         with _autocast(device, amp_dtype):
@@ -670,30 +726,28 @@ class Trainer:
       applied to steps whose micro-batches come from more than one task (PCGrad, vaccine).
     """
 
-    def __init__(self, args, env, model, num_training_steps, param_groups=None, grad_combiner=None):
-        import optimization
-        self.args, self.env = args, env
+    def __init__(self, opts, env, model, num_training_steps, param_groups=None, grad_combiner=None):
+        self.opts, self.env = opts, env
         self.model = model.to(env.device)
         self.num_training_steps = int(num_training_steps)
         self.grad_combiner = grad_combiner
         if env.distributed:
-            from torch.nn.parallel import DistributedDataParallel as DDP
             # A step uses one task's adapters and head only: the rest are unused in that step.
-            self.ddp_model = DDP(self.model, device_ids=[env.local_rank] if env.device.type == "cuda" else None,
+            self.ddp_model = DistributedDataParallel(self.model, device_ids=[env.local_rank] if env.device.type == "cuda" else None,
                                  output_device=env.local_rank if env.device.type == "cuda" else None,
                                  find_unused_parameters=True)
         else:
             self.ddp_model = self.model
         if param_groups is None:
-            param_groups = optimization.param_groups(self.model, args.weight_decay, args.learning_rate)
-        self.optimizer = optimization.build_optimizer(args.optimizer, param_groups, args.learning_rate,
-                                                      max_grad_norm=args.max_grad_norm,
-                                                      weight_decay=args.weight_decay)
-        self.engine_clips = args.optimizer != "bertadam" and args.max_grad_norm > 0
-        lr_lambda = optimization.get_lr_lambda(args.schedule, args.warmup_proportion, max(1, self.num_training_steps))
+            param_groups = optimization.param_groups(self.model, opts.weight_decay, opts.learning_rate)
+        self.optimizer = optimization.build_optimizer(opts.optimizer, param_groups, opts.learning_rate,
+                                                      max_grad_norm=opts.max_grad_norm,
+                                                      weight_decay=opts.weight_decay)
+        self.engine_clips = opts.optimizer != "bertadam" and opts.max_grad_norm > 0
+        lr_lambda = optimization.get_lr_lambda(opts.schedule, opts.warmup_proportion, max(1, self.num_training_steps))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda)
         fp16 = env.amp_dtype == torch.float16
-        self.static_loss_scale = float(args.loss_scale) if fp16 and args.loss_scale > 0 else None
+        self.static_loss_scale = float(opts.loss_scale) if fp16 and opts.loss_scale > 0 else None
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=fp16,
                                            init_scale=self.static_loss_scale or 2.0 ** 16)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -712,8 +766,7 @@ class Trainer:
     def tb_writer(self):
         """TensorBoard SummaryWriter on rank 0 (created on first use in <output_dir>/runs), else None."""
         if self._tb_writer is None and self.env.is_main:
-            from torch.utils.tensorboard import SummaryWriter
-            self._tb_writer = SummaryWriter(os.path.join(self.args.output_dir, TENSORBOARD_DIR))
+            self._tb_writer = SummaryWriter(os.path.join(self.opts.output_dir, TENSORBOARD_DIR))
         return self._tb_writer
 
     def log_scalars(self, tag_prefix, values, step=None):
@@ -723,8 +776,7 @@ class Trainer:
         step = self.global_step if step is None else step
         writer = self.tb_writer
         for key, value in values.items():
-            if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
-                    and math.isfinite(float(value)):
+            if is_number(value) and math.isfinite(float(value)):
                 writer.add_scalar(f"{tag_prefix}/{key}" if tag_prefix else key, float(value), step)
         writer.flush()
 
@@ -836,7 +888,7 @@ class Trainer:
         if fp16 or self.engine_clips:
             self.scaler.unscale_(self.optimizer)
         if self.engine_clips:
-            torch.nn.utils.clip_grad_norm_(self.params, self.args.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(self.params, self.opts.max_grad_norm)
         if fp16:
             skipped = False
             with contextlib.suppress(Exception):  # private API: only used to count skipped steps
@@ -852,7 +904,6 @@ class Trainer:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        import warnings
         with warnings.catch_warnings():
             # A first fp16 step skipped by the scaler makes LambdaLR warn about the call order.
             warnings.simplefilter("ignore", UserWarning)
@@ -874,7 +925,7 @@ class Trainer:
         Collective under torch.distributed (RNG states of every rank are gathered); rank 0 writes."""
         rng = self._gather_rng()
         if self.env.is_main:
-            out = self.args.output_dir
+            out = self.opts.output_dir
             state = {
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
@@ -941,16 +992,15 @@ class Trainer:
         the step, before that step's checkpoint); returning True stops training. With --resume,
         continues from <output_dir>/checkpoint. Returns {"global_step", "loss" (mean step loss of
         the whole run), "stopped_early"}."""
-        args, env = self.args, self.env
+        opts, env = self.opts, self.env
         steps_per_epoch = steps_per_epoch or getattr(stream, "steps_per_epoch", None) or num_steps
-        if args.resume:
-            path = find_checkpoint(args.output_dir)
+        if opts.resume:
+            path = find_checkpoint(opts.output_dir)
             if path is not None:
                 self.load_checkpoint(path, stream)
             else:
-                logger.info("--resume: no checkpoint in %s, starting from scratch", args.output_dir)
+                logger.info("--resume: no checkpoint in %s, starting from scratch", opts.output_dir)
         self.ddp_model.train()
-        from tqdm import tqdm
         bar = tqdm(total=num_steps, initial=self.global_step, desc=desc,
                    disable=not (env.is_main and sys.stderr.isatty()), dynamic_ncols=True)
         log_loss, log_n = 0.0, 0
@@ -965,7 +1015,7 @@ class Trainer:
                     self.train_loss_steps += 1
                     log_loss, log_n = log_loss + loss, log_n + 1
                 bar.update(1)
-                if env.is_main and (self.global_step % max(1, args.logging_steps) == 0 or self.global_step == num_steps):
+                if env.is_main and (self.global_step % max(1, opts.logging_steps) == 0 or self.global_step == num_steps):
                     lr = self.scheduler.get_last_lr()[0]
                     avg = log_loss / max(log_n, 1)
                     bar.set_postfix(loss=f"{avg:.4f}", lr=f"{lr:.2e}")
@@ -980,13 +1030,13 @@ class Trainer:
                         self.ddp_model.train()
                         if stop:
                             self.stopped_early = True
-                if args.save_steps and args.save_steps > 0 and self.global_step % args.save_steps == 0:
+                if opts.save_steps > 0 and self.global_step % opts.save_steps == 0:
                     self.save_checkpoint(stream)
                     saved_at = self.global_step
                 if self.stopped_early:
                     logger.info("early stop after epoch %d (step %d)", self.epoch, self.global_step)
                     break
-            if saved_at != self.global_step or find_checkpoint(args.output_dir) is None:
+            if saved_at != self.global_step or find_checkpoint(opts.output_dir) is None:
                 self.save_checkpoint(stream)
         finally:
             bar.close()
@@ -999,9 +1049,9 @@ class Trainer:
 
     def predict(self, features, task_id, batch_size=None, pad_to=None):
         """See module-level predict(); collective under torch.distributed."""
-        if pad_to is None and self.args.pad_to_max_length:
-            pad_to = self.args.max_seq_length
-        return predict(self.model, features, task_id, batch_size or self.args.eval_batch_size, self.env,
+        if pad_to is None:
+            pad_to = self.opts.pad_to
+        return predict(self.model, features, task_id, batch_size or self.opts.eval_batch_size, self.env,
                        pad_to=pad_to)
 
     def save_model(self, directory, tokenizer=None):

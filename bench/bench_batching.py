@@ -42,7 +42,7 @@ def glue_like_features(n, seed, max_len=128, median=25, sigma=0.6, vocab=(1000, 
     return feats, lengths
 
 
-def engine_args(output_dir, *extra):
+def engine_options(output_dir, *extra):
     parser = argparse.ArgumentParser()
     training.add_engine_args(parser)
     return parser.parse_args(["--bert_model", "minilm-l6", "--output_dir", output_dir, "--cache_dir", "none",
@@ -52,7 +52,7 @@ def engine_args(output_dir, *extra):
 def engine_trainer(feats, batch_size, *extra):
     """A Trainer on MiniLM and the list of steps of one epoch (batches collated up front)."""
     out = tempfile.mkdtemp(prefix="bench-")
-    args = engine_args(out, "--train_batch_size", str(batch_size), *extra)
+    args = engine_options(out, "--train_batch_size", str(batch_size), *extra)
     env = training.setup_env(args)
     model = training.load_model(args, [2])
     stream = training.make_stream(args, env, feats)

@@ -73,10 +73,10 @@ def main(argv=None):
     if a.threads:
         torch.set_num_threads(a.threads)
     parser = training.add_engine_args(argparse.ArgumentParser())
-    engine_args = ["--output_dir", "/tmp/bench_multitask_step", "--learning_rate", "1e-5", "--logging_steps", "100000"]
+    engine_options = ["--output_dir", "/tmp/bench_multitask_step", "--learning_rate", "1e-5", "--logging_steps", "100000"]
     if a.no_cuda:
-        engine_args.append("--no_cuda")
-    args = parser.parse_args(engine_args)
+        engine_options.append("--no_cuda")
+    args = parser.parse_args(engine_options)
     env = training.setup_env(args)
     kinds = ["minilm", "bert-base"] if a.model == "both" else [a.model]
     print(f"device {env.device}, torch threads {torch.get_num_threads()}, batch {a.batch_size} x {a.seq_len} tokens, "

@@ -11,7 +11,6 @@ vocab.txt) loads as --bert_model in run_classifier.py / run_multi_task.py.
     python lm_finetuning/finetune_on_pregenerated.py --pregenerated_data training/ \
         --bert_model minilm-l6 --do_lower_case --output_dir finetuned_lm/ --epochs 3
 """
-import argparse
 import json
 import logging
 import math
@@ -24,7 +23,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import training  # noqa: E402
-from file_utils import ConfigError, run_cli  # noqa: E402
+from file_utils import ConfigError, make_parser, run_cli  # noqa: E402
 from tasks import pretraining  # noqa: E402
 
 logger = logging.getLogger("finetune_on_pregenerated")
@@ -33,7 +32,7 @@ TASK_NAME = "lm"
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = make_parser(__doc__.split("\n")[0])
     p.add_argument("--pregenerated_data", required=True,
                    help="folder with epoch_N.json + epoch_N_metrics.json from pregenerate_training_data.py")
     p.add_argument("--epochs", type=float, default=None,
@@ -60,7 +59,7 @@ def plan_epochs(folder, num_epochs):
     return [data_epochs[e % len(data_epochs)] for e in range(n_train)]
 
 
-def check_pregenerate_config(folder, args):
+def check_pregenerate_config(folder, do_lower_case):
     """Warn when the data were made with another vocabulary setting than this run."""
     path = os.path.join(folder, "pregenerate_config.json")
     if not os.path.isfile(path):
@@ -70,9 +69,9 @@ def check_pregenerate_config(folder, args):
             made = json.load(f)
     except (OSError, ValueError):
         return
-    if made.get("do_lower_case") is not None and bool(made["do_lower_case"]) != bool(args.do_lower_case):
+    if made.get("do_lower_case") is not None and bool(made["do_lower_case"]) != bool(do_lower_case):
         logger.warning("the data were pregenerated with do_lower_case=%s but this run uses %s: use the same "
-                       "case setting for both", made["do_lower_case"], args.do_lower_case)
+                       "case setting for both", made["do_lower_case"], do_lower_case)
 
 
 def main(argv=None):
@@ -81,20 +80,21 @@ def main(argv=None):
     if num_epochs <= 0:
         raise ConfigError(f"--epochs must be > 0, got {num_epochs}")
     args.num_train_epochs = num_epochs
-    env = training.setup_env(args)
     plan = plan_epochs(args.pregenerated_data, num_epochs)
     # The sequence length comes from the data, not from a flag (checked against the model below).
     args.max_seq_length = max(max_len for _, _, max_len in plan)
-    training.prepare_output_dir(args, env)
-    tokenizer = training.load_tokenizer(args)  # resolves --do_lower_case before it is recorded
-    training.write_run_config(args, args.output_dir, env)
-    check_pregenerate_config(args.pregenerated_data, args)
-    model = training.load_model(args, task_num_labels=[2], task_types=["pretraining"], task_names=[TASK_NAME])
+    opts = training.EngineOptions.from_args(args)
+    env = training.setup_env(opts)
+    training.prepare_output_dir(opts, env)
+    tokenizer = training.load_tokenizer(opts)
+    training.write_run_config(args, opts.output_dir, env)
+    check_pregenerate_config(args.pregenerated_data, opts.do_lower_case)
+    model = training.load_model(opts, task_num_labels=[2], task_types=["pretraining"], task_names=[TASK_NAME])
 
     memmap_root = None
     if args.reduce_memory:
         # A folder on the output's disk: the system temp folder may be a RAM disk.
-        memmap_root = tempfile.TemporaryDirectory(prefix=".memmap_", dir=args.memmap_dir or args.output_dir)
+        memmap_root = tempfile.TemporaryDirectory(prefix=".memmap_", dir=args.memmap_dir or opts.output_dir)
 
     def load_epoch(epoch):
         path, num, max_len = plan[epoch]
@@ -105,16 +105,16 @@ def main(argv=None):
                                              progress=env.is_main and sys.stderr.isatty())
 
     stream = pretraining.DataEpochStream(
-        load_epoch, [num for _, num, _ in plan], args.train_batch_size, args.gradient_accumulation_steps,
-        args.seed, group_by_length=not args.no_group_by_length,
-        pad_to=args.max_seq_length if args.pad_to_max_length else None, rank=env.rank, world_size=env.world_size)
+        load_epoch, [num for _, num, _ in plan], opts.train_batch_size, opts.gradient_accumulation_steps,
+        opts.seed, group_by_length=opts.group_by_length, pad_to=opts.pad_to, rank=env.rank,
+        world_size=env.world_size)
     full = int(num_epochs)
     num_steps = sum(stream.steps[:full]) + (math.ceil((num_epochs - full) * stream.steps[full])
                                             if num_epochs > full else 0)
     logger.info("%d examples over %s epoch(s), %d optimizer steps (batch %d, accumulation %d, %d process(es))",
-                sum(num for _, num, _ in plan), num_epochs, num_steps, args.train_batch_size,
-                args.gradient_accumulation_steps, env.world_size)
-    trainer = training.Trainer(args, env, model, num_steps)
+                sum(num for _, num, _ in plan), num_epochs, num_steps, opts.train_batch_size,
+                opts.gradient_accumulation_steps, env.world_size)
+    trainer = training.Trainer(opts, env, model, num_steps)
     try:
         result = trainer.train(stream, num_steps, stream.steps_per_epoch, desc="lm fine-tuning")
     finally:
@@ -122,11 +122,11 @@ def main(argv=None):
         if memmap_root is not None:
             memmap_root.cleanup()
         trainer.close()
-    trainer.save_model(args.output_dir, tokenizer)
+    trainer.save_model(opts.output_dir, tokenizer)
     if env.is_main:
-        training.write_eval_results(os.path.join(args.output_dir, "train_results.txt"),
+        training.write_eval_results(os.path.join(opts.output_dir, "train_results.txt"),
                                     {"global_step": result["global_step"], "loss": result["loss"]})
-        logger.info("saved to %s: global_step %d, mean loss %.4f", args.output_dir, result["global_step"],
+        logger.info("saved to %s: global_step %d, mean loss %.4f", opts.output_dir, result["global_step"],
                     result["loss"])
     return 0
 

@@ -9,7 +9,6 @@ its own A/B splits and masks. Train on the folder with finetune_on_pregenerated.
     python lm_finetuning/pregenerate_training_data.py --train_corpus corpus.txt \
         --bert_model minilm-l6 --do_lower_case --output_dir training/ --epochs_to_generate 3
 """
-import argparse
 import glob
 import logging
 import multiprocessing
@@ -20,14 +19,15 @@ import sys
 # folder) holds the shared modules, and Python only puts this script's own folder on sys.path.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from file_utils import ConfigError, atomic_write_json, run_cli  # noqa: E402
+from file_utils import ConfigError, atomic_write_json, make_parser, resolve_model_dir, run_cli  # noqa: E402
 from tasks import pretraining  # noqa: E402
+from tokenization import BertTokenizer, guess_do_lower_case  # noqa: E402
 
 logger = logging.getLogger("pregenerate_training_data")
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = make_parser(__doc__.split("\n")[0])
     p.add_argument("--train_corpus", required=True, help="text file: one sentence per line, blank line between documents")
     p.add_argument("--output_dir", required=True, help="folder for epoch_N.json / epoch_N_metrics.json")
     p.add_argument("--bert_model", default="minilm-l6",
@@ -92,13 +92,10 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     check_args(args)
-    if args.do_lower_case is None:
-        # The training scripts' rule, so that both steps tokenize alike (imports torch: only here).
-        import training
-        tokenizer = training.load_tokenizer(args)
-    else:
-        from tokenization import BertTokenizer
-        tokenizer = BertTokenizer.from_pretrained(args.bert_model, do_lower_case=args.do_lower_case)
+    model_dir = resolve_model_dir(args.bert_model)
+    if args.do_lower_case is None:  # the training scripts' rule, so that both steps tokenize alike
+        args.do_lower_case = guess_do_lower_case(model_dir)
+    tokenizer = BertTokenizer.from_pretrained(model_dir, do_lower_case=args.do_lower_case)
     os.makedirs(args.output_dir, exist_ok=True)
     old = old_epochs(args.output_dir, args.overwrite_output_dir)
 

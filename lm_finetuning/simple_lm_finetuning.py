@@ -11,7 +11,6 @@ output folder (config.json, model.safetensors, vocab.txt) loads as --bert_model 
     python lm_finetuning/simple_lm_finetuning.py --train_corpus corpus.txt \
         --bert_model minilm-l6 --do_lower_case --output_dir finetuned_lm/ --do_train
 """
-import argparse
 import logging
 import os
 import random
@@ -22,7 +21,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import training  # noqa: E402
-from file_utils import ConfigError, DataError, run_cli  # noqa: E402
+from file_utils import ConfigError, DataError, make_parser, run_cli  # noqa: E402
 from tasks import pretraining  # noqa: E402
 
 logger = logging.getLogger("simple_lm_finetuning")
@@ -31,7 +30,7 @@ TASK_NAME = "lm"
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = make_parser(__doc__.split("\n")[0])
     p.add_argument("--train_corpus", required=True,
                    help="text file: one sentence per line, blank line between documents")
     p.add_argument("--do_train", action="store_true",
@@ -46,10 +45,11 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    env = training.setup_env(args)
-    tokenizer = training.load_tokenizer(args)
-    if args.max_seq_length < 5:
-        raise ConfigError(f"--max_seq_length must be at least 5 ([CLS] A [SEP] B [SEP]), got {args.max_seq_length}")
+    opts = training.EngineOptions.from_args(args)
+    env = training.setup_env(opts)
+    tokenizer = training.load_tokenizer(opts)
+    if opts.max_seq_length < 5:
+        raise ConfigError(f"--max_seq_length must be at least 5 ([CLS] A [SEP] B [SEP]), got {opts.max_seq_length}")
     if not 0.0 < args.masked_lm_prob < 1.0:
         raise ConfigError(f"--masked_lm_prob must be in (0, 1), got {args.masked_lm_prob}")
     db = pretraining.read_corpus(args.train_corpus, tokenizer, progress=env.is_main and sys.stderr.isatty())
@@ -57,39 +57,39 @@ def main(argv=None):
     if num_pairs < 1:
         raise DataError(args.train_corpus, None, "no document has two sentences, so there is no sentence pair")
     logger.info("%d documents, %d sentences, %d sentence pairs per epoch", len(db), db.num_sentences, num_pairs)
-    training.prepare_output_dir(args, env)
-    training.write_run_config(args, args.output_dir, env)
-    model = training.load_model(args, task_num_labels=[2], task_types=["pretraining"], task_names=[TASK_NAME])
+    training.prepare_output_dir(opts, env)
+    training.write_run_config(args, opts.output_dir, env)
+    model = training.load_model(opts, task_num_labels=[2], task_types=["pretraining"], task_names=[TASK_NAME])
 
     special = {"cls": tokenizer.cls_token_id, "sep": tokenizer.sep_token_id, "mask": tokenizer.mask_token_id}
-    vocab_size = max(tokenizer.vocab.values()) + 1
+    vocab_size = len(tokenizer)
 
     def load_epoch(epoch):
         # Pairs and masks depend only on (seed, epoch): a resumed run sees the same data.
-        rng = random.Random(f"simple_lm:{args.seed}:{epoch}")
+        rng = random.Random(f"simple_lm:{opts.seed}:{epoch}")
         return pretraining.FeatureEpoch(pretraining.simple_lm_features(
-            db, args.max_seq_length, special, vocab_size, rng, mask_prob=args.masked_lm_prob))
+            db, opts.max_seq_length, special, vocab_size, rng, mask_prob=args.masked_lm_prob))
 
-    num_epochs = max(1, int(-(-args.num_train_epochs // 1)))
+    num_epochs = max(1, int(-(-opts.num_train_epochs // 1)))
     stream = pretraining.DataEpochStream(
-        load_epoch, [num_pairs] * num_epochs, args.train_batch_size, args.gradient_accumulation_steps,
-        args.seed, group_by_length=not args.no_group_by_length,
-        pad_to=args.max_seq_length if args.pad_to_max_length else None, rank=env.rank, world_size=env.world_size)
-    num_steps = training.num_training_steps(args, stream.steps_per_epoch)
+        load_epoch, [num_pairs] * num_epochs, opts.train_batch_size, opts.gradient_accumulation_steps,
+        opts.seed, group_by_length=opts.group_by_length, pad_to=opts.pad_to, rank=env.rank,
+        world_size=env.world_size)
+    num_steps = training.num_training_steps(opts, stream.steps_per_epoch)
     logger.info("%d optimizer steps over %s epoch(s) (batch %d, accumulation %d)", num_steps,
-                args.num_train_epochs, args.train_batch_size, args.gradient_accumulation_steps)
-    trainer = training.Trainer(args, env, model, num_steps)
+                opts.num_train_epochs, opts.train_batch_size, opts.gradient_accumulation_steps)
+    trainer = training.Trainer(opts, env, model, num_steps)
     try:
         result = trainer.train(stream, num_steps, stream.steps_per_epoch, desc="simple lm fine-tuning")
     finally:
         stream.close()
         db.close()
         trainer.close()
-    trainer.save_model(args.output_dir, tokenizer)
+    trainer.save_model(opts.output_dir, tokenizer)
     if env.is_main:
-        training.write_eval_results(os.path.join(args.output_dir, "train_results.txt"),
+        training.write_eval_results(os.path.join(opts.output_dir, "train_results.txt"),
                                     {"global_step": result["global_step"], "loss": result["loss"]})
-        logger.info("saved to %s: global_step %d, mean loss %.4f", args.output_dir, result["global_step"],
+        logger.info("saved to %s: global_step %d, mean loss %.4f", opts.output_dir, result["global_step"],
                     result["loss"])
     return 0
 

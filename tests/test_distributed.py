@@ -22,7 +22,7 @@ import os, sys, json
 sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
 import torch
 import training
-from test_training_helpers import engine_args, synthetic_features
+from test_training_helpers import engine_options, synthetic_features
 
 model_dir, out_root = sys.argv[1], sys.argv[2]
 
@@ -47,7 +47,7 @@ class Mixed:
 
 for mode in ("plain", "combiner"):
     out_dir = os.path.join(out_root, mode)
-    args = engine_args(model_dir, out_dir, "--train_batch_size", 12, "--gradient_accumulation_steps", 2,
+    args = engine_options(model_dir, out_dir, "--train_batch_size", 12, "--gradient_accumulation_steps", 2,
                        "--learning_rate", 1e-3, "--warmup_proportion", 0.2, "--logging_steps", 1000)
     env = training.setup_env(args)
     training.prepare_output_dir(args, env)

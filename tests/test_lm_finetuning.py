@@ -388,14 +388,13 @@ def test_finetune_on_pregenerated_fp16_cuda(data_dir, tiny_model, tmp_path):
 
 
 def test_case_setting_follows_model_folder_and_mismatch_warns(tmp_path, caplog):
-    import argparse
     corpus = write_corpus(tmp_path / "c.txt", num_docs=3)
     out = str(tmp_path / "out")
     pregenerate_training_data.main(["--train_corpus", corpus, "--output_dir", out, "--epochs_to_generate", "1",
                                     "--bert_model", "minilm-l6"])  # no case flag: the uncased MiniLM says lower
     assert json.load(open(os.path.join(out, "pregenerate_config.json")))["do_lower_case"] is True
     with caplog.at_level("WARNING"):
-        finetune_on_pregenerated.check_pregenerate_config(out, argparse.Namespace(do_lower_case=True))
+        finetune_on_pregenerated.check_pregenerate_config(out, True)
         assert "do_lower_case" not in caplog.text
-        finetune_on_pregenerated.check_pregenerate_config(out, argparse.Namespace(do_lower_case=False))
+        finetune_on_pregenerated.check_pregenerate_config(out, False)
     assert "pregenerated with do_lower_case=True but this run uses False" in caplog.text

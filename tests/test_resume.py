@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import training
-from test_training_helpers import single_thread, ROOT, engine_args, state_dict_max_diff, synthetic_features, write_tiny_model
+from test_training_helpers import single_thread, ROOT, engine_options, state_dict_max_diff, synthetic_features, write_tiny_model
 
 FLAGS = ("--train_batch_size", 8, "--gradient_accumulation_steps", 2, "--learning_rate", 1e-3,
          "--save_steps", 3, "--logging_steps", 1000)
@@ -24,11 +24,11 @@ import os, sys, time
 sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
 import torch
 import training
-from test_training_helpers import engine_args, synthetic_features
+from test_training_helpers import engine_options, synthetic_features
 from test_resume import FLAGS, STEPS, on_epoch_end
 
 model_dir, out_dir, extra = sys.argv[1], sys.argv[2], sys.argv[3:]
-args = engine_args(model_dir, out_dir, *FLAGS, *extra)
+args = engine_options(model_dir, out_dir, *FLAGS, *extra)
 env = training.setup_env(args)
 training.prepare_output_dir(args, env)
 model = training.load_model(args, [2])
@@ -63,7 +63,7 @@ def model_dir(tmp_path_factory):
 
 
 def _train(model_dir, out, steps, *extra):
-    args = engine_args(model_dir, str(out), *FLAGS, *extra)
+    args = engine_options(model_dir, str(out), *FLAGS, *extra)
     env = training.setup_env(args)
     training.prepare_output_dir(args, env)
     model = training.load_model(args, [2])
@@ -149,7 +149,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(model_dir, tmp_path, m
 def test_resume_without_checkpoint_starts_fresh_and_mismatched_data_is_refused(model_dir, tmp_path):
     _, trainer = _train(model_dir, tmp_path / "fresh", 2, "--resume")
     assert trainer.global_step == 2
-    args = engine_args(model_dir, str(tmp_path / "fresh"), *FLAGS, "--resume")
+    args = engine_options(model_dir, str(tmp_path / "fresh"), *FLAGS, "--resume")
     env = training.setup_env(args)
     model = training.load_model(args, [2])
     other = training.Trainer(args, env, model, STEPS)

@@ -2,6 +2,7 @@
 against independent expectations (a plain PyTorch loop, hand-computed gradients, per-example
 forward passes). Tiny random BERTs (hidden 32, 2 layers) keep every test to a second or two."""
 import copy
+import dataclasses
 import json
 import os
 import pickle
@@ -10,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+import tokenization
 import training
 from file_utils import ConfigError
-from test_training_helpers import single_thread, engine_args, state_dict_max_diff, synthetic_features, write_tiny_model
+from test_training_helpers import single_thread, engine_options, state_dict_max_diff, synthetic_features, write_tiny_model
 
 pytestmark = pytest.mark.usefixtures(single_thread.__name__)  # tiny models: one thread
 
@@ -23,7 +25,7 @@ def tiny_dir(tmp_path_factory):
 
 
 def _setup(tiny_dir, out, *flags, tasks=(2,)):
-    args = engine_args(tiny_dir, str(out), *flags)
+    args = engine_options(tiny_dir, str(out), *flags)
     env = training.setup_env(args)
     model = training.load_model(args, list(tasks))
     return args, env, model
@@ -273,7 +275,7 @@ def test_fp16_needs_cuda(tiny_dir, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("CUDA present")
     with pytest.raises(ConfigError, match="--fp16 needs a CUDA device"):
-        training.setup_env(engine_args(tiny_dir, str(tmp_path), "--fp16"))
+        training.setup_env(engine_options(tiny_dir, str(tmp_path), "--fp16"))
 
 
 @pytest.mark.parametrize("loss_scale", [0, 128])
@@ -281,7 +283,7 @@ def test_fp16_scaler_logic_on_cpu(tiny_dir, tmp_path, loss_scale):
     """The runner refuses --fp16 on CPU, but torch.amp can run fp16 autocast + GradScaler on CPU:
     enough to check the engine's scaler handling (dynamic vs static scale, skipped-step limit)."""
     args, env, model = _setup(tiny_dir, tmp_path / "out", "--train_batch_size", 4, "--loss_scale", loss_scale)
-    args.fp16, env.amp_dtype = True, torch.float16
+    args, env.amp_dtype = dataclasses.replace(args, precision="fp16"), torch.float16
     trainer = training.Trainer(args, env, model, 40)
     assert trainer.scaler.is_enabled() and trainer.scaler.get_scale() == (loss_scale or 2.0 ** 16)
     result = trainer.train(training.make_stream(args, env, synthetic_features(16, seed=12)), 3)
@@ -346,7 +348,7 @@ def test_early_stop_epoch_callback_and_dropout_back_on(tmp_path):
     assert result["stopped_early"] and trainer.global_step == 6 and model.training
     trainer.close()
     # --resume after an early stop does not train on
-    args.resume = True
+    args = dataclasses.replace(args, resume=True)
     again = training.Trainer(args, env, training.load_model(args, [2]), 20)
     assert again.train(training.make_stream(args, env, feats), 20, on_epoch_end=on_epoch_end)["stopped_early"]
     assert again.global_step == 6 and len(calls) == 3
@@ -360,15 +362,15 @@ def test_output_dir_run_config_and_tensorboard(tiny_dir, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("x")
-    args = engine_args(tiny_dir, str(out), "--train_batch_size", 4, "--logging_steps", 1)
+    args = engine_options(tiny_dir, str(out), "--train_batch_size", 4, "--logging_steps", 1)
     env = training.setup_env(args)
     with pytest.raises(ConfigError, match="not empty"):
         training.prepare_output_dir(args, env)
-    args.overwrite_output_dir = True
+    args = dataclasses.replace(args, overwrite_output_dir=True)
     training.prepare_output_dir(args, env)
     training.write_run_config(args, str(out), env)
     config = json.loads((out / "run_config.json").read_text())
-    assert config["flags"]["train_batch_size"] == 4 and config["flags"]["bert_model"] == tiny_dir
+    assert config["flags"]["train_batch_size"] == 4 and config["flags"]["model_dir"] == tiny_dir
     assert isinstance(config["argv"], list)
     model = training.load_model(args, [2])
     trainer = training.Trainer(args, env, model, 3)
@@ -386,16 +388,15 @@ def test_output_dir_run_config_and_tensorboard(tiny_dir, tmp_path):
 
 def test_flag_checks_and_lower_case_guess(tiny_dir, tmp_path, minilm_dir):
     with pytest.raises(ConfigError, match="not divisible"):
-        training.setup_env(engine_args(tiny_dir, str(tmp_path), "--train_batch_size", 10,
+        training.setup_env(engine_options(tiny_dir, str(tmp_path), "--train_batch_size", 10,
                                        "--gradient_accumulation_steps", 3))
     with pytest.raises(ConfigError, match="exclusive"):
-        training.setup_env(engine_args(tiny_dir, str(tmp_path), "--fp16", "--bf16"))
+        training.setup_env(engine_options(tiny_dir, str(tmp_path), "--fp16", "--bf16"))
     with pytest.raises(ConfigError, match="torchrun"):  # --local_rank without the launcher's env vars
-        training.setup_env(engine_args(tiny_dir, str(tmp_path), "--local_rank", 0))
-    args = engine_args(minilm_dir, str(tmp_path))
-    assert args.do_lower_case is None
+        training.setup_env(engine_options(tiny_dir, str(tmp_path), "--local_rank", 0))
+    args = engine_options(minilm_dir, str(tmp_path))  # no casing flag: read from the folder
     tok = training.load_tokenizer(args)
     assert args.do_lower_case is True and tok.tokenize("Hello") == ["hello"]
-    assert training._guess_lower_case(tiny_dir) is True
+    assert tokenization.guess_do_lower_case(tiny_dir) is True
     with pytest.raises(ConfigError, match="max_position_embeddings"):
-        training.load_model(engine_args(tiny_dir, str(tmp_path), "--max_seq_length", 100), [2])
+        training.load_model(engine_options(tiny_dir, str(tmp_path), "--max_seq_length", 100), [2])

@@ -16,13 +16,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+import modeling  # noqa: E402  (after the path set-up above, for subprocess workers)
+import training  # noqa: E402
+
 TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(95)]
 
 
 def write_tiny_model(directory, dropout=0.0, seed=0, vocab_file=None, **overrides):
     """A random BertModel checkpoint folder (config.json, model.safetensors, vocab.txt).
     vocab_file: use a real vocab (e.g. MiniLM's) instead of the 100-token toy vocab."""
-    import modeling
     os.makedirs(directory, exist_ok=True)
     tokens = TINY_VOCAB
     if vocab_file is not None:
@@ -57,13 +59,13 @@ def synthetic_features(n, seed=0, num_labels=2, min_len=4, max_len=24, regressio
     return out
 
 
-def engine_args(model_dir, output_dir, *extra):
-    """Parse the engine flags as a runner would."""
-    import training
+def engine_options(model_dir, output_dir, *extra):
+    """EngineOptions from engine flags, parsed as a runner would."""
     parser = argparse.ArgumentParser()
     training.add_engine_args(parser)
-    return parser.parse_args(["--bert_model", model_dir, "--output_dir", output_dir,
-                              "--max_seq_length", "32", "--cache_dir", "none", *map(str, extra)])
+    return training.EngineOptions.from_args(parser.parse_args(
+        ["--bert_model", model_dir, "--output_dir", output_dir, "--max_seq_length", "32", "--cache_dir", "none",
+         *map(str, extra)]))
 
 
 def state_dict_max_diff(a, b):
