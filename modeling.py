@@ -753,7 +753,8 @@ def _resolve_tasks(config, task_num_labels, task_types, task_names):
     if not task_num_labels:
         raise ConfigError("task_num_labels is empty: at least one task is needed")
     if task_types is None:
-        task_types = config.task_types if config.task_types is not None and len(config.task_types) == len(task_num_labels) \
+        fits = config.task_types is not None and len(config.task_types) == len(task_num_labels)
+        task_types = config.task_types if fits \
             else ["regression" if n == 1 else "classification" for n in task_num_labels]
     task_types = list(task_types)
     if len(task_types) != len(task_num_labels):
@@ -768,12 +769,14 @@ def _resolve_tasks(config, task_num_labels, task_types, task_names):
         if t == "token" and n < 1:
             raise ConfigError(f"task {i}: a token head needs >= 1 label, got {n}")
     if task_names is None:
-        task_names = config.task_names if config.task_names is not None and len(config.task_names) == len(task_num_labels) \
+        fits = config.task_names is not None and len(config.task_names) == len(task_num_labels)
+        task_names = config.task_names if fits \
             else None
     if task_names is not None:
         task_names = [str(n) for n in task_names]
         if len(task_names) != len(task_num_labels):
-            raise ConfigError(f"task_names has {len(task_names)} entries but task_num_labels has {len(task_num_labels)}")
+            raise ConfigError(f"task_names has {len(task_names)} entries but task_num_labels has "
+                              f"{len(task_num_labels)}")
     return task_num_labels, task_types, task_names
 
 
@@ -826,7 +829,8 @@ class BertForMultiTask(nn.Module):
         head = self.heads[task_id]
         if head_type == "choice":  # [B,K,S] -> [B*K,S]; the head folds logits back to [B,K]
             if input_ids.dim() != 3:
-                raise ValueError(f"a choice head (task {task_id}) needs input_ids [B, K, S], got {tuple(input_ids.shape)}")
+                raise ValueError(f"a choice head (task {task_id}) needs input_ids [B, K, S], "
+                                 f"got {tuple(input_ids.shape)}")
             head_inputs["num_choices"] = input_ids.shape[1]
             flat = lambda t: None if t is None else t.reshape(-1, t.shape[-1])  # noqa: E731
             input_ids, token_type_ids, attention_mask = flat(input_ids), flat(token_type_ids), flat(attention_mask)
@@ -968,7 +972,8 @@ def _config_hint(adapter_config, ckpt_config):
     if path and prefix and not os.path.basename(path).startswith(prefix):
         candidate = os.path.join(os.path.dirname(path) or ".", prefix + os.path.basename(path))
         return f"; for a model of hidden size {ckpt_config.hidden_size} use {candidate}"
-    return f"; use an adapter config written for this checkpoint's sizes (or a short name: {', '.join(ADAPTER_CONFIGS)})"
+    return (f"; use an adapter config written for this checkpoint's sizes "
+            f"(or a short name: {', '.join(ADAPTER_CONFIGS)})")
 
 
 def _find_file(directory, names, what):

@@ -400,8 +400,9 @@ class GradientCombiner:
     grads, in order) lets the vaccine keep one EMA per task pair. The Trainer passes only the grads,
     in the order the step's tasks first appear in its micro-batches, which is the order of
     `stream.last_tasks` of the MultiTaskStream this combiner is attached to (it sets `stream`);
-    with neither, the positions are used. The random order over the other tasks comes from a seeded numpy Generator: the same on
-    every DDP rank, and its state (plus the vaccine EMA) is in `state_dict()` for exact resume.
+    with neither, the positions are used. The random order over the other tasks comes from a seeded
+    numpy Generator: the same on every DDP rank, and its state (plus the vaccine EMA) is in
+    `state_dict()` for exact resume.
     """
 
     def __init__(self, method, num_tasks, seed=0, beta=0.01):
@@ -460,7 +461,8 @@ def parameter_report(model, task_names, count_fn):
     return {"total": int(total), "shared": int(shared), "per_task": dict(zip(task_names, map(int, per_task))),
             "task_specific_total": int(total - shared), "one_bert": int(shared),
             "multiplier_vs_one_bert": total / shared if shared else float("nan"),
-            "separate_models_total": int(separate), "separate_multiplier": separate / shared if shared else float("nan"),
+            "separate_models_total": int(separate),
+            "separate_multiplier": separate / shared if shared else float("nan"),
             "fewer_than_separate": separate / total if total else float("nan")}
 
 
@@ -547,8 +549,8 @@ def save_task_parameters(model, task_id, task_name, directory, info):
 
     def write(tmp):
         save_file(state, os.path.join(tmp, "task_parameters.safetensors"))
-        atomic_write_json(os.path.join(tmp, "task_info.json"), dict(info, task=task_name, task_id=task_id,
-                                                                     num_parameters=sum(v.numel() for v in state.values())))
+        atomic_write_json(os.path.join(tmp, "task_info.json"), dict(
+            info, task=task_name, task_id=task_id, num_parameters=sum(v.numel() for v in state.values())))
     save_dir_atomically(directory, write)
 
 

@@ -25,10 +25,6 @@ logger = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- schedules
 
-def _warmup(x, w):
-    return x / w
-
-
 def _linear(x, w):
     """v0.6.2 WarmupLinearSchedule: continuous, 1 at the end of warmup, 0 at x = 1."""
     if x < w:

@@ -101,7 +101,8 @@ def main(argv=None):
     tasks = [glue.get_task(n) for n in names]
     if args.demo:
         print(f"DEMO PROFILE (no --data_dir): bundled sample data {os.path.relpath(args.data_dir)}, "
-              f"{int(args.num_train_epochs)} epochs x {args.steps_per_epoch or DEMO_PROFILE['steps_per_task'] * len(names)}"
+              f"{int(args.num_train_epochs)} epochs x "
+              f"{args.steps_per_epoch or DEMO_PROFILE['steps_per_task'] * len(names)}"
               f" steps, {args.optimizer} lr {args.learning_rate:g}, dev capped at {args.max_eval_examples} examples. "
               "Explicit flags override; pass --data_dir for real runs.", flush=True)
     if args.steps_per_epoch is None:

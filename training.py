@@ -96,7 +96,8 @@ def add_engine_args(parser, **defaults):
                    help="EFFECTIVE global batch of one optimizer step (split by accumulation and ranks)")
     g.add_argument("--eval_batch_size", type=int, default=8, help="batch size for evaluation/prediction")
     g.add_argument("--learning_rate", type=float, default=5e-5, help="peak learning rate")
-    g.add_argument("--num_train_epochs", type=float, default=3.0, help="passes over the training data (may be fractional)")
+    g.add_argument("--num_train_epochs", type=float, default=3.0,
+                   help="passes over the training data (may be fractional)")
     g.add_argument("--warmup_proportion", type=float, default=0.1, help="fraction of steps of linear warmup")
     g.add_argument("--weight_decay", type=float, default=0.01, help="decoupled weight decay (not on bias/LayerNorm)")
     g.add_argument("--max_grad_norm", type=float, default=1.0,
@@ -118,7 +119,8 @@ def add_engine_args(parser, **defaults):
     g.add_argument("--save_steps", type=int, default=0,
                    help="write a resumable checkpoint every N optimizer steps (0: only at the end)")
     g.add_argument("--resume", action="store_true",
-                   help="continue from <output_dir>/checkpoint (exactly: weights, optimizer, schedule, RNG, data order)")
+                   help="continue from <output_dir>/checkpoint (exactly: weights, optimizer, schedule, RNG, "
+                        "data order)")
     g.add_argument("--pad_to_max_length", action="store_true",
                    help="pad every batch to max_seq_length (default: pad to the longest sequence in the batch)")
     g.add_argument("--no_group_by_length", action="store_true",
@@ -733,9 +735,10 @@ class Trainer:
         self.grad_combiner = grad_combiner
         if env.distributed:
             # A step uses one task's adapters and head only: the rest are unused in that step.
-            self.ddp_model = DistributedDataParallel(self.model, device_ids=[env.local_rank] if env.device.type == "cuda" else None,
-                                 output_device=env.local_rank if env.device.type == "cuda" else None,
-                                 find_unused_parameters=True)
+            cuda = env.device.type == "cuda"
+            self.ddp_model = DistributedDataParallel(self.model, device_ids=[env.local_rank] if cuda else None,
+                                                     output_device=env.local_rank if cuda else None,
+                                                     find_unused_parameters=True)
         else:
             self.ddp_model = self.model
         if param_groups is None:
@@ -1015,7 +1018,8 @@ class Trainer:
                     self.train_loss_steps += 1
                     log_loss, log_n = log_loss + loss, log_n + 1
                 bar.update(1)
-                if env.is_main and (self.global_step % max(1, opts.logging_steps) == 0 or self.global_step == num_steps):
+                if env.is_main and (self.global_step % max(1,
+                                                           opts.logging_steps) == 0 or self.global_step == num_steps):
                     lr = self.scheduler.get_last_lr()[0]
                     avg = log_loss / max(log_n, 1)
                     bar.set_postfix(loss=f"{avg:.4f}", lr=f"{lr:.2e}")

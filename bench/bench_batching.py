@@ -144,7 +144,8 @@ def main():
     print(f"HF BertForSequenceClassification, same batches:     {hf_s:7.2f} s/epoch  {n / hf_s:7.1f} ex/s")
     print(f"  of which forward+backward: default {dyn.fwd_bwd_seconds:.2f} s, fixed {fix.fwd_bwd_seconds:.2f} s "
           f"({fix.fwd_bwd_seconds / dyn.fwd_bwd_seconds:.2f}x); optimizer update + rest per step: "
-          f"{(dyn_s - dyn.fwd_bwd_seconds) / len(dyn_steps):.2f} s / {(fix_s - fix.fwd_bwd_seconds) / len(fix_steps):.2f} s")
+          f"{(dyn_s - dyn.fwd_bwd_seconds) / len(dyn_steps):.2f} s / "
+          f"{(fix_s - fix.fwd_bwd_seconds) / len(fix_steps):.2f} s")
     print(f"speed-up of default batching over fixed padding: {fix_s / dyn_s:.2f}x")
     print(f"engine throughput / HF plain-loop throughput:     {hf_s / dyn_s:.2f}")
 

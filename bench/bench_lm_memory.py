@@ -118,7 +118,8 @@ def main():
 
     print(f"data epoch: {num} instances x max_seq_len {seq}: arrays {data_bytes / 2**20:.1f} MiB "
           f"(JSON file {os.path.getsize(os.path.join(data, 'epoch_0.json')) / 2**20:.1f} MiB)")
-    print(f"model: {args.bert_model or 'tiny random BERT (hidden 64, 2 layers, vocab 30522)'}; {args.steps} steps of batch {batch}")
+    model = args.bert_model or "tiny random BERT (hidden 64, 2 layers, vocab 30522)"
+    print(f"model: {model}; {args.steps} steps of batch {batch}")
     print(f"{'script':26s} {'mode':16s} {'peak RSS MiB':>12s} {'wall s':>8s}")
     for script, mode, rss, secs in rows:
         print(f"{script:26s} {mode:16s} {rss:12.1f} {secs:8.1f}")
@@ -126,7 +127,8 @@ def main():
     print(f"(this driver process: peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f} MiB)")
     ft = {mode: rss for script, mode, rss, _ in rows if script == "finetune_on_pregenerated"}
     saved = ft["RAM"] - ft["--reduce_memory"]
-    print(f"finetune peak saved by --reduce_memory: {saved:.1f} MiB = {saved / (data_bytes / 2**20):.2f} x the data arrays; "
+    print(f"finetune peak saved by --reduce_memory: {saved:.1f} MiB = {saved / (data_bytes / 2**20):.2f} x the data "
+          "arrays; "
           f"peak ratio RAM/reduce_memory {ft['RAM'] / ft['--reduce_memory']:.2f}")
     tmp.cleanup()
 

@@ -36,8 +36,8 @@ def build(kind, adapters, tmp):
         config = os.path.join(ROOT, "configs", "minilm_pals_config.json") if adapters else None
         return modeling.BertForMultiTask.from_pretrained(resolve_model_dir("minilm-l6"), config=config,
                                                          task_num_labels=TASK_LABELS)
-    config = modeling.BertConfig.from_json_file(os.path.join(ROOT, "configs",
-                                                             "pals_config.json" if adapters else "bert_base_config.json"))
+    name = "pals_config.json" if adapters else "bert_base_config.json"
+    config = modeling.BertConfig.from_json_file(os.path.join(ROOT, "configs", name))
     return modeling.BertForMultiTask(config, TASK_LABELS)
 
 
@@ -73,7 +73,8 @@ def main(argv=None):
     if a.threads:
         torch.set_num_threads(a.threads)
     parser = training.add_engine_args(argparse.ArgumentParser())
-    engine_options = ["--output_dir", "/tmp/bench_multitask_step", "--learning_rate", "1e-5", "--logging_steps", "100000"]
+    engine_options = ["--output_dir", "/tmp/bench_multitask_step", "--learning_rate", "1e-5", "--logging_steps",
+                      "100000"]
     if a.no_cuda:
         engine_options.append("--no_cuda")
     args = parser.parse_args(engine_options)

@@ -88,6 +88,7 @@ def main():
     args = parser.parse_args()
 
     import transformers
+
     from test_tokenization import make_corpus
 
     vocab_file = os.path.join(resolve_model_dir(args.bert_model), "vocab.txt")

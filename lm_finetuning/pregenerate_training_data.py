@@ -28,7 +28,8 @@ logger = logging.getLogger("pregenerate_training_data")
 
 def build_parser():
     p = make_parser(__doc__.split("\n")[0])
-    p.add_argument("--train_corpus", required=True, help="text file: one sentence per line, blank line between documents")
+    p.add_argument("--train_corpus", required=True,
+                   help="text file: one sentence per line, blank line between documents")
     p.add_argument("--output_dir", required=True, help="folder for epoch_N.json / epoch_N_metrics.json")
     p.add_argument("--bert_model", default="minilm-l6",
                    help="model folder with vocab.txt, or a bundled name (minilm-l6); only its vocabulary is used")
@@ -42,7 +43,8 @@ def build_parser():
                    help="keep the tokenized corpus in a file on disk (in a temporary folder inside "
                         "--output_dir) instead of RAM")
     p.add_argument("--epochs_to_generate", type=int, default=3, help="data epochs to write, each freshly sampled")
-    p.add_argument("--max_seq_len", type=int, default=128, help="length of an instance in word pieces, specials included")
+    p.add_argument("--max_seq_len", type=int, default=128,
+                   help="length of an instance in word pieces, specials included")
     p.add_argument("--short_seq_prob", type=float, default=0.1,
                    help="probability of an instance with a random shorter target length")
     p.add_argument("--masked_lm_prob", type=float, default=0.15, help="share of tokens to mask")

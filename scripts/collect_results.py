@@ -24,7 +24,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from safetensors import safe_open  # noqa: E402
+
 from file_utils import ConfigError, DataError, atomic_write_json, atomic_write_text, run_cli  # noqa: E402
+from tasks import glue  # noqa: E402
 
 # (column title, task, metric key); the 9 "paper" columns are marked True.
 COLUMNS = [
@@ -63,7 +66,8 @@ REFERENCE_ROWS = [
 ]
 PAPER_AVERAGES_NOTE = ("PALs paper Table 1 averages as quoted second-hand (UNVERIFIED against the PDF; test or dev "
                        "not verified): BERT-base (8x) 79.6, Shared 79.9, Top Proj. Attn. 79.6, PALs (204) 80.4; "
-                       "Table 2: PALs + annealed sampling 81.7. Expected multipliers (bert_n_pals.md 4.2): shared 1.00x, "
+                       "Table 2: PALs + annealed sampling 81.7. Expected multipliers (bert_n_pals.md 4.2): "
+                       "shared 1.00x, "
                        "top proj. attn. 1.10x, PALs 204 1.13x, low-rank 100 1.13x, Houlsby 50 1.14x, "
                        "Houlsby+PALs 1.15x, top BERT layer 1.52x.")
 
@@ -96,7 +100,6 @@ def _count_saved_parameters(directory):
     path = os.path.join(directory, "model.safetensors")
     if not os.path.exists(path):
         return None, None
-    from safetensors import safe_open
     total = encoder = 0
     with safe_open(path, framework="pt") as f:
         for key in f.keys():
@@ -143,7 +146,6 @@ def read_run(directory):
     task = flags.get("task_name") or flags.get("task")
     if not task:
         return None
-    from tasks import glue
     task = glue.get_task(task).name
     if data is not None:
         raw = data.get("eval") or data.get("metrics") or data.get("results") or data
@@ -189,7 +191,6 @@ def find_runs(paths):
 
 def build_rows(runs):
     """Multi-task runs -> one row each; all single-task runs -> one combined row."""
-    from tasks import glue
     rows = []
     singles = [r for r in runs if r["kind"] == "single_task"]
     for run in runs:

@@ -27,8 +27,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
+from scipy.stats import pearsonr, spearmanr
 
 from file_utils import ConfigError, DataError, atomic_open
+from tokenization import truncate_seq_pair
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,9 @@ def simple_accuracy(preds, labels):
     return {"acc": float((preds == labels).mean())}
 
 
+# sklearn.metrics is imported inside the two functions that use it: its import costs ~1.5 s,
+# which every runner (even `--help`) would otherwise pay at start-up.
+
 def matthews(preds, labels):
     from sklearn.metrics import matthews_corrcoef
     preds, labels = _as_arrays(preds, labels)
@@ -87,7 +92,6 @@ def pearson_and_spearman(preds, labels):
     that a summed model-selection score never turns NaN (the reference's per-batch Pearson
     did, and then never saved a better model again).
     """
-    from scipy.stats import pearsonr, spearmanr
     preds, labels = _as_arrays(preds, labels)
     preds, labels = preds.astype(np.float64), labels.astype(np.float64)
     if np.ptp(preds) == 0 or np.ptp(labels) == 0:
@@ -432,11 +436,6 @@ def gold_labels(task, examples):
 # Features
 # --------------------------------------------------------------------------------------------
 
-def _truncate_seq_pair(tokens_a, tokens_b, max_length):
-    from tokenization import truncate_seq_pair
-    truncate_seq_pair(tokens_a, tokens_b, max_length)
-
-
 def convert_examples_to_features(examples, task, tokenizer, max_seq_length, label_scale=1.0):
     """`[CLS] a [SEP] (b [SEP])` features, unpadded (the engine's collator pads).
 
@@ -457,7 +456,7 @@ def convert_examples_to_features(examples, task, tokenizer, max_seq_length, labe
         tokens_a = tokenizer.tokenize(ex.text_a)
         tokens_b = tokenizer.tokenize(ex.text_b) if ex.text_b is not None else None
         if tokens_b is not None:
-            _truncate_seq_pair(tokens_a, tokens_b, max_seq_length - 3)
+            truncate_seq_pair(tokens_a, tokens_b, max_seq_length - 3)
         else:
             tokens_a = tokens_a[:max_seq_length - 2]
         tokens = [cls_token] + tokens_a + [sep_token]

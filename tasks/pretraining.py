@@ -28,6 +28,7 @@ import tempfile
 from array import array
 
 import numpy as np
+from tqdm import tqdm
 
 from file_utils import ConfigError, DataError, UserError, atomic_open, atomic_write_json
 
@@ -187,7 +188,6 @@ def read_corpus(path, tokenizer, reduce_memory=False, workdir=None, min_document
     try:
         lines = _read_lines(path)
         if progress:
-            from tqdm import tqdm
             lines = tqdm(lines, desc="Loading corpus", unit=" lines")
         doc = []
         for _, text in lines:
@@ -359,7 +359,6 @@ def write_epoch(db, output_dir, epoch, max_seq_len=128, short_seq_prob=0.1, mask
     num_instances = 0
     doc_range = range(len(db))
     if progress:
-        from tqdm import tqdm
         doc_range = tqdm(doc_range, desc=f"Epoch {epoch}", unit=" docs")
     with atomic_open(os.path.join(output_dir, EPOCH_FILE.format(epoch)), "w", encoding="utf-8") as f:
         for doc_idx in doc_range:
@@ -474,8 +473,7 @@ class PregeneratedEpoch:
         try:
             it = enumerate(lines, 1)
             if progress:
-                from tqdm import tqdm
-                it = tqdm(it, total=self.num_samples, desc=f"Loading {os.path.basename(self.path)}", unit=" rows")
+                    it = tqdm(it, total=self.num_samples, desc=f"Loading {os.path.basename(self.path)}", unit=" rows")
             for lineno, raw in it:
                 if not raw.strip():
                     continue

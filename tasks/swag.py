@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 
 from file_utils import DataError, atomic_open
+from tokenization import truncate_seq_pair
 
 logger = logging.getLogger(__name__)
 
@@ -86,12 +87,6 @@ def read_swag_examples(path, require_label=True):
     return examples
 
 
-def _truncate_seq_pair(tokens_a, tokens_b, max_length):
-    """Pop from the longer list until the pair fits (in place), as the reference does."""
-    while len(tokens_a) + len(tokens_b) > max_length:
-        (tokens_a if len(tokens_a) > len(tokens_b) else tokens_b).pop()
-
-
 def convert_examples_to_features(examples, tokenizer, max_seq_length):
     """One feature per example: input_ids / token_type_ids / attention_mask are lists of 4 lists
     (unpadded); `labels` (int) when the example has a label. Returns (features, n_truncated)."""
@@ -106,7 +101,7 @@ def convert_examples_to_features(examples, tokenizer, max_seq_length):
             tokens_b = start_ending_tokens + tokenizer.tokenize(ending)
             if len(tokens_a) + len(tokens_b) > max_seq_length - 3:
                 truncated = True
-            _truncate_seq_pair(tokens_a, tokens_b, max_seq_length - 3)
+            truncate_seq_pair(tokens_a, tokens_b, max_seq_length - 3)
             tokens = ["[CLS]"] + tokens_a + ["[SEP]"] + tokens_b + ["[SEP]"]
             choices_ids.append(tokenizer.convert_tokens_to_ids(tokens))
             choices_types.append([0] * (len(tokens_a) + 2) + [1] * (len(tokens_b) + 1))

@@ -8,8 +8,7 @@ import os
 import pytest
 import torch
 
-from modeling import (BertConfig, BertForMultiTask, BertModel, count_parameters,
-                      task_specific_parameter_names)
+from modeling import BertConfig, BertForMultiTask, BertModel, count_parameters, task_specific_parameter_names
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
@@ -35,7 +34,8 @@ def build_meta(path, labels=GLUE_LABELS):
 
 def test_bert_base_size():
     with torch.device("meta"):
-        assert count_parameters(BertModel(BertConfig.from_json_file(os.path.join(CONFIGS, "bert_base_config.json")))) == BERT_BASE
+        base = BertModel(BertConfig.from_json_file(os.path.join(CONFIGS, "bert_base_config.json")))
+        assert count_parameters(base) == BERT_BASE
 
 
 @pytest.mark.parametrize("name", sorted(BUDGETS))
@@ -283,7 +283,8 @@ def test_houlsby_original_is_near_identity_at_init():
     torch.manual_seed(0)
     plain = BertForMultiTask(BertConfig(**TINY), task_num_labels=[2, 2]).eval()
     torch.manual_seed(1)
-    houlsby = BertForMultiTask(BertConfig(**dict(TINY, houlsby_original=True, hidden_size_aug=8)), task_num_labels=[2, 2]).eval()
+    houlsby = BertForMultiTask(BertConfig(**dict(TINY, houlsby_original=True, hidden_size_aug=8)),
+                               task_num_labels=[2, 2]).eval()
     houlsby.load_state_dict(plain.state_dict(), strict=False)
     adapter = houlsby.bert.encoder.layer[0].output.adapters[1]
     assert adapter.up.weight.abs().max() <= 0.02 and adapter.up.bias.abs().max() == 0

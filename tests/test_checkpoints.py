@@ -107,7 +107,8 @@ def test_adapters_fresh_and_encoder_loaded(minilm_state, caplog):
     model = BertForMultiTask.from_pretrained("minilm-l6", config=os.path.join(CONFIGS, "minilm_pals_config.json"),
                                              task_num_labels=[2, 1], task_names=["rte", "sts"])
     assert model.config.pals and model.config.hidden_size_aug == 102 and model.config.num_tasks == 2
-    assert torch.equal(model.bert.encoder.layer[5].output.dense.weight, minilm_state["encoder.layer.5.output.dense.weight"])
+    assert torch.equal(model.bert.encoder.layer[5].output.dense.weight,
+                       minilm_state["encoder.layer.5.output.dense.weight"])
     w = model.bert.encoder.pal_encoders[1].weight
     assert w.shape == (102, 384) and 0.015 < w.std().item() < 0.025
     [record] = modeling_warnings(caplog)
@@ -127,7 +128,8 @@ def test_shape_mismatch_names_key_and_shapes(tmp_path):
 
 def test_fine_tuned_pals_model_round_trip(tmp_path, minilm_dir):
     model = BertForMultiTask.from_pretrained("minilm-l6", config=os.path.join(CONFIGS, "minilm_pals_config.json"),
-                                             task_num_labels=[3, 1, 2], task_types=["classification", "regression", "token"],
+                                             task_num_labels=[3, 1, 2], task_types=["classification", "regression",
+                                                                                    "token"],
                                              task_names=["mnli", "sts-b", "ner"])
     with torch.no_grad():  # pretend fine-tuning moved everything
         for p in model.parameters():
@@ -181,7 +183,8 @@ def test_hf_pretraining_checkpoint_maps_to_pretraining_head(tmp_path):
         hf.cls.predictions.bias.normal_()
         hf.cls.predictions.transform.LayerNorm.weight.normal_()
     hf.save_pretrained(str(tmp_path / "hf"))
-    ours = BertForMultiTask.from_pretrained(str(tmp_path / "hf"), task_num_labels=[0], task_types=["pretraining"]).eval()
+    ours = BertForMultiTask.from_pretrained(str(tmp_path / "hf"), task_num_labels=[0],
+                                            task_types=["pretraining"]).eval()
     ids, tt, mask = batch(2, vocab=120)
     with torch.no_grad():
         a = ours(ids, tt, mask)

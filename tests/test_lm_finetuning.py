@@ -248,7 +248,8 @@ def test_finetune_on_pregenerated_memmap_and_ram_train_identically(data_dir, tin
         assert math.isfinite(float(results["loss"]))
         config = json.load(open(os.path.join(out, "config.json")))
         assert config["task_types"] == ["pretraining"] and config["task_names"] == ["lm"]
-    ram, mm, init = _weights(outs["ram"]), _weights(outs["memmap"]), load_file(os.path.join(tiny_model, "model.safetensors"))
+    ram, mm, init = _weights(outs["ram"]), _weights(outs["memmap"]), load_file(os.path.join(tiny_model,
+                                                                                            "model.safetensors"))
     assert ram.keys() == mm.keys()
     for k in ram:
         assert torch.equal(ram[k], mm[k]), k  # identical batches -> identical training
@@ -326,7 +327,7 @@ def test_stream_shards_each_global_batch_across_ranks(data_dir, tiny_model):
         return [tuple(r[:int(m.sum())].tolist()) for r, m in zip(batch["input_ids"], batch["attention_mask"])]
 
     for epoch in range(len(sizes)):
-        whole, split, same_step = [], [], 0
+        whole, split = [], []
         for _ in range(single.steps[epoch]):
             whole.extend(row for _, b in single.next_step() for row in rows(b))
         for _ in range(r0.steps[epoch]):

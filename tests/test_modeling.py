@@ -34,7 +34,8 @@ def padded_batch(vocab=30000, seed=0):
 
 def test_config_defaults_and_json_roundtrip(tmp_path):
     c = BertConfig()
-    assert (c.hidden_size_aug, c.pal_num_heads, c.top_num_heads, c.layer_norm_eps, c.pad_token_id) == (204, 6, 12, 1e-12, 0)
+    assert (c.hidden_size_aug, c.pal_num_heads, c.top_num_heads, c.layer_norm_eps, c.pad_token_id) == (204, 6, 12,
+                                                                                                       1e-12, 0)
     assert not any((c.pals, c.mult, c.houlsby, c.houlsby_original, c.top, c.bert_lay_top, c.lhuc))
     c2 = BertConfig(hidden_size=384, mult=True, pals=True, hidden_size_aug=102, task_names=["a", "b"],
                     task_num_labels=[2, 1], task_types=["classification", "regression"], num_tasks=2)

@@ -14,7 +14,6 @@ import torch
 import multitask as mt
 from file_utils import ConfigError
 
-
 # ------------------------------------------------------------------ sampling probabilities
 
 def test_prop_and_sqrt_probabilities_hand_computed():

@@ -11,7 +11,6 @@ from torch import nn
 from file_utils import ConfigError
 from optimization import BertAdam, build_optimizer, get_lr_lambda, param_groups, task_parameter_names
 
-
 # --------------------------------------------------------------------------- update rule
 
 def _ref_update(p, g, m, v, lr, wd, max_norm, b1=0.9, b2=0.999, e=1e-6):

@@ -13,7 +13,14 @@ import pytest
 import torch
 
 import training
-from test_training_helpers import single_thread, ROOT, engine_options, state_dict_max_diff, synthetic_features, write_tiny_model
+from test_training_helpers import (
+    ROOT,
+    engine_options,
+    single_thread,
+    state_dict_max_diff,
+    synthetic_features,
+    write_tiny_model,
+)
 
 FLAGS = ("--train_batch_size", 8, "--gradient_accumulation_steps", 2, "--learning_rate", 1e-3,
          "--save_steps", 3, "--logging_steps", 1000)

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 import run_classifier
-import training
 from file_utils import run_cli
 from glue_fixtures import write_glue_fixture
 from test_training_helpers import single_thread, write_tiny_model

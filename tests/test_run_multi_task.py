@@ -21,9 +21,10 @@ import torch
 from glue_fixtures import write_glue_fixture
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from safetensors.torch import load_file  # noqa: E402
+
 import modeling  # noqa: E402
 import run_multi_task  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
 
 HIDDEN, LAYERS, AUG = 24, 2, 12
 
@@ -64,7 +65,8 @@ def _run(setup, out, *extra, config="pals"):
 
 def _pal_task_params(num_labels):
     # shared V^E (H->A) + V^D (A->H) per task, per layer Q/K/V (A->A), head (H->C)
-    return (HIDDEN * AUG + AUG) + (AUG * HIDDEN + HIDDEN) + LAYERS * 3 * (AUG * AUG + AUG) + HIDDEN * num_labels + num_labels
+    return ((HIDDEN * AUG + AUG) + (AUG * HIDDEN + HIDDEN) + LAYERS * 3 * (AUG * AUG + AUG)
+            + HIDDEN * num_labels + num_labels)
 
 
 def _one_bert():
@@ -133,11 +135,12 @@ def test_end_to_end_table_best_model_predictions(setup, capsys):
     assert sum(res["schedule"]["steps"]) == pytest.approx(16)
     assert "cola.mcc" in (out / "eval_results.txt").read_text()
     # the saved best model reproduces its recorded dev metrics (recomputed here with sklearn/scipy)
-    from sklearn.metrics import f1_score, matthews_corrcoef
     from scipy.stats import spearmanr
+    from sklearn.metrics import f1_score, matthews_corrcoef
+
+    import tokenization
     import training
     from tasks import glue
-    import tokenization
     model = modeling.BertForMultiTask.from_pretrained(str(out / "best"))
     assert model.config.task_names == res["tasks"]
     tok = tokenization.BertTokenizer.from_pretrained(str(out / "best"))
@@ -273,7 +276,8 @@ def test_freeze_trains_only_task_parameters(setup):
 def test_demo_profile_and_overrides():
     args = run_multi_task.parse_args([])
     assert args.demo and args.data_dir.endswith(os.path.join("data", "glue_sample"))
-    assert (args.learning_rate, args.num_train_epochs, args.max_eval_examples, args.optimizer) == (1e-4, 3.0, 200, "adamw")
+    assert (args.learning_rate, args.num_train_epochs, args.max_eval_examples, args.optimizer) == (1e-4, 3.0, 200,
+                                                                                                   "adamw")
     assert args.output_dir.startswith(os.path.join("runs", "multi_task-"))
     args = run_multi_task.parse_args(["--learning_rate=3e-5", "--num_train_epochs", "1"])
     assert (args.learning_rate, args.num_train_epochs, args.max_eval_examples) == (3e-5, 1.0, 200)

@@ -119,7 +119,8 @@ def test_read_v1_examples_word_positions(tmp_path):
     assert len(examples) == 11
     ex = examples[0]
     assert ex.qas_id == "q0000" and ex.question_text == "Who designed the tower?"
-    assert " ".join(ex.doc_tokens[ex.start_position:ex.end_position + 1]) == "Gustave Eiffel,"   # whitespace words keep punctuation
+    # whitespace words keep their punctuation
+    assert " ".join(ex.doc_tokens[ex.start_position:ex.end_position + 1]) == "Gustave Eiffel,"
     # "Paris," is one whitespace word: the answer "Paris" lies inside it
     ex = examples[1]
     assert ex.doc_tokens[ex.start_position] == "Paris,"

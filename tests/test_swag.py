@@ -76,10 +76,10 @@ def test_features_layout(tmp_path, tokenizer):
 
 def test_truncation_longest_first_hand_worked():
     a, b = list("abcdefg"), list("xyz")
-    swag._truncate_seq_pair(a, b, 6)      # 10 -> 6: pop from a (7>3) 4 times: a=abc, b=xyz
+    swag.truncate_seq_pair(a, b, 6)      # 10 -> 6: pop from a (7>3) 4 times: a=abc, b=xyz
     assert (a, b) == (list("abc"), list("xyz"))
     a, b = list("ab"), list("wxyz")
-    swag._truncate_seq_pair(a, b, 3)      # b 4>2 -> wxy; b 3>2 -> wx; a 2 = b 2 -> b pops: w
+    swag.truncate_seq_pair(a, b, 3)      # b 4>2 -> wxy; b 3>2 -> wx; a 2 = b 2 -> b pops: w
     assert (a, b) == (list("ab"), list("w"))
 
 

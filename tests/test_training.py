@@ -14,7 +14,13 @@ import torch
 import tokenization
 import training
 from file_utils import ConfigError
-from test_training_helpers import single_thread, engine_options, state_dict_max_diff, synthetic_features, write_tiny_model
+from test_training_helpers import (
+    engine_options,
+    single_thread,
+    state_dict_max_diff,
+    synthetic_features,
+    write_tiny_model,
+)
 
 pytestmark = pytest.mark.usefixtures(single_thread.__name__)  # tiny models: one thread
 
@@ -124,7 +130,8 @@ def test_cached_features_builds_once_and_misses_on_changed_key(tmp_path):
     assert training.cached_features(str(tmp_path), key, lambda: build(5)) == [{"input_ids": [2, 5, 3]}]
     assert training.cached_features(str(tmp_path), dict(key), lambda: build(6)) == [{"input_ids": [2, 5, 3]}]
     assert calls == [5]
-    assert training.cached_features(str(tmp_path), dict(key, max_seq_length=64), lambda: build(7))[0]["input_ids"][1] == 7
+    assert training.cached_features(str(tmp_path), dict(key, max_seq_length=64),
+                                    lambda: build(7))[0]["input_ids"][1] == 7
     files = sorted(os.listdir(tmp_path))
     assert len(files) == 2 and all(f.endswith(".pkl") and not f.startswith(".") for f in files)
     # a truncated cache file (e.g. a disk-full write by another tool) is rebuilt, not trusted
