@@ -616,9 +616,15 @@ _OPTIMIZER_RE = re.compile(r"(^|/)(adam_m|adam_v|Adam(_\d+)?|Momentum|AdamWeight
                            r"LAMB(_\d+)?|beta1_power|beta2_power)(/|$)")
 
 
+def optimizer_slot(tf_name):
+    """The optimizer slot kind ('adam_m', 'Adam_1', 'beta1_power', ...) of a variable name, or None."""
+    m = _OPTIMIZER_RE.search(tf_name)
+    return m.group(2) if m else None
+
+
 def hf_name(tf_name):
     """(Hugging Face name, transpose?) for a Google BERT variable name, or None if it is not one."""
-    if _OPTIMIZER_RE.search(tf_name):
+    if optimizer_slot(tf_name):
         return None
     for pattern, template in _NAME_RULES:
         m = pattern.match(tf_name)
