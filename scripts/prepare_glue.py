@@ -311,7 +311,8 @@ def prepare(src, out, tasks=None):
             continue
         plan.append((task, found))
     if not plan:
-        raise ConfigError(f"{src}: no GLUE parquet files found (expected e.g. {os.path.join(src, 'cola', 'train-00000-of-00001.parquet')}; "
+        example = os.path.join(src, "cola", "train-00000-of-00001.parquet")
+        raise ConfigError(f"{src}: no GLUE parquet files found (expected e.g. {example}; "
                           "download with: hf download nyu-mll/glue --repo-type dataset --local-dir DIR)")
     _pyarrow_parquet()  # fail before writing anything if pyarrow is missing
     result = {}

@@ -503,7 +503,8 @@ def test_convert_sharded_refuses_nonempty_out_unless_overwrite(tmp_path, convert
     count, skipped = convert_tf_checkpoint.convert(SHARDED, str(out), overwrite=True)
     assert count == 48 and "global_step" in skipped
     assert (out / "note.txt").read_text() == "keep me"
-    assert open(out / "model.safetensors", "rb").read() == open(os.path.join(converted, "model.safetensors"), "rb").read()
+    with open(out / "model.safetensors", "rb") as a, open(os.path.join(converted, "model.safetensors"), "rb") as b:
+        assert a.read() == b.read()
 
 
 def test_convert_checks_config_and_vocab(tmp_path):
