@@ -35,6 +35,7 @@ from safetensors.torch import load_file as safetensors_load_file
 from safetensors.torch import save as safetensors_save
 from torch import nn
 
+import tf_checkpoint
 from file_utils import ConfigError, atomic_open, atomic_write_json, resolve_model_dir
 
 logger = logging.getLogger(__name__)
@@ -1008,7 +1009,11 @@ def _merge_configs(ckpt_config, adapter_config):
 
 
 def read_pretrained(name_or_path, config=None):
-    """Model folder -> (folder, merged config dict, weights path). `config`: adapter config (path or BertConfig)."""
+    """Model folder -> (folder, merged config dict, weights path). `config`: adapter config (path or BertConfig).
+
+    The weights are model.safetensors or pytorch_model.bin, else a Google TensorFlow checkpoint in the
+    folder (`*.ckpt.index` + data shards, or a `checkpoint` file naming the prefix): then the weights
+    path is the checkpoint prefix, read by tf_checkpoint without TensorFlow."""
     directory = resolve_model_dir(name_or_path)
     ckpt_config = BertConfig.from_json_file(_find_file(directory, CONFIG_NAMES, "config.json/bert_config.json"))
     config = resolve_adapter_config(config, directory)
@@ -1018,12 +1023,25 @@ def read_pretrained(name_or_path, config=None):
         if not isinstance(config, BertConfig):
             config = BertConfig.from_json_file(config)
         merged = _merge_configs(ckpt_config, config)
-    weights_path = _find_file(directory, WEIGHTS_NAMES, "weights")
+    try:
+        weights_path = _find_file(directory, WEIGHTS_NAMES, "weights")
+    except ConfigError:
+        weights_path = tf_checkpoint.find_tf_checkpoint(directory)
+        if weights_path is None:
+            raise ConfigError(f"{directory}: no weights found (looked for {', '.join(WEIGHTS_NAMES)} and a "
+                              "TensorFlow checkpoint *.ckpt.index)") from None
     return directory, merged, weights_path
 
 
 def load_state_dict_file(path):
-    """Read model.safetensors or pytorch_model.bin (torch.load with weights_only=True: no code runs)."""
+    """Read model.safetensors, pytorch_model.bin (torch.load with weights_only=True: no code runs) or a
+    TensorFlow checkpoint prefix (tf_checkpoint: Google's names mapped to Hugging Face names)."""
+    if not path.endswith((".safetensors", ".bin", ".pt", ".pth")) and tf_checkpoint.find_tf_checkpoint(path):
+        state, skipped = tf_checkpoint.load_tf_checkpoint(path)
+        if skipped:
+            logger.info("%s: skipped %d TensorFlow variables that are not model weights (optimizer slots, "
+                        "global_step, ...)", path, len(skipped))
+        return state
     if path.endswith(".safetensors"):
         try:
             return safetensors_load_file(path, device="cpu")
@@ -1129,7 +1147,7 @@ def load_weights(model, weights_path, allow_random_init=False):
         if unexpected:
             parts.append(f"unused checkpoint keys: {_compress_names(unexpected)}")
         logger.warning("; ".join(parts))
-    model._source_dir = os.path.dirname(weights_path)
+    model._source_dir = os.path.dirname(os.path.abspath(weights_path))
     return missing, unexpected
 
 

@@ -19,8 +19,8 @@ pa = pytest.importorskip("pyarrow")
 import pyarrow.parquet as pq  # noqa: E402
 
 from file_utils import ConfigError, DataError  # noqa: E402
-from tasks import glue  # noqa: E402
 from glue_fixtures import write_glue_fixture  # noqa: E402
+from tasks import glue  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "prepare_glue.py")

@@ -480,6 +480,26 @@ def test_modeling_from_converted_folder(converted, tf_values, tf_forward):
     np.testing.assert_allclose(logits.numpy(), tf_forward["classifier_logits"], atol=1e-5)
 
 
+@pytest.mark.parametrize("folder", [TINY, SHARDED])
+def test_modeling_loads_google_folder_directly(folder, converted, tf_forward, tmp_path):
+    """--bert_model <Google release folder> (or a prefix): the same weights as the converted folder,
+    and TensorFlow's own outputs. The sharded copy holds the same variables as the single file."""
+    import modeling
+    import training
+    model_dir = folder
+    direct = modeling.BertForMultiTask.from_pretrained(model_dir, task_num_labels=[2]).eval()
+    reference = modeling.BertForMultiTask.from_pretrained(converted, task_num_labels=[2]).state_dict()
+    for name, tensor in direct.state_dict().items():
+        if name.startswith("bert."):
+            assert torch.equal(tensor, reference[name]), name
+    with torch.no_grad():
+        sequence_output, _ = direct.bert(*_inputs(tf_forward))
+    np.testing.assert_allclose(sequence_output.numpy(), tf_forward["sequence_output"], atol=1e-5)
+    # The engine finds the casing and the tokenizer in the same folder.
+    opts = training.EngineOptions(output_dir=str(tmp_path), model_dir=model_dir, max_seq_length=32)
+    assert len(training.load_tokenizer(opts)) == direct.config.vocab_size
+
+
 def test_modeling_pretraining_head_from_converted_folder(converted, tf_forward):
     import modeling
     model = modeling.BertForMultiTask.from_pretrained(converted, task_num_labels=[0], task_types=["pretraining"])
