@@ -8,10 +8,14 @@ Every runner and module uses these so that:
 """
 import argparse
 import contextlib
+import errno
 import json
 import os
+import shutil
+import signal
 import sys
 import tempfile
+import threading
 
 # Short names of models that ship inside an installed Python package (no download ever).
 BUNDLED_MODELS = {
@@ -88,6 +92,78 @@ def atomic_write_json(path, obj, indent=2):
     atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True) + "\n")
 
 
+def fsync_dir(path):
+    """Make renames inside `path` durable (best effort: not every filesystem allows it)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def replace_dir_atomically(directory, write_fn):
+    """Write a whole folder with `write_fn(tmp_dir)`, then swap it in for `directory`.
+
+    A kill at any moment leaves either the previous folder or the new one: the previous one is
+    renamed to `<directory>.old` first and removed only after the new one is in place, and
+    `recover_dir` puts it back if the kill fell between the two renames. The temporary folder
+    (`.<name>.tmp-*` next to it) is removed if `write_fn` fails; `remove_stale_temporaries`
+    removes what a kill left."""
+    directory = os.path.abspath(directory)
+    parent, name = os.path.split(directory)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
+    try:
+        write_fn(tmp)
+        old = directory + ".old"
+        if os.path.isdir(old):
+            if os.path.isdir(directory):
+                shutil.rmtree(old)
+            else:  # the previous swap was killed between its renames: .old is the good copy
+                os.replace(old, directory)
+        if os.path.isdir(directory):
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        fsync_dir(parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(directory + ".old", ignore_errors=True)
+
+
+def recover_dir(directory):
+    """After a kill between the two renames of replace_dir_atomically, put the old folder back."""
+    directory = os.path.abspath(directory)
+    if not os.path.exists(directory) and os.path.isdir(directory + ".old"):
+        os.replace(directory + ".old", directory)
+
+
+def remove_stale_temporaries(folder):
+    """Remove what killed writes left in `folder` (recursively): `.<name>.tmp-*` folders of
+    replace_dir_atomically and `.<name>.*.tmp` files of atomic_open. Returns the paths removed.
+    Call it only while no other process writes there (at the start of a run, on rank 0)."""
+    removed = []
+    for root, dirs, files in os.walk(folder):
+        for d in list(dirs):
+            if d.startswith(".") and ".tmp-" in d:
+                shutil.rmtree(os.path.join(root, d), ignore_errors=True)
+                removed.append(os.path.join(root, d))
+                dirs.remove(d)
+        for fname in files:
+            if fname.startswith(".") and fname.endswith(".tmp"):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(root, fname))
+                    removed.append(os.path.join(root, fname))
+    return removed
+
+
+def file_fingerprint(path):
+    """Cache-key part for an input file: absolute path, size and mtime (a changed file misses the cache)."""
+    st = os.stat(path)
+    return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """--help with every default shown, except on on/off switches (their default is "off") and
     flags whose default is decided at run time (None; their help says how)."""
@@ -102,14 +178,74 @@ def make_parser(description):
     return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter, allow_abbrev=False)
 
 
+class Interrupted(Exception):
+    """Training stopped on Ctrl-C / SIGTERM after saving a checkpoint (run_cli: exit 128 + signal)."""
+
+    def __init__(self, message, signum):
+        super().__init__(message)
+        self.signum = signum
+
+
+class _Interrupts:
+    """Ctrl-C and SIGTERM (what cluster schedulers send before killing a job). While the training
+    loop can stop cleanly (`graceful`), the first signal only asks it to stop after the current step
+    with a checkpoint; a second one, or one outside training, interrupts at once."""
+    graceful = False
+    requested = None
+
+    @classmethod
+    def handler(cls, signum, frame):
+        if cls.graceful and cls.requested is None:
+            cls.requested = signum
+            print(f"{signal.Signals(signum).name}: stopping after this step with a checkpoint "
+                  "(send it again to stop at once)", file=sys.stderr, flush=True)
+            return
+        cls.requested = signum
+        raise KeyboardInterrupt
+
+
+def stop_requested():
+    """The signal number that asked training to stop, or None."""
+    return _Interrupts.requested
+
+
+@contextlib.contextmanager
+def graceful_interrupts():
+    """Inside: a first Ctrl-C / SIGTERM sets stop_requested() instead of raising."""
+    _Interrupts.graceful, _Interrupts.requested = True, None
+    try:
+        yield
+    finally:
+        _Interrupts.graceful = False
+
+
+# Errors of the machine rather than of the code: a full disk, a read-only or forbidden folder.
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
+                       errno.EISDIR, errno.ENAMETOOLONG}
+
+
 def run_cli(main, argv=None):
-    """Run a runner's `main(argv)`; turn UserError into one stderr line and exit code 2."""
+    """Run a runner's `main(argv)`: a UserError, or a full disk / unwritable path, becomes one stderr
+    line and exit code 2; Ctrl-C and SIGTERM stop training gracefully (exit 130 / 143)."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _Interrupts.handler)
     try:
         result = main(argv)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except OSError as exc:
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        sys.exit(2)
+    except Interrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        sys.exit(128 + exc.signum)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        signum = _Interrupts.requested or signal.SIGINT
+        print(f"interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        sys.exit(128 + signum)
     sys.exit(result or 0)

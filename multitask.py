@@ -1,7 +1,9 @@
-"""Multi-task machinery shared by run_multi_task.py: which task each optimizer step trains.
+"""Multi-task machinery of run_multi_task.py: which task each optimizer step trains, how the tasks'
+gradients are combined, how the joint model is evaluated and selected.
 
-What lives here (the runner only wires flags to these):
-- task lists: `--tasks all` = the 8 GLUE tasks of the PALs paper in the reference order;
+Task-agnostic: tasks come in as objects of the `tasks.base.Task` interface (built by the runner);
+nothing here imports a task module. What lives here (the runner only wires flags to these):
+- per-task flag values (`--task_batch_sizes cola=16,...`);
 - sampling schedules (Stickland & Murray 2019, section 4): p_i proportional to N_i^alpha with the real
   training-set sizes N_i; `prop` (alpha 1), `sqrt` (alpha 0.5), `anneal` (alpha = 1 - 0.8 (e-1)/(E-1)
   for 1-based epoch e of E) and a round-robin `rr` that, unlike the reference, really cycles;
@@ -12,26 +14,27 @@ What lives here (the runner only wires flags to these):
 - gradient surgery combiners for `training.Trainer(grad_combiner=...)`: PCGrad (Yu et al. 2020) and
   Gradient Vaccine (Wang et al. 2021);
 - reports: expected steps/passes per task, parameter counts and multipliers (`--dry_run`);
-- model selection on the GLUE average (joint best + per-task best modules), early stopping, and the
-  per-epoch dev table.
+- evaluation of every task, model selection on the mean of the tasks' main scores (for GLUE-only
+  runs the leaderboard's GLUE average; joint best + per-task best modules), early stopping, the
+  per-epoch dev table, and every task's official prediction files.
 """
 import json
 import logging
 import math
 import os
-import shutil
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+import file_utils
 import modeling
 import training
 from file_utils import ConfigError, atomic_write_json, atomic_write_text
-from tasks import glue
 
 logger = logging.getLogger(__name__)
 SAMPLING_MODES = ("prop", "sqrt", "anneal", "rr")
+TASK_LABELS_FILE = "task_labels.json"  # {task: label strings} saved beside a multi-task model (tasks reads it)
 PROJECTIONS = ("none", "pcgrad", "vaccine")
 COMBINE_STRATEGIES = ("all", "sampled")
 
@@ -40,46 +43,36 @@ COMBINE_STRATEGIES = ("all", "sampled")
 # Task lists
 # ----------------------------------------------------------------------------------------------
 
-def parse_task_list(spec):
-    """`all` -> the 8 paper tasks in the reference order; else a comma list of GLUE tasks that have
-    a training set (WNLI included; MNLI-mm and AX are evaluated/predicted with the MNLI head)."""
-    raw = [item.strip().lower() for item in str(spec or "").split(",") if item.strip()]
-    if not raw:
-        raise ConfigError("--tasks is empty: give 'all' or a comma list such as 'cola,rte'")
-    canonical = [glue.get_task(item).name if item not in glue.TASK_SETS else item for item in raw]
-    duplicates = sorted({name for name in canonical if canonical.count(name) > 1})
-    if duplicates:
-        raise ConfigError(f"task(s) listed twice in --tasks: {', '.join(duplicates)}")
-    names = glue.parse_task_list(raw)
-    for name in names:
-        if glue.get_task(name).head_task is not None or "train" not in glue.get_task(name).files:
-            raise ConfigError(f"task '{name}' has no training set; it is evaluated with the "
-                              f"{glue.get_task(name).head_task} head (give that task instead)")
-    return names
-
-
-def parse_task_batch_sizes(spec, tasks):
-    """'cola=16,mnli=64' -> {'cola': 16, 'mnli': 64} (only tasks of this run)."""
+def parse_task_values(spec, tasks, flag, convert=int, check=None):
+    """'cola=16,mnli=64' -> {'cola': 16, 'mnli': 64} for --task_batch_sizes and friends (tasks of
+    this run only; `convert` parses a value, `check(value)` returns an error text or None)."""
     result = {}
-    if not spec:
-        return result
-    for item in spec.split(","):
+    for item in str(spec or "").split(","):
         item = item.strip()
         if not item:
             continue
         if "=" not in item:
-            raise ConfigError(f"--task_batch_sizes item '{item}' is not TASK=SIZE")
-        name, value = (part.strip().lower() for part in item.split("=", 1))
+            raise ConfigError(f"{flag} item '{item}' is not TASK=VALUE")
+        name, value = (part.strip() for part in item.split("=", 1))
+        name = name.lower()
         if name not in tasks:
-            raise ConfigError(f"--task_batch_sizes names '{name}', which is not in --tasks ({', '.join(tasks)})")
+            raise ConfigError(f"{flag} names '{name}', which is not in --tasks ({', '.join(tasks)})")
         try:
-            size = int(value)
+            parsed = convert(value)
         except ValueError:
-            raise ConfigError(f"--task_batch_sizes: batch size for '{name}' is not an integer: '{value}'") from None
-        if size <= 0:
-            raise ConfigError(f"--task_batch_sizes: batch size for '{name}' must be positive, got {size}")
-        result[name] = size
+            raise ConfigError(f"{flag}: value for '{name}' is not {getattr(convert, '__name__', 'valid')}: "
+                              f"'{value}'") from None
+        problem = check(parsed) if check is not None else None
+        if problem:
+            raise ConfigError(f"{flag}: value for '{name}' {problem}, got {value}")
+        result[name] = parsed
     return result
+
+
+def parse_task_batch_sizes(spec, tasks):
+    """'cola=16,mnli=64' -> {'cola': 16, 'mnli': 64} (only tasks of this run)."""
+    return parse_task_values(spec, tasks, "--task_batch_sizes",
+                             check=lambda v: "must be positive" if v <= 0 else None)
 
 
 def batch_size_flag(task):
@@ -493,15 +486,15 @@ def format_parameter_report(report):
 # Evaluation table, model selection, early stopping
 # ----------------------------------------------------------------------------------------------
 
-def format_eval_table(epoch, results, main_scores, average):
-    """results: {task: {metric: value}}; main_scores: {task: value}. Scores are shown as 0-100."""
+def format_eval_table(epoch, results, main_scores, average, average_label="GLUE avg"):
+    """results: {eval set: {metric: value}}; main_scores: {eval set: value}. Scores are shown as 0-100."""
     width = max(8, *(len(t) for t in results))
     lines = [f"Dev results after epoch {epoch}:",
              f"{'task':<{width}} | {'metrics':<52} | main"]
     for task, metrics in results.items():
-        shown = ", ".join(f"{k} {_pct(v)}" for k, v in metrics.items() if k not in ("loss",) and training.is_number(v))
+        shown = ", ".join(f"{k} {_pct(v)}" for k, v in metrics.items() if k != "loss" and training.is_number(v))
         lines.append(f"{task:<{width}} | {shown:<52} | {_pct(main_scores[task])}")
-    lines.append(f"{'GLUE avg':<{width}} | {'':<52} | {_pct(average)}")
+    lines.append(f"{average_label:<{width}} | {'':<52} | {_pct(average)}")
     return "\n".join(lines)
 
 
@@ -510,36 +503,12 @@ def _pct(v):
     return "  nan" if math.isnan(v) else f"{100 * v:5.2f}"
 
 
-def save_dir_atomically(directory, save_fn):
-    """Write a whole folder via `save_fn(tmp_dir)`, then swap it in: a kill leaves the old or the new one."""
-    directory = os.path.abspath(directory)
-    tmp, old = directory + ".tmp", directory + ".old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    save_fn(tmp)
-    if os.path.exists(directory):
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(directory, old)
-    os.replace(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def recover_atomic_dir(directory):
-    """After a crash between the two renames of save_dir_atomically, put the old folder back."""
-    directory = os.path.abspath(directory)
-    if not os.path.exists(directory) and os.path.isdir(directory + ".old"):
-        os.replace(directory + ".old", directory)
-    shutil.rmtree(directory + ".tmp", ignore_errors=True)
-
-
 def recover_output_dirs(output_dir):
-    """On --resume: finish any best/ or per_task_best/<task>/ swap a kill interrupted."""
-    recover_atomic_dir(os.path.join(output_dir, "best"))
+    """On --resume: finish any per_task_best/<task>/ swap a kill interrupted (best/ is the engine's)."""
     per_task = os.path.join(output_dir, "per_task_best")
     if os.path.isdir(per_task):
-        names = {n[:-4] if n.endswith((".old", ".tmp")) else n for n in os.listdir(per_task)}
-        for name in names:
-            recover_atomic_dir(os.path.join(per_task, name))
+        for name in {n[:-4] if n.endswith(".old") else n for n in os.listdir(per_task)}:
+            file_utils.recover_dir(os.path.join(per_task, name))
 
 
 def save_task_parameters(model, task_id, task_name, directory, info):
@@ -551,7 +520,7 @@ def save_task_parameters(model, task_id, task_name, directory, info):
         save_file(state, os.path.join(tmp, "task_parameters.safetensors"))
         atomic_write_json(os.path.join(tmp, "task_info.json"), dict(
             info, task=task_name, task_id=task_id, num_parameters=sum(v.numel() for v in state.values())))
-    save_dir_atomically(directory, write)
+    file_utils.replace_dir_atomically(directory, write)
 
 
 def task_parameter_names(model, task_id):
@@ -586,14 +555,17 @@ def assemble_per_task_best(model, per_task_dir, task_names):
 
 
 class ModelSelector:
-    """Keeps the best GLUE-average epoch (and each task's own best), counts patience.
+    """Keeps the epoch with the best average of the tasks' main scores (and each task's own best),
+    counts patience.
 
     State lives in the plain dict `state` (the Trainer's extra_state) so that a resumed run
-    continues with the same history, best scores and patience counter.
+    continues with the same history, best scores and patience counter. Each history entry holds
+    the average under "average" and, when `average_key` names it differently (GLUE-only runs:
+    "glue_average", the leaderboard's GLUE score), under that key too.
     """
 
-    def __init__(self, state, task_names, patience=0):
-        self.task_names, self.patience = list(task_names), int(patience)
+    def __init__(self, state, task_names, patience=0, average_key="average"):
+        self.task_names, self.patience, self.average_key = list(task_names), int(patience), average_key
         self.bind(state)
 
     def bind(self, state):
@@ -607,8 +579,9 @@ class ModelSelector:
 
     def update(self, epoch, results, main_scores, average):
         """Record an epoch; returns (joint_improved, [tasks whose own best improved], stop)."""
-        self.state["history"].append({"epoch": epoch, "results": _plain(results),
-                                      "main": _plain(main_scores), "glue_average": float(average)})
+        entry = {"epoch": epoch, "results": _plain(results), "main": _plain(main_scores), "average": float(average)}
+        entry[self.average_key] = float(average)
+        self.state["history"].append(entry)
         best = self.state["best_average"]
         improved = not math.isnan(average) and (best is None or average > best)
         if improved:
@@ -642,7 +615,10 @@ def write_results(output_dir, results):
     """results.json (machine-readable, for scripts/collect_results.py) + eval_results.txt."""
     results = _plain(results)
     atomic_write_json(os.path.join(output_dir, "results.json"), results)
-    lines = [f"best_epoch = {results.get('best_epoch')}", f"best_glue_average = {results.get('best_glue_average')}"]
+    lines = [f"best_epoch = {results.get('best_epoch')}"]
+    for key in ("best_glue_average", "best_average"):
+        if key in results:
+            lines.append(f"{key} = {results[key]}")
     best = next((h for h in results.get("history", []) if h["epoch"] == results.get("best_epoch")), None)
     if best:
         for task, metrics in best["results"].items():
@@ -678,110 +654,47 @@ def combination_plan(num_tasks, projection, tasks_per_step, combine_strategy):
 
 
 # ----------------------------------------------------------------------------------------------
-# Data, evaluation and prediction for GLUE multi-task runs (used by run_multi_task.py)
+# Evaluation, predictions and the epoch hook, over task objects (tasks.base.Task interface)
 # ----------------------------------------------------------------------------------------------
 
-# The reference trains STS-B on score/5 (targets in [0, 1]); predictions are multiplied back.
-REGRESSION_LABEL_SCALE = 1.0 / 5.0
+def evaluate_tasks(tasks, predict):
+    """Dev metrics of every task -> (results {eval set: metrics}, {task: main score},
+    {eval set: main score}, average).
+
+    `predict(features, task_id)` runs the model; task i of `tasks` is task id i. The average is
+    the unweighted mean of the tasks' main scores (for GLUE tasks the leaderboard's GLUE score:
+    MNLI counts once, as the mean of -m and -mm)."""
+    results, task_scores, set_scores = {}, {}, {}
+    for task_id, task in enumerate(tasks):
+        task_results = task.evaluate(lambda features, t=task_id: predict(features, t))
+        results.update(task_results)
+        task_scores[task.name] = float(task.main_score(task_results))
+        for name, metrics in task_results.items():
+            set_scores[name] = float(task.main_score({name: metrics}))
+    average = float(np.mean(list(task_scores.values()))) if task_scores else float("nan")
+    return results, task_scores, set_scores, average
 
 
-class TaskData:
-    """One training task of a run: its GLUE task object, id, training features and dev sets."""
-
-    def __init__(self, name, task_id):
-        self.name, self.task_id = name, task_id
-        self.task = glue.get_task(name)
-        self.label_scale = REGRESSION_LABEL_SCALE if self.task.is_regression else 1.0
-        self.train = None      # list of features
-        self.train_size = None
-        self.dev = []          # [(eval name, examples, features)]: MNLI has mnli + mnli-mm
+def task_labels(tasks):
+    """{task: label strings} of the tasks whose head needs them to be read back (e.g. NER tags)."""
+    return {t.name: list(t.labels) for t in tasks if t.labels is not None}
 
 
-def _features(task, split, data_dir, tokenizer, opts, label_scale, examples=None, path=None, limit=None):
-    """Features of one split, from the engine's feature cache (built once per file/tokenizer/length)."""
-    path = path or glue.task_file(task, data_dir, split)
-    key = {"task": f"{task.name}-{split}", "file": training.file_fingerprint(path),
-           "vocab": tokenizer.vocab_fingerprint, "lower": opts.do_lower_case,
-           "max_seq_length": opts.max_seq_length, "label_scale": label_scale, "limit": limit}
-
-    def build():
-        ex = examples if examples is not None else glue.read_examples(task, data_dir, split, path=path)
-        return glue.convert_examples_to_features(ex, task, tokenizer, opts.max_seq_length, label_scale=label_scale)
-    return training.cached_features(opts.cache_dir, key, build)
+def save_with_task_labels(model, directory, tokenizer, tasks):
+    """training.save_model + task_labels.json (what the heads' outputs mean, for a later run)."""
+    training.save_model(model, directory, tokenizer)
+    atomic_write_json(os.path.join(directory, TASK_LABELS_FILE), task_labels(tasks))
 
 
-def training_set_sizes(task_names, data_dir):
-    """Real training-set sizes (examples the reader keeps), without tokenizing."""
-    return [len(glue.read_examples(name, data_dir, "train")) for name in task_names]
-
-
-def load_task_data(task_names, data_dir, tokenizer, opts, max_eval_examples=None, train=True):
-    """TaskData per task: training features (cached) and dev examples + features (MNLI: m and mm)."""
-    data = []
-    for task_id, name in enumerate(task_names):
-        td = TaskData(name, task_id)
-        if train:
-            td.train = _features(td.task, "train", data_dir, tokenizer, opts, td.label_scale)
-            td.train_size = len(td.train)
-        dev_sets = [(name, td.task, "dev")]
-        if td.task.name == "mnli":
-            dev_sets.append(("mnli-mm", glue.get_task("mnli-mm"), "dev"))
-        for eval_name, task, split in dev_sets:
-            examples = glue.read_examples(task, data_dir, split)
-            if max_eval_examples and len(examples) > max_eval_examples:
-                examples = examples[:max_eval_examples]
-            features = _features(task, split, data_dir, tokenizer, opts, td.label_scale,
-                                 examples=examples, limit=len(examples))
-            td.dev.append((eval_name, examples, features))
-        data.append(td)
-    return data
-
-
-def evaluate(predict_fn, task_data):
-    """Dev metrics of every task: {eval name: metrics}, task-level main scores, GLUE average.
-
-    predict_fn(features, task_id) -> dict with "logits" (training.Trainer.predict).
-    MNLI's task-level score (per-task model selection) is the mean of MNLI-m and MNLI-mm.
-    """
-    results, task_scores = {}, {}
-    for td in task_data:
-        scores = []
-        for eval_name, examples, features in td.dev:
-            out = predict_fn(features, td.task_id)
-            preds = glue.logits_to_predictions(td.task, out["logits"], label_scale=td.label_scale)
-            metrics = glue.compute_metrics(eval_name, preds, glue.gold_labels(eval_name, examples))
-            if out.get("loss") is not None:
-                metrics["loss"] = float(out["loss"])
-            results[eval_name] = metrics
-            scores.append(glue.main_score(eval_name, metrics))
-        task_scores[td.name] = float(np.mean(scores))
-    return results, task_scores, glue.glue_score(results)
-
-
-def predict_test_sets(predict_fn, task_data, data_dir, tokenizer, max_seq_length, out_dir, write=True):
-    """GLUE submission files for every task's test set (MNLI: -m and -mm; AX with the MNLI head).
-
-    Under DDP every rank must call this (prediction is collective); only `write=True` writes."""
+def predict_tasks(tasks, predict, out_dir, env):
+    """Official prediction files of every task into out_dir (each family's format; in a subfolder
+    named after the task unless the task's files are made to sit together, as GLUE's submission
+    files). Collective under DDP: every rank calls it; rank 0 writes."""
     written = []
-    for td in task_data:
-        splits = [(td.task, "test")]
-        if td.task.name == "mnli":
-            splits = [(td.task, "test_matched"), (td.task, "test_mismatched"), (glue.get_task("ax"), "test")]
-        for task, split in splits:
-            try:
-                path = glue.task_file(task, data_dir, split)
-            except Exception as exc:  # AX is optional in a data folder; every other test file is not
-                if task.name == "ax":
-                    logger.warning("no AX diagnostic file (%s): AX.tsv not written", exc)
-                    continue
-                raise
-            examples = glue.read_examples(task, data_dir, split, path=path)
-            features = glue.convert_examples_to_features(examples, task, tokenizer, max_seq_length)
-            out = predict_fn(features, td.task_id)
-            preds = glue.logits_to_predictions(task, out["logits"], label_scale=td.label_scale)
-            if write:
-                written.append(glue.write_predictions(task, out_dir + os.sep, [e.index for e in examples], preds,
-                                                      split=split))
+    with training.output_dir_of_rank(env, out_dir) as folder:
+        for task_id, task in enumerate(tasks):
+            target = folder if task.flat_predictions else os.path.join(folder, task.name)
+            written.extend(task.write_predictions(lambda features, t=task_id: predict(features, t), target))
     return written
 
 
@@ -798,60 +711,63 @@ def meta_model(name_or_path, config, task_num_labels, task_types, task_names):
 
 
 class EpochEnd:
-    """`on_epoch_end` hook for Trainer.train: evaluate every dev set, print the table, log TensorBoard
-    (metrics, GLUE average, target vs realized task frequencies), keep the best model(s), early stop."""
+    """`on_epoch_end` hook for Trainer.train: evaluate every task's dev set(s), print the table, log
+    TensorBoard (metrics, the average, target vs realized task frequencies), keep the best model(s),
+    early stop. `average_tag` names the average in logs and files: "glue_average" for GLUE-only
+    runs (the leaderboard's GLUE score), "average" (mean of the tasks' main scores) otherwise."""
 
-    def __init__(self, data, selector, stream, sampler, env, tokenizer, output_dir, per_task_best=False):
-        self.data, self.selector, self.stream, self.sampler = data, selector, stream, sampler
+    def __init__(self, tasks, selector, stream, sampler, env, tokenizer, output_dir, per_task_best=False,
+                 average_tag="glue_average", average_label="GLUE avg"):
+        self.tasks, self.selector, self.stream, self.sampler = tasks, selector, stream, sampler
         self.env, self.tokenizer = env, tokenizer
         self.output_dir, self.per_task_best = output_dir, per_task_best
+        self.average_tag, self.average_label = average_tag, average_label
 
     def __call__(self, epoch_index, trainer):
         self.selector.bind(trainer.extra_state)
         epoch = epoch_index + 1
-        results, task_scores, average = evaluate(lambda f, t: trainer.predict(f, t), self.data)
+        results, task_scores, set_scores, average = evaluate_tasks(self.tasks, trainer.predict)
         improved, task_improved, stop = self.selector.update(epoch, results, task_scores, average)
         if self.env.is_main:
-            main = {k: glue.main_score(k, v) for k, v in results.items()}
             note = " (new best)" if improved else f" (best: epoch {self.selector.state['best_epoch']})"
-            print(format_eval_table(epoch, results, main, average) + note, flush=True)
+            print(format_eval_table(epoch, results, set_scores, average, self.average_label) + note, flush=True)
             for name, metrics in results.items():
                 trainer.log_scalars(f"eval/{name}", metrics)
-            trainer.log_scalars("eval", {"glue_average": average})
+            trainer.log_scalars("eval", {self.average_tag: average})
             probs = self.sampler.probabilities(epoch)
             k = self.stream.tasks_per_step
             target = probs if k == 1 else (np.full(len(probs), 1.0 / len(probs)) if self.sampler.mode == "rr"
                                            else inclusion_probabilities(probs, k) / k)
             realized = self.stream.realized_frequencies(epoch)
             freq = {}
-            for i, td in enumerate(self.data):
-                freq[f"{td.name}/target"], freq[f"{td.name}/realized"] = float(target[i]), realized[i]
+            for i, task in enumerate(self.tasks):
+                freq[f"{task.name}/target"], freq[f"{task.name}/realized"] = float(target[i]), realized[i]
             trainer.log_scalars("sampling", freq)
             out = self.output_dir
             if improved:
                 def write_best(tmp):
-                    training.save_model(trainer.model, tmp, self.tokenizer)
-                    atomic_write_json(os.path.join(tmp, "selection.json"),
-                                      {"epoch": epoch, "glue_average": average, "step": trainer.global_step})
-                save_dir_atomically(os.path.join(out, "best"), write_best)
+                    save_with_task_labels(trainer.model, tmp, self.tokenizer, self.tasks)
+                    atomic_write_json(os.path.join(tmp, "selection.json"), {
+                        "epoch": epoch, self.average_tag: average, "step": trainer.global_step})
+                file_utils.replace_dir_atomically(os.path.join(out, "best"), write_best)
             if self.per_task_best:
-                for td in self.data:
-                    if td.name in task_improved:
-                        save_task_parameters(trainer.model, td.task_id, td.name,
-                                             os.path.join(out, "per_task_best", td.name),
-                                             {"epoch": epoch, "score": task_scores[td.name]})
+                for task_id, task in enumerate(self.tasks):
+                    if task.name in task_improved:
+                        save_task_parameters(trainer.model, task_id, task.name,
+                                             os.path.join(out, "per_task_best", task.name),
+                                             {"epoch": epoch, "score": task_scores[task.name]})
         self.env.barrier()
         return stop
 
 
-def write_per_task_combined(output_dir, task_names, tokenizer=None):
+def write_per_task_combined(output_dir, tasks, tokenizer=None):
     """best/ (joint model) + each task's own-best modules and head -> per_task_best/combined/."""
     model = modeling.BertForMultiTask.from_pretrained(os.path.join(output_dir, "best"))
-    epochs = assemble_per_task_best(model, os.path.join(output_dir, "per_task_best"), task_names)
+    epochs = assemble_per_task_best(model, os.path.join(output_dir, "per_task_best"), [t.name for t in tasks])
     target = os.path.join(output_dir, "per_task_best", "combined")
 
     def write(tmp):
-        training.save_model(model, tmp, tokenizer)
+        save_with_task_labels(model, tmp, tokenizer, tasks)
         atomic_write_json(os.path.join(tmp, "selection.json"), {"task_epochs": epochs, "shared_from": "best"})
-    save_dir_atomically(target, write)
+    file_utils.replace_dir_atomically(target, write)
     return {"path": os.path.relpath(target, output_dir), "task_epochs": epochs}

@@ -1,23 +1,25 @@
 """Fine-tune and evaluate BERT (optionally with PALs/adapters) on ONE GLUE task.
 
 The command line of the 2019 pytorch-pretrained-BERT `run_classifier.py`, on top of the shared
-engine (training.py). This file only holds flags and wiring: reading/metrics/submission files
-come from tasks/glue.py, the model from modeling.py, the loop from training.py.
+engine (training.py). This file only holds flags and wiring: reading, metrics and submission files
+come from tasks/glue.py (`Glue`, the task interface), the model from modeling.py, the loop from
+training.py.
 
     python run_classifier.py --task_name mrpc --data_dir glue_data --bert_model minilm-l6 \
         --do_train --do_eval --output_dir out/mrpc
 
 Outputs in --output_dir: the fine-tuned model (config.json with its head, model.safetensors,
-vocab.txt), eval_results.txt (`key = value`, sorted; MNLI adds the mismatched dev numbers with
-an `mm_` prefix), GLUE submission files with --do_predict (MNLI: MNLI-m.tsv, MNLI-mm.tsv and
-AX.tsv when the diagnostic set is present), run_config.json, TensorBoard logs in runs/, and a
-resumable checkpoint/.
+vocab.txt), results.json (the GLUE results format shared with run_multi_task.py:
+{eval set: metrics}), eval_results.txt (`key = value`, sorted; MNLI adds the mismatched dev numbers
+with an `mm_` prefix, as the 2019 keys), GLUE submission files with --do_predict (MNLI: MNLI-m.tsv,
+MNLI-mm.tsv and AX.tsv when the diagnostic set is present), run_config.json, TensorBoard logs in
+runs/, and a resumable checkpoint/.
 """
 import logging
 import os
 
 import training
-from file_utils import ConfigError, make_parser, run_cli
+from file_utils import ConfigError, atomic_write_json, make_parser, run_cli
 from tasks import glue
 
 logger = logging.getLogger("run_classifier")
@@ -38,68 +40,26 @@ def build_parser():
     return parser
 
 
-def load_split(opts, data_dir, task, tokenizer, split):
-    """Features of one split (cached); test features carry their submission `index` as metadata."""
-    path = glue.task_file(task, data_dir, split)
-
-    def build():
-        examples = glue.read_examples(task, data_dir, split, path=path)
-        features = glue.convert_examples_to_features(examples, task, tokenizer, opts.max_seq_length)
-        if split.startswith("test"):
-            for feature, example in zip(features, examples):
-                feature["index"] = example.index  # a string: the collator leaves it out of batches
-        return features
-
-    key = {"task": f"glue-{task.name}-{split}", "vocab": tokenizer.vocab_fingerprint,
-           "max_seq_length": opts.max_seq_length, "file": training.file_fingerprint(path), "format": 1}
-    return training.cached_features(opts.cache_dir, key, build)
-
-
-def find_task_id(model, task):
+def find_task_id(model, dataset):
     """Head to use: the task's own entry in a multi-task model, else the single head."""
     names = list(getattr(model.config, "task_names", None) or [])
-    for name in (task.name, task.head_task):
+    for name in (dataset.name, dataset.head_task):
         if name and name in names:
             return names.index(name)
     if len(model.task_num_labels) == 1:
         return 0
     raise ConfigError(f"the model has {len(names or model.task_num_labels)} task heads "
-                      f"({', '.join(names) or 'unnamed'}) and none is {task.name}")
+                      f"({', '.join(names) or 'unnamed'}) and none is {dataset.name}")
 
 
-def evaluate(opts, data_dir, env, model, task_id, task, tokenizer, split):
-    features = load_split(opts, data_dir, task, tokenizer, split)
-    out = training.predict(model, features, task_id, opts.eval_batch_size, env, pad_to=opts.pad_to)
-    preds = glue.logits_to_predictions(task, out["logits"])
-    gold = [f["labels"] for f in features]
-    metrics = {k: float(v) for k, v in glue.compute_metrics(task, preds, gold).items()}
-    metrics["eval_loss"] = out["loss"]
-    return metrics
-
-
-def predict_test(opts, data_dir, env, model, task_id, task, tokenizer):
-    """Write the submission file(s) for every test split of the task (+ AX with the MNLI head)."""
-    jobs = [(task, split) for split in task.submissions]
-    if task.name == "mnli":
-        jobs = [(task, "test_matched"), (task, "test_mismatched"), (glue.get_task("ax"), "test")]
-    written = set()
-    for job_task, split in jobs:
-        target = job_task.submission_file(split)
-        if target in written:
-            continue
-        if job_task.name == "ax":
-            try:
-                glue.task_file(job_task, data_dir, split)
-            except Exception:  # AX is optional: predicted only when the diagnostic file is there
-                logger.info("no AX diagnostic file under %s; skipping AX.tsv", data_dir)
-                continue
-        features = load_split(opts, data_dir, job_task, tokenizer, split)
-        out = training.predict(model, features, task_id, opts.eval_batch_size, env)
-        preds = glue.logits_to_predictions(job_task, out["logits"])
-        if env.is_main:
-            path = glue.write_predictions(job_task, opts.output_dir, [f.get("index") for f in features], preds, split)
-            logger.info("wrote %s", path)
-        written.add(target)
+def flat_results(task, results):
+    """The 2019 eval_results.txt keys: the task's metrics, `eval_loss`, and MNLI-mm's with `mm_`."""
+    flat = {}
+    for eval_name, metrics in results.items():
+        prefix = "mm_" if eval_name == "mnli-mm" and task.name == "mnli" else ""
+        for key, value in metrics.items():
+            flat[prefix + ("eval_loss" if key == "loss" else key)] = value
+    return flat
 
 
 def main(argv=None):
@@ -108,52 +68,54 @@ def main(argv=None):
         raise ConfigError("nothing to do: pass at least one of --do_train, --do_eval, --do_predict")
     if args.task_name not in TASK_NAMES:
         raise ConfigError(f"unknown --task_name '{args.task_name}' (known: {', '.join(TASK_NAMES)})")
-    task = glue.get_task(args.task_name)
-    opts = training.EngineOptions.from_args(args)
+    opts = training.EngineOptions.from_args(args).with_run_flags(task=args.task_name,
+                                                                  data=os.path.abspath(args.data_dir))
     env = training.setup_env(opts)
+    training.check_output_dir(opts, training=args.do_train)
     tokenizer = training.load_tokenizer(opts)
-    results = {}
+    cache = (lambda key, build: training.cached_features(opts.cache_dir, key, build)) if opts.cache_dir else None
+    task = glue.Glue(args.task_name, args.data_dir, tokenizer, opts.max_seq_length, cache=cache)
+    # Every input file is read and checked before training: a bad dev row must not cost the run.
+    task.prepare(train=args.do_train, dev=args.do_eval, test=args.do_predict)
     if args.do_train:
-        training.prepare_output_dir(opts, env)
-        training.write_run_config(args, opts.output_dir, env)
-        train_features = load_split(opts, args.data_dir, task, tokenizer, "train")
-        model = training.load_model(opts, [task.num_labels], [task.head_type], [task.head_task or task.name])
-        stream = training.make_stream(opts, env, train_features)
-        num_steps = training.num_training_steps(opts, stream.steps_per_epoch)
-        logger.info("%d examples, %d optimizer steps of %d examples (%d per epoch)", len(train_features),
-                    num_steps, opts.train_batch_size, stream.steps_per_epoch)
-        trainer = training.Trainer(opts, env, model, num_steps)
-        summary = trainer.train(stream, num_steps, stream.steps_per_epoch)
-        trainer.save_model(opts.output_dir, tokenizer)
-        results.update(global_step=summary["global_step"], loss=summary["loss"])
+        model = training.load_model(opts, [task.num_labels], [task.head_type], [task.train_dataset.name])
     else:
         model = training.load_model(opts)  # a fine-tuned folder: heads from its config
-        model.to(env.device)
-        trainer = None
-        results["global_step"] = 0
-        training.prepare_output_dir(opts, env, training=False)
-    task_id = find_task_id(model, task)
+    task_id = find_task_id(model, task.dataset)
+    if model.task_types[task_id] == "pretraining":
+        raise ConfigError(f"{opts.model_dir} holds a masked-LM/next-sentence model, no classifier head: "
+                          "add --do_train to fine-tune one for this task")
     head_labels = model.task_num_labels[task_id]
     if head_labels != task.num_labels:
         names = getattr(model.config, "task_names", None) or []
         was = f" (fine-tuned for {names[task_id]})" if task_id < len(names) else ""
         raise ConfigError(f"the model's head {task_id}{was} has {head_labels} outputs, "
-                          f"{task.display} needs {task.num_labels}")
+                          f"{task.dataset.display} needs {task.num_labels}")
+    training.prepare_output_dir(opts, env, training=args.do_train)
+    results = {"global_step": 0}
+    trainer = None
+    if args.do_train:
+        training.write_run_config(args, opts.output_dir, env)
+        trainer, summary = training.train_and_save(opts, env, model, task.train_features, tokenizer)
+        results.update(global_step=summary["global_step"], loss=summary["loss"])
+    predict = training.predictor(opts, env, model, task_id)
     if args.do_eval:
-        dev_split = "dev_mismatched" if task.name == "mnli-mm" else "dev"
-        results.update(evaluate(opts, args.data_dir, env, model, task_id, task, tokenizer, dev_split))
-        if task.name == "mnli":
-            mm = evaluate(opts, args.data_dir, env, model, task_id, glue.get_task("mnli-mm"), tokenizer,
-                          "dev_mismatched")
-            results.update({f"mm_{k}": v for k, v in mm.items()})
+        eval_results = task.evaluate(predict)
+        results.update(flat_results(task, eval_results))
         if env.is_main:
             training.write_eval_results(os.path.join(opts.output_dir, "eval_results.txt"), results)
+            atomic_write_json(os.path.join(opts.output_dir, "results.json"), {
+                "kind": "single_task", "task": task.name, "results": eval_results,
+                "global_step": results["global_step"]})
             for key in sorted(results):
                 logger.info("  %s = %s", key, results[key])
         if trainer is not None:
-            trainer.log_scalars("eval", results)
+            for eval_name, metrics in eval_results.items():
+                trainer.log_scalars(f"eval/{eval_name}", metrics)
     if args.do_predict:
-        predict_test(opts, args.data_dir, env, model, task_id, task, tokenizer)
+        with training.output_dir_of_rank(env, opts.output_dir) as out_dir:
+            for path in task.write_predictions(predict, out_dir):
+                logger.info("wrote %s", path)
     if trainer is not None:
         trainer.close()
     return 0

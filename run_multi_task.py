@@ -1,13 +1,16 @@
-"""Multi-task GLUE fine-tuning with one shared BERT, small task modules (PALs, ...) and one head per task.
+"""Multi-task fine-tuning with one shared BERT, small task modules (PALs, ...) and one head per task.
 
 The paper's main job (Stickland & Murray, ICML 2019, "BERT and PALs"): every optimizer step trains one
 task drawn by `--sample` (prop, sqrt, anneal, rr); after each epoch every task's dev set is evaluated,
-the model with the best GLUE average is kept in <output_dir>/best/. With no --data_dir, a short demo
-on the bundled sample data runs (printed as such). Machinery: multitask.py; engine: training.py.
+the model with the best average of the tasks' main scores (GLUE-only runs: the GLUE average) is kept
+in <output_dir>/best/. Tasks may mix families: GLUE tasks (--data_dir) with squad1, squad2, conll and
+swag (--task_data NAME=DIR). With no data flags, a short demo on the bundled sample data runs
+(printed as such). Machinery: multitask.py; tasks: tasks/; engine: training.py.
 
     python run_multi_task.py --tasks all --sample anneal                       # demo, ~minutes on CPU
+    python run_multi_task.py --tasks sst-2,rte,squad2,conll,swag                # mixed demo
     python run_multi_task.py --data_dir glue_data --bert_model uncased_L-12_H-768_A-12 \
-        --config configs/pals_config.json --tasks all --sample anneal --num_train_epochs 25 --output_dir runs/pals
+        --config pals --tasks all --sample anneal --num_train_epochs 25 --output_dir runs/pals
 """
 import logging
 import os
@@ -17,13 +20,18 @@ import time
 import modeling
 import multitask as mt
 import optimization
+import tasks as task_families
 import training
 from file_utils import ConfigError, make_parser, run_cli
-from tasks import glue
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEMO_DATA_DIR = os.path.join(ROOT, "data", "glue_sample")
-# Without --data_dir: a CPU-sized demo instead of the paper's 25 x 2400 steps at lr 2e-5.
+# The bundled sample data of the other families (scripts/make_sample_data.py), for the demo.
+DEMO_TASK_DATA = {"squad1": os.path.join(ROOT, "data", "squad_sample"),
+                  "squad2": os.path.join(ROOT, "data", "squad_sample"),
+                  "conll": os.path.join(ROOT, "data", "conll_sample"),
+                  "swag": os.path.join(ROOT, "data", "swag_sample")}
+# Without data flags: a CPU-sized demo instead of the paper's 25 x 2400 steps at lr 2e-5.
 # AdamW, because BertAdam (no bias correction) at lr 1e-4 collapses to the majority class in so few steps.
 DEMO_PROFILE = {"num_train_epochs": 3.0, "steps_per_task": 20, "learning_rate": 1e-4, "optimizer": "adamw",
                 "max_eval_examples": 200}
@@ -41,13 +49,20 @@ def build_parser():
         if action.dest == "config":
             action.help = (f"adapter config: a JSON file, one of {', '.join(modeling.ADAPTER_CONFIGS)} (the configs/ "
                            "file for the model's width), or 'none' (shared encoder + heads only)")
+        if action.dest == "max_seq_length":
+            action.help = "max tokens per sequence (a task's own --task_max_seq_length wins; SQuAD: 384)"
     g = p.add_argument_group("multi-task")
-    g.add_argument("--data_dir", default=None, help="GLUE data (<data_dir>/<TASK>/train.tsv ...); default: the "
-                   "bundled sample data with a short demo profile")
-    g.add_argument("--tasks", default="all", help="'all' (the 8 paper tasks in reference order) or a comma list "
-                   "of GLUE tasks (WNLI included)")
+    g.add_argument("--data_dir", default=None, help="GLUE data (<data_dir>/<TASK>/train.tsv ...); without it and "
+                   "--task_data: the bundled sample data with a short demo profile")
+    g.add_argument("--task_data", default=None,
+                   help="data folders of the non-GLUE tasks: squad1=DIR,squad2=DIR (train-v*.json, dev-v*.json), "
+                        "conll=DIR (train.txt, valid.txt, test.txt), swag=DIR (train.csv, val.csv, test.csv)")
+    g.add_argument("--tasks", default="all",
+                   help="'all' (the 8 paper tasks in reference order), 'glue' (+ WNLI), or a comma list of GLUE "
+                        f"tasks and {', '.join(task_families.OTHER_TASKS)}; the position is the task id")
     g.add_argument("--sample", choices=mt.SAMPLING_MODES, default="anneal",
-                   help="task sampling: p_i ~ N_i^alpha, prop alpha=1, sqrt 0.5, anneal 1-0.8(e-1)/(E-1); rr cycles")
+                   help="task sampling: p_i ~ N_i^alpha (N_i: training examples), prop alpha=1, sqrt 0.5, "
+                        "anneal 1-0.8(e-1)/(E-1); rr cycles")
     g.add_argument("--steps_per_epoch", type=int, default=None,
                    help="optimizer steps per epoch (default 300 x number of tasks, as in the paper)")
     g.add_argument("--dry_run", action="store_true", help="print probabilities, expected steps/passes and "
@@ -55,8 +70,12 @@ def build_parser():
     g.add_argument("--freeze", action="store_true", help="train only task modules and heads (shared BERT frozen)")
     g.add_argument("--task_lr", type=float, default=None, help="learning rate of task-specific parameters")
     g.add_argument("--task_batch_sizes", default=None, help="per-task effective batch sizes, e.g. cola=16,mnli=64")
-    for name in glue.GLUE_TASKS:
+    for name in task_families.glue.GLUE_TASKS + list(task_families.OTHER_TASKS):
         g.add_argument("--" + mt.batch_size_flag(name), type=int, default=None, help=f"batch size for {name}")
+    g.add_argument("--task_max_seq_length", default=None,
+                   help="per-task max lengths, e.g. squad2=384,conll=128 (default: --max_seq_length; SQuAD 384)")
+    g.add_argument("--doc_stride", type=int, default=128, help="SQuAD: stride between windows over a context")
+    g.add_argument("--max_query_length", type=int, default=64, help="SQuAD: question word pieces kept")
     g.add_argument("--projection", choices=mt.PROJECTIONS, default="none",
                    help="gradient surgery on the shared parameters for multi-task steps: pcgrad or vaccine")
     g.add_argument("--tasks_per_step", type=int, default=None,
@@ -65,10 +84,12 @@ def build_parser():
                    help="all: every step trains every task; sampled: the step's tasks are drawn without "
                    "replacement from the sampler's p_i (default: all if tasks_per_step = number of tasks)")
     g.add_argument("--vaccine_beta", type=float, default=0.01, help="EMA rate of the Gradient Vaccine targets")
-    g.add_argument("--patience", type=int, default=0, help="stop after N epochs without a better GLUE average")
+    g.add_argument("--patience", type=int, default=0,
+                   help="stop after N epochs without a better average (0: never stop early)")
     g.add_argument("--per_task_best", action="store_true",
                    help="also keep each task's modules + head at its own best epoch (per_task_best/<task>/)")
-    g.add_argument("--do_predict", action="store_true", help="write GLUE test submission files (selected model)")
+    g.add_argument("--do_predict", action="store_true",
+                   help="write every task's official test predictions (selected model) into predictions/")
     g.add_argument("--no_train", action="store_true",
                    help="no training: evaluate (and --do_predict) the fine-tuned multi-task --bert_model")
     g.add_argument("--max_eval_examples", type=int, default=None, help="evaluate on the first N dev examples only")
@@ -78,13 +99,14 @@ def build_parser():
 
 
 def parse_args(argv):
-    """Parse flags; without --data_dir apply the demo profile to every flag not given explicitly."""
+    """Parse flags; without --data_dir and --task_data apply the demo profile to every flag not given
+    explicitly."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     by_option = {o: a.dest for a in parser._actions for o in a.option_strings}
     explicit = {by_option.get(tok.split("=", 1)[0]) for tok in argv if tok.startswith("--")}
-    args.demo = args.data_dir is None
+    args.demo = args.data_dir is None and args.task_data is None
     if args.demo:
         args.data_dir = DEMO_DATA_DIR
         for key, value in DEMO_PROFILE.items():
@@ -95,72 +117,133 @@ def parse_args(argv):
     return args
 
 
+class Plan:
+    """The run's tasks and their per-task settings, from the flags (no file read yet)."""
+
+    def __init__(self, args):
+        self.names = task_families.parse_task_names(args.tasks)
+        self.glue_only = all(task_families.is_glue(n) for n in self.names)
+        if args.steps_per_epoch is None:
+            args.steps_per_epoch = (DEMO_PROFILE["steps_per_task"] if args.demo else 300) * len(self.names)
+        for flag in ("steps_per_epoch", "doc_stride", "max_query_length"):
+            if getattr(args, flag) < 1:
+                raise ConfigError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+        self.num_epochs = max(1, int(-(-args.num_train_epochs // 1)))
+        per_task_bs = mt.parse_task_batch_sizes(args.task_batch_sizes, self.names)
+        for name in self.names:
+            flag = getattr(args, mt.batch_size_flag(name))
+            if flag is not None and flag <= 0:
+                raise ConfigError(f"--{mt.batch_size_flag(name)} must be positive, got {flag}")
+            per_task_bs[name] = flag if flag is not None else per_task_bs.get(name, args.train_batch_size)
+        self.batch_sizes = [per_task_bs[n] for n in self.names]
+        lengths = mt.parse_task_values(args.task_max_seq_length, self.names, "--task_max_seq_length",
+                                       check=lambda v: "must be >= 3" if v < 3 else None)
+        self.max_lengths = [lengths.get(n, task_families.DEFAULT_MAX_SEQ_LENGTH.get(n, args.max_seq_length))
+                            for n in self.names]
+        task_data = mt.parse_task_values(args.task_data, self.names, "--task_data", convert=str)
+        self.data_dirs = []
+        for name in self.names:
+            if task_families.is_glue(name):
+                if args.data_dir is None:
+                    raise ConfigError(f"GLUE task '{name}' needs --data_dir (the GLUE data folder)")
+                self.data_dirs.append(args.data_dir)
+            elif name in task_data:
+                self.data_dirs.append(task_data[name])
+            elif args.demo:
+                self.data_dirs.append(DEMO_TASK_DATA[name])
+            else:
+                raise ConfigError(f"task '{name}' needs its data folder: --task_data {name}=DIR")
+        self.tasks_per_step, self.strategy, self.method = mt.combination_plan(
+            len(self.names), args.projection, args.tasks_per_step, args.combine_strategy)
+        if args.freeze and args.projection != "none":
+            raise ConfigError("--freeze trains no shared parameter, so --projection has nothing to act on")
+        self.average_key = "glue_average" if self.glue_only else "average"
+        self.average_label = "GLUE avg" if self.glue_only else "average"
+
+    def run_flags(self, args):
+        """This runner's flags that define a run (part of the checkpoint fingerprint)."""
+        return dict(tasks=self.names, sample=args.sample, steps_per_epoch=args.steps_per_epoch,
+                    batch_sizes=self.batch_sizes, max_lengths=self.max_lengths, projection=args.projection,
+                    tasks_per_step=self.tasks_per_step, combine_strategy=self.strategy,
+                    vaccine_beta=args.vaccine_beta, freeze=args.freeze, task_lr=args.task_lr, patience=args.patience,
+                    doc_stride=args.doc_stride, max_query_length=args.max_query_length,
+                    max_eval_examples=args.max_eval_examples,
+                    data=[os.path.abspath(d) for d in self.data_dirs])
+
+    def build_tasks(self, args, opts, tokenizer):
+        """Task objects (nothing read yet); a model folder's task_labels.json gives NER tag lists."""
+        saved = task_families.saved_labels(opts.model_dir)
+        cache = (lambda key, build: training.cached_features(opts.cache_dir, key, build)) if opts.cache_dir else None
+        return [task_families.build_task(name, tokenizer, data_dir, max_len, cache=cache,
+                                         max_eval_examples=args.max_eval_examples, labels=saved.get(name),
+                                         doc_stride=args.doc_stride, max_query_length=args.max_query_length)
+                for name, data_dir, max_len in zip(self.names, self.data_dirs, self.max_lengths)]
+
+
 def main(argv=None):
     args = parse_args(argv)
-    names = mt.parse_task_list(args.tasks)
-    tasks = [glue.get_task(n) for n in names]
+    plan = Plan(args)
     if args.demo:
-        print(f"DEMO PROFILE (no --data_dir): bundled sample data {os.path.relpath(args.data_dir)}, "
-              f"{int(args.num_train_epochs)} epochs x "
-              f"{args.steps_per_epoch or DEMO_PROFILE['steps_per_task'] * len(names)}"
-              f" steps, {args.optimizer} lr {args.learning_rate:g}, dev capped at {args.max_eval_examples} examples. "
-              "Explicit flags override; pass --data_dir for real runs.", flush=True)
-    if args.steps_per_epoch is None:
-        args.steps_per_epoch = (DEMO_PROFILE["steps_per_task"] if args.demo else 300) * len(names)
-    num_epochs = max(1, int(-(-args.num_train_epochs // 1)))
-    per_task_bs = mt.parse_task_batch_sizes(args.task_batch_sizes, names)
-    for name in names:
-        flag = getattr(args, mt.batch_size_flag(name))
-        per_task_bs[name] = flag if flag is not None else per_task_bs.get(name, args.train_batch_size)
-    batch_sizes = [per_task_bs[n] for n in names]
-    tasks_per_step, strategy, method = mt.combination_plan(len(names), args.projection, args.tasks_per_step,
-                                                           args.combine_strategy)
-    if args.freeze and args.projection != "none":
-        raise ConfigError("--freeze trains no shared parameter, so --projection has nothing to act on")
-    opts = training.EngineOptions.from_args(args)
+        print(f"DEMO PROFILE (no --data_dir / --task_data): bundled sample data under {os.path.relpath(ROOT)}/data, "
+              f"{int(args.num_train_epochs)} epochs x {args.steps_per_epoch} steps, {args.optimizer} lr "
+              f"{args.learning_rate:g}, dev capped at {args.max_eval_examples} examples. "
+              "Explicit flags override; pass --data_dir / --task_data for real runs.", flush=True)
+    if args.max_eval_examples is not None and args.max_eval_examples < 1:
+        raise ConfigError(f"--max_eval_examples must be >= 1, got {args.max_eval_examples}")
+    opts = training.EngineOptions.from_args(args).with_run_flags(**plan.run_flags(args))
     if args.dry_run:
-        return dry_run(args, opts, names, tasks, batch_sizes, num_epochs, tasks_per_step)
+        return dry_run(args, opts, plan)
 
     env = training.setup_env(opts)
-    training.prepare_output_dir(opts, env)
+    training.check_output_dir(opts, training=not args.no_train)
+    tokenizer = training.load_tokenizer(opts)
+    tasks = plan.build_tasks(args, opts, tokenizer)
+    for task in tasks:  # every input file is read and checked before anything is written
+        task.prepare(train=not args.no_train, dev=True, test=args.do_predict)
+    model = training.load_model(opts, [t.num_labels for t in tasks], [t.head_type for t in tasks], plan.names)
+    longest = max(plan.max_lengths)
+    if longest > model.config.max_position_embeddings:
+        raise ConfigError(f"a task's max length {longest} exceeds the model's max_position_embeddings "
+                          f"{model.config.max_position_embeddings} (--task_max_seq_length)")
+    training.prepare_output_dir(opts, env, training=not args.no_train)
     if opts.resume and env.is_main:
         mt.recover_output_dirs(opts.output_dir)
     training.write_run_config(args, opts.output_dir, env)
-    tokenizer = training.load_tokenizer(opts)
-    data = mt.load_task_data(names, args.data_dir, tokenizer, opts, args.max_eval_examples, train=not args.no_train)
-    model = training.load_model(opts, [t.num_labels for t in tasks], [t.head_type for t in tasks], names)
     if args.freeze:
         for p in model.shared_parameters():
             p.requires_grad_(False)
-    report = mt.parameter_report(model, names, modeling.count_parameters)
+    report = mt.parameter_report(model, plan.names, modeling.count_parameters)
     if env.is_main:
         print(mt.format_parameter_report(report), flush=True)
-    selector = mt.ModelSelector({}, names, args.patience)
-    results = {"kind": "multi_task", "label": _label(args, opts), "tasks": names, "config": opts.config,
+    selector = mt.ModelSelector({}, plan.names, args.patience, average_key=plan.average_key)
+    results = {"kind": "multi_task", "label": _label(args, opts), "tasks": plan.names, "config": opts.config,
                "sample": args.sample, "parameters": report, "demo": args.demo, "projection": args.projection}
     if args.no_train:
         trainer = training.Trainer(opts, env, model, 1)
-        scores = mt.evaluate(lambda f, t: trainer.predict(f, t), data)
-        selector.update(0, *scores)
-        _print_table(env, 0, scores)
+        results_, task_scores, set_scores, average = mt.evaluate_tasks(tasks, trainer.predict)
+        selector.update(0, results_, task_scores, average)
+        if env.is_main:
+            print(mt.format_eval_table(0, results_, set_scores, average, plan.average_label), flush=True)
         best_dir = opts.model_dir
     else:
-        sizes = [td.train_size for td in data]
+        sizes = [t.train_size for t in tasks]
         groups = optimization.param_groups(model, opts.weight_decay, opts.learning_rate, task_lr=args.task_lr)
-        combiner = mt.GradientCombiner(method, len(names), seed=opts.seed, beta=args.vaccine_beta) \
-            if tasks_per_step > 1 else None
-        streams = [training.make_stream(opts, env, td.train, task_id=i, batch_size=bs, seed=opts.seed + i)
-                   for i, (td, bs) in enumerate(zip(data, batch_sizes))]
-        sampler = mt.TaskSampler(sizes, args.sample, num_epochs, opts.seed)
-        stream = mt.MultiTaskStream(streams, sampler, args.steps_per_epoch, tasks_per_step, combiner)
-        schedule = mt.schedule_report(names, sizes, batch_sizes, args.sample, num_epochs, args.steps_per_epoch,
-                                      tasks_per_step)
+        combiner = mt.GradientCombiner(plan.method, len(tasks), seed=opts.seed, beta=args.vaccine_beta) \
+            if plan.tasks_per_step > 1 else None
+        streams = [training.make_stream(opts, env, t.train_features, task_id=i, batch_size=bs, seed=opts.seed + i,
+                                        pad_to=max_len if opts.pad_to_max_length else None)
+                   for i, (t, bs, max_len) in enumerate(zip(tasks, plan.batch_sizes, plan.max_lengths))]
+        sampler = mt.TaskSampler(sizes, args.sample, plan.num_epochs, opts.seed)
+        stream = mt.MultiTaskStream(streams, sampler, args.steps_per_epoch, plan.tasks_per_step, combiner)
+        schedule = mt.schedule_report(plan.names, sizes, plan.batch_sizes, args.sample, plan.num_epochs,
+                                      args.steps_per_epoch, plan.tasks_per_step)
         if env.is_main:
             print(mt.format_schedule_report(schedule), flush=True)
         total_steps = training.num_training_steps(opts, args.steps_per_epoch)
         trainer = training.Trainer(opts, env, model, total_steps, param_groups=groups, grad_combiner=combiner)
-        on_epoch_end = mt.EpochEnd(data, selector, stream, sampler, env, tokenizer, opts.output_dir,
-                                   per_task_best=args.per_task_best)
+        on_epoch_end = mt.EpochEnd(tasks, selector, stream, sampler, env, tokenizer, opts.output_dir,
+                                   per_task_best=args.per_task_best, average_tag=plan.average_key,
+                                   average_label=plan.average_label)
         stop_at = min(total_steps, args.stop_after_steps or total_steps)
         outcome = trainer.train(stream, stop_at, args.steps_per_epoch, on_epoch_end=on_epoch_end, desc="multi-task")
         if stop_at < total_steps and not outcome["stopped_early"]:
@@ -169,37 +252,40 @@ def main(argv=None):
             return 0
         selector.bind(trainer.extra_state)
         results.update(schedule=schedule, steps=trainer.global_step, train_loss=outcome["loss"],
-                       stopped_early=outcome["stopped_early"], combine_strategy=strategy,
-                       tasks_per_step=tasks_per_step, realized_frequencies=stream.realized_frequencies())
+                       stopped_early=outcome["stopped_early"], combine_strategy=plan.strategy,
+                       tasks_per_step=plan.tasks_per_step, realized_frequencies=stream.realized_frequencies())
         best_dir = os.path.join(opts.output_dir, "best")
     results.update(history=selector.state["history"], best_epoch=selector.state["best_epoch"],
-                   best_glue_average=selector.state["best_average"], task_best=selector.state["task_best"])
+                   best_average=selector.state["best_average"], task_best=selector.state["task_best"])
+    if plan.glue_only:
+        results["best_glue_average"] = selector.state["best_average"]
     if args.per_task_best and not args.no_train and env.is_main:
-        results["per_task_best_combined"] = mt.write_per_task_combined(opts.output_dir, names, tokenizer)
+        results["per_task_best_combined"] = mt.write_per_task_combined(opts.output_dir, tasks, tokenizer)
     if args.do_predict:
         selected = modeling.BertForMultiTask.from_pretrained(best_dir).to(env.device)
-        out_dir = os.path.join(opts.output_dir, "predictions")
-        written = mt.predict_test_sets(lambda f, t: training.predict(selected, f, t, opts.eval_batch_size, env),
-                                       data, args.data_dir, tokenizer, opts.max_seq_length, out_dir,
-                                       write=env.is_main)
+        written = mt.predict_tasks(tasks, lambda f, t: training.predict(selected, f, t, opts.eval_batch_size, env),
+                                   os.path.join(opts.output_dir, "predictions"), env)
         results["predictions"] = [os.path.relpath(p, opts.output_dir) for p in written]
     trainer.close()
     if env.is_main:
         mt.write_results(opts.output_dir, results)
         best = selector.state["best_average"]
-        print(f"best GLUE average {100 * best:.2f} at epoch {selector.state['best_epoch']}; outputs in "
+        what = "GLUE average" if plan.glue_only else "average of the tasks' main scores"
+        print(f"best {what} {100 * best:.2f} at epoch {selector.state['best_epoch']}; outputs in "
               f"{opts.output_dir}" if best is not None else f"outputs in {opts.output_dir}", flush=True)
     return 0
 
 
-def dry_run(args, opts, names, tasks, batch_sizes, num_epochs, tasks_per_step):
-    sizes = mt.training_set_sizes(names, args.data_dir)
-    schedule = mt.schedule_report(names, sizes, batch_sizes, args.sample, num_epochs, args.steps_per_epoch,
-                                  tasks_per_step)
-    model = mt.meta_model(opts.model_dir, opts.config, [t.num_labels for t in tasks], [t.head_type for t in tasks],
-                          names)
-    report = mt.parameter_report(model, names, modeling.count_parameters)
-    print(f"DRY RUN: {len(names)} tasks, --sample {args.sample}, model {args.bert_model}, "
+def dry_run(args, opts, plan):
+    """Sizes (training examples, counted without tokenizing), probabilities and parameter counts."""
+    tasks = plan.build_tasks(args, opts, tokenizer=None)
+    sizes = [t.count_train_examples() for t in tasks]
+    schedule = mt.schedule_report(plan.names, sizes, plan.batch_sizes, args.sample, plan.num_epochs,
+                                  args.steps_per_epoch, plan.tasks_per_step)
+    num_labels = [t.num_labels if t.num_labels is not None else len(t.read_labels()) for t in tasks]
+    model = mt.meta_model(opts.model_dir, opts.config, num_labels, [t.head_type for t in tasks], plan.names)
+    report = mt.parameter_report(model, plan.names, modeling.count_parameters)
+    print(f"DRY RUN: {len(plan.names)} tasks, --sample {args.sample}, model {args.bert_model}, "
           f"config {opts.config or 'none (shared encoder + heads)'}")
     print(mt.format_schedule_report(schedule))
     print(mt.format_parameter_report(report))
@@ -209,12 +295,6 @@ def dry_run(args, opts, names, tasks, batch_sizes, num_epochs, tasks_per_step):
 def _label(args, opts):
     config = os.path.basename(opts.config).replace("_config.json", "") if opts.config else "shared"
     return f"{config} ({args.sample}{', ' + args.projection if args.projection != 'none' else ''})"
-
-
-def _print_table(env, epoch, scores):
-    if env.is_main:
-        results, task_scores, average = scores
-        print(mt.format_eval_table(epoch, results, {k: glue.main_score(k, v) for k, v in results.items()}, average))
 
 
 if __name__ == "__main__":

@@ -11,12 +11,13 @@ test_results.txt and test_predictions.txt (test) into --output_dir.
 import logging
 import os
 
+import tasks
 import training
 from file_utils import ConfigError, atomic_write_text, make_parser, run_cli
 from tasks import conll
 
 logger = logging.getLogger("run_ner")
-LABELS_FILE = "labels.txt"
+LABELS_FILE = conll.LABELS_FILE
 
 
 def build_parser():
@@ -33,93 +34,53 @@ def build_parser():
     return parser
 
 
-def label_list(args, opts, train_sentences):
-    """--labels, else the model folder's labels.txt (a fine-tuned model), else the train file's tags."""
-    if args.labels:
-        return conll.read_labels_file(args.labels)
-    saved = os.path.join(opts.model_dir, LABELS_FILE)
-    if os.path.isfile(saved):
-        return conll.read_labels_file(saved)
-    if train_sentences is not None:
-        return conll.labels_from_sentences(train_sentences)
-    raise ConfigError(f"no label list: pass --labels, --do_train, or a --bert_model folder with {LABELS_FILE}")
-
-
-def _features(opts, tokenizer, path, sentences, labels):
-    key = {"task": "conll-" + os.path.basename(path), "file": training.file_fingerprint(path),
-           "vocab": tokenizer.vocab_fingerprint, "lower": opts.do_lower_case,
-           "max_seq_length": opts.max_seq_length, "labels": labels}
-
-    def build():
-        features, metas, _ = conll.convert_sentences_to_features(sentences, tokenizer, labels, opts.max_seq_length)
-        return list(zip(features, metas))
-
-    pairs = training.cached_features(opts.cache_dir, key, build)
-    return [f for f, _ in pairs], [m for _, m in pairs]
-
-
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if not (args.do_train or args.do_eval or args.do_predict):
         raise ConfigError("at least one of --do_train, --do_eval or --do_predict is required")
-    opts = training.EngineOptions.from_args(args)
+    opts = training.EngineOptions.from_args(args).with_run_flags(data=os.path.abspath(args.data_dir),
+                                                                  labels=args.labels)
     env = training.setup_env(opts)
-    training.prepare_output_dir(opts, env, training=args.do_train)
+    training.check_output_dir(opts, training=args.do_train)
     tokenizer = training.load_tokenizer(opts)
-
+    # --labels, else the model folder's labels.txt (a fine-tuned model), else the train file's tags.
+    labels = conll.read_labels_file(args.labels) if args.labels else tasks.saved_labels(opts.model_dir).get("conll")
+    if labels is None and not args.do_train:
+        raise ConfigError(f"no label list: pass --labels, --do_train, or a --bert_model folder with {LABELS_FILE}")
+    cache = (lambda key, build: training.cached_features(opts.cache_dir, key, build)) if opts.cache_dir else None
+    task = conll.Conll(args.data_dir, tokenizer, opts.max_seq_length, labels=labels, name="ner", cache=cache)
     # Read every file first, so that a bad record fails before the model is loaded.
-    splits = {}
-    if args.do_train:
-        splits["train"] = os.path.join(args.data_dir, "train.txt")
-    if args.do_eval:
-        splits["eval"] = conll.find_dev_file(args.data_dir)
-    if args.do_predict:
-        splits["test"] = os.path.join(args.data_dir, "test.txt")
-    sentences = {name: conll.read_conll(path) for name, path in splits.items()}
-    labels = label_list(args, opts, sentences.get("train"))
-    if "train" in sentences:
-        conll.check_labels(sentences["train"], labels, splits["train"])
-    features = {name: _features(opts, tokenizer, splits[name], sentences[name], labels) for name in splits}
-    logger.info("labels: %s", " ".join(labels))
+    task.prepare(train=args.do_train, dev=args.do_eval, test=args.do_predict)
+    logger.info("labels: %s", " ".join(task.labels))
+    model = training.load_model(opts, task_num_labels=[len(task.labels)], task_types=["token"], task_names=["ner"])
+    training.prepare_output_dir(opts, env, training=args.do_train)
     training.write_run_config(args, opts.output_dir, env)   # after the data checks: a failed run leaves no files
-    model = training.load_model(opts, task_num_labels=[len(labels)], task_types=["token"], task_names=["ner"])
 
     trainer = None
     if args.do_train:
-        train_features = features["train"][0]
-        stream = training.make_stream(opts, env, train_features)
-        num_steps = training.num_training_steps(opts, stream.steps_per_epoch)
-        logger.info("training on %d sentences -> %d windows, %d optimizer steps",
-                    len(sentences["train"]), len(train_features), num_steps)
-        trainer = training.Trainer(opts, env, model, num_steps)
-        result = trainer.train(stream, num_steps, stream.steps_per_epoch)
+        logger.info("training on %d sentences -> %d windows", task.train_examples, len(task.train_features))
+        trainer, result = training.train_and_save(opts, env, model, task.train_features, tokenizer)
         if env.is_main:
-            atomic_write_text(os.path.join(opts.output_dir, LABELS_FILE), "\n".join(labels) + "\n")
-        trainer.save_model(opts.output_dir, tokenizer)
-        if env.is_main:
+            atomic_write_text(os.path.join(opts.output_dir, LABELS_FILE), "\n".join(task.labels) + "\n")
             training.write_eval_results(os.path.join(opts.output_dir, "train_results.txt"), {
                 "global_step": result["global_step"], "loss": result["loss"],
-                "train_sentences": len(sentences["train"]), "train_features": len(train_features)})
+                "train_sentences": task.train_examples, "train_features": len(task.train_features)})
 
-    for name, results_file in (("eval", "eval_results.txt"), ("test", "test_results.txt")):
-        if name not in splits:
+    predict = training.predictor(opts, env, model)
+    for split, results_file in (("dev", "eval_results.txt"), ("test", "test_results.txt")):
+        if split not in task.sentences:
             continue
-        feats, metas = features[name]
-        if trainer is not None:
-            out = trainer.predict(feats, task_id=0)
-        else:
-            out = training.predict(model.to(env.device), feats, 0, opts.eval_batch_size, env, pad_to=opts.pad_to)
+        scores, predicted, out = task.scores(predict, split)
         if not env.is_main:
             continue
-        predicted = conll.decode_predictions(sentences[name], metas, out["logits"], labels)
-        scores = conll.entity_scores([s.tags for s in sentences[name]], predicted)
         extra = {"loss": out["loss"]} if out["loss"] is not None else {}
         if trainer is not None:
             extra["global_step"] = trainer.global_step
-        if name == "test":
-            conll.write_predictions(os.path.join(opts.output_dir, "test_predictions.txt"), splits[name], predicted)
+        if split == "test":
+            conll.write_predictions(os.path.join(opts.output_dir, "test_predictions.txt"), task.paths[split],
+                                    predicted)
         conll.write_results(os.path.join(opts.output_dir, results_file), scores, extra)
-        logger.info("%s (%s): precision %.4f recall %.4f f1 %.4f\n%s", name, splits[name], scores["precision"],
+        logger.info("%s (%s): precision %.4f recall %.4f f1 %.4f\n%s", split, task.paths[split], scores["precision"],
                     scores["recall"], scores["f1"], conll.format_report(scores))
     if trainer is not None:
         trainer.close()

@@ -51,79 +51,53 @@ def check_args(args):
             raise ConfigError(f"--{name} must be >= 1")
 
 
-def _features(args, opts, tokenizer, path, is_training, examples):
-    """Windows of `examples`, cached on disk (key: file, vocab and every windowing flag)."""
-    key = {"task": "squad-train" if is_training else "squad-predict", "file": training.file_fingerprint(path),
-           "vocab": tokenizer.vocab_fingerprint, "lower": opts.do_lower_case, "max_seq_length": opts.max_seq_length,
-           "doc_stride": args.doc_stride, "max_query_length": args.max_query_length,
-           "v2": args.version_2_with_negative}
-
-    def build():
-        features, metas = squad.convert_examples_to_features(
-            examples, tokenizer, opts.max_seq_length, args.doc_stride, args.max_query_length, is_training)
-        return list(zip(features, metas))
-
-    pairs = training.cached_features(opts.cache_dir, key, build)
-    return [f for f, _ in pairs], [m for _, m in pairs]
-
-
 def main(argv=None):
     args = build_parser().parse_args(argv)
     check_args(args)
-    opts = training.EngineOptions.from_args(args)
+    opts = training.EngineOptions.from_args(args).with_run_flags(
+        train_file=args.train_file and os.path.abspath(args.train_file), doc_stride=args.doc_stride,
+        max_query_length=args.max_query_length, v2=args.version_2_with_negative)
     env = training.setup_env(opts)
-    training.prepare_output_dir(opts, env, training=args.do_train)
+    training.check_output_dir(opts, training=args.do_train)
     tokenizer = training.load_tokenizer(opts)
+    cache = (lambda key, build: training.cached_features(opts.cache_dir, key, build)) if opts.cache_dir else None
+    task = squad.Squad(tokenizer, version=2 if args.version_2_with_negative else 1, train_file=args.train_file,
+                       dev_file=args.predict_file, name="squad", max_seq_length=opts.max_seq_length,
+                       doc_stride=args.doc_stride, max_query_length=args.max_query_length,
+                       n_best_size=args.n_best_size, max_answer_length=args.max_answer_length,
+                       null_score_diff_threshold=args.null_score_diff_threshold, cache=cache,
+                       verbose_logging=args.verbose_logging)
     # Read and window the data before loading the model, so that a bad file fails fast.
-    if args.do_train:
-        train_examples, dropped = squad.read_squad_examples(args.train_file, True, args.version_2_with_negative)
-        train_features, _ = _features(args, opts, tokenizer, args.train_file, True, train_examples)
-    if args.do_predict:
-        examples, _ = squad.read_squad_examples(args.predict_file, False, args.version_2_with_negative)
-        features, metas = _features(args, opts, tokenizer, args.predict_file, False, examples)
-    training.write_run_config(args, opts.output_dir, env)   # after the data checks: a failed run leaves no files
+    task.prepare(train=args.do_train, dev=False, test=args.do_predict)
     model = training.load_model(opts, task_num_labels=[2], task_types=["span"], task_names=["squad"])
+    training.prepare_output_dir(opts, env, training=args.do_train)
+    training.write_run_config(args, opts.output_dir, env)
 
     trainer = None
     if args.do_train:
-        stream = training.make_stream(opts, env, train_features)
-        num_steps = training.num_training_steps(opts, stream.steps_per_epoch)   # from features
-        logger.info("training on %d questions -> %d windows, %d optimizer steps (%d dropped: answer "
-                    "not found in context)", len(train_examples), len(train_features), num_steps, len(dropped))
-        trainer = training.Trainer(opts, env, model, num_steps)
-        result = trainer.train(stream, num_steps, stream.steps_per_epoch)
-        trainer.save_model(opts.output_dir, tokenizer)
+        logger.info("training on %d questions -> %d windows (%d dropped: answer not found in context)",
+                    task.train_examples, len(task.train_features), len(task.dropped))
+        trainer, result = training.train_and_save(opts, env, model, task.train_features, tokenizer)
         if env.is_main:
             training.write_eval_results(os.path.join(opts.output_dir, "train_results.txt"), {
                 "global_step": result["global_step"], "loss": result["loss"],
-                "train_examples": len(train_examples), "train_features": len(train_features),
-                "train_dropped_answers": len(dropped)})
+                "train_examples": task.train_examples, "train_features": len(task.train_features),
+                "train_dropped_answers": len(task.dropped)})
 
     if args.do_predict:
-        batch_size = args.predict_batch_size or opts.eval_batch_size
-        if trainer is not None:
-            out = trainer.predict(features, task_id=0, batch_size=batch_size)
-        else:
-            out = training.predict(model.to(env.device), features, 0, batch_size, env, pad_to=opts.pad_to)
+        predict = training.predictor(opts, env, model, batch_size=args.predict_batch_size)
+        preds, nbest, null_odds, _ = task.decode(predict)
         if env.is_main:
-            preds, nbest, null_odds = squad.decode_predictions(
-                examples, metas, out["start_logits"], out["end_logits"], args.n_best_size,
-                args.max_answer_length, tokenizer.basic_tokenizer, args.version_2_with_negative,
-                args.null_score_diff_threshold, args.verbose_logging)
-            squad.write_prediction_files(opts.output_dir, preds, nbest,
-                                         null_odds if args.version_2_with_negative else None)
-            data, _, version = squad.load_squad_json(args.predict_file)
-            if all("answers" in qa for qa in squad._iter_eval_qas(data)):
-                if args.version_2_with_negative:
-                    # na-prob threshold = the decoding threshold, so the scores describe predictions.json
-                    results = squad.evaluate_v2(data, preds, null_odds, args.null_score_diff_threshold)
-                else:
+            squad.write_prediction_files(opts.output_dir, preds, nbest, null_odds if task.v2 else None)
+            results = task.official_scores(preds, null_odds)
+            if results is not None:
+                if not task.v2:
+                    version = squad.load_squad_json(args.predict_file)[2]
                     if version not in (None, "1.1"):
                         logger.warning("evaluation expects SQuAD v1.1, the file says version %s", version)
-                    results = dict(squad.evaluate_v1(data, preds, args.predict_file))
-                results.update(predict_questions=len(examples), predict_features=len(features))
+                results.update(predict_questions=len(task.dev_examples), predict_features=len(task.dev_features))
                 if trainer is not None:
-                    results.update(global_step=trainer.global_step, train_dropped_answers=len(dropped))
+                    results.update(global_step=trainer.global_step, train_dropped_answers=len(task.dropped))
                 training.write_eval_results(os.path.join(opts.output_dir, "eval_results.txt"), results)
                 logger.info("eval: %s", ", ".join(f"{k} = {v}" for k, v in sorted(results.items())))
             else:

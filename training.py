@@ -26,12 +26,12 @@ The engine knows nothing about any one task: a batch is a dict of tensors passed
 outputs (prediction).
 """
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import math
 import os
-import pickle
 import random
 import shutil
 import sys
@@ -44,20 +44,25 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_file as safetensors_load_file
+from safetensors.torch import save as safetensors_save
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+import file_utils
 import modeling
 import optimization
 import tokenization
-from file_utils import ConfigError, UserError, atomic_open, atomic_write_json, resolve_model_dir
+from file_utils import ConfigError, DataError, UserError, atomic_open, atomic_write_json, resolve_model_dir
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoint"          # <output_dir>/checkpoint: the last complete checkpoint
-CHECKPOINT_STATE = "trainer_state.pt"  # model + optimizer + schedule + scaler + RNG + stream
-CHECKPOINT_META = "checkpoint.json"    # small human-readable summary, written last
+CHECKPOINT_MODEL = "model.safetensors"  # the model's state dict
+CHECKPOINT_STATE = "trainer_state"     # .json + .safetensors: optimizer, schedule, scaler, RNG, stream, runner state
+CHECKPOINT_META = "checkpoint.json"    # step, epoch and the run's fingerprint; written last
+CHECKPOINT_FORMAT = 2
 TENSORBOARD_DIR = "runs"
 # Sequence keys padded with 0; every other per-token key (labels) is padded with -100 (ignored).
 ZERO_PAD_KEYS = ("input_ids", "token_type_ids", "attention_mask", "input_mask", "segment_ids")
@@ -175,6 +180,14 @@ class EngineOptions:
     cache_dir: Optional[str] = None         # feature cache; None = no cache
     num_workers: int = 0
     allow_random_init: bool = False
+    run_flags: tuple = ()                   # a runner's own run-defining flags, as (name, value) pairs
+
+    # The values that define a run: a checkpoint made with others is not resumed (paths, logging,
+    # evaluation batch size and the like may change between the interrupted run and its resume).
+    FINGERPRINT = ("model_dir", "config", "do_lower_case", "max_seq_length", "train_batch_size", "learning_rate",
+                   "num_train_epochs", "warmup_proportion", "weight_decay", "max_grad_norm", "optimizer", "schedule",
+                   "seed", "gradient_accumulation_steps", "precision", "loss_scale", "pad_to_max_length",
+                   "group_by_length", "allow_random_init")
 
     def __post_init__(self):
         self.check()
@@ -229,6 +242,17 @@ class EngineOptions:
     def pad_to(self):
         """Length every batch is padded to (None: the longest sequence of the batch)."""
         return self.max_seq_length if self.pad_to_max_length else None
+
+    def with_run_flags(self, **flags):
+        """These options plus a runner's own run-defining flags (part of the checkpoint fingerprint)."""
+        return dataclasses.replace(self, run_flags=tuple(sorted(flags.items())))
+
+    def fingerprint(self):
+        """{name: value} of everything that defines the run (checked on --resume)."""
+        values = {name: getattr(self, name) for name in self.FINGERPRINT}
+        values["model_dir"] = os.path.abspath(self.model_dir)
+        values.update(dict(self.run_flags))
+        return json.loads(json.dumps(values, default=str))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -325,15 +349,84 @@ def load_model(opts, task_num_labels=None, task_types=None, task_names=None):
     return model
 
 
+# Files and folders our runners write into --output_dir; --overwrite_output_dir removes only these.
+OUTPUT_NAMES = ("checkpoint", "checkpoint.old", "best", "best.old", "per_task_best", "predictions", "runs", "plots",
+                "diagnostics", "results.json", "eval_results.txt", "test_results.txt", "train_results.txt",
+                "run_config.json", "config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json",
+                "special_tokens_map.json", "labels.txt", "task_labels.json", "predictions.json",
+                "nbest_predictions.json", "null_odds.json", "test_predictions.txt", "test_predictions.csv",
+                "selection.json", "CoLA.tsv", "SST-2.tsv", "MRPC.tsv", "STS-B.tsv", "QQP.tsv", "MNLI-m.tsv",
+                "MNLI-mm.tsv", "QNLI.tsv", "RTE.tsv", "WNLI.tsv", "AX.tsv")
+
+
+def check_output_dir(opts, training=True):
+    """The checks of prepare_output_dir that need no writing: run them before reading the data, so
+    that a run that cannot write its outputs (or would resume another run) stops at once."""
+    out = opts.output_dir
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError(f"--output_dir {out} is a file, not a folder")
+    parent = os.path.dirname(os.path.abspath(out))
+    existing = out if os.path.isdir(out) else next(
+        (p for p in _parents(parent) if os.path.isdir(p)), parent)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--output_dir {out}: {existing} is not writable")
+    if not training or not os.path.isdir(out) or not os.listdir(out):
+        return
+    if opts.resume:
+        path = find_checkpoint(out)
+        if path is not None:
+            meta = read_checkpoint(path)["meta"]
+            changed = _fingerprint_differences(meta.get("run", {}), opts.fingerprint())
+            if changed:
+                raise ConfigError(f"--resume: {path} was made with other settings ({'; '.join(changed)}); resume "
+                                  "with the same flags, or start a new run in another --output_dir")
+        return
+    if not opts.overwrite_output_dir:
+        raise ConfigError(f"output directory {out} exists and is not empty; pass --overwrite_output_dir "
+                          "(or --resume to continue its checkpoint)")
+    inside = os.path.abspath(out) + os.sep
+    if (os.path.abspath(opts.model_dir) + os.sep).startswith(inside):
+        raise ConfigError(f"--overwrite_output_dir would delete the model being loaded ({opts.model_dir} is inside "
+                          f"{out}); write to another --output_dir")
+
+
+def _parents(path):
+    while True:
+        yield path
+        parent = os.path.dirname(path)
+        if parent == path:
+            return
+        path = parent
+
+
 def prepare_output_dir(opts, env, training=True):
-    """Create --output_dir. A training run refuses a non-empty one unless --overwrite_output_dir or
-    --resume; an evaluation-only run (training=False) may write its results next to a model there."""
+    """Create --output_dir once the inputs are validated (so a run that fails on its inputs leaves no
+    folder). A training run refuses a non-empty folder unless --resume (then stale temporaries of a
+    killed save are removed and interrupted folder swaps repaired) or --overwrite_output_dir (then
+    the outputs of the previous run are removed first: a new run never sits beside, or resumes,
+    an old one). An evaluation-only run (training=False) may write next to a model there."""
     out = opts.output_dir
     if env.is_main:
-        if training and os.path.isdir(out) and os.listdir(out) and not (opts.overwrite_output_dir or opts.resume):
-            raise ConfigError(f"output directory {out} exists and is not empty; pass --overwrite_output_dir "
-                              "(or --resume to continue its checkpoint)")
-        os.makedirs(out, exist_ok=True)
+        check_output_dir(opts, training)
+        if training and os.path.isdir(out) and os.listdir(out):
+            if opts.resume:
+                for name in ("checkpoint", "best"):
+                    file_utils.recover_dir(os.path.join(out, name))
+                for path in file_utils.remove_stale_temporaries(out):
+                    logger.info("removed %s, left by an interrupted save", path)
+            else:
+                for name in OUTPUT_NAMES:
+                    path = os.path.join(out, name)
+                    if os.path.isdir(path) and not os.path.islink(path):
+                        shutil.rmtree(path)
+                    elif os.path.lexists(path):
+                        os.remove(path)
+                file_utils.remove_stale_temporaries(out)
+                logger.info("--overwrite_output_dir: removed the previous run's outputs from %s", out)
+        try:
+            os.makedirs(out, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--output_dir {out}: {exc.strerror}") from None
     env.barrier()
     return out
 
@@ -356,55 +449,100 @@ def write_run_config(args, output_dir, env=None):
 # Features: cache, collation, batches, streams
 # ----------------------------------------------------------------------------------------------
 
-def file_fingerprint(path):
-    """Key part for an input file: absolute path, size and mtime (a changed file misses the cache)."""
-    st = os.stat(path)
-    return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
 def cached_features(cache_dir, key_parts, build_fn):
-    """Return build_fn() from a pickle cache keyed by a hash of key_parts (built once, written atomically).
+    """Return build_fn() from an on-disk cache keyed by a hash of key_parts (built once, written atomically).
 
     key_parts should name everything the features depend on (vocab fingerprint, max_seq_length,
-    task, file_fingerprint(input)). Under torch.distributed rank 0 builds and writes first; the
-    other ranks wait and read. A cache that cannot be read is rebuilt; one that cannot be
+    task, file_utils.file_fingerprint(input)). Features must be plain data: lists of dicts whose
+    values are numbers, strings, None, or (nested) lists/dicts of them. They are stored as numpy
+    arrays (`.npz`, read with allow_pickle=False) plus JSON, so reading a cache never runs code.
+    Under torch.distributed each node's local rank 0 builds (or reads) and writes first; the other
+    ranks of that node wait and read. A cache that cannot be read is rebuilt; one that cannot be
     written only costs a warning."""
     if not cache_dir:
         return build_fn()
     blob = json.dumps(key_parts, sort_keys=True, default=str)
     digest = hashlib.sha256(blob.encode("utf-8")).hexdigest()[:20]
     name = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(key_parts.get("task", "features")))
-    path = os.path.join(cache_dir, f"{name}-{digest}.pkl")
+    path = os.path.join(cache_dir, f"{name}-{digest}.npz")
     distributed = dist.is_available() and dist.is_initialized()
-    is_main = not distributed or dist.get_rank() == 0
+    # One builder per node (its local rank 0): nodes need not share a filesystem for the cache.
+    is_main = not distributed or int(os.environ.get("LOCAL_RANK", dist.get_rank())) == 0
     if distributed and not is_main:
-        dist.barrier()  # wait for rank 0 to build/write
+        dist.barrier()  # wait for this node's builder to build/write
     try:
         features = None
         if os.path.isfile(path):
             try:
-                with open(path, "rb") as f:
-                    stored = pickle.load(f)
-                if stored.get("key") == blob:
-                    features = stored["features"]
-                    logger.info("loaded %d cached features from %s", len(features), path)
-            except Exception as exc:  # a truncated/foreign file: rebuild
+                features = _read_feature_cache(path, blob)
+                logger.info("loaded %d cached features from %s", len(features), path)
+            except Exception as exc:  # a truncated, foreign or stale file: rebuild
                 logger.warning("ignoring unreadable feature cache %s (%s)", path, exc)
         if features is None:
-            # Other ranks only get here if rank 0 failed (they then hit the same error and exit)
-            # or the cache folder is not shared between nodes.
+            # Other ranks only get here if their builder failed (they then hit the same error and
+            # exit) or could not write the cache.
             features = build_fn()
             if is_main:
                 try:
-                    with atomic_open(path, "wb") as f:
-                        pickle.dump({"key": blob, "features": features}, f, protocol=pickle.HIGHEST_PROTOCOL)
+                    _write_feature_cache(path, blob, features)
                     logger.info("cached %d features in %s", len(features), path)
-                except OSError as exc:
+                except (OSError, TypeError, ValueError) as exc:
                     logger.warning("could not write feature cache %s (%s)", path, exc)
     finally:
         if distributed and is_main:
             dist.barrier()  # also on a bad input file: the waiting ranks must not hang
     return features
+
+
+_CACHE_FORMAT = 2
+
+
+def _int_lists(values):
+    """Whether every value is a list of ints (the common case worth a numpy column)."""
+    return all(isinstance(v, list) and all(type(x) is int for x in v) for v in values)
+
+
+def _write_feature_cache(path, key, features):
+    """Columns: a key whose values are all int lists -> flat int64 array + offsets; all ints or all
+    floats -> one array; anything else (strings, nested lists, dicts) -> JSON."""
+    keys = list(features[0]) if features else []
+    if any(list(f) != keys for f in features):
+        raise ValueError("features have different keys")
+    arrays, json_columns = {}, {}
+    for k, name in enumerate(keys):
+        values = [f[name] for f in features]
+        if _int_lists(values):
+            arrays[f"c{k}_data"] = np.fromiter((x for v in values for x in v), dtype=np.int64)
+            arrays[f"c{k}_offsets"] = np.cumsum([0] + [len(v) for v in values], dtype=np.int64)
+        elif all(type(v) is int for v in values):
+            arrays[f"c{k}_ints"] = np.asarray(values, dtype=np.int64)
+        elif all(type(v) is float for v in values):
+            arrays[f"c{k}_floats"] = np.asarray(values, dtype=np.float64)
+        else:
+            json_columns[str(k)] = values
+    meta = {"format": _CACHE_FORMAT, "key": key, "keys": keys, "count": len(features), "json": json_columns}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    with atomic_open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _read_feature_cache(path, key):
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(z["meta"].tobytes().decode("utf-8"))
+        if meta.get("format") != _CACHE_FORMAT or meta.get("key") != key:
+            raise ValueError("written for other inputs or by another version")
+        count, columns = meta["count"], {}
+        for k, name in enumerate(meta["keys"]):
+            if f"c{k}_data" in z:
+                data, offsets = z[f"c{k}_data"].tolist(), z[f"c{k}_offsets"].tolist()
+                columns[name] = [data[offsets[i]:offsets[i + 1]] for i in range(count)]
+            elif f"c{k}_ints" in z:
+                columns[name] = z[f"c{k}_ints"].tolist()
+            elif f"c{k}_floats" in z:
+                columns[name] = z[f"c{k}_floats"].tolist()
+            else:
+                columns[name] = meta["json"][str(k)]
+    return [{name: columns[name][i] for name in meta["keys"]} for i in range(count)]
 
 
 def is_number(x):
@@ -531,69 +669,154 @@ def make_batches(lengths, batch_size, seed, epoch, shuffle=True, group_by_length
     return [b.tolist() for b in batches]
 
 
+class FeatureList:
+    """One data epoch held as a list of feature dicts (plain lists), in the data-epoch protocol of
+    EpochStream: `lengths`, `batch(indices, pad_to)` (collated tensors) and `close()`."""
+
+    def __init__(self, features):
+        self.features = features
+        self.lengths = np.array([feature_length(f) for f in features], dtype=np.int64)
+
+    def __len__(self):
+        return len(self.features)
+
+    def batch(self, indices, pad_to=None):
+        return collate([self.features[i] for i in indices], pad_to)
+
+    def close(self):
+        pass
+
+
 class EpochStream:
-    """Step stream over ONE task's training features, data epoch after data epoch.
+    """The step stream: optimizer steps over ONE task's training data, data epoch after data epoch.
+
+    The data are either `features` (one list, the same in every epoch; the stream is endless) or
+    `load_epoch(e)` with `epoch_sizes` (a data source per training epoch, e.g. the pregenerated
+    MLM epochs or freshly sampled pairs; only one is held at a time; the stream ends after the
+    last epoch). A data source has `lengths`, `batch(indices, pad_to)` and `close()`
+    (`FeatureList`; `tasks.pretraining.PregeneratedEpoch`); `load_epoch` may also return a plain
+    list of features.
 
     `batch_size` is the effective global batch of one optimizer step; a step is `accumulation`
-    micro-batches of batch_size/accumulation examples (the last step of an epoch may have
-    fewer micro-batches). The order depends only on (seed, epoch), so the position
-    (epoch, step) is the whole state: resume is exact."""
+    micro-batches of batch_size/accumulation examples (the last step of an epoch may have fewer).
+    Batches come from `make_batches` with (seed, epoch), so the position (epoch, step) is the
+    whole state and resume is exact; step counts depend only on example counts, so they are
+    known before any data epoch is loaded."""
 
-    def __init__(self, features, batch_size, accumulation, seed, task_id=0, group_by_length=True,
-                 pad_to=None, rank=0, world_size=1, shuffle=True):
-        if not features:
-            raise ConfigError("no training features (empty training set?)")
+    def __init__(self, features=None, batch_size=32, accumulation=1, seed=0, task_id=0, group_by_length=True,
+                 pad_to=None, rank=0, world_size=1, shuffle=True, load_epoch=None, epoch_sizes=None):
         if batch_size % accumulation:
             raise ConfigError(f"train batch size {batch_size} is not divisible by gradient accumulation {accumulation}")
-        self.features = features
+        if (features is None) == (load_epoch is None):
+            raise ValueError("EpochStream needs either features or load_epoch (+ epoch_sizes)")
+        if features is not None:
+            if not features:
+                raise ConfigError("no training features (empty training set?)")
+            self._fixed = features if hasattr(features, "batch") else FeatureList(features)
+            self.epoch_sizes = None
+        else:
+            if not epoch_sizes or min(epoch_sizes) < 1:
+                raise ConfigError("no training examples")
+            self._fixed = None
+            self.epoch_sizes = [int(n) for n in epoch_sizes]
+        self.load_epoch = load_epoch
         self.micro_batch_size = batch_size // accumulation
         self.accumulation = accumulation
         self.seed, self.task_id = seed, task_id
         self.group_by_length, self.pad_to, self.shuffle = group_by_length, pad_to, shuffle
         self.rank, self.world_size = rank, world_size
-        self.lengths = np.array([feature_length(f) for f in features], dtype=np.int64)
+        sizes = self.epoch_sizes or [len(self._fixed.lengths)]
+        # The batch count depends only on the example count, not on the lengths.
+        self.steps = [math.ceil(len(make_batches(np.ones(n), self.micro_batch_size, seed, e, False, False,
+                                                 rank, world_size)) / accumulation)
+                      for e, n in enumerate(sizes)]
+        # With data epochs of different sizes the engine's epoch counter (logs only) is approximate;
+        # `steps` holds the exact count of every epoch.
+        self.steps_per_epoch = self.steps[0]
         self.epoch, self.step_in_epoch = 0, 0
-        self._batches, self._batches_epoch = None, None
-        self.steps_per_epoch = math.ceil(len(self._epoch_batches(0)) / accumulation)
+        self._data, self._data_epoch, self._batches = None, None, None
 
-    def _epoch_batches(self, epoch):
-        if self._batches_epoch != epoch:
-            self._batches = make_batches(self.lengths, self.micro_batch_size, self.seed, epoch, self.shuffle,
-                                         self.group_by_length, self.rank, self.world_size)
-            self._batches_epoch = epoch
-        return self._batches
+    @property
+    def features(self):
+        return self._fixed.features if self._fixed is not None else None
+
+    @property
+    def lengths(self):
+        return self._fixed.lengths if self._fixed is not None else None
+
+    @property
+    def total_steps(self):
+        """Steps of all data epochs (None for an endless stream over one feature list)."""
+        return None if self.epoch_sizes is None else sum(self.steps)
 
     def __len__(self):
         return self.steps_per_epoch
 
+    def _steps_in(self, epoch):
+        return self.steps[0] if self.epoch_sizes is None else self.steps[epoch]
+
+    def _ensure_epoch(self, epoch):
+        if self._data_epoch == epoch:
+            return
+        if self._fixed is not None:
+            data = self._fixed
+        else:
+            self.close()
+            data = self.load_epoch(epoch)
+            if not hasattr(data, "batch"):
+                data = FeatureList(data)
+            if len(data.lengths) != self.epoch_sizes[epoch]:
+                raise DataError(getattr(data, "path", f"epoch {epoch}"), None,
+                                f"holds {len(data.lengths)} examples, expected {self.epoch_sizes[epoch]}")
+        self._batches = make_batches(data.lengths, self.micro_batch_size, self.seed, epoch, self.shuffle,
+                                     self.group_by_length, self.rank, self.world_size)
+        self._data, self._data_epoch = data, epoch
+
     def next_step(self):
         """The micro-batches of the next optimizer step: [(task_id, batch), ...]."""
-        if self.step_in_epoch >= self.steps_per_epoch:
+        if self.step_in_epoch >= self._steps_in(self.epoch):
+            if self.epoch_sizes is not None and self.epoch + 1 >= len(self.steps):
+                raise ConfigError(f"the stream has only {self.total_steps} steps")
             self.epoch, self.step_in_epoch = self.epoch + 1, 0
-        batches = self._epoch_batches(self.epoch)
+        self._ensure_epoch(self.epoch)
         start = self.step_in_epoch * self.accumulation
-        chunk = batches[start:start + self.accumulation]
+        chunk = self._batches[start:start + self.accumulation]
         self.step_in_epoch += 1
-        return [(self.task_id, collate([self.features[i] for i in idx], self.pad_to)) for idx in chunk]
+        return [(self.task_id, self._data.batch(idx, self.pad_to)) for idx in chunk]
 
     def state_dict(self):
-        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "num_features": len(self.features),
-                "micro_batch_size": self.micro_batch_size, "seed": self.seed}
+        state = {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+                 "micro_batch_size": self.micro_batch_size, "seed": self.seed}
+        if self.epoch_sizes is None:
+            state["num_features"] = len(self._fixed.lengths)
+        else:
+            state["epoch_sizes"] = list(self.epoch_sizes)
+        return state
 
     def load_state_dict(self, state):
-        if state.get("num_features") != len(self.features) or state.get("micro_batch_size") != self.micro_batch_size:
-            raise ConfigError(
-                f"checkpoint data position does not fit this run: it was taken with {state.get('num_features')} "
-                f"features and micro-batch {state.get('micro_batch_size')}, this run has {len(self.features)} and "
-                f"{self.micro_batch_size} (same data, batch size and accumulation are needed to resume)")
+        ours = self.state_dict()
+        for key in ("num_features", "epoch_sizes", "micro_batch_size"):
+            if state.get(key) != ours.get(key):
+                raise ConfigError(
+                    f"checkpoint data position does not fit this run: its {key} is {state.get(key)}, this run's "
+                    f"is {ours.get(key)} (the same data, epochs, batch size and accumulation are needed to resume)")
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
 
+    def close(self):
+        if self._data is not None and self._fixed is None:
+            self._data.close()
+        if self._fixed is None:
+            self._data, self._data_epoch, self._batches = None, None, None
 
-def make_stream(opts, env, features, task_id=0, batch_size=None, seed=None):
-    """EpochStream configured from the options (batch size, accumulation, padding, ranks)."""
+
+def make_stream(opts, env, features=None, task_id=0, batch_size=None, seed=None, load_epoch=None,
+                epoch_sizes=None, pad_to=None):
+    """EpochStream configured from the options (batch size, accumulation, padding, ranks); the
+    keyword arguments override the options for one task of a multi-task run."""
     return EpochStream(features, batch_size or opts.train_batch_size, opts.gradient_accumulation_steps,
                        opts.seed if seed is None else seed, task_id=task_id, group_by_length=opts.group_by_length,
-                       pad_to=opts.pad_to, rank=env.rank, world_size=env.world_size)
+                       pad_to=pad_to or opts.pad_to, rank=env.rank, world_size=env.world_size,
+                       load_epoch=load_epoch, epoch_sizes=epoch_sizes)
 
 
 def num_training_steps(opts, steps_per_epoch):
@@ -685,37 +908,113 @@ def predict(model, features, task_id, batch_size, env=None, pad_to=None, pad_val
 # Trainer
 # ----------------------------------------------------------------------------------------------
 
-def _rng_state():
+# ----------------------------------------------------------------------------------------------
+# Checkpoints: tensors in safetensors, everything else in JSON (reading one never runs code)
+# ----------------------------------------------------------------------------------------------
+
+def _encode_state(obj, tensors, path="s"):
+    """Nested plain data + tensors -> JSON-able data; tensors go to `tensors` under their path.
+    Tuples, non-string dict keys and numpy values are tagged so that `_decode_state` restores them."""
+    if torch.is_tensor(obj):
+        tensors[path] = obj.detach().to("cpu").contiguous().clone()
+        return {"__tensor__": path}
+    if isinstance(obj, np.ndarray):
+        return {"__ndarray__": obj.tolist(), "dtype": str(obj.dtype)}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_encode_state(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_encode_state(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj):
+            return {k: _encode_state(v, tensors, f"{path}.{k}") for k, v in obj.items()}
+        return {"__items__": [[_encode_state(k, tensors, f"{path}.k{i}"), _encode_state(v, tensors, f"{path}.{i}")]
+                              for i, (k, v) in enumerate(obj.items())]}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store a {type(obj).__name__} in a checkpoint (at {path}): keep runner state plain data")
+
+
+def _decode_state(obj, tensors):
+    if isinstance(obj, list):
+        return [_decode_state(v, tensors) for v in obj]
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__ndarray__" in obj:
+            return np.asarray(obj["__ndarray__"], dtype=obj["dtype"])
+        if "__tuple__" in obj:
+            return tuple(_decode_state(v, tensors) for v in obj["__tuple__"])
+        if "__items__" in obj:
+            return {_decode_state(k, tensors): _decode_state(v, tensors) for k, v in obj["__items__"]}
+        return {k: _decode_state(v, tensors) for k, v in obj.items()}
+    return obj
+
+
+def write_state(directory, name, state):
+    """`<name>.json` + `<name>.safetensors` in `directory` (each written atomically)."""
+    tensors = {}
+    encoded = _encode_state(state, tensors)
+    with atomic_open(os.path.join(directory, name + ".safetensors"), "wb") as f:
+        f.write(safetensors_save(tensors))
+    atomic_write_json(os.path.join(directory, name + ".json"), encoded, indent=None)
+
+
+def read_state(directory, name):
+    """What write_state wrote (JSON + safetensors: nothing in these files can run code)."""
+    with open(os.path.join(directory, name + ".json"), encoding="utf-8") as f:
+        encoded = json.load(f)
+    return _decode_state(encoded, safetensors_load_file(os.path.join(directory, name + ".safetensors")))
+
+
+def _rng_state(device):
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":  # this process's own GPU only: a resume may see fewer GPUs
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state):
+def _set_rng_state(state, device):
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def find_checkpoint(output_dir):
     """Path of the last complete checkpoint folder in output_dir, or None."""
     for name in (CHECKPOINT_DIR, CHECKPOINT_DIR + ".old"):
         path = os.path.join(output_dir, name)
-        if os.path.isfile(os.path.join(path, CHECKPOINT_META)) and os.path.isfile(os.path.join(path, CHECKPOINT_STATE)):
+        if os.path.isfile(os.path.join(path, CHECKPOINT_META)):
             return path
     return None
 
 
-def _fsync_dir(path):
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def read_checkpoint(path):
+    """Everything a checkpoint folder holds: {"meta", "model" (state dict), "state" (trainer state)}.
+    A missing, corrupt or foreign checkpoint is a one-line ConfigError."""
+    try:
+        with open(os.path.join(path, CHECKPOINT_META), encoding="utf-8") as f:
+            meta = json.load(f)
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT} (written by another "
+                             "version of this code?)")
+        model = safetensors_load_file(os.path.join(path, CHECKPOINT_MODEL))
+        state = read_state(path, CHECKPOINT_STATE)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"{path}: not a usable checkpoint ({reason}); start a new run in an empty --output_dir, "
+                          "or without --resume") from None
+    return {"meta": meta, "model": model, "state": state}
+
+
+def _fingerprint_differences(saved, current):
+    """'name saved -> current' for every run-defining value that differs."""
+    saved, current = json.loads(json.dumps(saved)), json.loads(json.dumps(current))
+    return [f"{k} {saved.get(k)!r} -> {current.get(k)!r}" for k in sorted(set(saved) | set(current))
+            if saved.get(k) != current.get(k)]
 
 
 class Trainer:
@@ -761,6 +1060,7 @@ class Trainer:
         self.consecutive_skipped = 0
         self.stopped_early = False  # an on_epoch_end said stop; kept in checkpoints (resume does not go on)
         self._tb_writer = None
+        self._stop_signal = None
         self.train_loss_sum, self.train_loss_steps = 0.0, 0
 
     # -- logging ---------------------------------------------------------------------------------
@@ -833,8 +1133,13 @@ class Trainer:
                 loss_acc += loss.double() * float(local_counts[i]) / total
         else:
             loss_acc += self._combined_backward(micro, tasks, weights, local_counts, total)
+        # A stop asked for by a signal travels with the loss, so that every rank stops at the same step.
+        stop = float(file_utils.stop_requested() or 0)
         if env.distributed:
-            dist.all_reduce(loss_acc)
+            payload = torch.stack([loss_acc, torch.tensor(stop, dtype=torch.float64, device=loss_acc.device)])
+            dist.all_reduce(payload)
+            loss_acc, stop = payload[0], float(payload[1])
+        self._stop_signal = int(stop) if stop else None
         return float(loss_acc)
 
     def _combined_backward(self, micro, tasks, weights, local_counts, total):
@@ -916,7 +1221,7 @@ class Trainer:
     # -- checkpoints -----------------------------------------------------------------------------
 
     def _gather_rng(self):
-        state = _rng_state()
+        state = _rng_state(self.env.device)
         if not self.env.distributed:
             return [state]
         gathered = [None] * self.env.world_size
@@ -928,47 +1233,47 @@ class Trainer:
         Collective under torch.distributed (RNG states of every rank are gathered); rank 0 writes."""
         rng = self._gather_rng()
         if self.env.is_main:
-            out = self.opts.output_dir
             state = {
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "rng": rng, "stream": stream.state_dict() if hasattr(stream, "state_dict") else None,
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "rng": rng,
+                "stream": stream.state_dict() if hasattr(stream, "state_dict") else None,
                 "global_step": self.global_step, "epoch": self.epoch, "extra_state": self.extra_state,
                 "world_size": self.env.world_size, "consecutive_skipped": self.consecutive_skipped,
                 "stopped_early": self.stopped_early,
                 "train_loss_sum": self.train_loss_sum, "train_loss_steps": self.train_loss_steps,
             }
-            os.makedirs(out, exist_ok=True)
-            tmp = tempfile.mkdtemp(prefix=".checkpoint-", dir=out)
-            try:
-                with atomic_open(os.path.join(tmp, CHECKPOINT_STATE), "wb") as f:
-                    torch.save(state, f)
+            model_state = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.model.state_dict().items()}
+
+            def write(tmp):
+                with atomic_open(os.path.join(tmp, CHECKPOINT_MODEL), "wb") as f:
+                    f.write(safetensors_save(model_state))
+                write_state(tmp, CHECKPOINT_STATE, state)
                 atomic_write_json(os.path.join(tmp, CHECKPOINT_META), {
-                    "global_step": self.global_step, "epoch": self.epoch, "time": time.time(),
-                    "num_training_steps": self.num_training_steps})
-                final, old = os.path.join(out, CHECKPOINT_DIR), os.path.join(out, CHECKPOINT_DIR + ".old")
-                if os.path.isdir(old):
-                    if os.path.isdir(final):
-                        shutil.rmtree(old)
-                    else:  # the previous save was killed between its renames: old is the good one
-                        os.replace(old, final)
-                if os.path.isdir(final):
-                    os.replace(final, old)
-                os.replace(tmp, final)
-                _fsync_dir(out)
-                shutil.rmtree(old, ignore_errors=True)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
+                    "format": CHECKPOINT_FORMAT, "global_step": self.global_step, "epoch": self.epoch,
+                    "time": time.time(), "num_training_steps": self.num_training_steps,
+                    "run": self.opts.fingerprint()})
+
+            final = os.path.join(self.opts.output_dir, CHECKPOINT_DIR)
+            file_utils.replace_dir_atomically(final, write)
             logger.info("checkpoint at step %d written to %s", self.global_step, final)
         self.env.barrier()
 
     def load_checkpoint(self, path, stream):
-        """Restore everything save_checkpoint wrote (model, optimizer, schedule, scaler, RNG, stream)."""
-        state = torch.load(os.path.join(path, CHECKPOINT_STATE), map_location="cpu", weights_only=False)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        """Restore everything save_checkpoint wrote (model, optimizer, schedule, scaler, RNG, stream).
+        A corrupt or foreign checkpoint, or one made with other run-defining flags, is a ConfigError."""
+        ckpt = read_checkpoint(path)
+        changed = _fingerprint_differences(ckpt["meta"].get("run", {}), self.opts.fingerprint())
+        if changed:
+            raise ConfigError(f"--resume: {path} was made with other settings ({'; '.join(changed)}); resume with "
+                              "the same flags, or start a new run in another --output_dir")
+        state = ckpt["state"]
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise ConfigError(f"{path}: the checkpoint does not fit this model/optimizer "
+                              f"({str(exc).splitlines()[0]})") from None
         if self.scaler.is_enabled() and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         if state.get("stream") is not None and hasattr(stream, "load_state_dict"):
@@ -977,7 +1282,7 @@ class Trainer:
         if len(rng) != self.env.world_size:
             logger.warning("checkpoint was written by %d processes, resuming with %d: dropout RNG differs",
                            len(rng), self.env.world_size)
-        _set_rng_state(rng[self.env.rank] if self.env.rank < len(rng) else rng[0])
+        _set_rng_state(rng[self.env.rank] if self.env.rank < len(rng) else rng[0], self.env.device)
         self.global_step, self.epoch = state["global_step"], state["epoch"]
         self.extra_state = state.get("extra_state") or {}
         self.consecutive_skipped = state.get("consecutive_skipped", 0)
@@ -1006,46 +1311,57 @@ class Trainer:
         self.ddp_model.train()
         bar = tqdm(total=num_steps, initial=self.global_step, desc=desc,
                    disable=not (env.is_main and sys.stderr.isatty()), dynamic_ncols=True)
-        log_loss, log_n = 0.0, 0
         saved_at = self.global_step
-        try:
-            while self.global_step < num_steps and not self.stopped_early:
-                micro = stream.next_step()
-                loss = self.training_step(micro)
-                self.global_step += 1
-                if math.isfinite(loss):
-                    self.train_loss_sum += loss
-                    self.train_loss_steps += 1
-                    log_loss, log_n = log_loss + loss, log_n + 1
-                bar.update(1)
-                if env.is_main and (self.global_step % max(1,
-                                                           opts.logging_steps) == 0 or self.global_step == num_steps):
-                    lr = self.scheduler.get_last_lr()[0]
-                    avg = log_loss / max(log_n, 1)
-                    bar.set_postfix(loss=f"{avg:.4f}", lr=f"{lr:.2e}")
-                    self.log_scalars("train", {"loss": avg, "learning_rate": lr})
-                    if not sys.stderr.isatty():
-                        logger.info("step %d/%d loss %.4f lr %.3e", self.global_step, num_steps, avg, lr)
-                    log_loss, log_n = 0.0, 0
-                if self.global_step % steps_per_epoch == 0:
-                    self.epoch += 1
-                    if on_epoch_end is not None:
-                        stop = on_epoch_end(self.epoch - 1, self)
-                        self.ddp_model.train()
-                        if stop:
-                            self.stopped_early = True
-                if opts.save_steps > 0 and self.global_step % opts.save_steps == 0:
-                    self.save_checkpoint(stream)
-                    saved_at = self.global_step
-                if self.stopped_early:
-                    logger.info("early stop after epoch %d (step %d)", self.epoch, self.global_step)
-                    break
-            if saved_at != self.global_step or find_checkpoint(opts.output_dir) is None:
+        with file_utils.graceful_interrupts():
+            try:
+                return self._train_loop(stream, num_steps, steps_per_epoch, on_epoch_end, bar, saved_at)
+            finally:
+                bar.close()
+                if self._tb_writer is not None:
+                    self._tb_writer.flush()
+
+    def _train_loop(self, stream, num_steps, steps_per_epoch, on_epoch_end, bar, saved_at):
+        opts, env = self.opts, self.env
+        log_loss, log_n = 0.0, 0
+        while self.global_step < num_steps and not self.stopped_early:
+            micro = stream.next_step()
+            loss = self.training_step(micro)
+            self.global_step += 1
+            if math.isfinite(loss):
+                self.train_loss_sum += loss
+                self.train_loss_steps += 1
+                log_loss, log_n = log_loss + loss, log_n + 1
+            bar.update(1)
+            if env.is_main and (self.global_step % max(1, opts.logging_steps) == 0
+                                or self.global_step == num_steps):
+                lr = self.scheduler.get_last_lr()[0]
+                avg = log_loss / max(log_n, 1)
+                bar.set_postfix(loss=f"{avg:.4f}", lr=f"{lr:.2e}")
+                self.log_scalars("train", {"loss": avg, "learning_rate": lr})
+                if not sys.stderr.isatty():
+                    logger.info("step %d/%d loss %.4f lr %.3e", self.global_step, num_steps, avg, lr)
+                log_loss, log_n = 0.0, 0
+            if self.global_step % steps_per_epoch == 0:
+                self.epoch += 1
+                if on_epoch_end is not None:
+                    stop = on_epoch_end(self.epoch - 1, self)
+                    self.ddp_model.train()
+                    if stop:
+                        self.stopped_early = True
+            if opts.save_steps > 0 and self.global_step % opts.save_steps == 0:
                 self.save_checkpoint(stream)
-        finally:
-            bar.close()
-            if self._tb_writer is not None:
-                self._tb_writer.flush()
+                saved_at = self.global_step
+            if self.stopped_early:
+                logger.info("early stop after epoch %d (step %d)", self.epoch, self.global_step)
+                break
+            if self._stop_signal:
+                if saved_at != self.global_step:
+                    self.save_checkpoint(stream)
+                raise file_utils.Interrupted(
+                    f"stopped at step {self.global_step} of {num_steps}; checkpoint in "
+                    f"{os.path.join(opts.output_dir, CHECKPOINT_DIR)}: continue with --resume", self._stop_signal)
+        if saved_at != self.global_step or find_checkpoint(opts.output_dir) is None:
+            self.save_checkpoint(stream)
         mean = self.train_loss_sum / self.train_loss_steps if self.train_loss_steps else float("nan")
         return {"global_step": self.global_step, "loss": mean, "stopped_early": self.stopped_early}
 
@@ -1063,6 +1379,41 @@ class Trainer:
         if self.env.is_main:
             save_model(self.model, directory, tokenizer)
         self.env.barrier()
+
+
+# ----------------------------------------------------------------------------------------------
+# The block every single-task runner shares
+# ----------------------------------------------------------------------------------------------
+
+def train_and_save(opts, env, model, features, tokenizer, desc="train"):
+    """Train `model` on one task's features for --num_train_epochs (resumable) and save it into
+    --output_dir. Returns (trainer, {"global_step", "loss", "stopped_early"})."""
+    stream = make_stream(opts, env, features)
+    num_steps = num_training_steps(opts, stream.steps_per_epoch)
+    logger.info("%d training features, %d optimizer steps of %d examples (%d per epoch)", len(features), num_steps,
+                opts.train_batch_size, stream.steps_per_epoch)
+    trainer = Trainer(opts, env, model, num_steps)
+    summary = trainer.train(stream, num_steps, stream.steps_per_epoch, desc=desc)
+    trainer.save_model(opts.output_dir, tokenizer)
+    return trainer, summary
+
+
+def predictor(opts, env, model, task_id=0, batch_size=None):
+    """predict(features) -> the engine's prediction dict, for one task of `model` (collective under DDP)."""
+    model.to(env.device)
+    return lambda features: predict(model, features, task_id, batch_size or opts.eval_batch_size, env,
+                                    pad_to=opts.pad_to)
+
+
+@contextlib.contextmanager
+def output_dir_of_rank(env, out_dir):
+    """`out_dir` on rank 0; a throwaway folder on the other ranks, which take part in collective
+    predictions but write nothing that stays."""
+    if env.is_main:
+        yield out_dir
+    else:
+        with tempfile.TemporaryDirectory() as scratch:
+            yield scratch
 
 
 def save_model(model, directory, tokenizer=None):

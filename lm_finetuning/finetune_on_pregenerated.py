@@ -104,10 +104,7 @@ def main(argv=None):
                                              memmap_dir=memmap_root.name if memmap_root else None,
                                              progress=env.is_main and sys.stderr.isatty())
 
-    stream = pretraining.DataEpochStream(
-        load_epoch, [num for _, num, _ in plan], opts.train_batch_size, opts.gradient_accumulation_steps,
-        opts.seed, group_by_length=opts.group_by_length, pad_to=opts.pad_to, rank=env.rank,
-        world_size=env.world_size)
+    stream = training.make_stream(opts, env, load_epoch=load_epoch, epoch_sizes=[num for _, num, _ in plan])
     full = int(num_epochs)
     num_steps = sum(stream.steps[:full]) + (math.ceil((num_epochs - full) * stream.steps[full])
                                             if num_epochs > full else 0)

@@ -67,14 +67,11 @@ def main(argv=None):
     def load_epoch(epoch):
         # Pairs and masks depend only on (seed, epoch): a resumed run sees the same data.
         rng = random.Random(f"simple_lm:{opts.seed}:{epoch}")
-        return pretraining.FeatureEpoch(pretraining.simple_lm_features(
-            db, opts.max_seq_length, special, vocab_size, rng, mask_prob=args.masked_lm_prob))
+        return pretraining.simple_lm_features(db, opts.max_seq_length, special, vocab_size, rng,
+                                              mask_prob=args.masked_lm_prob)
 
     num_epochs = max(1, int(-(-opts.num_train_epochs // 1)))
-    stream = pretraining.DataEpochStream(
-        load_epoch, [num_pairs] * num_epochs, opts.train_batch_size, opts.gradient_accumulation_steps,
-        opts.seed, group_by_length=opts.group_by_length, pad_to=opts.pad_to, rank=env.rank,
-        world_size=env.world_size)
+    stream = training.make_stream(opts, env, load_epoch=load_epoch, epoch_sizes=[num_pairs] * num_epochs)
     num_steps = training.num_training_steps(opts, stream.steps_per_epoch)
     logger.info("%d optimizer steps over %s epoch(s) (batch %d, accumulation %d)", num_steps,
                 opts.num_train_epochs, opts.train_batch_size, opts.gradient_accumulation_steps)

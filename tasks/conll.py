@@ -20,7 +20,8 @@ import os
 import re
 from dataclasses import dataclass
 
-from file_utils import DataError, atomic_open
+from file_utils import ConfigError, DataError, atomic_open, file_fingerprint
+from tasks.base import Task
 
 logger = logging.getLogger(__name__)
 
@@ -323,3 +324,103 @@ def write_predictions(path, source_path, predicted_tags):
             in_sentence = True
             out.write(f"{payload[0]} {predicted_tags[si][wi]}\n")
             wi += 1
+
+
+# ----------------------------------------------------------------------------------------------
+# The CoNLL NER family behind the task interface (tasks.base.Task)
+
+LABELS_FILE = "labels.txt"  # the tag list saved with a fine-tuned single-task NER model
+
+
+class Conll(Task):
+    """CoNLL-2003-style NER as a task of a run: `train.txt`, `valid.txt` (or `dev.txt`) and `test.txt`
+    in `data_dir`. The tag list is `labels` when given (e.g. a fine-tuned model's), else read from
+    the training file (O first, then sorted); every training tag must be in it. Metrics: entity-level
+    micro precision/recall/F1 (seqeval's default mode); main score F1."""
+    family = "conll"
+    head_type = "token"
+    main_metric = "f1"
+
+    def __init__(self, data_dir, tokenizer, max_seq_length=128, labels=None, name="conll", cache=None,
+                 max_eval_examples=None):
+        super().__init__(cache, max_eval_examples)
+        self.name, self.data_dir, self.tokenizer, self.max_seq_length = name, data_dir, tokenizer, max_seq_length
+        self.labels = list(labels) if labels is not None else None
+        self.num_labels = len(self.labels) if self.labels is not None else None
+        self.paths, self.sentences, self.features, self.metas = {}, {}, {}, {}
+        self.results = {}   # split -> last entity_scores (with per-type rows), for the runners' reports
+
+    def path(self, split):
+        return {"train": os.path.join(self.data_dir, "train.txt"), "dev": find_dev_file(self.data_dir),
+                "test": os.path.join(self.data_dir, "test.txt")}[split]
+
+    def _build(self, split):
+        path, sentences = self.paths[split], self.sentences[split]
+        key = {"task": f"{self.name}-{os.path.basename(path)}", "file": file_fingerprint(path),
+               "vocab": self.tokenizer.vocab_fingerprint, "lower": self.tokenizer.do_lower_case,
+               "max_seq_length": self.max_seq_length, "labels": self.labels, "count": len(sentences), "format": 2}
+
+        def build():
+            features, metas, _ = convert_sentences_to_features(sentences, self.tokenizer, self.labels,
+                                                               self.max_seq_length)
+            for feature, meta in zip(features, metas):
+                feature["meta"] = [meta.sentence_index, meta.word_start, meta.first_piece]
+            return features
+
+        features = self.cache(key, build)
+        self.metas[split] = [WindowMeta(*f.pop("meta")) for f in features]
+        self.features[split] = features
+
+    def prepare(self, train=True, dev=True, test=False):
+        splits = [s for s, wanted in (("train", train), ("dev", dev), ("test", test)) if wanted]
+        for split in splits:  # read (and check) every file before building anything
+            self.paths[split] = self.path(split)
+            sentences = read_conll(self.paths[split])
+            self.sentences[split] = self._limit(sentences) if split == "dev" else sentences
+        if self.labels is None:
+            if "train" not in self.sentences:
+                raise ConfigError(f"{self.name}: no tag list: give the model's {LABELS_FILE}, or train")
+            self.labels = labels_from_sentences(self.sentences["train"])
+            self.num_labels = len(self.labels)
+        if "train" in self.sentences:
+            check_labels(self.sentences["train"], self.labels, self.paths["train"])
+            self.train_examples = len(self.sentences["train"])
+        for split in splits:
+            self._build(split)
+        self.train_features = self.features.get("train")
+        return self
+
+    def count_train_examples(self):
+        return len(read_conll(self.path("train")))
+
+    def read_labels(self):
+        """The tag list (given, or read from the training file) without building features."""
+        return self.labels if self.labels is not None else labels_from_sentences(read_conll(self.path("train")))
+
+    def predict_tags(self, predict, split):
+        """(predicted tags per sentence, the engine's prediction dict) for a prepared split."""
+        out = predict(self.features[split])
+        return decode_predictions(self.sentences[split], self.metas[split], out["logits"], self.labels), out
+
+    def scores(self, predict, split):
+        predicted, out = self.predict_tags(predict, split)
+        scores = entity_scores([s.tags for s in self.sentences[split]], predicted)
+        self.results[split] = scores
+        return scores, predicted, out
+
+    def evaluate(self, predict):
+        scores, _, out = self.scores(predict, "dev")
+        metrics = {"precision": scores["precision"], "recall": scores["recall"], "f1": scores["f1"]}
+        if out.get("loss") is not None:
+            metrics["loss"] = float(out["loss"])
+        return {self.name: metrics}
+
+    def write_predictions(self, predict, out_dir):
+        """test_predictions.txt (`word tag` lines, blank and -DOCSTART- lines kept) and, as the test file
+        is labelled, test_results.txt."""
+        scores, predicted, out = self.scores(predict, "test")
+        os.makedirs(out_dir, exist_ok=True)
+        paths = [os.path.join(out_dir, "test_predictions.txt"), os.path.join(out_dir, "test_results.txt")]
+        write_predictions(paths[0], self.paths["test"], predicted)
+        write_results(paths[1], scores, {"loss": out["loss"]} if out.get("loss") is not None else {})
+        return paths

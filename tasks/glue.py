@@ -29,7 +29,8 @@ from typing import Callable, Optional
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
-from file_utils import ConfigError, DataError, atomic_open
+from file_utils import ConfigError, DataError, atomic_open, file_fingerprint
+from tasks.base import Task
 from tokenization import truncate_seq_pair
 
 logger = logging.getLogger(__name__)
@@ -573,3 +574,110 @@ def write_predictions(task, path_or_dir, indices, predictions, split="test"):
     with atomic_open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# The GLUE family behind the task interface (tasks.base.Task)
+# --------------------------------------------------------------------------------------------
+
+# The PALs reference trains STS-B on score/5 in multi-task runs (targets in [0, 1]); the
+# single-task scripts train on the raw 0..5 score. Predictions are divided by the same scale.
+MULTITASK_REGRESSION_SCALE = 0.2
+
+
+class Glue(Task):
+    """One GLUE task of a run. MNLI evaluates on dev_matched (`mnli`) and dev_mismatched
+    (`mnli-mm`) and predicts MNLI-m, MNLI-mm and AX (the diagnostic set, when its file is there);
+    `mnli-mm` alone trains on MNLI and evaluates/predicts the mismatched sets only."""
+    family = "glue"
+    flat_predictions = True  # one folder of leaderboard files, zipped for the GLUE server
+
+    def __init__(self, name, data_dir, tokenizer, max_seq_length=128, label_scale=1.0, cache=None,
+                 max_eval_examples=None):
+        super().__init__(cache, max_eval_examples)
+        self.dataset = get_task(name)
+        if self.dataset.name == "ax":
+            raise ConfigError("AX is a test-only diagnostic set: it is predicted by the mnli task")
+        self.train_dataset = get_task(self.dataset.head_task) if self.dataset.head_task else self.dataset
+        self.name = self.dataset.name
+        self.head_type = self.dataset.head_type
+        self.num_labels = self.dataset.num_labels
+        self.labels = list(self.dataset.labels) if self.dataset.labels is not None else None
+        self.main_metric = self.dataset.main_metric_key
+        self.data_dir, self.tokenizer, self.max_seq_length = data_dir, tokenizer, max_seq_length
+        self.label_scale = label_scale if self.dataset.is_regression else 1.0
+        self.dev_sets = []    # (eval name, dataset, examples, features)
+        self.test_sets = []   # (dataset, split, examples, features)
+
+    def _features(self, dataset, split, examples, path):
+        tok = self.tokenizer
+        key = {"task": f"glue-{dataset.name}-{split}", "file": file_fingerprint(path),
+               "vocab": getattr(tok, "vocab_fingerprint", None), "max_seq_length": self.max_seq_length,
+               "label_scale": self.label_scale, "count": len(examples), "format": 2}
+
+        def build():
+            features = convert_examples_to_features(examples, dataset, tok, self.max_seq_length,
+                                                    label_scale=self.label_scale)
+            if split.startswith("test"):
+                for feature, example in zip(features, examples):
+                    feature["index"] = example.index  # a string: the collator leaves it out of batches
+            return features
+        return self.cache(key, build)
+
+    def _split(self, dataset, split, limit=False):
+        path = task_file(dataset, self.data_dir, split)
+        examples = read_examples(dataset, self.data_dir, split, path=path)
+        if limit:
+            examples = self._limit(examples)
+        return examples, self._features(dataset, split, examples, path)
+
+    def prepare(self, train=True, dev=True, test=False):
+        if train:
+            _, self.train_features = self._split(self.train_dataset, "train")
+            self.train_examples = len(self.train_features)
+        if dev:
+            evals = [(self.name, self.dataset, "dev")]
+            if self.name == "mnli":
+                evals.append(("mnli-mm", get_task("mnli-mm"), "dev"))
+            self.dev_sets = [(eval_name, ds) + self._split(ds, split, limit=True) for eval_name, ds, split in evals]
+        if test:
+            splits = [(self.dataset, "test")]
+            if self.name == "mnli":
+                splits = [(self.dataset, "test_matched"), (self.dataset, "test_mismatched"), (get_task("ax"), "test")]
+            self.test_sets = []
+            for ds, split in splits:
+                if ds.name == "ax":
+                    try:
+                        task_file(ds, self.data_dir, split)
+                    except DataError as exc:  # AX is optional in a data folder; every other test file is not
+                        logger.warning("no AX diagnostic file (%s): AX.tsv not written", exc)
+                        continue
+                self.test_sets.append((ds, split) + self._split(ds, split))
+        return self
+
+    def count_train_examples(self):
+        return len(read_examples(self.train_dataset, self.data_dir, "train"))
+
+    def evaluate(self, predict):
+        results = {}
+        for eval_name, dataset, examples, features in self.dev_sets:
+            out = predict(features)
+            preds = logits_to_predictions(dataset, out["logits"], label_scale=self.label_scale)
+            metrics = {k: float(v) for k, v in compute_metrics(dataset, preds, gold_labels(dataset, examples)).items()}
+            if out.get("loss") is not None:
+                metrics["loss"] = float(out["loss"])
+            results[eval_name] = metrics
+        return results
+
+    def main_score(self, results):
+        scores = [main_score(name, metrics) for name, metrics in results.items()]
+        return float(np.mean(scores))
+
+    def write_predictions(self, predict, out_dir):
+        written = []
+        for dataset, split, examples, features in self.test_sets:
+            out = predict(features)
+            preds = logits_to_predictions(dataset, out["logits"], label_scale=self.label_scale)
+            written.append(write_predictions(dataset, os.path.join(out_dir, ""), [e.index for e in examples], preds,
+                                             split=split))
+        return written

@@ -12,16 +12,15 @@ Three jobs, all independent of the model and the CLI:
    whole-word groups, and write them as JSON Lines per data epoch (`epoch_N.json` +
    `epoch_N_metrics.json`).
 3. Read those files back into fixed-shape arrays (`PregeneratedEpoch`, in RAM or as numpy
-   memmap files) and serve optimizer steps to the engine (`DataEpochStream`, the engine's
-   EpochStream protocol over data epochs that each come from a different file). The quick
-   path of simple_lm_finetuning.py (two-sentence pairs, per-token masking) is here as well.
+   memmap files): a data source of the engine's `training.EpochStream` (`lengths`, `batch`,
+   `close`), one per data epoch. The quick path of simple_lm_finetuning.py (two-sentence pairs,
+   per-token masking) is here as well.
 
 Label conventions follow modeling.py's "pretraining" head: `masked_lm_labels` is -100 where
 a position is not predicted, `next_sentence_label` is 1 when sentence B is a random one.
 """
 import json
 import logging
-import math
 import os
 import random
 import tempfile
@@ -30,10 +29,10 @@ from array import array
 import numpy as np
 from tqdm import tqdm
 
-from file_utils import ConfigError, DataError, UserError, atomic_open, atomic_write_json
+from file_utils import DataError, UserError, atomic_open, atomic_write_json
 
-# torch and the engine are imported where batches are made, so that pregenerating data (corpus ->
-# JSON) starts fast and stays small: it needs neither.
+# torch is imported where batches are made, so that pregenerating data (corpus -> JSON) starts
+# fast and stays small: it does not need it.
 
 logger = logging.getLogger(__name__)
 
@@ -575,24 +574,6 @@ class PregeneratedEpoch:
         self._arrays = {}
 
 
-class FeatureEpoch:
-    """A data epoch held as a list of feature dicts (plain lists); the same `batch` API as PregeneratedEpoch."""
-
-    def __init__(self, features):
-        self.features = features
-        self.lengths = np.array([len(f["input_ids"]) for f in features], dtype=np.int32)
-
-    def __len__(self):
-        return len(self.features)
-
-    def batch(self, indices, pad_to=None):
-        from training import collate
-        return collate([self.features[i] for i in indices], pad_to)
-
-    def close(self):
-        self.features = []
-
-
 # --------------------------------------------------------------------------------------
 # Quick path (simple_lm_finetuning.py): two-sentence pairs, per-token masking
 # --------------------------------------------------------------------------------------
@@ -662,92 +643,3 @@ def simple_lm_features(db, max_seq_length, special_ids, vocab_size, rng, mask_pr
                 "next_sentence_label": is_random_next,
             })
     return features
-
-
-# --------------------------------------------------------------------------------------
-# Step stream over data epochs (the engine's EpochStream protocol)
-# --------------------------------------------------------------------------------------
-
-class DataEpochStream:
-    """Optimizer steps over training epochs whose data come from different sources.
-
-    Training epoch e reads data epoch `load_epoch(e)`, an object with `lengths`,
-    `batch(indices, pad_to)` and `close()` (a PregeneratedEpoch for epoch_{e % N}.json, or a
-    freshly sampled FeatureEpoch); only one is held at a time. Batching is the engine's:
-    `make_batches` over that epoch's lengths with (seed, e), `batch_size` the effective global
-    batch split into `accumulation` micro-batches and across ranks, so a step holds the same
-    examples as EpochStream would give. The position (epoch, step) is the whole state, so
-    `--resume` continues exactly. `epoch_sizes[e]` (examples in training epoch e) gives the step
-    counts up front, without loading any data.
-    """
-
-    def __init__(self, load_epoch, epoch_sizes, batch_size, accumulation, seed, task_id=0,
-                 group_by_length=True, pad_to=None, rank=0, world_size=1):
-        if batch_size % accumulation:
-            raise ConfigError(f"train batch size {batch_size} is not divisible by gradient accumulation {accumulation}")
-        if not epoch_sizes or min(epoch_sizes) < 1:
-            raise ConfigError("no training examples")
-        # Batches are cut, ordered and sharded by the engine's own function: same as EpochStream.
-        from training import make_batches
-        self._make_batches = make_batches
-        self.load_epoch = load_epoch
-        self.epoch_sizes = [int(n) for n in epoch_sizes]
-        self.micro_batch_size = batch_size // accumulation
-        self.accumulation, self.seed, self.task_id = accumulation, seed, task_id
-        self.group_by_length, self.pad_to = group_by_length, pad_to
-        self.rank, self.world_size = rank, world_size
-        # The batch count depends only on the example count, not on the lengths.
-        self.steps = [math.ceil(len(make_batches(np.ones(n), self.micro_batch_size, seed, e, False, False,
-                                                 rank, world_size)) / accumulation)
-                      for e, n in enumerate(self.epoch_sizes)]
-        # Protocol attribute; data epochs may differ in size, so the engine's epoch counter (which
-        # only feeds logs here) is approximate. `steps` holds the exact count of every epoch.
-        self.steps_per_epoch = self.steps[0]
-        self.epoch, self.step_in_epoch = 0, 0
-        self._data, self._data_epoch, self._batches = None, None, None
-
-    @property
-    def total_steps(self):
-        return sum(self.steps)
-
-    def _ensure_epoch(self, epoch):
-        if self._data_epoch == epoch:
-            return
-        self.close()
-        self._data = self.load_epoch(epoch)
-        if len(self._data.lengths) != self.epoch_sizes[epoch]:
-            raise DataError(getattr(self._data, "path", f"epoch {epoch}"), None,
-                            f"holds {len(self._data.lengths)} examples, expected {self.epoch_sizes[epoch]}")
-        self._batches = self._make_batches(self._data.lengths, self.micro_batch_size, self.seed, epoch, True,
-                                     self.group_by_length, self.rank, self.world_size)
-        self._data_epoch = epoch
-
-    def next_step(self):
-        """The micro-batches of the next optimizer step: [(task_id, batch), ...]."""
-        if self.step_in_epoch >= self.steps[self.epoch]:
-            if self.epoch + 1 >= len(self.steps):
-                raise ConfigError(f"the stream has only {self.total_steps} steps")
-            self.epoch, self.step_in_epoch = self.epoch + 1, 0
-        self._ensure_epoch(self.epoch)
-        start = self.step_in_epoch * self.accumulation
-        chunk = self._batches[start:start + self.accumulation]
-        self.step_in_epoch += 1
-        return [(self.task_id, self._data.batch(idx, self.pad_to)) for idx in chunk]
-
-    def state_dict(self):
-        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "epoch_sizes": list(self.epoch_sizes),
-                "micro_batch_size": self.micro_batch_size, "seed": self.seed}
-
-    def load_state_dict(self, state):
-        if state.get("epoch_sizes") != self.epoch_sizes or state.get("micro_batch_size") != self.micro_batch_size:
-            raise ConfigError(
-                "checkpoint data position does not fit this run: it was taken with epoch sizes "
-                f"{state.get('epoch_sizes')} and micro-batch {state.get('micro_batch_size')}, this run has "
-                f"{self.epoch_sizes} and {self.micro_batch_size} (same data, epochs, batch size and "
-                "accumulation are needed to resume)")
-        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
-
-    def close(self):
-        if self._data is not None:
-            self._data.close()
-        self._data, self._data_epoch, self._batches = None, None, None

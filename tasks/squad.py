@@ -25,7 +25,8 @@ import re
 import string
 from dataclasses import dataclass, field
 
-from file_utils import ConfigError, DataError, atomic_open
+from file_utils import ConfigError, DataError, atomic_open, file_fingerprint
+from tasks.base import Task
 
 logger = logging.getLogger(__name__)
 
@@ -622,3 +623,161 @@ def evaluate_v2(dataset, predictions, na_probs=None, na_prob_thresh=1.0):
         out["best_f1"], out["best_f1_thresh"] = _find_best_thresh(
             predictions, f1_raw, na_probs, qid_to_has_ans)
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The SQuAD family behind the task interface (tasks.base.Task)
+
+# File names looked for in a data folder (--task_data squad2=DIR), per version; the first is official.
+SQUAD_FILES = {1: {"train": ("train-v1.1.json", "train.json"), "dev": ("dev-v1.1.json", "dev.json")},
+               2: {"train": ("train-v2.0.json", "train.json"), "dev": ("dev-v2.0.json", "dev.json")}}
+# Metrics kept for tables and model selection (0..1; counts and thresholds are not scores).
+_V2_KEYS = ("exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1", "best_exact", "best_f1")
+
+
+def _meta_to_plain(meta):
+    return {"unique_id": meta.unique_id, "example_index": meta.example_index, "doc_span_index": meta.doc_span_index,
+            "tokens": meta.tokens, "token_to_orig_map": [[k, v] for k, v in meta.token_to_orig_map.items()],
+            "token_is_max_context": [[k, v] for k, v in meta.token_is_max_context.items()]}
+
+
+def _meta_from_plain(d):
+    return SquadFeatureMeta(d["unique_id"], d["example_index"], d["doc_span_index"], d["tokens"],
+                            {int(k): int(v) for k, v in d["token_to_orig_map"]},
+                            {int(k): bool(v) for k, v in d["token_is_max_context"]})
+
+
+def _gold_subset(data, qids):
+    """The SQuAD `data` list cut to the questions `qids` (an evaluation on the first N questions)."""
+    out = []
+    for article in data:
+        paragraphs = []
+        for paragraph in article["paragraphs"]:
+            qas = [qa for qa in paragraph["qas"] if str(qa["id"]) in qids]
+            if qas:
+                paragraphs.append(dict(paragraph, qas=qas))
+        if paragraphs:
+            out.append(dict(article, paragraphs=paragraphs))
+    return out
+
+
+class Squad(Task):
+    """SQuAD v1.1 (`squad1`) or v2.0 (`squad2`, unanswerable questions) as a task of a run.
+
+    Files: `train_file` / `dev_file`, or the official names in `data_dir` (SQUAD_FILES). The dev
+    file is both the evaluation set (EM/F1 by the official scripts' rules, in 0..1) and what
+    `write_predictions` predicts (predictions.json, nbest_predictions.json, v2 null_odds.json):
+    SQuAD has no public test set."""
+    family = "squad"
+    head_type = "span"
+    num_labels = 2
+    main_metric = "f1"
+
+    def __init__(self, tokenizer, version=1, data_dir=None, train_file=None, dev_file=None, name=None,
+                 max_seq_length=384, doc_stride=128, max_query_length=64, n_best_size=20, max_answer_length=30,
+                 null_score_diff_threshold=0.0, cache=None, max_eval_examples=None, verbose_logging=False):
+        super().__init__(cache, max_eval_examples)
+        if version not in SQUAD_FILES:
+            raise ConfigError(f"SQuAD version must be 1 or 2, got {version}")
+        self.version, self.v2 = version, version == 2
+        self.name = name or f"squad{version}"
+        self.tokenizer, self.data_dir = tokenizer, data_dir
+        self.files = {"train": train_file, "dev": dev_file}
+        self.max_seq_length, self.doc_stride, self.max_query_length = max_seq_length, doc_stride, max_query_length
+        self.n_best_size, self.max_answer_length = n_best_size, max_answer_length
+        self.null_score_diff_threshold, self.verbose_logging = null_score_diff_threshold, verbose_logging
+        self.train_examples, self.dropped = 0, []
+        self.dev_examples, self.dev_features, self.dev_metas, self.gold = None, None, None, None
+
+    def file(self, split):
+        if self.files.get(split):
+            return self.files[split]
+        names = SQUAD_FILES[self.version][split]
+        for name in names:
+            path = os.path.join(self.data_dir or ".", name)
+            if os.path.isfile(path):
+                return path
+        raise DataError(os.path.join(self.data_dir or ".", names[0]), None,
+                        f"missing SQuAD v{'2.0' if self.v2 else '1.1'} {split} file (or {', '.join(names[1:])})")
+
+    def _features(self, path, is_training, examples):
+        key = {"task": f"{self.name}-{'train' if is_training else 'predict'}", "file": file_fingerprint(path),
+               "vocab": self.tokenizer.vocab_fingerprint, "lower": self.tokenizer.do_lower_case,
+               "max_seq_length": self.max_seq_length, "doc_stride": self.doc_stride,
+               "max_query_length": self.max_query_length, "v2": self.v2, "count": len(examples), "format": 2}
+
+        def build():
+            features, metas = convert_examples_to_features(examples, self.tokenizer, self.max_seq_length,
+                                                           self.doc_stride, self.max_query_length, is_training)
+            if not is_training:
+                for feature, meta in zip(features, metas):
+                    feature["meta"] = _meta_to_plain(meta)
+            return features
+
+        features = self.cache(key, build)
+        metas = [_meta_from_plain(f.pop("meta")) for f in features] if not is_training else None
+        return features, metas
+
+    def prepare(self, train=True, dev=True, test=False):
+        if train:
+            path = self.file("train")
+            examples, self.dropped = read_squad_examples(path, True, self.v2)
+            self.train_examples = len(examples)
+            self.train_features, _ = self._features(path, True, examples)
+        if dev or test:
+            path = self.file("dev")
+            examples, _ = read_squad_examples(path, False, self.v2)
+            self.dev_examples = self._limit(examples)
+            self.dev_features, self.dev_metas = self._features(path, False, self.dev_examples)
+            data, _, _ = load_squad_json(path)
+            qids = {e.qas_id for e in self.dev_examples}
+            has_answers = all("answers" in qa for qa in _iter_eval_qas(data))
+            self.gold = _gold_subset(data, qids) if has_answers else None
+        return self
+
+    def count_train_examples(self):
+        return len(read_squad_examples(self.file("train"), True, self.v2)[0])
+
+    def decode(self, predict):
+        """(predictions, nbest, null_odds) of the dev questions."""
+        out = predict(self.dev_features)
+        preds, nbest, null_odds = decode_predictions(
+            self.dev_examples, self.dev_metas, out["start_logits"], out["end_logits"], self.n_best_size,
+            self.max_answer_length, self.tokenizer.basic_tokenizer, self.v2, self.null_score_diff_threshold,
+            self.verbose_logging)
+        return preds, nbest, null_odds, out.get("loss")
+
+    def official_scores(self, preds, null_odds):
+        """What the official evaluate-v1.1.py / evaluate-v2.0.py print for `preds` (percent, with
+        counts and thresholds), or None when the dev file has no gold answers."""
+        if self.gold is None:
+            return None
+        if self.v2:
+            # na-prob threshold = the decoding threshold, so the scores describe predictions.json
+            return dict(evaluate_v2(self.gold, preds, null_odds, self.null_score_diff_threshold))
+        return dict(evaluate_v1(self.gold, preds, self.file("dev")))
+
+    def score(self, preds, null_odds):
+        """Official EM/F1 of `preds` on the dev questions, in 0..1 (None without gold answers)."""
+        raw = self.official_scores(preds, null_odds)
+        if raw is None:
+            return None
+        if self.v2:
+            return {k: raw[k] / 100.0 for k in _V2_KEYS if k in raw}
+        return {"exact": raw["exact_match"] / 100.0, "f1": raw["f1"] / 100.0}
+
+    def evaluate(self, predict):
+        preds, _, null_odds, loss = self.decode(predict)
+        metrics = self.score(preds, null_odds)
+        if metrics is None:
+            raise DataError(self.file("dev"), None, "has no gold answers: it cannot be used for evaluation")
+        if loss is not None:
+            metrics["loss"] = float(loss)
+        return {self.name: metrics}
+
+    def write_predictions(self, predict, out_dir):
+        preds, nbest, null_odds, _ = self.decode(predict)
+        os.makedirs(out_dir, exist_ok=True)
+        write_prediction_files(out_dir, preds, nbest, null_odds if self.v2 else None)
+        names = ["predictions.json", "nbest_predictions.json"] + (["null_odds.json"] if self.v2 else [])
+        return [os.path.join(out_dir, n) for n in names]

@@ -8,9 +8,11 @@ start of every ending is `sent2`, and the pair is truncated longest-first to max
 """
 import csv
 import logging
+import os
 from dataclasses import dataclass
 
-from file_utils import DataError, atomic_open
+from file_utils import DataError, atomic_open, file_fingerprint
+from tasks.base import Task
 from tokenization import truncate_seq_pair
 
 logger = logging.getLogger(__name__)
@@ -133,3 +135,57 @@ def write_predictions(path, examples, logits):
         writer.writerow(PREDICTION_HEADER)
         for ex, row in zip(examples, logits):
             writer.writerow([ex.row_id, ex.video_id, ex.fold_ind, max(range(len(row)), key=lambda c: row[c])])
+
+
+# ----------------------------------------------------------------------------------------------
+# The SWAG family behind the task interface (tasks.base.Task)
+
+class Swag(Task):
+    """SWAG multiple choice as a task of a run: `train.csv`, `val.csv` and (for predictions, without
+    labels) `test.csv` in `data_dir`. Metric: accuracy (main score); predictions: test_predictions.csv."""
+    family = "swag"
+    head_type = "choice"
+    num_labels = NUM_CHOICES
+    main_metric = "acc"
+
+    def __init__(self, data_dir, tokenizer, max_seq_length=128, name="swag", cache=None, max_eval_examples=None):
+        super().__init__(cache, max_eval_examples)
+        self.name, self.data_dir, self.tokenizer, self.max_seq_length = name, data_dir, tokenizer, max_seq_length
+        self.examples, self.features = {}, {}
+
+    def path(self, split):
+        return os.path.join(self.data_dir, {"train": "train.csv", "dev": "val.csv", "test": "test.csv"}[split])
+
+    def prepare(self, train=True, dev=True, test=False):
+        splits = [s for s, wanted in (("train", train), ("dev", dev), ("test", test)) if wanted]
+        for split in splits:  # read (and check) every file before building anything
+            examples = read_swag_examples(self.path(split), require_label=split != "test")
+            self.examples[split] = self._limit(examples) if split == "dev" else examples
+        for split in splits:
+            path, examples = self.path(split), self.examples[split]
+            key = {"task": f"{self.name}-{split}", "file": file_fingerprint(path), "count": len(examples),
+                   "vocab": self.tokenizer.vocab_fingerprint, "lower": self.tokenizer.do_lower_case,
+                   "max_seq_length": self.max_seq_length, "format": 2}
+            self.features[split] = self.cache(key, lambda ex=examples: convert_examples_to_features(
+                ex, self.tokenizer, self.max_seq_length)[0])
+        self.train_features = self.features.get("train")
+        if "train" in self.examples:
+            self.train_examples = len(self.examples["train"])
+        return self
+
+    def count_train_examples(self):
+        return len(read_swag_examples(self.path("train")))
+
+    def evaluate(self, predict):
+        out = predict(self.features["dev"])
+        metrics = {"acc": accuracy(out["logits"], [e.label for e in self.examples["dev"]])}
+        if out.get("loss") is not None:
+            metrics["loss"] = float(out["loss"])
+        return {self.name: metrics}
+
+    def write_predictions(self, predict, out_dir):
+        out = predict(self.features["test"])
+        os.makedirs(out_dir, exist_ok=True)
+        path = os.path.join(out_dir, "test_predictions.csv")
+        write_predictions(path, self.examples["test"], out["logits"])
+        return [path]

@@ -69,3 +69,46 @@ def test_run_cli_turns_user_error_into_one_line_and_exit_2(tmp_path):
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ['error: train.tsv:3: unknown label "maybe"']
+
+
+def test_replace_dir_atomically_replaces_keeps_old_on_failure_and_recovers(tmp_path):
+    target = tmp_path / "best"
+    file_utils.replace_dir_atomically(str(target), lambda d: open(os.path.join(d, "v"), "w").write("1"))
+    file_utils.replace_dir_atomically(str(target), lambda d: open(os.path.join(d, "v"), "w").write("2"))
+    assert (target / "v").read_text() == "2" and sorted(os.listdir(tmp_path)) == ["best"]
+
+    def crash(d):
+        open(os.path.join(d, "v"), "w").write("partial")
+        raise RuntimeError("killed while saving")
+    with pytest.raises(RuntimeError):
+        file_utils.replace_dir_atomically(str(target), crash)
+    assert (target / "v").read_text() == "2" and sorted(os.listdir(tmp_path)) == ["best"]  # temp folder removed
+    os.replace(target, tmp_path / "best.old")  # a kill between the two renames
+    file_utils.recover_dir(str(target))
+    assert (target / "v").read_text() == "2" and not (tmp_path / "best.old").exists()
+    # the next swap after such a kill also finds the good copy in .old
+    os.replace(target, tmp_path / "best.old")
+    file_utils.replace_dir_atomically(str(target), lambda d: open(os.path.join(d, "v"), "w").write("3"))
+    assert (target / "v").read_text() == "3" and sorted(os.listdir(tmp_path)) == ["best"]
+
+
+def test_remove_stale_temporaries_removes_only_what_killed_writes_left(tmp_path):
+    (tmp_path / ".checkpoint.tmp-abc").mkdir()
+    (tmp_path / ".checkpoint.tmp-abc" / "model.safetensors").write_bytes(b"x" * 10)
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / ".model.safetensors.k3j.tmp").write_bytes(b"x")
+    keep = [tmp_path / "results.json", tmp_path / ".hidden", tmp_path / "best" / "model.safetensors",
+            tmp_path / "notes.tmp"]
+    for path in keep:
+        path.write_text("keep")
+    removed = file_utils.remove_stale_temporaries(str(tmp_path))
+    assert sorted(os.path.basename(p) for p in removed) == [".checkpoint.tmp-abc", ".model.safetensors.k3j.tmp"]
+    assert all(path.exists() for path in keep)
+    # atomic_open's temporary files match the pattern that is cleaned up
+    with pytest.raises(RuntimeError):
+        with atomic_open(str(tmp_path / "x.json")) as f:
+            leftover = f.name
+            raise RuntimeError("no cleanup on this path: simulate a kill by re-creating it")
+    open(leftover, "w").close()
+    removed = file_utils.remove_stale_temporaries(str(tmp_path))
+    assert os.path.basename(leftover) in [os.path.basename(p) for p in removed]

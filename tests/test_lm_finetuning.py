@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import training
 from file_utils import run_cli
 from tasks import pretraining as P
 from tokenization import BertTokenizer
@@ -176,7 +177,8 @@ def test_stream_memmap_equals_ram_reuses_data_epochs_and_resumes(data_dir, tmp_p
     data = P.find_pregenerated_epochs(data_dir)
     plan = [data[e % 2] for e in range(3)]  # 3 training epochs over 2 data epochs
     sizes = [n for _, n, _ in plan]
-    make = lambda loader: P.DataEpochStream(loader, sizes, batch_size=6, accumulation=2, seed=5)  # noqa: E731
+    def make(loader):
+        return training.EpochStream(load_epoch=loader, epoch_sizes=sizes, batch_size=6, accumulation=2, seed=5)
     ram = make(_loader(data_dir, vocab, plan))
     mm = make(_loader(data_dir, vocab, plan, str(tmp_path / "mm")))
     assert ram.steps == [math.ceil(math.ceil(n / 3) / 2) for n in sizes]
@@ -210,7 +212,8 @@ def test_stream_memmap_equals_ram_reuses_data_epochs_and_resumes(data_dir, tmp_p
         for (_, x), (_, y) in zip(got, ram_steps[step]):
             assert all(torch.equal(x[key], y[key]) for key in x)
     with pytest.raises(Exception, match="does not fit this run"):
-        P.DataEpochStream(None, sizes[:2], 6, 2, 5).load_state_dict(state)
+        training.EpochStream(load_epoch=lambda e: None, epoch_sizes=sizes[:2], batch_size=6, accumulation=2,
+                             seed=5).load_state_dict(state)
     for s in (ram, mm, resumed, probe):
         s.close()
     assert os.listdir(tmp_path / "mm") == []
@@ -318,8 +321,8 @@ def test_stream_shards_each_global_batch_across_ranks(data_dir, tiny_model):
     vocab = BertTokenizer.from_pretrained(tiny_model).vocab
     plan = P.find_pregenerated_epochs(data_dir)
     sizes = [n for _, n, _ in plan]
-    streams = [P.DataEpochStream(_loader(data_dir, vocab, plan), sizes, batch_size=8, accumulation=2, seed=1,
-                                 rank=r, world_size=w) for r, w in ((0, 1), (0, 2), (1, 2))]
+    streams = [training.EpochStream(load_epoch=_loader(data_dir, vocab, plan), epoch_sizes=sizes, batch_size=8,
+                                    accumulation=2, seed=1, rank=r, world_size=w) for r, w in ((0, 1), (0, 2), (1, 2))]
     single, r0, r1 = streams
     assert r0.steps == r1.steps
 
@@ -347,7 +350,7 @@ def test_finetune_resume_after_interruption_is_exact(data_dir, tiny_model, tmp_p
     finetune_on_pregenerated.main(base + ["--output_dir", full])
     stop_after = math.ceil(n0 / 4) + 1  # interrupted inside the second epoch (second data file)
     calls = {"n": 0}
-    original = P.DataEpochStream.next_step
+    original = training.EpochStream.next_step
 
     def interrupted(self):
         calls["n"] += 1
@@ -356,10 +359,10 @@ def test_finetune_resume_after_interruption_is_exact(data_dir, tiny_model, tmp_p
         return original(self)
 
     part = str(tmp_path / "part")
-    monkeypatch.setattr(P.DataEpochStream, "next_step", interrupted)
+    monkeypatch.setattr(training.EpochStream, "next_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
         finetune_on_pregenerated.main(base + ["--output_dir", part])
-    monkeypatch.setattr(P.DataEpochStream, "next_step", original)
+    monkeypatch.setattr(training.EpochStream, "next_step", original)
     assert not os.path.exists(os.path.join(part, "model.safetensors"))
     assert json.load(open(os.path.join(part, "checkpoint", "checkpoint.json")))["global_step"] == stop_after
     finetune_on_pregenerated.main(base + ["--output_dir", part, "--resume"])

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import file_utils
 import multitask as mt
 from file_utils import ConfigError
 
@@ -276,20 +277,14 @@ def test_combination_plan():
 
 # ------------------------------------------------------------------ task lists, selection
 
-def test_parse_task_list_and_batch_sizes():
-    assert mt.parse_task_list("all") == ["cola", "mrpc", "mnli", "rte", "sts-b", "sst-2", "qqp", "qnli"]
-    assert mt.parse_task_list("RTE, wnli,sts") == ["rte", "wnli", "sts-b"]
-    with pytest.raises(ConfigError, match="unknown"):
-        mt.parse_task_list("cola,squad")
-    with pytest.raises(ConfigError, match="twice"):
-        mt.parse_task_list("cola,CoLA")
-    with pytest.raises(ConfigError, match="no training set"):
-        mt.parse_task_list("rte,mnli-mm")
+def test_per_task_values_and_batch_sizes():
     assert mt.parse_task_batch_sizes("cola=16, mnli=64", ["cola", "mnli"]) == {"cola": 16, "mnli": 64}
     for bad in ("cola", "cola=x", "cola=0", "rte=8"):
         with pytest.raises(ConfigError):
             mt.parse_task_batch_sizes(bad, ["cola", "mnli"])
     assert mt.batch_size_flag("sts-b") == "batch_size_sts_b"
+    assert mt.parse_task_values("squad2=/d/s, conll=c", ["squad2", "conll"], "--task_data", convert=str) == {
+        "squad2": "/d/s", "conll": "c"}
 
 
 def test_model_selector_best_per_task_and_patience():
@@ -315,20 +310,12 @@ def test_eval_table_format():
     assert lines[3].endswith("82.50") and lines[-1].startswith("GLUE avg") and lines[-1].endswith("53.75")
 
 
-def test_save_dir_atomically_replaces_and_recovers(tmp_path):
-    target = tmp_path / "best"
-    mt.save_dir_atomically(str(target), lambda d: open(os.path.join(d, "v"), "w").write("1"))
-    mt.save_dir_atomically(str(target), lambda d: open(os.path.join(d, "v"), "w").write("2"))
-    assert (target / "v").read_text() == "2" and not (tmp_path / "best.old").exists()
-
-    def crash(d):
-        raise RuntimeError("killed while saving")
-    with pytest.raises(RuntimeError):
-        mt.save_dir_atomically(str(target), crash)
-    assert (target / "v").read_text() == "2"
-    os.replace(target, tmp_path / "best.old")  # simulate a kill between the two renames
+def test_per_task_best_folder_swap_is_recovered_on_resume(tmp_path):
+    target = tmp_path / "per_task_best" / "rte"
+    file_utils.replace_dir_atomically(str(target), lambda d: open(os.path.join(d, "v"), "w").write("2"))
+    os.replace(target, str(target) + ".old")  # a kill between the two renames of the swap
     mt.recover_output_dirs(str(tmp_path))
-    assert (target / "v").read_text() == "2" and not (tmp_path / "best.tmp").exists()
+    assert (target / "v").read_text() == "2" and not os.path.exists(str(target) + ".old")
 
 
 def test_task_parameters_saved_and_assembled(tmp_path):

@@ -5,6 +5,7 @@ the saved folder reloads and re-evaluates to the same numbers, and --do_predict 
 submission file. Tiny random BERTs with the real uncased vocab cover the other tasks' metric
 keys, MNLI matched + mismatched + AX, bf16 on CPU, a PALs adapter config, the feature cache and
 bad input (one line naming file:line, exit code 2)."""
+import json
 import os
 import random
 
@@ -75,7 +76,11 @@ def test_minilm_sst2_train_eval_predict_and_reload(tmp_path):
     events.Reload()
     losses = [e.value for e in events.Scalars("train/loss")]
     assert len(losses) == 8 and np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])
-    assert "eval/acc" in events.Tags()["scalars"]
+    # the dev loss is logged apart from the training loss (the 2019 script mixed them up under eval/loss)
+    assert {"eval/sst-2/acc", "eval/sst-2/loss"} <= set(events.Tags()["scalars"])
+    assert events.Scalars("eval/sst-2/loss")[0].value == pytest.approx(results["eval_loss"], rel=1e-5)
+    # results.json: the GLUE results format shared with run_multi_task.py
+    assert json.loads((out / "results.json").read_text())["results"]["sst-2"]["acc"] == results["acc"]
     # submission file: header + one line per test row, labels from the task's label set
     lines = (out / "SST-2.tsv").read_text().splitlines()
     assert lines[0] == "index\tprediction" and len(lines) == 11

@@ -103,7 +103,7 @@ def test_malformed_record_is_one_line_exit_2(tmp_path, capsys):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {bad}:")
     assert "q0008" in lines[0] and "outside the context" in lines[0]
-    assert not os.listdir(tmp_path / "o")   # nothing left behind: a fixed rerun is not refused
+    assert not (tmp_path / "o").exists()   # nothing left behind: a fixed rerun is not refused
 
 
 def test_flag_errors(tmp_path, capsys):

@@ -5,12 +5,12 @@ import copy
 import dataclasses
 import json
 import os
-import pickle
 
 import numpy as np
 import pytest
 import torch
 
+import file_utils
 import tokenization
 import training
 from file_utils import ConfigError
@@ -133,22 +133,36 @@ def test_cached_features_builds_once_and_misses_on_changed_key(tmp_path):
     assert training.cached_features(str(tmp_path), dict(key, max_seq_length=64),
                                     lambda: build(7))[0]["input_ids"][1] == 7
     files = sorted(os.listdir(tmp_path))
-    assert len(files) == 2 and all(f.endswith(".pkl") and not f.startswith(".") for f in files)
+    assert len(files) == 2 and all(f.endswith(".npz") and not f.startswith(".") for f in files)
     # a truncated cache file (e.g. a disk-full write by another tool) is rebuilt, not trusted
     path = os.path.join(tmp_path, files[0])
-    with open(path, "wb") as f:
-        f.write(pickle.dumps({"key": "x"})[:5])
+    with open(path, "r+b") as f:
+        f.truncate(40)
     training.cached_features(str(tmp_path), key, lambda: build(8))
     training.cached_features(str(tmp_path), dict(key, max_seq_length=64), lambda: build(9))
     assert calls[-1] in (8, 9) and len(calls) == 3
 
 
+def test_cached_features_round_trip_every_value_kind(tmp_path):
+    """Int lists, nested lists (multiple choice), ints, floats, strings, None and dicts come back equal
+    and of the same types; features with other keys in a later build are not mixed up."""
+    features = [{"input_ids": [2, 7, 3], "choices": [[1, 2], [3]], "labels": 1, "score": 0.25, "index": "a",
+                 "meta": {"tokens": ["x"], "pairs": [[1, 2]]}, "none": None},
+                {"input_ids": [2, 3], "choices": [[4], [5, 6, 7]], "labels": 0, "score": 1.5, "index": "b",
+                 "meta": {"tokens": [], "pairs": []}, "none": None}]
+    key = {"task": "kinds"}
+    training.cached_features(str(tmp_path), key, lambda: features)
+    loaded = training.cached_features(str(tmp_path), key, lambda: pytest.fail("must come from the cache"))
+    assert loaded == features
+    assert [type(v) for v in loaded[0].values()] == [type(v) for v in features[0].values()]
+
+
 def test_file_fingerprint_changes_with_the_file(tmp_path):
     path = tmp_path / "train.tsv"
     path.write_text("a\n")
-    first = training.file_fingerprint(str(path))
+    first = file_utils.file_fingerprint(str(path))
     path.write_text("ab\n")
-    assert training.file_fingerprint(str(path)) != first
+    assert file_utils.file_fingerprint(str(path)) != first
 
 
 # ----------------------------------------------------------------------------------------------
@@ -390,7 +404,9 @@ def test_output_dir_run_config_and_tensorboard(tiny_dir, tmp_path):
     tags = acc.Tags()["scalars"]
     assert {"train/loss", "train/learning_rate", "eval/acc"} <= set(tags) and "eval/nan" not in tags
     assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3]
-    assert sorted(os.listdir(out / "checkpoint")) == [training.CHECKPOINT_META, training.CHECKPOINT_STATE]
+    assert sorted(os.listdir(out / "checkpoint")) == sorted([
+        training.CHECKPOINT_META, training.CHECKPOINT_MODEL, training.CHECKPOINT_STATE + ".json",
+        training.CHECKPOINT_STATE + ".safetensors"])
 
 
 def test_flag_checks_and_lower_case_guess(tiny_dir, tmp_path, minilm_dir):

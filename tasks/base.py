@@ -1,0 +1,93 @@
+"""The interface every task family implements, so that the runners and the multi-task layer
+(multitask.py, which imports no task module) handle any mix of families the same way.
+
+A `Task` is one task of a run, built from its files: a GLUE task (`tasks.glue.Glue`), SQuAD v1.1
+or v2.0 (`tasks.squad.Squad`), CoNLL-2003 NER (`tasks.conll.Conll`) or SWAG (`tasks.swag.Swag`).
+It knows its files, its head, its metrics and its official prediction format, never the model:
+
+    task.prepare(train=True, dev=True, test=False)   # read + validate files, build features (cached)
+    task.train_features                              # plain-list features for the engine
+    results = task.evaluate(predict)                 # {eval set name: {metric: value in 0..1}}
+    task.main_score(results)                         # the one number model selection uses
+    task.write_predictions(predict, out_dir)         # official test / prediction files
+
+`predict(features)` runs the model on features of this task and returns the engine's prediction
+dict (`logits`, or `start_logits`/`end_logits`, and `loss`); the caller binds the task id.
+Features are cached through `cache(key_parts, build)` (the engine's feature cache; the task never
+imports the engine), so everything cached is plain data: lists, dicts with string keys, numbers.
+"""
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+def no_cache(key_parts, build):
+    """The default `cache`: build every time."""
+    return build()
+
+
+class Task:
+    """Base class of the task families. Subclasses set, in __init__:
+
+    name          unique in the run ("rte", "mnli", "squad2", "conll", "swag")
+    head_type     a modeling.HEAD_TYPES entry (classification, regression, span, token, choice)
+    num_labels    outputs of the head (1 for regression and choice, 2 for span)
+    labels        label strings in id order, or None
+    main_metric   the metric key of the main score
+    max_seq_length
+    """
+    family = None
+    flat_predictions = False   # True: prediction files go straight into the run's predictions/ folder
+    name = None
+    head_type = None
+    num_labels = None
+    labels = None
+    main_metric = None
+    max_seq_length = None
+
+    def __init__(self, cache=None, max_eval_examples=None):
+        self.cache = cache or no_cache
+        self.max_eval_examples = max_eval_examples
+        self.train_features = None
+        self.train_examples = None   # number of training examples, set by prepare(train=True)
+
+    # -- data ------------------------------------------------------------------------------------
+    def prepare(self, train=True, dev=True, test=False):
+        """Read and check every file the run will need and build their features, so that bad input
+        stops the run before training (DataError naming file and line). Returns self."""
+        raise NotImplementedError
+
+    @property
+    def train_size(self):
+        """Training examples (questions, sentences, pairs): the N_i of the task sampler. A SQuAD
+        question or a long NER sentence may give several windows (features)."""
+        return self.train_examples if self.train_examples is not None else len(self.train_features)
+
+    def count_train_examples(self):
+        """Training examples, counted by reading the file without tokenizing (for --dry_run)."""
+        raise NotImplementedError
+
+    # -- evaluation and predictions -----------------------------------------------------------------
+    def evaluate(self, predict):
+        """Dev metrics: {eval set name: {metric: value}}, values in 0..1 (MNLI: mnli and mnli-mm)."""
+        raise NotImplementedError
+
+    def main_score(self, results):
+        """The task's one number (0..1) from evaluate()'s results: GLUE's main score (MNLI: the mean of
+        -m and -mm), SQuAD F1, entity F1, accuracy."""
+        scores = [float(metrics[self.main_metric]) for metrics in results.values()]
+        return sum(scores) / len(scores)
+
+    def write_predictions(self, predict, out_dir):
+        """Official prediction files of the test data (SQuAD: of the dev file) into out_dir; returns
+        the paths written. Call prepare(test=True) first."""
+        raise NotImplementedError
+
+    def _limit(self, items):
+        """The first max_eval_examples dev items (all when unset)."""
+        if self.max_eval_examples and len(items) > self.max_eval_examples:
+            return items[:self.max_eval_examples]
+        return items
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.name!r})"
