@@ -127,7 +127,12 @@ def _metric_dict(raw, task):
 
 
 def read_run(directory):
-    """One run folder -> dict(kind, label, results {task: metrics (0..1)}, parameters, one_bert)."""
+    """One run folder -> dict(kind, label, results {task: metrics (0..1)}, parameters, one_bert).
+
+    results.json is the one results format ({eval set: metrics}, MNLI as `mnli` and `mnli-mm`),
+    written by run_multi_task.py (history per epoch) and run_classifier.py (kind single_task). A
+    run_classifier folder from before results.json existed is read from run_config.json +
+    eval_results.txt (the 2019 keys, MNLI-mm with an `mm_` prefix)."""
     results_path = os.path.join(directory, "results.json")
     data = _read_json(results_path) if os.path.exists(results_path) else None
     if data is not None and data.get("kind") == "multi_task":
@@ -136,39 +141,43 @@ def read_run(directory):
             raise DataError(results_path, None, "no evaluated epoch (training did not finish an epoch?)")
         params = data.get("parameters") or {}
         return {"kind": "multi_task", "label": data.get("label") or os.path.basename(os.path.normpath(directory)),
-                "results": best["results"], "parameters": params.get("total"), "one_bert": params.get("shared"),
-                "best_epoch": data.get("best_epoch"), "path": directory}
+                "results": _glue_only(best["results"]), "parameters": params.get("total"),
+                "one_bert": params.get("shared"), "best_epoch": data.get("best_epoch"), "path": directory}
+    if data is not None and data.get("kind") == "single_task":
+        results = _glue_only({name: _metric_dict(metrics, name) for name, metrics in data["results"].items()})
+        total, encoder = _count_saved_parameters(directory)
+        return {"kind": "single_task", "label": data.get("task"), "results": results, "parameters": total,
+                "one_bert": encoder, "path": directory}
     config_path = os.path.join(directory, "run_config.json")
-    if not os.path.exists(config_path):
+    eval_path = os.path.join(directory, "eval_results.txt")
+    if not (os.path.exists(config_path) and os.path.exists(eval_path)):
         return None
     config = _read_json(config_path)
-    flags = config.get("flags") or config.get("args") or config  # run_classifier: {"flags": {...}}
-    task = flags.get("task_name") or flags.get("task")
+    flags = config.get("flags") or config
+    task = flags.get("task_name")
     if not task:
         return None
     task = glue.get_task(task).name
-    if data is not None:
-        raw = data.get("eval") or data.get("metrics") or data.get("results") or data
-    else:
-        eval_path = os.path.join(directory, "eval_results.txt")
-        if not os.path.exists(eval_path):
-            return None
-        raw = _read_key_values(eval_path)
-    results = {}
-    if isinstance(raw, dict) and any(isinstance(v, dict) for v in raw.values()):
-        for key, value in raw.items():  # nested {task: metrics}, e.g. mnli + mnli-mm
-            if isinstance(value, dict):
-                results[glue.get_task(key).name] = _metric_dict(value, key)
-    else:
-        results[task] = _metric_dict(raw, task)
-        if task == "mnli":
-            mm = {k[len("mnli-mm."):] if k.startswith("mnli-mm.") else k[len("mm_"):]: v
-                  for k, v in raw.items() if k.startswith(("mnli-mm.", "mm_"))}
-            if mm:
-                results["mnli-mm"] = _metric_dict(mm, "mnli-mm")
+    raw = _read_key_values(eval_path)
+    results = {task: _metric_dict(raw, task)}
+    if task == "mnli":
+        mm = {k[len("mm_"):]: v for k, v in raw.items() if k.startswith("mm_")}
+        if mm:
+            results["mnli-mm"] = _metric_dict(mm, "mnli-mm")
     total, encoder = _count_saved_parameters(directory)
     return {"kind": "single_task", "label": task, "results": results, "parameters": total, "one_bert": encoder,
             "path": directory}
+
+
+def _glue_only(results):
+    """The GLUE columns of a run's results (a mixed multi-task run also holds SQuAD, NER, ...)."""
+    out = {}
+    for name, metrics in results.items():
+        try:
+            out[glue.get_task(name).name] = metrics
+        except ConfigError:
+            continue
+    return out
 
 
 def find_runs(paths):

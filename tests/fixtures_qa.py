@@ -217,3 +217,15 @@ def make_tokenizer(vocab_file, do_lower_case=True):
     """The project's BertTokenizer (the bundled MiniLM vocab is uncased)."""
     from tokenization import BertTokenizer
     return BertTokenizer(vocab_file, do_lower_case=do_lower_case)
+
+
+def write_squad_dir(folder, version=2):
+    """A SQuAD folder with the official file names (train-v2.0.json / dev-v2.0.json, or v1.1)."""
+    os.makedirs(folder, exist_ok=True)
+    if version == 2:
+        write_squad(os.path.join(folder, "train-v2.0.json"), squad_v2_data(), "v2.0")
+        write_squad(os.path.join(folder, "dev-v2.0.json"), squad_v2_data(), "v2.0")
+    else:
+        write_squad(os.path.join(folder, "train-v1.1.json"), squad_v1_data())
+        write_squad(os.path.join(folder, "dev-v1.1.json"), squad_v1_data(multi_answer=True))
+    return folder
