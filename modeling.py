@@ -659,7 +659,10 @@ class TokenHead(nn.Module):
         logits = self.classifier(self.dropout(sequence_output))
         out = {"logits": logits}
         if labels is not None:
-            out["loss"] = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100)
+            # Sum / count rather than the mean: a window without scored tokens gives 0, not NaN.
+            total = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100,
+                                    reduction="sum")
+            out["loss"] = total / (labels != -100).sum().clamp(min=1)
         return out
 
 

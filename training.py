@@ -571,6 +571,12 @@ def _depth(value):
     return d if is_number(value) else -1
 
 
+def _is_token_labelled(batch):
+    """A token-classification batch: per-token `labels` shaped like `input_ids` (-100 = not scored)."""
+    labels = batch.get("labels")
+    return labels is not None and labels.dim() == 2 and labels.shape == batch["input_ids"].shape
+
+
 def collate(features, pad_to=None):
     """List of feature dicts (plain lists, unpadded) -> dict of tensors.
 
@@ -1112,15 +1118,7 @@ class Trainer:
         """Backward all micro-batches of one step (grads left in .grad); returns the global mean loss."""
         env = self.env
         micro = [(tid, _move(batch, env.device)) for tid, batch in micro]
-        counts = torch.tensor([float(next(iter(b.values())).shape[0]) for _, b in micro], dtype=torch.float64)
-        local_counts = counts.clone()
-        if env.distributed:
-            counts = counts.to(env.device)
-            dist.all_reduce(counts)
-            counts = counts.cpu()
-        total = float(counts.sum())
-        # weight: this micro-batch's share of the step's examples; x world_size because DDP averages.
-        weights = [float(local_counts[i]) / total * env.world_size for i in range(len(micro))]
+        weights = self._loss_weights(micro)
         tasks = list(dict.fromkeys(tid for tid, _ in micro))
         loss_acc = torch.zeros((), dtype=torch.float64, device=env.device)
         if self.grad_combiner is None or len(tasks) == 1:
@@ -1130,9 +1128,9 @@ class Trainer:
                 sync = not env.distributed or i == len(micro) - 1
                 with contextlib.nullcontext() if sync else self.ddp_model.no_sync():
                     loss = self._forward_backward(self.ddp_model, tid, batch, weights[i])
-                loss_acc += loss.double() * float(local_counts[i]) / total
+                loss_acc += loss.double() * weights[i] / env.world_size
         else:
-            loss_acc += self._combined_backward(micro, tasks, weights, local_counts, total)
+            loss_acc += self._combined_backward(micro, tasks, weights)
         # A stop asked for by a signal travels with the loss, so that every rank stops at the same step.
         stop = float(file_utils.stop_requested() or 0)
         if env.distributed:
@@ -1142,7 +1140,35 @@ class Trainer:
         self._stop_signal = int(stop) if stop else None
         return float(loss_acc)
 
-    def _combined_backward(self, micro, tasks, weights, local_counts, total):
+    def _loss_weights(self, micro):
+        """Weight of each micro-batch's mean loss, so that one step's gradient is the mean over the
+        global batch: exact for any accumulation and number of processes.
+
+        Within a task a micro-batch counts by its loss denominator: its examples, or for token
+        classification its labelled tokens (so NER gives the token mean of the whole batch, as one
+        big batch would). Across the tasks of a gradient-surgery step each task counts by its share
+        of the step's examples. x world_size because DDP averages the ranks' gradients."""
+        env = self.env
+        examples = [float(next(iter(b.values())).shape[0]) for _, b in micro]
+        denominators = [float((b["labels"] != IGNORE_INDEX).sum()) if _is_token_labelled(b) else n
+                        for (_, b), n in zip(micro, examples)]
+        local = torch.tensor(examples + denominators, dtype=torch.float64)
+        totals = local.clone()
+        if env.distributed:
+            totals = totals.to(env.device)
+            dist.all_reduce(totals)
+            totals = totals.cpu()
+        k = len(micro)
+        step_examples = float(totals[:k].sum())
+        weights = []
+        for i, (tid, _) in enumerate(micro):
+            same = [j for j, (t, _) in enumerate(micro) if t == tid]
+            task_share = float(totals[same].sum()) / step_examples
+            task_denominator = float(totals[[k + j for j in same]].sum())
+            weights.append(task_share * float(local[k + i]) / max(task_denominator, 1.0) * env.world_size)
+        return weights
+
+    def _combined_backward(self, micro, tasks, weights):
         """Gradient surgery: one flat gradient of the shared parameters per task -> grad_combiner ->
         written back; task-specific parameters keep their own gradients.
 
@@ -1161,7 +1187,7 @@ class Trainer:
                 sync = not env.distributed or (t_index == len(tasks) - 1 and k == len(idxs) - 1)
                 with contextlib.nullcontext() if sync else self.ddp_model.no_sync():
                     loss = self._forward_backward(self.ddp_model, task, micro[i][1], weights[i])
-                loss_acc += loss.double() * float(local_counts[i]) / total
+                loss_acc += loss.double() * weights[i] / env.world_size
             flats.append(torch.cat([
                 torch.zeros(p.numel(), dtype=torch.float32, device=p.device) if p.grad is None
                 else p.grad.detach().reshape(-1).float() for p in shared]))

@@ -197,6 +197,36 @@ def test_engine_with_accumulation_matches_a_plain_pytorch_loop(tiny_dir, tmp_pat
     trainer.close()
 
 
+def test_token_losses_with_accumulation_equal_one_big_batch(tiny_dir, tmp_path):
+    """Token classification (NER): micro-batches count by their labelled tokens, so the step equals
+    the token mean over the whole batch (a per-example weighting would not, with windows of
+    different label counts). Same check as above, token head, labels -100 on some tokens."""
+    rng = np.random.default_rng(3)
+    feats = []
+    for f in synthetic_features(16, seed=2, min_len=4, max_len=20):
+        labels = [int(x) for x in rng.integers(0, 3, len(f["input_ids"]))]
+        labels = [lab if rng.random() < 0.6 else -100 for lab in labels]
+        feats.append(dict(f, labels=labels))
+    flags = ("--optimizer", "adamw", "--schedule", "constant", "--max_grad_norm", 0, "--weight_decay", 0,
+             "--learning_rate", 1e-3, "--train_batch_size", 8, "--gradient_accumulation_steps", 4, "--seed", 7,
+             "--no_group_by_length")
+    args = engine_options(tiny_dir, str(tmp_path / "out"), *flags)
+    env = training.setup_env(args)
+    model = training.load_model(args, [3], ["token"])
+    reference = copy.deepcopy(model)
+    trainer = training.Trainer(args, env, model, 2)
+    trainer.train(training.make_stream(args, env, feats), 2)
+    opt = torch.optim.AdamW(reference.parameters(), lr=1e-3, eps=1e-6, weight_decay=0.0)
+    micro = training.make_batches([len(f["input_ids"]) for f in feats], 2, seed=7, epoch=0, group_by_length=False)
+    for s in range(0, len(micro), 4):
+        batch = training.collate([feats[i] for i in sum(micro[s:s + 4], [])])
+        opt.zero_grad()
+        reference(**batch, task_id=0)["loss"].backward()
+        opt.step()
+    assert state_dict_max_diff(trainer.model.state_dict(), reference.state_dict()) < 1e-6
+    trainer.close()
+
+
 def test_lr_schedule_spans_the_real_optimizer_steps(tiny_dir, tmp_path):
     feats = synthetic_features(20, seed=2)
     args, env, model = _setup(tiny_dir, tmp_path / "out", "--train_batch_size", 4,
