@@ -22,10 +22,21 @@ Train sizes follow the real GLUE proportions, scaled down (MNLI 2800 ... WNLI 12
 folder stays under 2 MB.
 Output is deterministic for a given --seed (string-seeded `random.Random` per task and split).
 
-    python scripts/make_sample_data.py                 # rewrites data/glue_sample
+    python scripts/make_sample_data.py                 # rewrites data/glue_sample and the others
     python scripts/make_sample_data.py --out /tmp/x --seed 7
+
+It also writes the samples of the other task families for the mixed multi-task demo
+(`run_multi_task.py --tasks sst-2,rte,squad2,conll,swag`), in their official layouts:
+  squad_sample  SQuAD v1.1 and v2.0 JSON: paragraphs of three "who did what where when why" facts;
+                questions ask one slot of one fact; v2 adds questions about objects no fact mentions
+  conll_sample  CoNLL-2003 columns (word POS chunk tag, -DOCSTART- lines, IOB1): names, places,
+                two-word organisations and nationality adjectives in template sentences
+  swag_sample   SWAG CSV: someone picks up a thing; the right ending is done with that thing
 """
 import argparse
+import csv
+import io
+import json
 import os
 import random
 import sys
@@ -37,7 +48,7 @@ if ROOT not in sys.path:
 from file_utils import atomic_write_text  # noqa: E402
 
 SEED = 2019
-DEFAULT_OUT = os.path.join(ROOT, "data", "glue_sample")
+DEFAULT_OUT = os.path.join(ROOT, "data")  # gets glue_sample/, squad_sample/, conll_sample/, swag_sample/
 
 # task -> (train, dev, test) sizes; MNLI dev/test sizes are per matched/mismatched file.
 SIZES = {
@@ -472,6 +483,155 @@ def build(seed=SEED):
     return files
 
 
+
+# ------------------------------------------------------------------------------------ other families
+# SQuAD v1.1/v2.0, CoNLL-2003 and SWAG samples for the mixed multi-task demo (data/squad_sample,
+# data/conll_sample, data/swag_sample), in the official layouts.
+
+OTHER_SIZES = {"squad": (80, 25), "conll": (600, 150, 150), "swag": (800, 200, 200)}  # squad: paragraphs
+SQUAD_QUESTIONS = [("Who {past} the {adj} {noun}?", "name"), ("Where did {name} {base} the {noun}?", "place"),
+                   ("When did {name} {base} the {noun}?", "time"), ("Why did {name} {base} the {noun}?", "reason")]
+
+
+def gen_squad(rng, n_paragraphs, v2):
+    """Paragraphs of 3 facts; questions ask who/where/when/why about one fact, answered by a span of
+    its sentence. v2 adds, per paragraph, one question about an object no fact mentions (no answer)."""
+    articles, qid = [], 0
+    for p in range(n_paragraphs):
+        facts, used = [], set()
+        while len(facts) < 3:
+            f = _fact(rng)
+            if f["noun"] not in used:
+                used.add(f["noun"])
+                f["reason"] = rng.choice(REASONS)
+                facts.append(f)
+        sentences = [f"{f['name']} {f['past']} the {f['adj']} {f['noun']} in {f['place']} {f['time']} "
+                     f"because {f['reason']}." for f in facts]
+        context = " ".join(sentences)
+        qas = []
+        for f in facts:
+            for template, slot in rng.sample(SQUAD_QUESTIONS, 2):
+                answer = f[slot]
+                sentence_start = context.index(f"{f['name']} {f['past']} the {f['adj']} {f['noun']}")
+                start = context.index(answer, sentence_start)
+                qa = {"id": f"syn{qid:05d}", "question": template.format(**f),
+                      "answers": [{"answer_start": start, "text": answer}]}
+                if v2:
+                    qa["is_impossible"] = False
+                qas.append(qa)
+                qid += 1
+        if v2:
+            f = dict(facts[0], noun=_other(rng, NOUNS, *used))
+            template, _ = rng.choice(SQUAD_QUESTIONS)
+            qas.append({"id": f"syn{qid:05d}", "question": template.format(**f), "answers": [],
+                        "is_impossible": True, "plausible_answers": []})
+            qid += 1
+        articles.append({"title": f"Synthetic_{p:03d}", "paragraphs": [{"context": context, "qas": qas}]})
+    return articles
+
+
+ORGS = [("United", "Bank"), ("Acme", "Corporation"), ("Nordic", "Airlines"), ("Royal", "Museum"),
+        ("Green", "Party"), ("City", "Council"), ("Blue", "Motors"), ("Star", "Records")]
+NATIONALITIES = ["German", "French", "Italian", "Spanish", "Dutch", "Polish", "Swiss", "Irish"]
+
+
+def gen_conll(rng, n):
+    """Sentences built from entity slots: names (PER, one or two words), places (LOC), two-word
+    organisations (ORG) and nationality adjectives (MISC), between plain words. IOB1 tags, as the
+    CoNLL-2003 files: I- inside every entity, B- only for an entity right after one of the same type."""
+    templates = [["{per}", "met", "officials", "of", "the", "{org}", "in", "{loc}", "."],
+                 ["The", "{misc}", "team", "of", "{per}", "arrived", "in", "{loc}", "on", "Monday", "."],
+                 ["{org}", "said", "{per}", "will", "visit", "{loc}", "next", "week", "."],
+                 ["{per}", "bought", "a", "{misc}", "car", "from", "the", "{org}", "."],
+                 ["In", "{loc}", ",", "{per}", "and", "{per2}", "opened", "a", "shop", "."],
+                 ["The", "{org}", "hired", "a", "{misc}", "engineer", "."]]
+    pos = {"met": "VBD", "said": "VBD", "bought": "VBD", "arrived": "VBD", "opened": "VBD", "hired": "VBD",
+           "will": "MD", "visit": "VB", ".": ".", ",": ",", "the": "DT", "The": "DT", "a": "DT", "of": "IN",
+           "in": "IN", "In": "IN", "on": "IN", "from": "IN", "and": "CC"}
+    out = []
+    for _ in range(n):
+        template = rng.choice(templates)
+        words, tags, prev_type = [], [], None
+        for slot in template:
+            if slot.startswith("{"):
+                kind = slot[1:-1]
+                if kind in ("per", "per2"):
+                    entity, etype = ([rng.choice(NAMES)] + ([rng.choice(["Smith", "Meyer", "Rossi", "Novak"])]
+                                     if rng.random() < 0.5 else [])), "PER"
+                elif kind == "loc":
+                    entity, etype = [rng.choice(PLACES)], "LOC"
+                elif kind == "org":
+                    entity, etype = list(rng.choice(ORGS)), "ORG"
+                else:
+                    entity, etype = [rng.choice(NATIONALITIES)], "MISC"
+                for k, word in enumerate(entity):
+                    prefix = "B" if k == 0 and prev_type == etype else "I"
+                    words.append(word)
+                    tags.append(f"{prefix}-{etype}")
+                prev_type = etype
+            else:
+                words.append(slot)
+                tags.append("O")
+                prev_type = None
+        out.append((words, tags, [pos.get(w, "NNP" if w[0].isupper() else "NN") for w in words]))
+    return out
+
+
+SWAG_THINGS = [("guitar", ["plays a song on it.", "tunes its strings.", "strums a few chords."]),
+               ("bicycle", ["rides it down the street.", "pumps up its tyres.", "pedals up the hill."]),
+               ("book", ["reads the first page.", "turns the pages slowly.", "puts it back on the shelf."]),
+               ("watering can", ["waters the flowers.", "fills it at the tap.", "sprinkles the garden bed."]),
+               ("ball", ["kicks it across the field.", "throws it to a friend.", "bounces it on the floor."]),
+               ("cake", ["cuts a large slice.", "puts candles on it.", "eats a piece with a fork."]),
+               ("camera", ["takes a photo of the view.", "zooms in on a bird.", "checks the pictures."]),
+               ("broom", ["sweeps the kitchen floor.", "brushes the dust outside.", "cleans the porch."])]
+
+
+def gen_swag(rng, n):
+    """Context: someone picks up a thing; the right ending is an action done with that thing, the three
+    wrong ones are actions of other things."""
+    out = []
+    for label in _label_seq(rng, n, [0, 1, 2, 3]):
+        thing, actions = rng.choice(SWAG_THINGS)
+        name = rng.choice(NAMES)
+        pronoun = "He" if name in NAMES_M else "She"
+        others = rng.sample([t for t in SWAG_THINGS if t[0] != thing], 3)
+        wrong = [rng.choice(acts) for _, acts in others]
+        endings = wrong[:label] + [rng.choice(actions)] + wrong[label:]
+        sent1 = f"{name} picks up the {thing} {rng.choice(TIMES)}."
+        out.append((sent1, pronoun, endings, label))
+    return out
+
+
+def build_others(seed=SEED):
+    """Files of data/squad_sample, data/conll_sample and data/swag_sample as {relative path: text}."""
+    files = {}
+    for version, v2 in (("1.1", False), ("2.0", True)):
+        for split, n in (("train", OTHER_SIZES["squad"][0]), ("dev", OTHER_SIZES["squad"][1])):
+            data = gen_squad(random.Random(f"{seed}/squad/{version}/{split}"), n, v2)
+            text = json.dumps({"version": f"v{version}" if v2 else version, "data": data}, indent=1)
+            files[f"squad_sample/{split}-v{version}.json"] = text + "\n"
+    for split, n in zip(("train", "valid", "test"), OTHER_SIZES["conll"]):
+        lines = []
+        for i, (words, tags, pos) in enumerate(gen_conll(random.Random(f"{seed}/conll/{split}"), n)):
+            if i % 10 == 0:
+                lines += ["-DOCSTART- -X- -X- O", ""]
+            chunks = ["I-NP" if p in ("NNP", "NN", "DT") else "O" for p in pos]
+            lines += [f"{w} {p} {c} {t}" for w, p, c, t in zip(words, pos, chunks, tags)] + [""]
+        files[f"conll_sample/{split}.txt"] = "\n".join(lines) + "\n"
+    header = ["", "video-id", "fold-ind", "startphrase", "sent1", "sent2", "gold-source",
+              "ending0", "ending1", "ending2", "ending3", "label"]
+    for split, n in zip(("train", "val", "test"), OTHER_SIZES["swag"]):
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(header if split != "test" else header[:-1])
+        for j, (sent1, sent2, endings, label) in enumerate(gen_swag(random.Random(f"{seed}/swag/{split}"), n)):
+            row = [j, f"synthetic_{j % 50:03d}", str(j), f"{sent1} {sent2}", sent1, sent2, "gold"] + endings
+            writer.writerow(row + ([label] if split != "test" else []))
+        files[f"swag_sample/{split}.csv"] = buffer.getvalue()
+    return files
+
+
 README = """# glue_sample: SYNTHETIC GLUE-format data (demo only)
 
 This folder is NOT the GLUE benchmark. It is a small synthetic stand-in, generated by
@@ -497,7 +657,9 @@ exactly the generator's output).
 
 
 def write(out_dir=DEFAULT_OUT, seed=SEED):
-    files = build(seed)
+    """<out_dir>/glue_sample, squad_sample, conll_sample and swag_sample; returns {path under out_dir: text}."""
+    files = {f"glue_sample/{rel}": text for rel, text in build(seed).items()}
+    files.update(build_others(seed))
     for rel, text in files.items():
         atomic_write_text(os.path.join(out_dir, rel), text)
     return files
@@ -505,7 +667,8 @@ def write(out_dir=DEFAULT_OUT, seed=SEED):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: data/glue_sample)")
+    parser.add_argument("--out", default=DEFAULT_OUT,
+                        help="folder that gets glue_sample/, squad_sample/, conll_sample/ and swag_sample/")
     parser.add_argument("--seed", type=int, default=SEED, help="generator seed (default %(default)s)")
     args = parser.parse_args(argv)
     files = write(args.out, args.seed)

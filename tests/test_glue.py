@@ -370,7 +370,17 @@ def test_sample_generator_is_deterministic_and_matches_committed_files(make_samp
     assert sum(len(t.encode("utf-8")) for t in files.values()) < 2_000_000
     assert "synthetic" in files["README.md"].lower() and "demo" in files["README.md"].lower()
     make_sample.main(["--out", str(tmp_path), "--seed", "3"])
-    assert open(tmp_path / "MNLI" / "train.tsv", encoding="utf-8").read() == make_sample.build(3)["MNLI/train.tsv"]
+    assert open(tmp_path / "glue_sample" / "MNLI" / "train.tsv", encoding="utf-8").read() == \
+        make_sample.build(3)["MNLI/train.tsv"]
+    # the other families' samples for the mixed demo: committed = generated
+    others = make_sample.build_others()
+    assert others == make_sample.build_others() and others != make_sample.build_others(seed=3)
+    data_dir = os.path.dirname(SAMPLE_DIR)
+    for rel, text in others.items():
+        with open(os.path.join(data_dir, rel), encoding="utf-8", newline="") as f:
+            assert f.read() == text, f"data/{rel} is stale: run python scripts/make_sample_data.py"
+    assert (tmp_path / "swag_sample" / "val.csv").read_text(encoding="utf-8") == \
+        make_sample.build_others(3)["swag_sample/val.csv"]
 
 
 def test_sample_data_parses_with_official_readers_and_sizes(make_sample):
@@ -385,6 +395,32 @@ def test_sample_data_parses_with_official_readers_and_sizes(make_sample):
     # roughly the real GLUE order of train sizes
     assert train_sizes["mnli"] > train_sizes["qqp"] > train_sizes["qnli"] > train_sizes["sst-2"] > \
         train_sizes["cola"] > train_sizes["sts-b"] > train_sizes["mrpc"] > train_sizes["rte"]
+
+
+def test_other_samples_follow_their_rules(make_sample):
+    """The mixed demo's samples are learnable: simple rule oracles solve them on the dev files."""
+    from tasks import conll, squad, swag
+    data = os.path.dirname(SAMPLE_DIR)
+    # SQuAD v2.0: a question is unanswerable iff its object noun is not in the context
+    examples, _ = squad.read_squad_examples(os.path.join(data, "squad_sample", "dev-v2.0.json"), True, True)
+    for e in examples:
+        noun = e.question_text.rstrip("?").split()[-1]
+        assert (noun not in " ".join(e.doc_tokens)) == e.is_impossible, e.question_text
+    assert sum(e.is_impossible for e in examples) == make_sample.OTHER_SIZES["squad"][1]
+    # CoNLL: every capitalised word from the entity pools is tagged with its type, nothing else is
+    sentences = conll.read_conll(os.path.join(data, "conll_sample", "valid.txt"))
+    names = set(make_sample.NAMES) | {"Smith", "Meyer", "Rossi", "Novak"}
+    orgs = {w for pair in make_sample.ORGS for w in pair}
+    for s in sentences:
+        for word, tag in zip(s.words, s.tags):
+            expected = ("PER" if word in names else "LOC" if word in make_sample.PLACES else
+                        "ORG" if word in orgs else "MISC" if word in make_sample.NATIONALITIES else None)
+            assert (tag == "O") == (expected is None) and (expected is None or tag.endswith(expected)), (word, tag)
+    # SWAG: the right ending is the one listed for the object the context names
+    actions = dict(make_sample.SWAG_THINGS)
+    for e in swag.read_swag_examples(os.path.join(data, "swag_sample", "val.csv")):
+        thing = next(t for t in actions if f" the {t} " in e.context)
+        assert [i for i, ending in enumerate(e.endings) if ending in actions[thing]] == [e.label]
 
 
 def test_sample_labels_balanced_and_rules_beat_majority_baseline(make_sample):
