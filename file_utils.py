@@ -41,7 +41,10 @@ class ConfigError(UserError):
 
 
 def resolve_model_dir(name_or_path):
-    """Map a bundled short name (e.g. 'minilm-l6') or a folder path to an existing folder."""
+    """Map a model name to an existing folder: a folder path is itself; a bundled short name (e.g.
+    'minilm-l6') is the folder shipped by its package; any other name is looked up, offline, in the
+    local Hugging Face Hub cache (HF_HUB_CACHE, or HF_HOME/hub, as `hf download` fills it), where
+    the 2019 shortcut names (bert-base-uncased, ...) are also found under their google-bert/ repo."""
     name = str(name_or_path)
     if name in BUNDLED_MODELS:
         package, sub = BUNDLED_MODELS[name]
@@ -54,9 +57,38 @@ def resolve_model_dir(name_or_path):
         return os.path.join(os.path.dirname(module.__file__), sub)
     if os.path.isdir(name):
         return name
+    folder = hub_cache_folder(name)
+    if folder is not None:
+        return folder
+    repo = name if "/" in name else f"google-bert/{name}"
     known = ", ".join(sorted(BUNDLED_MODELS))
-    raise ConfigError(f"model '{name}' is neither a folder nor a bundled model name ({known}); "
-                      "nothing is downloaded at run time, so pass a local folder")
+    raise ConfigError(f"model '{name}' is neither a folder, a bundled name ({known}) nor in the local Hugging Face "
+                      f"cache ({hub_cache_dir()}); nothing is downloaded at run time: run `hf download {repo} "
+                      f"--local-dir {repo.split('/')[-1]}` and pass that folder")
+
+
+def hub_cache_dir():
+    """The Hugging Face Hub cache folder, read from the environment at call time."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface")
+    return os.path.join(home, "hub")
+
+
+def hub_cache_folder(name):
+    """The snapshot folder of Hub repo `name` in the local cache (offline), or None."""
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        return None  # a path that does not exist, not a repo name
+    # Imported here: only names that are not folders need it, and it costs start-up time.
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    for repo in [name] + ([f"google-bert/{name}"] if "/" not in name else []):
+        try:
+            return snapshot_download(repo, cache_dir=hub_cache_dir(), local_files_only=True)
+        except (LocalEntryNotFoundError, ValueError, OSError):
+            continue
+    return None
 
 
 @contextlib.contextmanager

@@ -1071,14 +1071,57 @@ def _compress_names(names):
     return ", ".join(p if c == 1 else f"{p} (x{c})" for p, c in counts.items())
 
 
+# The PALs reference code (Bert-n-Pals modeling.py) -> our names of the same modules; applied to keys
+# with the `bert.` prefix of its BertForMultiTask (a `module.` prefix of DataParallel is stripped
+# first). Its PAL layers also list the shared V^E / V^D under every layer (module aliases of
+# `mult_aug_dense`): those copies are skipped.
+REFERENCE_NAMES = [
+    (r"^bert\.encoder\.mult_aug_dense\.(\d+)\.", r"bert.encoder.pal_encoders.\1."),
+    (r"^bert\.encoder\.mult_aug_dense2\.(\d+)\.", r"bert.encoder.pal_decoders.\1."),
+    (r"^(bert\.encoder\.layer\.\d+\.(?:attention\.output\.|output\.)?)multi_layers\.(\d+)\.attn\.",
+     r"\1adapters.\2.attention."),
+    (r"^(bert\.encoder\.layer\.\d+\.(?:attention\.output\.|output\.)?)multi_layers\.(\d+)\.aug_dense\.",
+     r"\1adapters.\2.down."),
+    (r"^(bert\.encoder\.layer\.\d+\.(?:attention\.output\.|output\.)?)multi_layers\.(\d+)\.aug_dense2\.",
+     r"\1adapters.\2.up."),
+    (r"^(bert\.encoder\.layer\.\d+\.)multi_lhuc\.(\d+)\.lhuc$", r"\1lhuc.\2.weight"),
+    (r"^bert\.encoder\.mult_dense\.(\d+)\.", r"bert.encoder.top.\1.down."),
+    (r"^bert\.encoder\.mult_dense2\.(\d+)\.", r"bert.encoder.top.\1.up."),
+    (r"^bert\.encoder\.multi_layers\.(\d+)\.(\d+)\.", r"bert.encoder.top.\1.blocks.\2."),  # top attention
+    (r"^bert\.encoder\.multi_layers\.(\d+)\.", r"bert.encoder.top.\1."),                      # top BERT layer
+    (r"^classifier\.(\d+)\.", r"heads.\1.classifier."),
+]
+REFERENCE_NAMES = [(re.compile(p), r) for p, r in REFERENCE_NAMES]
+
+
+def _reference_name(name, own):
+    """Our name for a key of a Bert-n-Pals checkpoint, or `name` unchanged when no rule applies."""
+    for pattern, replacement in REFERENCE_NAMES:
+        if pattern.search(name):
+            mapped = pattern.sub(replacement, name)
+            # PAL layers repeat the shared V^E/V^D of their task: no parameter of ours has that name
+            if mapped.endswith((".down.weight", ".down.bias", ".up.weight", ".up.bias")) and mapped not in own \
+                    and ".adapters." in mapped:
+                return None
+            return mapped
+    return name
+
+
 def _our_name(key, model, own, pretrain_task):
     """A checkpoint key -> this model's state-dict name (None: skip it silently).
 
     Accepts Hugging Face names with or without the `bert.` prefix, the old `gamma`/`beta`
-    LayerNorm names, HF pre-training heads (`cls.*`, onto our pretraining head) and a single-task
-    HF head (`classifier.*`, `qa_outputs.*`, onto task 0's head when the shapes fit)."""
+    LayerNorm names, HF pre-training heads (`cls.*`, onto our pretraining head), a single-task
+    HF head (`classifier.*`, `qa_outputs.*`, onto task 0's head when the shapes fit) and the
+    adapter and head names of the PALs reference code (REFERENCE_NAMES)."""
     is_multitask = isinstance(model, BertForMultiTask)
     name = re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", key))
+    if name.startswith("module."):  # saved from DataParallel / DDP
+        name = name[len("module."):]
+    if is_multitask:
+        name = _reference_name(name, own)
+        if name is None:
+            return None
     if name.endswith("embeddings.position_ids"):
         return None  # an HF buffer, recomputed on the fly here
     if name.startswith(("embeddings.", "encoder.", "pooler.")):

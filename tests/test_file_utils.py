@@ -22,9 +22,39 @@ def test_folder_path_resolves_to_itself(tmp_path):
     assert resolve_model_dir(str(tmp_path)) == str(tmp_path)
 
 
-def test_unknown_model_name_is_a_config_error():
-    with pytest.raises(ConfigError, match="bert-base-uncased.*neither a folder nor a bundled"):
+def _fake_hub_snapshot(cache, repo, files):
+    """The layout `hf download REPO` leaves in HF_HUB_CACHE: refs/main -> snapshots/<commit>/files."""
+    base = cache / ("models--" + repo.replace("/", "--"))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (base / "refs").mkdir(parents=True)
+    (base / "refs" / "main").write_text(commit)
+    snapshot = base / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name, text in files.items():
+        (snapshot / name).write_text(text)
+    return snapshot
+
+
+def test_hub_names_resolve_from_the_local_cache_offline(tmp_path, monkeypatch):
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # any network attempt would fail loudly
+    with pytest.raises(ConfigError) as err:
         resolve_model_dir("bert-base-uncased")
+    message = str(err.value)
+    assert "`hf download google-bert/bert-base-uncased --local-dir bert-base-uncased`" in message
+    assert str(cache) in message and "\n" not in message
+    # the 2019 shortcut name is found under google-bert/, an org/name repo under its own name
+    snapshot = _fake_hub_snapshot(cache, "google-bert/bert-base-uncased", {"config.json": "{}"})
+    assert os.path.samefile(resolve_model_dir("bert-base-uncased"), snapshot)
+    other = _fake_hub_snapshot(cache, "someone/tiny-bert", {"config.json": "{}"})
+    assert os.path.samefile(resolve_model_dir("someone/tiny-bert"), other)
+    # HF_HOME works too (HF_HUB_CACHE unset: <HF_HOME>/hub)
+    monkeypatch.delenv("HF_HUB_CACHE")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    assert os.path.samefile(resolve_model_dir("someone/tiny-bert"), other)
+    with pytest.raises(ConfigError, match="not/there"):
+        resolve_model_dir("./not/there")
 
 
 def test_data_error_names_file_and_line():
