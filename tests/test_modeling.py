@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import modeling
 from file_utils import ConfigError
 from modeling import BertConfig, BertForMultiTask, BertModel
 
@@ -354,7 +355,6 @@ def test_mask_form_does_not_change_cpu_results(kw, seq_len, autocast):
 
 
 def test_attention_bias_values_dtype_and_aligned_strides():
-    import modeling
     _, _, mask = padded_batch()  # [3, 19], rows 1 and 2 padded
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         bias = modeling.attention_bias(mask, dtype)
@@ -370,7 +370,6 @@ def test_attention_bias_values_dtype_and_aligned_strides():
 
 @pytest.mark.parametrize("head_size", [17, 34, 64])
 def test_sdpa_head_padding_gives_the_unpadded_attention(head_size, monkeypatch):
-    import modeling
     g = torch.Generator().manual_seed(head_size)
     q, k, v = (torch.randn(2, 3, 19, head_size, generator=g) for _ in range(3))  # unit scale: softmax is peaked
     _, _, mask = padded_batch()
@@ -400,7 +399,6 @@ def test_cuda_padded_batch_runs_memory_efficient_sdpa_and_matches_math(dtype, mo
     """A padded batch runs with SDPA restricted to the memory-efficient kernel (an error if any
     attention call cannot use it) and gives the math kernel's outputs and gradients; BERT heads of
     64, PAL heads of 34 (204 / 6) and top-attention heads of 17 (204 / 12) included."""
-    import modeling
     from torch.nn.attention import SDPBackend, sdpa_kernel
     amp = dict(device_type="cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
     tol = dict(atol=2e-3, rtol=2e-3) if dtype == torch.float32 else dict(atol=5e-2, rtol=5e-2)
