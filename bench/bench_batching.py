@@ -45,8 +45,9 @@ def glue_like_features(n, seed, max_len=128, median=25, sigma=0.6, vocab=(1000, 
 def engine_options(output_dir, *extra):
     parser = argparse.ArgumentParser()
     training.add_engine_args(parser)
-    return parser.parse_args(["--bert_model", "minilm-l6", "--output_dir", output_dir, "--cache_dir", "none",
-                              "--optimizer", "adamw", "--logging_steps", "100000", *extra])
+    return training.EngineOptions.from_args(parser.parse_args([
+        "--bert_model", "minilm-l6", "--output_dir", output_dir, "--cache_dir", "none", "--optimizer", "adamw",
+        "--logging_steps", "100000", *extra]))
 
 
 def engine_trainer(feats, batch_size, *extra):

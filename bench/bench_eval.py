@@ -11,6 +11,7 @@ process time (one thread: it measures the work even when other jobs share the co
     python bench/bench_eval.py [--examples 512] [--batch_sizes 8,16,32,64,128] [--repeats 3] [--threads 1]
 """
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -44,6 +45,44 @@ def timed(fn, device):
     return time.perf_counter() - start, time.process_time() - cpu_start
 
 
+def measure(model, feats, sizes, repeats, device, env=None):
+    """Median seconds of predict over `feats` per batch size and of the bare forward under no_grad
+    and inference_mode (autocast as env says), and (CUDA) the peak memory of each. On CPU: process
+    time."""
+    runs = {("predict", b): (lambda b=b: training.predict(model, feats, 0, b, env)) for b in sizes}
+    # The bare forward over predict's own sorted batches, to isolate the grad-mode context.
+    lengths = np.array([len(f["input_ids"]) for f in feats])
+    order = np.argsort(-lengths, kind="stable")
+    base = min(sizes)
+    batches = [training.collate([feats[i] for i in order[s:s + base]]) for s in range(0, len(feats), base)]
+    batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
+
+    amp = env.amp_dtype if env is not None else None
+
+    def forward_all(context):
+        with context(), torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
+            for b in batches:
+                model(**b, task_id=0)
+
+    runs[("no_grad", base)] = lambda: forward_all(torch.no_grad)
+    runs[("inference_mode", base)] = lambda: forward_all(torch.inference_mode)
+    peak = {}
+    for key, fn in runs.items():  # warm-up, and the peak memory of each
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        fn()
+        if device.type == "cuda":
+            peak[key] = torch.cuda.max_memory_allocated()
+    results = {key: [] for key in runs}
+    keys = list(runs)
+    for r in range(repeats):
+        for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+            wall, cpu = timed(runs[key], device)
+            results[key].append(cpu if device.type == "cpu" else wall)
+    return {key: statistics.median(v) for key, v in results.items()}, peak
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", choices=("minilm", "bert-base"), default="minilm")
@@ -64,42 +103,18 @@ def main(argv=None):
     model = model.to(device).eval()
     feats = glue_like_features(a.examples, seed=0)
     sizes = [int(x) for x in a.batch_sizes.split(",")]
-    use_cpu_time = device.type == "cpu"
     print(f"{a.model} on {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; {a.examples} "
           f"examples, median length {int(np.median([len(f['input_ids']) for f in feats]))}; {a.repeats} repeats")
-
-    runs = {f"predict, batch {b}": (lambda b=b: training.predict(model, feats, 0, b)) for b in sizes}
-    # The bare forward over predict's own sorted batches, to isolate the grad-mode context.
-    lengths = np.array([len(f["input_ids"]) for f in feats])
-    order = np.argsort(-lengths, kind="stable")
-    base = min(sizes)
-    batches = [training.collate([feats[i] for i in order[s:s + base]]) for s in range(0, len(feats), base)]
-    batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
-
-    def forward_all(context):
-        with context():
-            for b in batches:
-                model(**b, task_id=0)
-
-    runs[f"bare forward, batch {base}, no_grad"] = lambda: forward_all(torch.no_grad)
-    runs[f"bare forward, batch {base}, inference_mode"] = lambda: forward_all(torch.inference_mode)
-    for fn in runs.values():  # warm-up
-        fn()
-    results = {name: [] for name in runs}
-    names = list(runs)
-    for r in range(a.repeats):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            wall, cpu = timed(runs[name], device)
-            results[name].append(cpu if use_cpu_time else wall)
-    med = {name: statistics.median(v) for name, v in results.items()}
-    basis = "process time" if use_cpu_time else "wall time"
-    for name in names:
-        print(f"{name:40s} {a.examples / med[name]:9.1f} examples/s ({basis} {med[name]:.2f} s)")
-    first = f"predict, batch {sizes[0]}"
+    med, peak = measure(model, feats, sizes, a.repeats, device)
+    basis = "process time" if device.type == "cpu" else "wall time"
+    for (kind, b), sec in med.items():
+        name = f"predict, batch {b}" if kind == "predict" else f"bare forward, batch {b}, {kind}"
+        mem = f", peak {peak[(kind, b)] / 2**20:.0f} MiB" if (kind, b) in peak else ""
+        print(f"{name:40s} {a.examples / sec:9.1f} examples/s ({basis} {sec:.2f} s{mem})")
     for b in sizes[1:]:
-        print(f"batch {b} / batch {sizes[0]}: {med[first] / med[f'predict, batch {b}']:.2f}x throughput")
-    ng, im = med[f"bare forward, batch {base}, no_grad"], med[f"bare forward, batch {base}, inference_mode"]
-    print(f"inference_mode / no_grad: {ng / im:.2f}x throughput")
+        print(f"batch {b} / batch {sizes[0]}: {med[('predict', sizes[0])] / med[('predict', b)]:.2f}x throughput")
+    print(f"inference_mode / no_grad: {med[('no_grad', min(sizes))] / med[('inference_mode', min(sizes))]:.2f}x "
+          "throughput")
     return 0
 
 

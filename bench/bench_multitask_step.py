@@ -77,7 +77,7 @@ def main(argv=None):
                       "100000"]
     if a.no_cuda:
         engine_options.append("--no_cuda")
-    args = parser.parse_args(engine_options)
+    args = training.EngineOptions.from_args(parser.parse_args(engine_options))
     env = training.setup_env(args)
     kinds = ["minilm", "bert-base"] if a.model == "both" else [a.model]
     print(f"device {env.device}, torch threads {torch.get_num_threads()}, batch {a.batch_size} x {a.seq_len} tokens, "
