@@ -292,8 +292,11 @@ def check_sdpa_backends(table, smoke, device):
     from torch.profiler import ProfilerActivity, profile
     B, S = (4, 16) if smoke else (32, 128)
     batch = batches(1, B, S, 30522, device, padded=True)[0]
-    for label, kw in (("BERT heads 64", {}), ("BERT 64 + PAL heads 34", dict(mult=True, pals=True))):
-        model = modeling.BertForMultiTask(bert_config(smoke, **kw), [2]).to(device)
+    for kw in ({}, dict(mult=True, pals=True)):
+        config = bert_config(smoke, **kw)
+        label = f"BERT heads {config.hidden_size // config.num_attention_heads}" + (
+            f" + PAL heads {config.hidden_size_aug // config.pal_num_heads}" if kw else "")
+        model = modeling.BertForMultiTask(config, [2]).to(device)
         for mode in ("train step", "eval"):
             for align in ((8, 1) if kw else (8,)):
                 model.train(mode == "train step")
