@@ -44,6 +44,12 @@ HEAD_TYPES = ("classification", "regression", "span", "token", "choice", "pretra
 TOP_NUM_BLOCKS = 6  # stacked attention blocks in the top projected-attention module (reference constant)
 # Additive attention-mask value: the reference's -10000 fits fp16/bf16 and makes exp() underflow to 0.
 MASK_VALUE = -10000.0
+# On CUDA, SDPA's memory-efficient kernel (the only fused one that takes a padding mask) needs the
+# head size to be a multiple of 8 (4 in fp32) and the mask's strides multiples of 8 elements;
+# otherwise it falls back to the math kernel or copies the mask in every call. BERT's heads (64)
+# fit; PALs' (204/6 = 34) and top attention's (17) are zero-padded to this multiple on CUDA (see
+# docs/model.md#attention-kernels). 1 turns the padding off.
+SDPA_ALIGN = 8
 ACTIVATIONS = {
     "gelu": F.gelu,
     "relu": F.relu,
@@ -278,6 +284,45 @@ class BertEmbeddings(nn.Module):
         return self.dropout(self.LayerNorm(x))
 
 
+def sdpa(q, k, v, mask, dropout_p, head_align=1):
+    """F.scaled_dot_product_attention, with the head size zero-padded to a multiple of `head_align`.
+
+    Zero columns add nothing to q.k, so with the scale of the true head size the attention weights
+    are unchanged, and the zero columns of v give zero output columns, cut off again. PyTorch pads
+    this way itself for its flash kernel, which takes no mask; its memory-efficient kernel, which
+    does, refuses unaligned heads instead (math fallback)."""
+    head_size = q.shape[-1]
+    pad = -head_size % head_align
+    if not pad:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    q, k, v = (F.pad(t, (0, pad)) for t in (q, k, v))
+    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=head_size ** -0.5)
+    return ctx[..., :head_size]
+
+
+def _autocast_dtype(device_type):
+    """The autocast dtype if autocast is on for this device type, else None."""
+    try:
+        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    except RuntimeError:  # a device type autocast does not know (meta)
+        return None
+
+
+def attention_bias(attention_mask, dtype, compute_dtype=torch.float32):
+    """[B,S] 1/0 attention mask -> additive mask [B,1,1,S] of `dtype`: 0 for tokens, MASK_VALUE for padding.
+
+    Computed in `compute_dtype` and then cast, so under autocast the values equal a cast of the
+    fp32 mask. The storage of the last dimension is padded to a multiple of 8 elements (the view
+    keeps size S): SDPA's memory-efficient kernel then uses it as it is, where an unaligned mask
+    is padded into a fresh copy in every attention call."""
+    B, S = attention_mask.shape
+    bias = (1.0 - attention_mask[:, None, None, :].to(compute_dtype)) * MASK_VALUE
+    aligned = -(-S // 8) * 8
+    storage = torch.zeros((B, 1, 1, aligned), dtype=dtype, device=attention_mask.device)
+    storage[..., :S] = bias
+    return storage[..., :S]
+
+
 class BertSelfAttention(nn.Module):
     """Multi-head self-attention without output projection, on `size`-dim inputs.
 
@@ -302,10 +347,10 @@ class BertSelfAttention(nn.Module):
             return t.view(B, S, self.num_heads, self.head_size).transpose(1, 2)
 
         q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
-        if mask is not None and mask.dtype != q.dtype:  # autocast: q is fp16/bf16
+        if mask is not None and mask.dtype != q.dtype:  # BertModel builds it in q's dtype; others may not
             mask = mask.to(q.dtype)
-        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                             dropout_p=self.dropout_p if self.training else 0.0)
+        ctx = sdpa(q, k, v, mask, self.dropout_p if self.training else 0.0,
+                   head_align=SDPA_ALIGN if q.is_cuda else 1)
         return ctx.transpose(1, 2).reshape(B, S, self.num_heads * self.head_size)
 
 
@@ -597,7 +642,9 @@ class BertModel(nn.Module):
         h = self.embeddings(input_ids, token_type_ids)
         mask = None
         if attention_mask is not None:
-            mask = (1.0 - attention_mask[:, None, None, :].to(h.dtype)) * MASK_VALUE
+            # Built once in the dtype the attention runs in (autocast's, else the model's), so no
+            # layer has to cast or copy it.
+            mask = attention_bias(attention_mask, _autocast_dtype(h.device.type) or h.dtype, compute_dtype=h.dtype)
         h = self.encoder(h, mask, task_id)
         return h, self.pooler(h)
 

@@ -858,7 +858,6 @@ def _autocast(device, amp_dtype):
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
-@torch.no_grad()
 def predict(model, features, task_id, batch_size, env=None, pad_to=None, pad_value=-10000.0,
             desc="predict"):
     """Run `model` over features (sorted by length for speed) -> outputs in INPUT order.
@@ -867,7 +866,11 @@ def predict(model, features, task_id, batch_size, env=None, pad_to=None, pad_val
     `loss` = example-weighted mean loss (None when the features carry no labels). Token-level
     outputs of different batches are padded to a common length with `pad_value`. Under
     torch.distributed every rank must call this (batches are shared out and gathered): every
-    rank gets the full outputs. The model's train/eval mode is restored afterwards."""
+    rank gets the full outputs. The model's train/eval mode is restored afterwards.
+
+    Runs under torch.inference_mode() (no autograd bookkeeping at all, unlike no_grad): safe
+    because nothing computed here reaches autograd later; the outputs leave as numpy arrays and
+    the model keeps no tensors from its forward. The gather across ranks runs outside it."""
     device = env.device if env is not None else next(model.parameters()).device
     amp_dtype = env.amp_dtype if env is not None else None
     rank, world = (env.rank, env.world_size) if env is not None and env.distributed else (0, 1)
@@ -881,16 +884,17 @@ def predict(model, features, task_id, batch_size, env=None, pad_to=None, pad_val
     outputs, loss_sum, loss_n = [], 0.0, 0
     show = (env is None or env.is_main) and sys.stderr.isatty()
     iterator = tqdm(mine, desc=desc, disable=not show, leave=False)
-    for idx in iterator:
-        batch = _move(collate([features[i] for i in idx], pad_to), device)
-        with _autocast(device, amp_dtype):
-            out = model(**batch, task_id=task_id)
-        if "loss" in out and out["loss"] is not None:
-            loss_sum += float(out["loss"].float()) * len(idx)
-            loss_n += len(idx)
-        arrays = {k: v.detach().float().cpu().numpy() for k, v in out.items()
-                  if k != "loss" and torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == len(idx)}
-        outputs.append((idx, arrays))
+    with torch.inference_mode():
+        for idx in iterator:
+            batch = _move(collate([features[i] for i in idx], pad_to), device)
+            with _autocast(device, amp_dtype):
+                out = model(**batch, task_id=task_id)
+            if "loss" in out and out["loss"] is not None:
+                loss_sum += float(out["loss"].float()) * len(idx)
+                loss_n += len(idx)
+            arrays = {k: v.float().cpu().numpy() for k, v in out.items()
+                      if k != "loss" and torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == len(idx)}
+            outputs.append((idx, arrays))
     if world > 1:
         gathered = [None] * world
         dist.all_gather_object(gathered, (outputs, loss_sum, loss_n))

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import modeling
 from file_utils import ConfigError
 from modeling import BertConfig, BertForMultiTask, BertModel
 
@@ -316,3 +317,124 @@ def test_cuda_autocast_matches_fp32(dtype):
     assert out["loss"].dtype == torch.float32
     torch.testing.assert_close(out["logits"].float(), ref["logits"], atol=0.05, rtol=0.05)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+# ---------------------------------------------------------------------------------------------- attention kernels
+#
+# The additive mask is built once per forward (modeling.attention_bias: in the attention's dtype,
+# last-dim storage aligned to 8 elements) instead of as a contiguous fp32 tensor that every layer
+# casts; on CUDA unaligned head sizes are zero-padded for SDPA (modeling.sdpa). Neither may change
+# results on CPU.
+
+def _old_form_outputs(model, ids, token_type, mask, autocast=False):
+    """The encoder run with the previous mask form: fp32, contiguous, cast by each attention layer."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        h = model.embeddings(ids, token_type)
+        old_mask = (1.0 - mask[:, None, None, :].to(h.dtype)) * -10000.0
+        seq = model.encoder(h, old_mask.contiguous(), 0)
+        return seq, model.pooler(seq)
+
+
+@pytest.mark.parametrize("kw", [{}, dict(mult=True, pals=True, hidden_size_aug=12, pal_num_heads=3),
+                                dict(top=True, hidden_size_aug=12, top_num_heads=4)],
+                         ids=["plain", "pals", "top"])
+@pytest.mark.parametrize("seq_len", [19, 16])  # unaligned and aligned mask lengths
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16"])
+def test_mask_form_does_not_change_cpu_results(kw, seq_len, autocast):
+    torch.manual_seed(0)
+    model = BertModel(tiny(**kw)).eval()
+    ids, token_type, mask = (t[:, :seq_len] for t in padded_batch(vocab=99))
+    assert (mask == 0).any()
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            seq, pooled = model(ids, token_type, mask)
+        old_seq, old_pooled = _old_form_outputs(model, ids, token_type, mask, autocast)
+    assert seq.dtype == old_seq.dtype
+    torch.testing.assert_close(seq, old_seq, atol=1e-6, rtol=0)
+    torch.testing.assert_close(pooled, old_pooled, atol=1e-6, rtol=0)
+
+
+def test_attention_bias_values_dtype_and_aligned_strides():
+    _, _, mask = padded_batch()  # [3, 19], rows 1 and 2 padded
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        bias = modeling.attention_bias(mask, dtype)
+        assert bias.shape == (3, 1, 1, 19) and bias.dtype == dtype
+        # Every stride but the last is a multiple of 8 (SDPA's memory-efficient kernel then takes the
+        # mask as it is); the last dimension is contiguous.
+        assert bias.stride()[-1] == 1 and all(s % 8 == 0 for s in bias.stride()[:-1])
+        expected = torch.where(mask.bool(), 0.0, -10000.0)[:, None, None, :].to(dtype)
+        assert torch.equal(bias, expected)
+    # An aligned length keeps a plain contiguous layout.
+    assert modeling.attention_bias(mask[:, :16], torch.float32).is_contiguous()
+
+
+@pytest.mark.parametrize("head_size", [17, 34, 64])
+def test_sdpa_head_padding_gives_the_unpadded_attention(head_size, monkeypatch):
+    g = torch.Generator().manual_seed(head_size)
+    q, k, v = (torch.randn(2, 3, 19, head_size, generator=g) for _ in range(3))  # unit scale: softmax is peaked
+    _, _, mask = padded_batch()
+    bias = modeling.attention_bias(mask[:2], torch.float32)
+    seen = []
+    real_sdpa = F.scaled_dot_product_attention
+
+    def spy(q_, *args, **kwargs):
+        seen.append(q_.shape[-1])
+        return real_sdpa(q_, *args, **kwargs)
+
+    monkeypatch.setattr(modeling.F, "scaled_dot_product_attention", spy)
+    padded = modeling.sdpa(q, k, v, bias, 0.0, head_align=8)
+    assert seen == [-(-head_size // 8) * 8]  # the kernel really saw the padded head size
+    expected = real_sdpa(q, k, v, attn_mask=bias)
+    assert padded.shape == expected.shape
+    torch.testing.assert_close(padded, expected, atol=1e-6, rtol=0)
+    # A wrong scale (that of the padded size) would be visible at this input scale.
+    wrong = real_sdpa(q, k, v, attn_mask=bias, scale=seen[0] ** -0.5)
+    assert head_size % 8 == 0 or (wrong - expected).abs().max() > 1e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_padded_batch_runs_memory_efficient_sdpa_and_matches_math(dtype, monkeypatch):
+    """A padded batch runs with SDPA restricted to the memory-efficient kernel (an error if any
+    attention call cannot use it) and gives the math kernel's outputs and gradients; BERT heads of
+    64, PAL heads of 34 (204 / 6) and top-attention heads of 17 (204 / 12) included."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    amp = dict(device_type="cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
+    tol = dict(atol=2e-3, rtol=2e-3) if dtype == torch.float32 else dict(atol=5e-2, rtol=5e-2)
+    ids, token_type, mask = (t.cuda() for t in padded_batch())
+    # The kernels themselves, at a scale where attention is peaked (random init is nearly uniform).
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for head_size in (17, 34, 64):
+        q, k, v = (torch.randn(3, 6, 19, head_size, generator=g, device="cuda", dtype=dtype) for _ in range(3))
+        bias = modeling.attention_bias(mask, dtype)
+        with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]):
+            eff = modeling.sdpa(q, k, v, bias, 0.0, head_align=modeling.SDPA_ALIGN)
+        with sdpa_kernel([SDPBackend.MATH]):
+            ref = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        torch.testing.assert_close(eff.float(), ref.float(), **tol)
+    for kw in (dict(mult=True, pals=True), dict(top=True)):
+        torch.manual_seed(0)
+        model = BertModel(BertConfig(num_hidden_layers=2, hidden_size_aug=204, **kw)).cuda().eval()  # no dropout
+
+        def run(backends):
+            model.zero_grad(set_to_none=True)
+            with sdpa_kernel(backends), torch.autocast(**amp):
+                seq, pooled = model(ids, token_type, mask)
+                loss = seq[mask.bool()].float().pow(2).mean() + pooled.float().sum()
+            loss.backward()
+            return [seq[mask.bool()].float(), pooled.float()] + [p.grad.float() for p in model.parameters()
+                                                                  if p.grad is not None]
+
+        eff, ref = run([SDPBackend.EFFICIENT_ATTENTION]), run([SDPBackend.MATH])
+        for a, b in zip(eff, ref):
+            torch.testing.assert_close(a, b, atol=tol["atol"] * max(1.0, b.abs().max().item()), rtol=tol["rtol"])
+        # PyTorch's default choice (cuDNN first on H100/H200 with recent cuDNN) agrees in evaluation.
+        with torch.no_grad(), torch.autocast(**amp):
+            default = model(ids, token_type, mask)[0][mask.bool()].float()
+        torch.testing.assert_close(default, ref[0], **tol)
+        # Without the head padding, PALs' / top's heads cannot use the memory-efficient kernel.
+        monkeypatch.setattr(modeling, "SDPA_ALIGN", 1)
+        with pytest.raises(RuntimeError):
+            run([SDPBackend.EFFICIENT_ATTENTION])
+        monkeypatch.setattr(modeling, "SDPA_ALIGN", 8)

@@ -343,3 +343,66 @@ def test_v2_file_without_flag_hints(tmp_path):
     path = write_squad(tmp_path / "train.json", squad_v2_data(), "2.0")
     with pytest.raises(DataError, match="--version_2_with_negative"):
         squad.read_squad_examples(str(path), is_training=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# one word split per paragraph
+
+
+def _awkward_paragraphs():
+    """v2-style data: several questions per paragraph, awkward whitespace (tabs, newlines, U+202F,
+    runs of spaces), a training answer that does not match its context (dropped) between two kept
+    questions, an unanswerable question, and two adjacent paragraphs with the same text."""
+    context = "  Ada\tLovelace wrote\n\nthe first\u202fprogram  for the Analytical Engine in 1843.  "
+    qas = [{"id": "a1", "question": "Who wrote it?", "answers": [{"answer_start": 2, "text": "Ada\tLovelace"}]},
+           {"id": "a2", "question": "When?", "answers": [{"answer_start": context.index("1843"), "text": "1843"}]},
+           {"id": "a3", "question": "Dropped?", "answers": [{"answer_start": 0, "text": "Babbage"}]},
+           {"id": "a4", "question": "Which engine?",
+            "answers": [{"answer_start": context.index("Analytical"), "text": "Analytical Engine"}]},
+           {"id": "a5", "question": "Who painted it?", "answers": [], "is_impossible": True}]
+    twin = [{"id": "b1", "question": "What did she write?",
+             "answers": [{"answer_start": context.index("the first"), "text": "the first\u202fprogram"}]}]
+    data = squad_v2_data()
+    data.append({"title": "Ada", "paragraphs": [{"context": context, "qas": qas}]})
+    data.append({"title": "Ada again", "paragraphs": [{"context": context, "qas": twin}]})
+    return data
+
+
+def _one_question_per_paragraph(data):
+    """The same questions, each alone in a paragraph: the reader then splits the context once per
+    question, as it did before the split was shared."""
+    out = []
+    for article in data:
+        for paragraph in article["paragraphs"]:
+            for qa in paragraph["qas"]:
+                out.append({"title": article["title"], "paragraphs": [{"context": paragraph["context"], "qas": [qa]}]})
+    return out
+
+
+@pytest.mark.parametrize("is_training", [True, False])
+def test_paragraph_split_is_shared_and_examples_equal_the_per_question_split(tmp_path, is_training):
+    data = _awkward_paragraphs()
+    grouped = write_squad(tmp_path / "grouped.json", data, "2.0")
+    single = write_squad(tmp_path / "single.json", _one_question_per_paragraph(data), "2.0")
+    examples, dropped = squad.read_squad_examples(str(grouped), is_training, version_2_with_negative=True)
+    expected, expected_dropped = squad.read_squad_examples(str(single), is_training, version_2_with_negative=True)
+    assert examples == expected and dropped == expected_dropped  # dataclass equality: every field
+    assert dropped == (["a3"] if is_training else [])
+    by_id = {e.qas_id: e for e in examples}
+    # The per-question reads really produced separate lists: the comparison above is not vacuous.
+    assert expected[0].doc_tokens is not expected[1].doc_tokens
+    # Questions of one paragraph share one word list; other paragraphs have their own.
+    eiffel = [by_id[f"q{n:04d}"] for n in range(4)] + [by_id["u0000"]]
+    assert all(e.doc_tokens is eiffel[0].doc_tokens for e in eiffel)
+    assert by_id["q0004"].doc_tokens is not eiffel[0].doc_tokens
+    ada = [by_id[i] for i in ("a1", "a2", "a4", "a5")]
+    assert all(e.doc_tokens is ada[0].doc_tokens for e in ada)
+    # The awkward paragraph's words, by hand.
+    assert ada[0].doc_tokens == ["Ada", "Lovelace", "wrote", "the", "first", "program", "for", "the", "Analytical",
+                                 "Engine", "in", "1843."]
+    if is_training:
+        assert (by_id["a1"].start_position, by_id["a1"].end_position) == (0, 1)
+        assert (by_id["a4"].start_position, by_id["a4"].end_position) == (8, 9)
+        assert (by_id["b1"].start_position, by_id["b1"].end_position) == (3, 5)
+    # The same text in another paragraph is split again (one split per paragraph, not per text).
+    assert by_id["b1"].doc_tokens == ada[0].doc_tokens and by_id["b1"].doc_tokens is not ada[0].doc_tokens
