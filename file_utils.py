@@ -57,6 +57,8 @@ def resolve_model_dir(name_or_path):
         return os.path.join(os.path.dirname(module.__file__), sub)
     if os.path.isdir(name):
         return name
+    if _looks_like_path(name):
+        raise ConfigError(f"model folder {name} does not exist (nothing is downloaded at run time)")
     folder = hub_cache_folder(name)
     if folder is not None:
         return folder
@@ -76,10 +78,15 @@ def hub_cache_dir():
     return os.path.join(home, "hub")
 
 
+def _looks_like_path(name):
+    """A path (absolute, relative with ./ or ../, home, or deeper than org/name), not a Hub repo id."""
+    return name.startswith((".", "/", "~", "\\")) or name.count("/") > 1 or os.path.isfile(name)
+
+
 def hub_cache_folder(name):
     """The snapshot folder of Hub repo `name` in the local cache (offline), or None."""
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        return None  # a path that does not exist, not a repo name
+    if _looks_like_path(name):
+        return None
     # Imported here: only names that are not folders need it, and it costs start-up time.
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError

@@ -90,7 +90,7 @@ def test_missing_files_and_corrupt_weights(tmp_path, minilm_dir):
     (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ConfigError, match="safetensors"):
         BertModel.from_pretrained(str(tmp_path))
-    with pytest.raises(ConfigError, match="neither a folder nor a bundled"):
+    with pytest.raises(ConfigError, match="model folder .*nope does not exist"):
         BertModel.from_pretrained(str(tmp_path / "nope"))
 
 

@@ -53,7 +53,7 @@ def test_hub_names_resolve_from_the_local_cache_offline(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_CACHE")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     assert os.path.samefile(resolve_model_dir("someone/tiny-bert"), other)
-    with pytest.raises(ConfigError, match="not/there"):
+    with pytest.raises(ConfigError, match="model folder ./not/there does not exist"):
         resolve_model_dir("./not/there")
 
 
