@@ -49,7 +49,8 @@ def _iter_lines(path):
         try:
             for lineno, raw in enumerate(f, 1):
                 line = raw.rstrip("\r\n")
-                if line.startswith("-DOCSTART-"):
+                # lstrip: " -DOCSTART- -X- -X- O" is a document line too, not a word tagged O
+                if line.lstrip().startswith("-DOCSTART-"):
                     yield "doc", lineno, line
                 elif not line.strip():
                     yield "blank", lineno, line

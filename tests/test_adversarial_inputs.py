@@ -78,3 +78,15 @@ def test_conll_bad_byte_deep_in_a_large_file_names_its_line(tmp_path):
     with pytest.raises(DataError) as err:
         conll.read_conll(str(path))
     assert err.value.line == 15000
+
+
+def test_conll_indented_docstart_is_a_document_line(tmp_path):
+    """Fuzzer find: a -DOCSTART- line with leading whitespace was read as the word '-DOCSTART-'
+    tagged O (one more sentence, trained on and scored)."""
+    plain = write_conll(tmp_path / "plain.txt", conll_sentences()[:3])
+    text = open(plain, encoding="utf-8").read()
+    indented = tmp_path / "indented.txt"
+    indented.write_text(text.replace("-DOCSTART-", " \t-DOCSTART-"), encoding="utf-8")
+    a, b = conll.read_conll(str(plain)), conll.read_conll(str(indented))
+    assert [(s.words, s.tags) for s in b] == [(s.words, s.tags) for s in a]
+    assert len(b) == 3
