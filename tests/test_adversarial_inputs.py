@@ -5,11 +5,13 @@ valid examples or a one-line `DataError`/`ConfigError` naming the file (and the 
 there is one) before any training starts. Crashes found by tests/test_reader_fuzz.py are pinned
 here as regression tests, one per crash.
 """
+import json
+
 import pytest
 
 from file_utils import DataError
-from tasks import conll
-from tests.fixtures_qa import conll_sentences, write_conll
+from tasks import conll, squad
+from tests.fixtures_qa import conll_sentences, squad_v1_data, squad_v2_data, write_conll, write_squad
 
 BOM = "\ufeff".encode("utf-8")
 
@@ -90,3 +92,166 @@ def test_conll_indented_docstart_is_a_document_line(tmp_path):
     a, b = conll.read_conll(str(plain)), conll.read_conll(str(indented))
     assert [(s.words, s.tags) for s in b] == [(s.words, s.tags) for s in a]
     assert len(b) == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# SQuAD reading
+
+
+def _squad_text(data, version="1.1"):
+    return json.dumps({"version": version, "data": data}, indent=1, ensure_ascii=False)
+
+
+def test_squad_duplicate_id_names_second_occurrence(tmp_path):
+    """Fuzzer find: a repeated question id; predictions.json (a dict keyed by id) kept one answer
+    and the evaluation scored both questions with it."""
+    data = squad_v1_data()
+    data[2]["paragraphs"][0]["qas"][1]["id"] = "q0001"      # the id of data[0]'s second question
+    path = write_squad(tmp_path / "dev.json", data)
+    lines = open(path, encoding="utf-8").read().splitlines()
+    first, second = [n for n, line in enumerate(lines, 1) if '"q0001"' in line]
+    for is_training in (False, True):
+        with pytest.raises(DataError) as err:
+            squad.read_squad_examples(str(path), is_training)
+        assert err.value.line == second
+        assert str(err.value).startswith(f"{path}:{second}: data[2].paragraphs[0].qas[1] (id='q0001'): "
+                                          f"duplicate question id 'q0001', first used by "
+                                          f"data[0].paragraphs[0].qas[1] (line {first})")
+
+
+def test_squad_duplicate_id_as_number_and_string(tmp_path):
+    data = squad_v1_data()
+    qas = data[0]["paragraphs"][0]["qas"]
+    qas[0]["id"], qas[2]["id"], qas[3]["id"] = 12, 1, "1"   # 1 and "1" are the same key in predictions.json
+    path = write_squad(tmp_path / "dev.json", data)
+    with pytest.raises(DataError, match="duplicate question id '1'") as err:
+        squad.read_squad_examples(str(path), False)
+    assert lines_of(path)[err.value.line - 1].strip() == '"id": "1",'
+
+
+def lines_of(path):
+    return open(path, encoding="utf-8").read().splitlines()
+
+
+def test_squad_error_line_of_numeric_id_is_not_a_prefix_match(tmp_path):
+    # `"id": 1` must not be found at `"id": 12`, an earlier question's id.
+    data = squad_v1_data()
+    qas = data[0]["paragraphs"][0]["qas"]
+    qas[0]["id"], qas[1]["id"] = 12, 1
+    del qas[1]["question"]
+    path = write_squad(tmp_path / "dev.json", data)
+    with pytest.raises(DataError, match='missing "question"') as err:
+        squad.read_squad_examples(str(path), False)
+    assert lines_of(path)[err.value.line - 1].strip() == '"id": 1,'
+
+
+def test_squad_latin1_bytes_name_the_line(tmp_path):
+    """Fuzzer find: UnicodeDecodeError from a file that is not UTF-8."""
+    text = _squad_text(squad_v1_data())
+    path = tmp_path / "latin1.json"
+    path.write_bytes(text.replace("Levi's", "L\xe9vi's").encode("latin-1", "replace"))
+    with pytest.raises(DataError) as err:
+        squad.load_squad_json(str(path))
+    assert "not valid UTF-8 text (byte 0xe9" in str(err.value)
+    assert b"L\xe9vi's Stadium" in path.read_bytes().split(b"\n")[err.value.line - 1]
+    with pytest.raises(DataError, match=rf"latin1\.json:{err.value.line}: not valid UTF-8"):
+        squad.read_squad_examples(str(path), True)
+
+
+def test_squad_bom_is_ignored(tmp_path):
+    path = tmp_path / "bom.json"
+    path.write_bytes(BOM + _squad_text(squad_v1_data()).encode("utf-8"))
+    plain = write_squad(tmp_path / "plain.json", squad_v1_data())
+    assert squad.read_squad_examples(str(path), True) == squad.read_squad_examples(str(plain), True)
+
+
+@pytest.mark.parametrize("payload, needle", [
+    ("[" * 5000 + "]" * 5000, "nested too deeply"),     # fuzzer find: RecursionError
+    ("9" * 4400, "invalid JSON"),                       # fuzzer find: ValueError (int digit limit)
+])
+def test_squad_json_the_parser_cannot_hold(tmp_path, payload, needle):
+    path = tmp_path / "odd.json"
+    path.write_text('{"version": "1.1", "data": [], "extra": ' + payload + "}", encoding="utf-8")
+    with pytest.raises(DataError, match=needle) as err:
+        squad.read_squad_examples(str(path), False)
+    assert str(err.value).startswith(str(path))
+
+
+def test_squad_v1_file_with_some_empty_answer_lists_fails_before_training(tmp_path):
+    """Fuzzer find: a SQuAD 2.0 dev file read without --version_2_with_negative was accepted,
+    and evaluate_v1 raised only after training and prediction."""
+    path = write_squad(tmp_path / "dev.json", squad_v2_data(), "2.0")
+    with pytest.raises(DataError, match="--version_2_with_negative") as err:
+        squad.read_squad_examples(str(path), False)
+    assert '"u0000"' in lines_of(path)[err.value.line - 1]
+    assert "data[0].paragraphs[0].qas[4] (id='u0000'): no answers while other questions have some" in str(err.value)
+    # as v2.0 it is fine, and so is a file with no gold answers at all (a test file)
+    assert len(squad.read_squad_examples(str(path), False, True)[0]) == 14
+    data = squad_v1_data()
+    for article in data:
+        for qa in article["paragraphs"][0]["qas"]:
+            qa["answers"] = []
+    assert len(squad.read_squad_examples(str(write_squad(tmp_path / "test.json", data)), False)[0]) == 11
+
+
+@pytest.mark.parametrize("mutate, needle", [
+    # checked by the reader already before this work (kept as regression tests)
+    (lambda qa, p: qa["answers"][0].update(answer_start=-1), "answer_start -1 with answer length"),
+    (lambda qa, p: qa["answers"][0].update(answer_start=len(p["context"])), "is outside the context"),
+    (lambda qa, p: qa["answers"][0].update(answer_start="12"), "answer_start is not an integer: '12'"),
+    (lambda qa, p: qa["answers"][0].update(answer_start=True), "answer_start is not an integer: True"),
+    (lambda qa, p: qa["answers"][0].update(text=None), 'answers[0] has no "text" string'),
+    (lambda qa, p: qa.update(answers={"text": "x"}), '"answers" is not a list'),
+    (lambda qa, p: qa.update(question=["Who?"]), 'missing "question" string'),
+    (lambda qa, p: qa.update(is_impossible="false"), "is_impossible must be true or false"),
+    # new: a whitespace answer was kept, with a span of the word before it
+    (lambda qa, p: qa["answers"][0].update(text=" ", answer_start=p["context"].index(" ")), "empty answer text"),
+    # new: a boolean id became the string 'True'
+    (lambda qa, p: qa.update(id=True), 'missing question "id"'),
+])
+def test_squad_malformed_training_records(tmp_path, mutate, needle):
+    data = squad_v2_data()
+    paragraph = data[1]["paragraphs"][0]
+    qa = paragraph["qas"][1]
+    mutate(qa, paragraph)
+    path = write_squad(tmp_path / "train.json", data, "2.0")
+    with pytest.raises(DataError) as err:
+        squad.read_squad_examples(str(path), True, True)
+    message = str(err.value)
+    assert needle in message and message.startswith(f"{path}:") and "data[1].paragraphs[0].qas[1]" in message
+    assert err.value.line is not None
+
+
+def test_squad_context_not_a_string_points_at_its_questions(tmp_path):
+    data = squad_v1_data()
+    data[1]["paragraphs"][0]["context"] = ["The Amazon River", "in South America"]
+    path = write_squad(tmp_path / "dev.json", data)
+    with pytest.raises(DataError) as err:
+        squad.read_squad_examples(str(path), False)
+    assert "data[1].paragraphs[0] (title='Amazon_river'): \"context\" is not a string" in str(err.value)
+    assert '"q0004"' in lines_of(path)[err.value.line - 1]   # the paragraph's first question
+
+
+def test_squad_v2_missing_is_impossible_and_plausible_answers(tmp_path):
+    """Documented reading, pinned: in v2 training a missing is_impossible means "no answers";
+    plausible_answers are not read (as in the reference), whatever they hold."""
+    data = squad_v2_data()
+    qas = data[0]["paragraphs"][0]["qas"]
+    for qa in qas:
+        qa.pop("is_impossible", None)
+    qas[-1]["plausible_answers"] = [{"text": 5, "answer_start": "x"}]
+    path = write_squad(tmp_path / "train.json", data, "2.0")
+    examples, _ = squad.read_squad_examples(str(path), True, True)
+    by_id = {e.qas_id: e for e in examples}
+    assert by_id["u0000"].is_impossible and (by_id["u0000"].start_position, by_id["u0000"].end_position) == (-1, -1)
+    assert not by_id["q0000"].is_impossible and by_id["q0000"].doc_tokens[by_id["q0000"].start_position] == "Gustave"
+
+
+def test_squad_answer_starting_in_leading_whitespace(tmp_path):
+    """An answer whose offset points at whitespace before the context's first word started at
+    word -1, i.e. the LAST word of the context."""
+    data = [{"title": "t", "paragraphs": [{"context": "  Paris", "qas": [
+        {"id": "a", "question": "Where?", "answers": [{"text": "  Paris", "answer_start": 0}]}]}]}]
+    path = write_squad(tmp_path / "train.json", data)
+    [example], dropped = squad.read_squad_examples(str(path), True)
+    assert dropped == [] and (example.start_position, example.end_position) == (0, 0)
