@@ -10,8 +10,16 @@ import json
 import pytest
 
 from file_utils import DataError
-from tasks import conll, squad
-from tests.fixtures_qa import conll_sentences, squad_v1_data, squad_v2_data, write_conll, write_squad
+from tasks import conll, squad, swag
+from tests.fixtures_qa import (
+    conll_sentences,
+    squad_v1_data,
+    squad_v2_data,
+    swag_rows,
+    write_conll,
+    write_squad,
+    write_swag,
+)
 
 BOM = "\ufeff".encode("utf-8")
 
@@ -255,3 +263,66 @@ def test_squad_answer_starting_in_leading_whitespace(tmp_path):
     path = write_squad(tmp_path / "train.json", data)
     [example], dropped = squad.read_squad_examples(str(path), True)
     assert dropped == [] and (example.start_position, example.end_position) == (0, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# SWAG CSV
+
+
+def _swag_bytes(tmp_path, rows=None, with_label=True):
+    path = write_swag(tmp_path / "rows.csv", swag_rows() if rows is None else rows, with_label)
+    return path.read_bytes()
+
+
+def test_swag_latin1_bytes_name_the_line(tmp_path):
+    """Fuzzer find: UnicodeDecodeError from a file that is not UTF-8."""
+    rows = swag_rows()
+    rows[2]["sent1"] = "A man is standing in a caf\xe9."
+    text = _swag_bytes(tmp_path, rows).decode("utf-8")
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(DataError) as err:
+        swag.read_swag_examples(str(path))
+    assert err.value.line == 4 and str(err.value).startswith(f"{path}:4: not valid UTF-8 text (byte 0xe9")
+
+
+def test_swag_bom_before_a_quoted_header_field(tmp_path):
+    # csv writers quote the empty first header name as "" in some settings; the BOM sat in front
+    # of that quote and made the header unrecognisable.
+    body = _swag_bytes(tmp_path).split(b"\r\n", 1)[1]
+    path = tmp_path / "bom.csv"
+    path.write_bytes(BOM + b'"",' + b",".join(h.encode() for h in swag.HEADER[1:]) + b"\r\n" + body)
+    assert [e.label for e in swag.read_swag_examples(str(path))] == [0, 1, 0, 2]
+
+
+def test_swag_quoted_field_with_line_breaks_is_named_by_its_first_line(tmp_path):
+    rows = swag_rows()
+    rows[0]["sent1"] = "Members of the procession\nwalk down the street."   # record on lines 2-3
+    rows[1]["label"] = "7"                                                   # record on line 4
+    path = tmp_path / "multiline.csv"
+    path.write_bytes(_swag_bytes(tmp_path, rows))
+    with pytest.raises(DataError) as err:
+        swag.read_swag_examples(str(path))
+    assert err.value.line == 4 and "label must be 0..3, got '7'" in str(err.value)
+    rows[1]["label"] = "1"
+    path.write_bytes(_swag_bytes(tmp_path, rows))
+    examples = swag.read_swag_examples(str(path))
+    assert [e.line for e in examples] == [2, 4, 5, 6]
+    assert examples[0].context == "Members of the procession\nwalk down the street."
+
+
+@pytest.mark.parametrize("edit, needle", [
+    # short and long rows were errors already (pinned); labels other than the digits 0..3 are new
+    (lambda line: line.rsplit(b",", 2)[0], "expected 12 columns, got 10"),           # a short row
+    (lambda line: line + b",extra", "expected 12 columns, got 13"),
+    (lambda line: line[:-1] + b"+1", r"label must be 0\.\.3, got '\+1'"),
+    (lambda line: line[:-1] + "\u0661".encode(), "label must be 0..3"),              # Arabic-Indic digit one
+])
+def test_swag_bad_rows(tmp_path, edit, needle):
+    lines = _swag_bytes(tmp_path).split(b"\r\n")
+    lines[3] = edit(lines[3])
+    path = tmp_path / "bad.csv"
+    path.write_bytes(b"\r\n".join(lines))
+    with pytest.raises(DataError, match=needle) as err:
+        swag.read_swag_examples(str(path))
+    assert err.value.line == 4
