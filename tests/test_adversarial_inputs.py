@@ -10,7 +10,8 @@ import json
 import pytest
 
 from file_utils import DataError
-from tasks import conll, squad, swag
+from tasks import conll, glue, squad, swag
+from tests import glue_fixtures
 from tests.fixtures_qa import (
     conll_sentences,
     squad_v1_data,
@@ -326,3 +327,47 @@ def test_swag_bad_rows(tmp_path, edit, needle):
     with pytest.raises(DataError, match=needle) as err:
         swag.read_swag_examples(str(path))
     assert err.value.line == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# GLUE TSV
+
+
+def test_glue_bad_byte_far_into_the_file_names_its_line(tmp_path):
+    rows = "".join(f"{i}\tsentence number {i}\tanother one\t{'entailment' if i % 2 else 'not_entailment'}\n"
+                   for i in range(5000))
+    text = "index\tsentence1\tsentence2\tlabel\n" + rows
+    lines = text.split("\n")
+    lines[3000] = lines[3000].replace("sentence", "sent\xe9nce")   # "3000\tsent\xe9...": the 10th byte
+    path = tmp_path / "train.tsv"
+    path.write_bytes("\n".join(lines).encode("latin-1"))
+    with pytest.raises(DataError) as err:
+        glue.read_examples("rte", None, "train", path=str(path))
+    # before: no line, and "at byte N" counted from the start of the decoder's current block
+    assert err.value.line == 3001
+    assert str(err.value).startswith(f"{path}:3001: not valid UTF-8 text (byte 0xe9 at byte 10 of the line)")
+
+
+def test_glue_oversized_field_names_its_line(tmp_path):
+    path = tmp_path / "train.tsv"
+    path.write_text("sentence\tlabel\ngood\t1\n" + "x" * 200_000 + "\t0\n", encoding="utf-8")
+    with pytest.raises(DataError, match="field larger than field limit") as err:
+        glue.read_examples("sst-2", None, "train", path=str(path))
+    assert err.value.line == 3
+
+
+def test_glue_path_that_is_a_folder(tmp_path):
+    with pytest.raises(DataError, match="cannot read file") as err:
+        glue.read_examples("sst-2", None, "train", path=str(tmp_path))
+    assert str(err.value).startswith(str(tmp_path))
+
+
+@pytest.mark.parametrize("task, split", [("cola", "train"), ("sts-b", "dev"), ("qnli", "test")])
+def test_glue_leading_bom_is_still_ignored(tmp_path, task, split):
+    files = glue_fixtures.write_glue_fixture(str(tmp_path / "plain"), tasks=[task], n=4)[task]
+    plain = glue.read_examples(task, None, split, path=files[split])
+    bom = tmp_path / "bom.tsv"
+    bom.write_bytes(BOM + open(files[split], "rb").read())
+    with_bom = glue.read_examples(task, None, split, path=str(bom))
+    assert [(e.text_a, e.text_b, e.label, e.index, e.line) for e in with_bom] == \
+        [(e.text_a, e.text_b, e.label, e.index, e.line) for e in plain]
