@@ -6,11 +6,13 @@ there is one) before any training starts. Crashes found by tests/test_reader_fuz
 here as regression tests, one per crash.
 """
 import json
+import os
+import sys
 
 import pytest
 
-from file_utils import DataError
-from tasks import conll, glue, squad, swag
+from file_utils import ConfigError, DataError, run_cli
+from tasks import conll, glue, pretraining, squad, swag
 from tests import glue_fixtures
 from tests.fixtures_qa import (
     conll_sentences,
@@ -21,6 +23,10 @@ from tests.fixtures_qa import (
     write_squad,
     write_swag,
 )
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lm_finetuning"))
+import finetune_on_pregenerated  # noqa: E402
+import pregenerate_training_data  # noqa: E402
 
 BOM = "\ufeff".encode("utf-8")
 
@@ -371,3 +377,120 @@ def test_glue_leading_bom_is_still_ignored(tmp_path, task, split):
     with_bom = glue.read_examples(task, None, split, path=str(bom))
     assert [(e.text_a, e.text_b, e.label, e.index, e.line) for e in with_bom] == \
         [(e.text_a, e.text_b, e.label, e.index, e.line) for e in plain]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pregenerated LM data (lm_finetuning/)
+
+
+def _corpus(path, num_docs=6):
+    docs = [f"document {d} sentence one is here.\nits second sentence follows.\nand a third one ends it."
+            for d in range(num_docs)]
+    path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def _pregenerate(corpus, out, *extra):
+    return pregenerate_training_data.main(["--train_corpus", corpus, "--output_dir", str(out), "--max_seq_len", "24",
+                                           "--bert_model", "minilm-l6", *extra])
+
+
+def _interrupt_at_epoch(monkeypatch, stop):
+    original = pretraining.write_epoch
+
+    def write_epoch(db, output_dir, epoch, **kwargs):
+        if epoch == stop:
+            raise KeyboardInterrupt
+        return original(db, output_dir, epoch, **kwargs)
+
+    monkeypatch.setattr(pretraining, "write_epoch", write_epoch)
+    return original
+
+
+def test_interrupted_pregeneration_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    corpus = _corpus(tmp_path / "corpus.txt")
+    data = tmp_path / "data"
+    _interrupt_at_epoch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        _pregenerate(corpus, data, "--epochs_to_generate", "3")
+    # epochs 0 and 1 are complete on their own: before, training ran on them as if that were all
+    assert sorted(os.listdir(data)) == ["epoch_0.json", "epoch_0_metrics.json", "epoch_1.json",
+                                        "epoch_1_metrics.json"]
+    with pytest.raises(ConfigError) as err:
+        pretraining.find_pregenerated_epochs(str(data))
+    assert str(err.value).startswith(f"{data}: incomplete pregeneration: no pregenerate_config.json")
+    assert "found epochs 0..1" in str(err.value)
+    out = tmp_path / "lm"
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(finetune_on_pregenerated.main, ["--pregenerated_data", str(data), "--output_dir", str(out)])
+    assert exit_.value.code == 2
+    err_lines = capsys.readouterr().err.strip().splitlines()
+    assert err_lines[-1].startswith(f"error: {data}: incomplete pregeneration")
+    assert not out.exists()   # refused before anything was written or loaded
+
+
+@pytest.fixture()
+def complete_data(tmp_path):
+    data = tmp_path / "data"
+    assert _pregenerate(_corpus(tmp_path / "corpus.txt"), data, "--epochs_to_generate", "3") == 0
+    return data
+
+
+def test_complete_pregeneration_is_accepted(complete_data):
+    epochs = pretraining.find_pregenerated_epochs(str(complete_data))
+    assert [os.path.basename(path) for path, _, _ in epochs] == ["epoch_0.json", "epoch_1.json", "epoch_2.json"]
+    assert all(max_len == 24 and n > 0 for _, n, max_len in epochs)
+
+
+def test_pregeneration_missing_an_epoch(complete_data):
+    (complete_data / "epoch_2_metrics.json").unlink()
+    with pytest.raises(ConfigError, match=r"records epochs_to_generate=3 but epoch_2_metrics\.json is missing "
+                                          r"\(complete: epochs 0\.\.1\)"):
+        pretraining.find_pregenerated_epochs(str(complete_data))
+    (complete_data / "epoch_2.json").unlink()
+    with pytest.raises(ConfigError, match=r"epoch_2\.json and epoch_2_metrics\.json are missing"):
+        pretraining.find_pregenerated_epochs(str(complete_data))
+
+
+def test_pregeneration_with_epochs_of_another_run(complete_data):
+    for name in ("epoch_1.json", "epoch_1_metrics.json"):
+        (complete_data / name.replace("1", "7")).write_bytes((complete_data / name).read_bytes())
+    with pytest.raises(ConfigError, match=r"epoch_7\.json, epoch_7_metrics\.json not part of the pregeneration"):
+        pretraining.find_pregenerated_epochs(str(complete_data))
+
+
+def test_pregeneration_epoch_with_another_length(complete_data):
+    metrics = complete_data / "epoch_1_metrics.json"
+    metrics.write_text(json.dumps(dict(json.loads(metrics.read_text()), max_seq_len=32)))
+    with pytest.raises(ConfigError, match="epoch_1.json has max_seq_len 32 but pregenerate_config.json records 24"):
+        pretraining.find_pregenerated_epochs(str(complete_data))
+
+
+def test_pregeneration_line_count_differs_from_metrics(complete_data):
+    # (checked before this work too; pinned)
+    path = complete_data / "epoch_2.json"
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))
+    with pytest.raises(DataError, match="lines but its metrics file announces"):
+        pretraining.find_pregenerated_epochs(str(complete_data))
+
+
+@pytest.mark.parametrize("text, needle", [("[3]", "epochs_to_generate must be a positive integer"),
+                                          ('{"epochs_to_generate": true}', "positive integer, got True"),
+                                          ("{", "not a config of pregenerate_training_data.py")])
+def test_pregeneration_config_unreadable(complete_data, text, needle):
+    (complete_data / "pregenerate_config.json").write_text(text)
+    with pytest.raises(DataError, match=needle):
+        pretraining.find_pregenerated_epochs(str(complete_data))
+
+
+def test_interrupted_overwrite_does_not_inherit_the_old_config(complete_data, tmp_path, monkeypatch):
+    """A new run over old data (--overwrite_output_dir) removes the old pregenerate_config.json
+    first: left in place, the new run's epochs 0..2 (other seed), interrupted before epoch 3 of 5,
+    looked like the old complete 3-epoch pregeneration."""
+    _interrupt_at_epoch(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        _pregenerate(_corpus(tmp_path / "corpus.txt"), complete_data, "--epochs_to_generate", "5", "--seed", "7",
+                     "--overwrite_output_dir")
+    assert not (complete_data / "pregenerate_config.json").exists()
+    with pytest.raises(ConfigError, match="incomplete pregeneration: no pregenerate_config.json"):
+        pretraining.find_pregenerated_epochs(str(complete_data))
