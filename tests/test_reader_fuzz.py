@@ -14,7 +14,7 @@ Two kinds of input per reader:
 of equal length, SQuAD answer positions inside the context, unique ids. Crashes found here are
 fixed in the readers and pinned as regression tests in tests/test_adversarial_inputs.py.
 
-Runs in about 15 s on 2 CPU cores: `max_examples` is set per test (FUZZ_SCALE multiplies it for a
+Runs in about 15-20 s on 2 CPU cores: `max_examples` is set per test (FUZZ_SCALE multiplies it for a
 longer local search, e.g. FUZZ_SCALE=20); no example database is written (`database=None`).
 """
 import copy
@@ -24,7 +24,7 @@ import os
 import tempfile
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from file_utils import DataError
@@ -127,12 +127,9 @@ def workdir(tmp_path_factory):
 # ---------------------------------------------------------------------------------------------
 # GLUE TSV
 
-# headerless CoLA, header files, a BOM header (MRPC), regression (STS-B), QQP's row skipping,
-# MNLI's 16-column dev file, unlabelled test files, the AX diagnostic file.
-GLUE_CASES = [("cola", "train"), ("cola", "test"), ("sst-2", "dev"), ("mrpc", "train"), ("mrpc", "test"),
-              ("sts-b", "train"), ("sts-b", "test"), ("qqp", "train"), ("qqp", "test"), ("mnli", "dev_matched"),
-              ("mnli", "train"), ("mnli-mm", "test_mismatched"), ("qnli", "dev"), ("rte", "train"),
-              ("wnli", "test"), ("ax", "test")]
+# Every task and split: headerless CoLA, header files, a BOM header (MRPC), regression (STS-B),
+# QQP's row skipping, MNLI's 12/16/10-column files, unlabelled test files, the AX diagnostic file.
+GLUE_CASES = [(name, split) for name, task in glue.TASKS.items() for split in task.files]
 
 
 # The valid base files are plain module-level values, not fixtures: hypothesis prints every
@@ -172,7 +169,7 @@ def _glue_read(task, split):
 
 
 @pytest.mark.parametrize("task,split", GLUE_CASES)
-@fuzz_settings(30)
+@fuzz_settings(15)
 @given(ops=mutations)
 def test_glue_mutated_files(workdir, task, split, ops):
     path = workdir / f"glue_{task}_{split}.tsv"
@@ -257,7 +254,9 @@ def check_squad(examples, dropped, is_training, v2):
     assert len(ids) == len(set(ids))
     for e in examples:
         assert isinstance(e.qas_id, str) and isinstance(e.question_text, str)
-        assert all(isinstance(t, str) and t and not t.isspace() for t in e.doc_tokens)
+        # (words are split at the reference's whitespace only, " \t\r\n" and U+202F, so a word
+        # may be a no-break space: the splitting is not this reader's validation)
+        assert all(isinstance(t, str) and t for t in e.doc_tokens)
         if not is_training:
             assert e.start_position is None
         elif e.is_impossible:
@@ -434,6 +433,9 @@ def test_leading_bom_changes_nothing(workdir, reader, ops):
     data = mutate(base, sep, ops) if ops else base
     while data.startswith(BOM):   # MRPC's header already has one
         data = data[len(BOM):]
+    # A whole file that is only the first 1-2 bytes of a BOM decodes to "" with utf-8-sig (CPython
+    # waits for the rest of the BOM and never complains), but is invalid UTF-8 after a real BOM.
+    assume(not (data and BOM.startswith(data)))
     path = workdir / f"bom_{reader}"
     path.write_bytes(data)
     plain = _outcome(path, read)
