@@ -215,7 +215,7 @@ def read_squad_examples(path, is_training, version_2_with_negative=False):
             if not is_impossible:
                 answer = answers[0]
                 orig_answer_text = answer["text"]
-                if "answer_start" not in answer:
+                if answer.get("answer_start") is None:   # missing, or null
                     raise DataError(path, _line_of(raw, qa["id"]), f"{where}: answer has no answer_start")
                 if not orig_answer_text.strip():
                     raise DataError(path, _line_of(raw, qa["id"]), f"{where}: empty answer text")

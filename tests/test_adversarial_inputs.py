@@ -223,6 +223,8 @@ def test_squad_v1_file_with_some_empty_answer_lists_fails_before_training(tmp_pa
     (lambda qa, p: qa["answers"][0].update(text=" ", answer_start=p["context"].index(" ")), "empty answer text"),
     # new: a boolean id became the string 'True'
     (lambda qa, p: qa.update(id=True), 'missing question "id"'),
+    # fuzzer find: TypeError ('<' between None and int)
+    (lambda qa, p: qa["answers"][0].update(answer_start=None), "answer has no answer_start"),
 ])
 def test_squad_malformed_training_records(tmp_path, mutate, needle):
     data = squad_v2_data()
