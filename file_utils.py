@@ -40,6 +40,33 @@ class ConfigError(UserError):
     """A bad config key/value or an inconsistent combination of flags."""
 
 
+def utf8_error(path, universal_newlines=True):
+    """The DataError for a text file that is not valid UTF-8: it names the line of the first bad byte.
+
+    Call it where a reader catches UnicodeDecodeError. Text files are decoded in blocks, so that
+    exception's offset is relative to a block and the reader's own line counter is not at the bad
+    byte; the bytes are read again here (only on this error path) to find the line. Lines are
+    counted as the readers count them: universal newlines (\\n, \\r\\n, a lone \\r) for the line-based
+    readers, or only \\n (`universal_newlines=False`) for JSON, whose parser counts that way.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        start = exc.start
+    else:  # the reader's exception did not come from this file's bytes
+        return DataError(path, None, "not valid UTF-8 text")
+    head = data[:start]
+    line = head.count(b"\n") + 1
+    line_start = head.rfind(b"\n") + 1
+    if universal_newlines:
+        line += head.count(b"\r") - head.count(b"\r\n")
+        line_start = max(line_start, head.rfind(b"\r") + 1)
+    return DataError(path, line, f"not valid UTF-8 text (byte 0x{data[start]:02x} at byte {start - line_start + 1} "
+                                 "of the line); save the file as UTF-8")
+
+
 def resolve_model_dir(name_or_path):
     """Map a model name to an existing folder: a folder path is itself; a bundled short name (e.g.
     'minilm-l6') is the folder shipped by its package; any other name is looked up, offline, in the

@@ -3,8 +3,9 @@
 Input: one sentence per line, a blank line between documents. Output folder:
 `epoch_N.json` (JSON Lines: tokens, segment_ids, is_random_next, masked_lm_positions,
 masked_lm_labels) and `epoch_N_metrics.json` ({"num_training_examples", "max_seq_len"}) for
-N = 0 .. --epochs_to_generate-1, plus `pregenerate_config.json` (the flags). Each epoch draws
-its own A/B splits and masks. Train on the folder with finetune_on_pregenerated.py.
+N = 0 .. --epochs_to_generate-1, plus `pregenerate_config.json` (the flags), written after the last
+epoch: finetune_on_pregenerated.py refuses a folder without it (an interrupted run). Each epoch
+draws its own A/B splits and masks. Train on the folder with finetune_on_pregenerated.py.
 
     python lm_finetuning/pregenerate_training_data.py --train_corpus corpus.txt \
         --bert_model minilm-l6 --do_lower_case --output_dir training/ --epochs_to_generate 3
@@ -77,8 +78,10 @@ def old_epochs(output_dir, overwrite):
 
 
 def remove_files(paths):
-    # Metrics first: a data epoch without its metrics file is never read.
-    for path in sorted(paths, key=lambda p: not p.endswith("_metrics.json")):
+    # The config first (it marks the folder complete), then metrics: a data epoch without its
+    # metrics file is never read.
+    for path in sorted(paths, key=lambda p: (not p.endswith(pretraining.CONFIG_FILE),
+                                             not p.endswith("_metrics.json"))):
         os.remove(path)
 
 
@@ -103,7 +106,10 @@ def main(argv=None):
 
     db = pretraining.read_corpus(args.train_corpus, tokenizer, reduce_memory=args.reduce_memory,
                                  workdir=args.output_dir, progress=sys.stderr.isatty())
-    remove_files(old)  # only once the new corpus has been read without error
+    # Only once the new corpus has been read without error. The old config goes too: left next
+    # to the new epochs of a run that is then interrupted, it would make them look complete.
+    config_path = os.path.join(args.output_dir, pretraining.CONFIG_FILE)
+    remove_files(old + ([config_path] if os.path.exists(config_path) else []))
     with db:
         logger.info("%d documents, %d sentences, %d word pieces", len(db), db.num_sentences, db.num_tokens)
         vocab_list = list(tokenizer.vocab)  # random replacements: uniform over the whole vocab
@@ -120,7 +126,8 @@ def main(argv=None):
             results = [_write_epoch(e) for e in epochs]
     for epoch, n in results:
         logger.info("epoch %d: %d instances", epoch, n)
-    atomic_write_json(os.path.join(args.output_dir, "pregenerate_config.json"), vars(args))
+    # Last: its presence marks the folder complete (tasks/pretraining.find_pregenerated_epochs).
+    atomic_write_json(os.path.join(args.output_dir, pretraining.CONFIG_FILE), vars(args))
     return 0
 
 

@@ -3,7 +3,8 @@ decode predictions back to words, and score them with entity-level precision/rec
 
 File format: one `word POS chunk tag` line per token (any number of columns >= 2: the first is the
 word, the last the tag), a blank line between sentences, `-DOCSTART-` lines between documents.
-Tags are IOB1 or IOB2 (`O`, `B-TYPE`, `I-TYPE`; `E-`/`S-` are accepted too).
+Tags are IOB1 or IOB2 (`O`, `B-TYPE`, `I-TYPE`; `E-`/`S-` are accepted too). UTF-8, a leading BOM
+is ignored; bytes that are not UTF-8 are a DataError naming the line.
 
 Only the first word piece of a word carries its label; the other pieces, [CLS] and [SEP] are
 labelled -100 (the reference's `X`), so they are neither trained on, predicted nor scored.
@@ -20,7 +21,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from file_utils import ConfigError, DataError, atomic_open, file_fingerprint
+from file_utils import ConfigError, DataError, atomic_open, file_fingerprint, utf8_error
 from tasks.base import Task
 
 logger = logging.getLogger(__name__)
@@ -40,18 +41,24 @@ class Sentence:
 def _iter_lines(path):
     """Yield (kind, line_number, payload) with kind in {'doc', 'blank', 'token'}."""
     try:
-        f = open(path, encoding="utf-8")
+        # utf-8-sig: a file saved with a BOM would otherwise start with the word "\ufeff-DOCSTART-",
+        # a token line that gets tagged and scored.
+        f = open(path, encoding="utf-8-sig")
     except OSError as exc:
         raise DataError(path, None, f"cannot read file: {exc.strerror}") from exc
     with f:
-        for lineno, raw in enumerate(f, 1):
-            line = raw.rstrip("\r\n")
-            if line.startswith("-DOCSTART-"):
-                yield "doc", lineno, line
-            elif not line.strip():
-                yield "blank", lineno, line
-            else:
-                yield "token", lineno, line.split()
+        try:
+            for lineno, raw in enumerate(f, 1):
+                line = raw.rstrip("\r\n")
+                # lstrip: " -DOCSTART- -X- -X- O" is a document line too, not a word tagged O
+                if line.lstrip().startswith("-DOCSTART-"):
+                    yield "doc", lineno, line
+                elif not line.strip():
+                    yield "blank", lineno, line
+                else:
+                    yield "token", lineno, line.split()
+        except UnicodeDecodeError:
+            raise utf8_error(path) from None
 
 
 def read_conll(path, labelled=True):
@@ -100,7 +107,7 @@ def read_labels_file(path):
     """One label per line; 'O' is put first if missing."""
     labels = []
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             for lineno, line in enumerate(f, 1):
                 label = line.strip()
                 if not label:
@@ -112,6 +119,8 @@ def read_labels_file(path):
                 labels.append(label)
     except OSError as exc:
         raise DataError(path, None, f"cannot read file: {exc.strerror}") from exc
+    except UnicodeDecodeError:
+        raise utf8_error(path) from None
     if "O" not in labels:
         labels.insert(0, "O")
     return labels

@@ -29,7 +29,7 @@ from typing import Callable, Optional
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
-from file_utils import ConfigError, DataError, atomic_open, file_fingerprint
+from file_utils import ConfigError, DataError, atomic_open, file_fingerprint, utf8_error
 from tasks.base import Task
 from tokenization import truncate_seq_pair
 
@@ -362,6 +362,7 @@ def read_examples(task, data_dir, split, path=None):
     examples, skipped, empty_kept = [], 0, 0
     expected = layout.exact_cols
     header = None if layout.header else []
+    reader = None
     try:
         # utf-8-sig: the MRPC files of the GLUE download start with the BOM of the MSR corpus.
         with open(path, encoding="utf-8-sig", newline="") as f:
@@ -410,10 +411,13 @@ def read_examples(task, data_dir, split, path=None):
                 index = _column(row, layout.index)
                 examples.append(InputExample(guid=f"{task.name}-{split}-{line}", text_a=text_a, text_b=text_b,
                                              label=label, index=index, line=line, path=path))
-    except UnicodeDecodeError as exc:
-        raise DataError(path, None, f"not valid UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except csv.Error as exc:
-        raise DataError(path, None, f"unreadable TSV: {exc}") from None
+    except OSError as exc:   # a --data_dir file that is a folder, unreadable, or gone
+        raise DataError(path, None, f"cannot read file: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        # (the decoder's own offset is relative to a block of the file: find the line instead)
+        raise utf8_error(path) from None
+    except csv.Error as exc:   # e.g. a field over csv.field_size_limit() (no newline in 128 KiB)
+        raise DataError(path, reader.line_num if reader else None, f"unreadable TSV: {exc}") from None
     if skipped:
         logger.warning("%s: skipped %d rows with a wrong number of fields (the reference QQP reader "
                        "skips them too); read %d examples", path, skipped, len(examples))

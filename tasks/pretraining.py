@@ -23,13 +23,14 @@ import json
 import logging
 import os
 import random
+import re
 import tempfile
 from array import array
 
 import numpy as np
 from tqdm import tqdm
 
-from file_utils import DataError, UserError, atomic_open, atomic_write_json
+from file_utils import ConfigError, DataError, UserError, atomic_open, atomic_write_json
 
 # torch is imported where batches are made, so that pregenerating data (corpus -> JSON) starts
 # fast and stays small: it does not need it.
@@ -40,6 +41,8 @@ CLS, SEP, MASK = "[CLS]", "[SEP]", "[MASK]"
 IGNORE_INDEX = -100  # masked_lm_labels value of positions that are not predicted
 EPOCH_FILE = "epoch_{}.json"
 METRICS_FILE = "epoch_{}_metrics.json"
+CONFIG_FILE = "pregenerate_config.json"   # written last by pregenerate_training_data.py
+_EPOCH_NAME = re.compile(r"epoch_(\d+)(_metrics)?\.json")
 
 _CORPUS_FORMAT = "expected one sentence per line and a blank line between documents"
 
@@ -385,7 +388,23 @@ def _count_lines(path):
 
 
 def find_pregenerated_epochs(folder):
-    """[(epoch_file, num_samples, max_seq_len), ...] for epoch_0, epoch_1, ... until one is missing."""
+    """[(epoch_file, num_samples, max_seq_len), ...] of a complete pregeneration, else an error.
+
+    Complete means what pregenerate_training_data.py leaves when it finishes (it writes each
+    epoch's data file, then its metrics file, and pregenerate_config.json after all epochs):
+    pregenerate_config.json records epochs_to_generate = N; epochs 0..N-1 each have both files,
+    a data file with as many lines as its metrics announce and the config's max_seq_len; no
+    epoch files numbered N or above (those belong to another run). Anything else (an interrupted
+    run, a half-copied folder, epochs left from an earlier run) is a ConfigError naming the folder
+    and what is missing, so no training starts on part of the data.
+    """
+    epochs = _consecutive_epochs(folder)
+    _check_complete(os.fspath(folder), epochs)
+    return epochs
+
+
+def _consecutive_epochs(folder):
+    """Validate epoch_0, epoch_1, ... until one is missing; [(epoch_file, num_samples, max_seq_len)]."""
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
         raise DataError(folder, None, "pregenerated data folder not found")
@@ -413,6 +432,46 @@ def find_pregenerated_epochs(folder):
         raise DataError(folder, None, "holds no pregenerated data (epoch_0.json and epoch_0_metrics.json "
                         "written by lm_finetuning/pregenerate_training_data.py)")
     return epochs
+
+
+def _check_complete(folder, epochs):
+    """The rules of `find_pregenerated_epochs`' docstring, given the consecutive valid epochs."""
+    config_path = os.path.join(folder, CONFIG_FILE)
+    found = "epoch 0" if len(epochs) == 1 else f"epochs 0..{len(epochs) - 1}"
+    if not os.path.isfile(config_path):
+        raise ConfigError(
+            f"{folder}: incomplete pregeneration: no {CONFIG_FILE}, which pregenerate_training_data.py "
+            f"writes after the last epoch (found {found}); run it again with --overwrite_output_dir "
+            f"(for data made by another tool and known to be complete, write {CONFIG_FILE} as "
+            f'{{"epochs_to_generate": {len(epochs)}}})')
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise DataError(config_path, None, f"not a config of pregenerate_training_data.py ({exc})") from None
+    wanted = config.get("epochs_to_generate") if isinstance(config, dict) else None
+    if not isinstance(wanted, int) or isinstance(wanted, bool) or wanted < 1:
+        raise DataError(config_path, None, f"epochs_to_generate must be a positive integer, got {wanted!r}")
+    if len(epochs) < wanted:
+        k = len(epochs)
+        missing = [name for name in (EPOCH_FILE.format(k), METRICS_FILE.format(k))
+                   if not os.path.isfile(os.path.join(folder, name))]
+        raise ConfigError(f"{folder}: incomplete pregeneration: {CONFIG_FILE} records epochs_to_generate="
+                          f"{wanted} but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing "
+                          f"(complete: {found})")
+    stale = sorted((int(m.group(1)), name) for name in os.listdir(folder)
+                   if (m := _EPOCH_NAME.fullmatch(name)) and int(m.group(1)) >= wanted)
+    if stale:
+        names = ", ".join(name for _, name in stale[:4]) + (", ..." if len(stale) > 4 else "")
+        raise ConfigError(f"{folder}: {names} not part of the pregeneration recorded in {CONFIG_FILE} "
+                          f"(epochs_to_generate={wanted}): files of another run? Remove them, or pregenerate "
+                          "again with --overwrite_output_dir")
+    max_len = config.get("max_seq_len")
+    for path, _, epoch_len in epochs:
+        if isinstance(max_len, int) and epoch_len != max_len:
+            raise ConfigError(f"{folder}: {os.path.basename(path)} has max_seq_len {epoch_len} but {CONFIG_FILE} "
+                              f"records {max_len}: epochs of different runs; pregenerate again with "
+                              "--overwrite_output_dir")
 
 
 class PregeneratedEpoch:

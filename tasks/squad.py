@@ -10,7 +10,9 @@ Pipeline (as in google-research/bert and pytorch-pretrained-BERT `run_squad.py`)
 Differences from the 2019 script, all deliberate:
 - `nbest_predictions.json` is filled for v1.1 too (the old script left it empty, issue #377).
 - Malformed records raise `DataError` naming the file, the record path and (when it can be
-  found) the line of the question id, instead of a KeyError deep inside the loop.
+  found) the line of the question id, instead of a KeyError deep inside the loop. Question ids
+  must be unique (predictions are keyed by id; a repeat would silently lose one). UTF-8, with or
+  without a BOM; anything else is a DataError with the line.
 - Training answers whose text does not match the context are still dropped (as the reference
   does), but the drops are counted and returned so the runner can report them.
 - Span candidates are taken from the real tokens of a window only (the engine pads dynamically,
@@ -25,7 +27,7 @@ import re
 import string
 from dataclasses import dataclass, field
 
-from file_utils import ConfigError, DataError, atomic_open, file_fingerprint
+from file_utils import ConfigError, DataError, atomic_open, file_fingerprint, utf8_error
 from tasks.base import Task
 
 logger = logging.getLogger(__name__)
@@ -64,59 +66,98 @@ def whitespace_tokenize(text):
     return text.split() if text else []
 
 
-def _line_of(raw_text, value, key="id"):
-    """Line number (1-based) of `"<key>": <value>` in the raw JSON text, or None."""
+def _line_of(raw_text, value, key="id", nth=1):
+    """Line number (1-based) of the `nth` `"<key>": <value>` in the raw JSON text, or None."""
     if raw_text is None or value is None:
         return None
-    pattern = r'"' + key + r'"\s*:\s*' + re.escape(json.dumps(value, ensure_ascii=False))
-    match = re.search(pattern, raw_text)
-    return raw_text.count("\n", 0, match.start()) + 1 if match else None
+    # The lookahead ends the value, so that `"id": 1` does not find `"id": 12`.
+    pattern = (r'"' + re.escape(key) + r'"\s*:\s*' + re.escape(json.dumps(value, ensure_ascii=False))
+               + r'(?=\s*[,}\]])')
+    for count, match in enumerate(re.finditer(pattern, raw_text), 1):
+        if count == nth:
+            return raw_text.count("\n", 0, match.start()) + 1
+    return None
 
 
 def load_squad_json(path):
     """Read a SQuAD file; return (the `data` list, raw text). Bad JSON -> DataError with line."""
     try:
-        with open(path, encoding="utf-8") as f:
+        # utf-8-sig: a BOM (Windows editors write one) is not part of the JSON text.
+        with open(path, encoding="utf-8-sig") as f:
             raw = f.read()
     except OSError as exc:
         raise DataError(path, None, f"cannot read file: {exc.strerror}") from exc
+    except UnicodeDecodeError:
+        raise utf8_error(path, universal_newlines=False) from None
     try:
         obj = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise DataError(path, exc.lineno, f"invalid JSON: {exc.msg} (column {exc.colno})") from exc
+    except ValueError as exc:   # e.g. an integer of more than 4300 digits
+        raise DataError(path, None, f"invalid JSON: {exc}") from None
+    except RecursionError:
+        raise DataError(path, None, "invalid JSON: nested too deeply") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("data"), list):
         raise DataError(path, 1, 'not a SQuAD file: expected an object with a "data" list')
     version = obj.get("version")
     return obj["data"], raw, version
 
 
+def _valid_id(value):
+    return isinstance(value, (str, int)) and not isinstance(value, bool)
+
+
 def _iter_qas(path, data, raw):
     """Yield (where, paragraph_text, qa) for every question, validating the structure (answer
-    offsets are checked where they are used: training).
+    offsets are checked where they are used: training). Question ids must be unique: predictions,
+    null odds and the official scripts are all keyed by id, so a second question with the same id
+    would silently lose its prediction.
 
     `where` names the record for error messages: `data[i].paragraphs[j].qas[k] (title=..., id=...)`.
     """
-    def fail(where, message, qas_id=None, title=None):
+    def fail(where, message, qas_id=None, title=None, nth=1):
         # the question's id line, else the article's title line
-        line = _line_of(raw, qas_id) if qas_id is not None else _line_of(raw, title, "title")
+        line = _line_of(raw, qas_id, nth=nth) if qas_id is not None else _line_of(raw, title, "title")
         raise DataError(path, line, f"{where}: {message}")
 
+    def first_id(paragraph):
+        # best line for a broken paragraph: its first question's id (the context has no key of its own)
+        qas = paragraph.get("qas") if isinstance(paragraph, dict) else None
+        if isinstance(qas, list) and qas and isinstance(qas[0], dict) and _valid_id(qas[0].get("id")):
+            return qas[0]["id"]
+        return None
+
+    first_seen = {}                         # str(id) -> (record path, id) of its first question
+    same_literal = collections.Counter()    # (type, id) -> occurrences so far, to find the right line
     for i, article in enumerate(data):
         title = article.get("title") if isinstance(article, dict) else None
         if not isinstance(article, dict) or not isinstance(article.get("paragraphs"), list):
             fail(f"data[{i}]", 'missing "paragraphs" list', title=title if isinstance(title, str) else None)
         for j, paragraph in enumerate(article["paragraphs"]):
             pwhere = f"data[{i}].paragraphs[{j}]" + (f" (title={title!r})" if title is not None else "")
-            if not isinstance(paragraph, dict) or not isinstance(paragraph.get("context"), str):
-                fail(pwhere, 'missing "context" string', title=title)
+            if not isinstance(paragraph, dict):
+                fail(pwhere, "is not an object", title=title)
+            if not isinstance(paragraph.get("context"), str):
+                problem = "is not a string" if "context" in paragraph else "is missing"
+                fail(pwhere, f'"context" {problem}', first_id(paragraph), title=title)
             if not isinstance(paragraph.get("qas"), list):
                 fail(pwhere, 'missing "qas" list', title=title)
             for k, qa in enumerate(paragraph["qas"]):
-                if not isinstance(qa, dict) or not isinstance(qa.get("id"), (str, int)):
+                if not isinstance(qa, dict) or not _valid_id(qa.get("id")):
                     fail(f"data[{i}].paragraphs[{j}].qas[{k}]" + (f" (title={title!r})" if title else ""),
-                         'missing question "id"', title=title)
+                         'missing question "id" (a string)', title=title)
                 qid = str(qa["id"])
-                where = f"data[{i}].paragraphs[{j}].qas[{k}] (id={qid!r})"
+                record = f"data[{i}].paragraphs[{j}].qas[{k}]"
+                where = f"{record} (id={qid!r})"
+                same_literal[type(qa["id"]), qa["id"]] += 1
+                if qid in first_seen:
+                    first_record, first_id_value = first_seen[qid]
+                    first_line = _line_of(raw, first_id_value)
+                    fail(where, f"duplicate question id {qid!r}, first used by {first_record}"
+                                + (f" (line {first_line})" if first_line else "")
+                                + "; ids must be unique (predictions are keyed by id)",
+                         qa["id"], nth=same_literal[type(qa["id"]), qa["id"]])
+                first_seen[qid] = (record, qa["id"])
                 if not isinstance(qa.get("question"), str):
                     fail(where, 'missing "question" string', qa["id"])
                 answers = qa.get("answers", [])
@@ -141,7 +182,7 @@ def read_squad_examples(path, is_training, version_2_with_negative=False):
     text was not found at answer_start (dropped with a warning, as the reference does).
     """
     data, raw, version = load_squad_json(path)
-    examples, dropped = [], []
+    examples, dropped, unanswered, answered = [], [], [], 0
     split_context = None
     for where, context, qa in _iter_qas(path, data, raw):
         # The questions of one paragraph share its word list (and offsets): the paragraph's context
@@ -180,16 +221,18 @@ def read_squad_examples(path, is_training, version_2_with_negative=False):
             if not is_impossible:
                 answer = answers[0]
                 orig_answer_text = answer["text"]
-                if "answer_start" not in answer:
+                if answer.get("answer_start") is None:   # missing, or null
                     raise DataError(path, _line_of(raw, qa["id"]), f"{where}: answer has no answer_start")
-                if not orig_answer_text:
+                if not orig_answer_text.strip():
                     raise DataError(path, _line_of(raw, qa["id"]), f"{where}: empty answer text")
                 answer_offset = answer["answer_start"]
                 if answer_offset < 0 or answer_offset + len(orig_answer_text) > len(context):
                     raise DataError(path, _line_of(raw, qa["id"]),
                                     f"{where}: answer_start {answer_offset} with answer length "
                                     f"{len(orig_answer_text)} is outside the context ({len(context)} characters)")
-                start_position = char_to_word_offset[answer_offset]
+                # -1 = whitespace before the first word: the answer's first word is word 0 (left at
+                # -1 it would index the last word of the context).
+                start_position = max(char_to_word_offset[answer_offset], 0)
                 end_position = char_to_word_offset[answer_offset + len(orig_answer_text) - 1]
                 actual_text = " ".join(doc_tokens[start_position:end_position + 1])
                 cleaned_answer_text = " ".join(whitespace_tokenize(orig_answer_text))
@@ -201,8 +244,19 @@ def read_squad_examples(path, is_training, version_2_with_negative=False):
             else:
                 start_position = end_position = -1
                 orig_answer_text = ""
+        if not is_training and not version_2_with_negative and "answers" in qa:
+            if qa["answers"]:
+                answered += 1
+            else:
+                unanswered.append((where, qa["id"]))
         examples.append(SquadExample(qas_id, qa["question"], doc_tokens, orig_answer_text,
                                      start_position, end_position, is_impossible))
+    if unanswered and answered:
+        # Some questions have gold answers, some an empty list: a SQuAD 2.0 file read as v1.1, which
+        # the v1.1 evaluation would only reject after training.
+        where, qid = unanswered[0]
+        raise DataError(path, _line_of(raw, qid), f"{where}: no answers while other questions have some; "
+                                                  "SQuAD 2.0 files need --version_2_with_negative")
     if dropped:
         logger.warning("%s: dropped %d of %d training questions whose answer text does not match "
                        "the context", path, len(dropped), len(dropped) + len(examples))

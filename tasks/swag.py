@@ -3,21 +3,24 @@ sequences per example, score accuracy, write test predictions.
 
 Layout (swagaf `data/train.csv`, `val.csv`, `test.csv`), header
 `,video-id,fold-ind,startphrase,sent1,sent2,gold-source,ending0,ending1,ending2,ending3,label`
-(test.csv has no `label` column). As in the reference run_swag.py the context is `sent1`, the
-start of every ending is `sent2`, and the pair is truncated longest-first to max_seq_length - 3.
+(test.csv has no `label` column). UTF-8 (a leading BOM is ignored); a quoted field may span lines,
+and a record is named by the line it starts on. As in the reference run_swag.py the context is
+`sent1`, the start of every ending is `sent2`, and the pair is truncated longest-first to
+max_seq_length - 3.
 """
 import csv
 import logging
 import os
 from dataclasses import dataclass
 
-from file_utils import DataError, atomic_open, file_fingerprint
+from file_utils import DataError, atomic_open, file_fingerprint, utf8_error
 from tasks.base import Task
 from tokenization import truncate_seq_pair
 
 logger = logging.getLogger(__name__)
 
 NUM_CHOICES = 4
+LABELS = [str(i) for i in range(NUM_CHOICES)]
 HEADER = ["", "video-id", "fold-ind", "startphrase", "sent1", "sent2", "gold-source",
           "ending0", "ending1", "ending2", "ending3", "label"]
 PREDICTION_HEADER = ["id", "video-id", "fold-ind", "label"]
@@ -39,53 +42,59 @@ def read_swag_examples(path, require_label=True):
     """Read a SWAG CSV. A file without a `label` column (test.csv) gives label None, unless
     `require_label` (training / evaluation), which makes it an error."""
     try:
-        f = open(path, encoding="utf-8", newline="")
+        # utf-8-sig: a leading BOM is not part of the first header name.
+        f = open(path, encoding="utf-8-sig", newline="")
     except OSError as exc:
         raise DataError(path, None, f"cannot read file: {exc.strerror}") from exc
-    examples = []
     with f:
-        reader = csv.reader(f)
         try:
-            header = next(reader)
+            return _read_swag_rows(path, csv.reader(f), require_label)
+        except UnicodeDecodeError:
+            raise utf8_error(path) from None
+
+
+def _read_swag_rows(path, reader, require_label):
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise DataError(path, 1, "empty file: expected the SWAG header") from None
+    except csv.Error as exc:
+        raise DataError(path, reader.line_num, f"bad CSV: {exc}") from exc
+    header = [h.strip() for h in header]
+    if header == HEADER:
+        has_label = True
+    elif header == HEADER[:-1]:
+        has_label = False
+    else:
+        raise DataError(path, 1, "not a SWAG header: expected " + ",".join(HEADER)
+                        + " (test.csv: without ',label')")
+    if require_label and not has_label:
+        raise DataError(path, 1, "this file has no 'label' column (a test file?); "
+                                 "training and evaluation need labels")
+    examples = []
+    while True:
+        # A quoted field may hold line breaks: a record is named by the line it starts on.
+        line = reader.line_num + 1
+        try:
+            row = next(reader)
         except StopIteration:
-            raise DataError(path, 1, "empty file: expected the SWAG header") from None
+            break
         except csv.Error as exc:
-            raise DataError(path, reader.line_num, f"bad CSV: {exc}") from exc
-        header = [h.strip().lstrip("\ufeff") for h in header]
-        if header == HEADER:
-            has_label = True
-        elif header == HEADER[:-1]:
-            has_label = False
-        else:
-            raise DataError(path, 1, "not a SWAG header: expected " + ",".join(HEADER)
-                            + " (test.csv: without ',label')")
-        if require_label and not has_label:
-            raise DataError(path, 1, "this file has no 'label' column (a test file?); "
-                                     "training and evaluation need labels")
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as exc:
-                raise DataError(path, reader.line_num, f"bad CSV: {exc}") from exc
-            line = reader.line_num
-            if not row or all(not c.strip() for c in row):
-                continue
-            if len(row) != len(header):
-                raise DataError(path, line, f"expected {len(header)} columns, got {len(row)}")
-            endings = row[7:11]
-            label = None
-            if has_label:
-                try:
-                    label = int(row[11])
-                except ValueError:
-                    label = None
-                if label is None or not 0 <= label < NUM_CHOICES:
-                    raise DataError(path, line, f"label must be 0..{NUM_CHOICES - 1}, got {row[11]!r}")
-            if not row[4].strip() or any(not e.strip() for e in endings):
-                raise DataError(path, line, "empty sent1 or ending")
-            examples.append(SwagExample(row[0], row[1], row[2], row[4], row[5], endings, label, line))
+            raise DataError(path, line, f"bad CSV: {exc}") from exc
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) != len(header):
+            raise DataError(path, line, f"expected {len(header)} columns, got {len(row)}")
+        endings = row[7:11]
+        label = None
+        if has_label:
+            # Only the digits 0..3: int() would also take "+1", "1_0" or other scripts' digits.
+            if row[11].strip() not in LABELS:
+                raise DataError(path, line, f"label must be 0..{NUM_CHOICES - 1}, got {row[11]!r}")
+            label = int(row[11])
+        if not row[4].strip() or any(not e.strip() for e in endings):
+            raise DataError(path, line, "empty sent1 or ending")
+        examples.append(SwagExample(row[0], row[1], row[2], row[4], row[5], endings, label, line))
     return examples
 
 

@@ -321,6 +321,8 @@ def pregenerated(tokenizer, vocab_list, tmp_path):
     with P.read_corpus(str(tmp_path / "c.txt"), tokenizer) as db:
         n = P.write_epoch(db, str(tmp_path / "data"), 0, max_seq_len=48, vocab_list=vocab_list, seed=1,
                           whole_word_mask=True)
+    # As pregenerate_training_data.py does after the last epoch: marks the folder complete.
+    (tmp_path / "data" / P.CONFIG_FILE).write_text('{"epochs_to_generate": 1, "max_seq_len": 48}')
     return tmp_path / "data", n
 
 
