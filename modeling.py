@@ -18,12 +18,14 @@ Top to bottom:
 
 This module knows nothing about task file formats, tokenizers or the CLI (docs/model.md).
 """
+import atexit
 import json
 import logging
 import math
 import os
 import re
 import shutil
+import tempfile
 import typing
 from collections import OrderedDict
 from dataclasses import dataclass, field, fields
@@ -1241,7 +1243,27 @@ def load_weights(model, weights_path, allow_random_init=False):
             parts.append(f"unused checkpoint keys: {_compress_names(unexpected)}")
         logger.warning("; ".join(parts))
     model._source_dir = os.path.dirname(os.path.abspath(weights_path))
+    model._newly_initialised = missing
     return missing, unexpected
+
+
+def reference_layernorm_init(model, names=None):
+    """The PALs reference's init of LayerNorms the checkpoint did not provide: gamma AND beta drawn
+    from N(0, initializer_range) (ours: gamma 1, beta 0), so new LayerNorms (top attention blocks, a
+    top BERT layer) start with near-zero output. `names`: the newly initialised state-dict names
+    (default: what load_weights recorded). Returns the names re-drawn."""
+    names = set(getattr(model, "_newly_initialised", []) if names is None else names)
+    std = model.config.initializer_range
+    redrawn = []
+    with torch.no_grad():
+        for prefix, module in model.named_modules():
+            if isinstance(module, nn.LayerNorm):
+                for pname, param in module.named_parameters(recurse=False):
+                    full = f"{prefix}.{pname}" if prefix else pname
+                    if full in names:
+                        param.normal_(0.0, std)
+                        redrawn.append(full)
+    return redrawn
 
 
 def write_pretrained(model, directory, vocab_file=None):
@@ -1270,3 +1292,69 @@ def write_pretrained(model, directory, vocab_file=None):
     with atomic_open(os.path.join(directory, "model.safetensors"), "wb") as f:
         f.write(safetensors_save(state, metadata={"format": "pt"}))
     model.config.to_json_file(os.path.join(directory, "config.json"))
+
+
+# ----------------------------------------------------------------------------------------------
+# The 2019 scripts' files: a BERT config, a vocab and weights given one by one
+# ----------------------------------------------------------------------------------------------
+
+def assemble_model_folder(base, bert_config_file=None, vocab_file=None, init_checkpoint=None):
+    """A model folder made of links to the 2019 command line's files, so that every loader here reads
+    them: `bert_config_file` (the combined BERT + adapter config, also returned as the adapter
+    config), `vocab_file` and `init_checkpoint` (a .bin / .safetensors state dict, or a TensorFlow
+    checkpoint prefix). Files not given come from `base` (a model folder or name). The folder is
+    temporary (removed at exit); nothing is copied."""
+    base_dir = resolve_model_dir(base) if base else None
+
+    def pick(path, names, what):
+        if path is not None:
+            if not os.path.exists(path) and not (what == "weights" and tf_checkpoint.find_tf_checkpoint(path)):
+                raise ConfigError(f"{what} {path} does not exist")
+            return os.path.abspath(path)
+        if base_dir is None:
+            raise ConfigError(f"no {what}: give its file or --bert_model")
+        return next((os.path.join(base_dir, n) for n in names if os.path.exists(os.path.join(base_dir, n))), None)
+
+    config = pick(bert_config_file, CONFIG_NAMES, "BERT config")
+    vocab = pick(vocab_file, ("vocab.txt",), "vocab file")
+    folder = tempfile.mkdtemp(prefix="bert-pals-2019-")
+    atexit.register(shutil.rmtree, folder, True)
+    if config is None:
+        raise ConfigError(f"{base_dir}: no config.json / bert_config.json")
+    os.symlink(config, os.path.join(folder, "bert_config.json"))
+    if vocab is not None:
+        os.symlink(vocab, os.path.join(folder, "vocab.txt"))
+    if init_checkpoint is None:
+        weights = _find_file(base_dir, WEIGHTS_NAMES, "weights") if base_dir else None
+        prefix = None if weights else tf_checkpoint.find_tf_checkpoint(base_dir or "")
+        init_checkpoint = weights or prefix
+        if init_checkpoint is None:
+            raise ConfigError("no weights: give --init_checkpoint or a --bert_model folder with weights")
+    prefix = tf_checkpoint.find_tf_checkpoint(init_checkpoint) if not init_checkpoint.endswith(
+        (".bin", ".safetensors", ".pt", ".pth")) else None
+    if prefix is not None:  # link the index and every data shard under their own names
+        directory, stem = os.path.split(os.path.abspath(prefix))
+        for name in os.listdir(directory):
+            if name.startswith(stem + ".index") or name.startswith(stem + ".data-"):
+                os.symlink(os.path.join(directory, name), os.path.join(folder, name))
+    else:
+        target = "model.safetensors" if init_checkpoint.endswith(".safetensors") else "pytorch_model.bin"
+        os.symlink(os.path.abspath(init_checkpoint), os.path.join(folder, target))
+    return folder, (config if bert_config_file else None)
+
+
+def with_hidden_size_aug(config, model_dir, hidden_size_aug):
+    """The adapter config `config` (a file or bundled name) with hidden_size_aug replaced (2019 --h_aug),
+    written to a temporary file (removed at exit); returns its path."""
+    path = resolve_adapter_config(config, resolve_model_dir(model_dir))
+    if path is None:
+        raise ConfigError("--h_aug sets the adapters' size: give an adapter config (--config / --bert_config_file)")
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    data["hidden_size_aug"] = int(hidden_size_aug)
+    BertConfig.from_dict(data)  # the changed config must still be valid (e.g. divisible by the PAL heads)
+    fd, out = tempfile.mkstemp(prefix="bert-pals-h_aug-", suffix=".json")
+    os.close(fd)
+    atexit.register(lambda: os.path.exists(out) and os.remove(out))
+    atomic_write_json(out, data)
+    return out

@@ -564,8 +564,10 @@ class ModelSelector:
     "glue_average", the leaderboard's GLUE score), under that key too.
     """
 
-    def __init__(self, state, task_names, patience=0, average_key="average"):
+    def __init__(self, state, task_names, patience=0, average_key="average", initial_best=None):
         self.task_names, self.patience, self.average_key = list(task_names), int(patience), average_key
+        # The 2019 code started from best_score = 0: an epoch whose sum is <= 0 (or NaN) was never kept.
+        self.initial_best = initial_best
         self.bind(state)
 
     def bind(self, state):
@@ -583,6 +585,8 @@ class ModelSelector:
         entry[self.average_key] = float(average)
         self.state["history"].append(entry)
         best = self.state["best_average"]
+        if best is None:
+            best = self.initial_best
         improved = not math.isnan(average) and (best is None or average > best)
         if improved:
             self.state["best_average"], self.state["best_epoch"] = float(average), epoch
@@ -657,22 +661,30 @@ def combination_plan(num_tasks, projection, tasks_per_step, combine_strategy):
 # Evaluation, predictions and the epoch hook, over task objects (tasks.base.Task interface)
 # ----------------------------------------------------------------------------------------------
 
-def evaluate_tasks(tasks, predict):
-    """Dev metrics of every task -> (results {eval set: metrics}, {task: main score},
-    {eval set: main score}, average).
+SELECTIONS = ("average", "reference_sum")
 
-    `predict(features, task_id)` runs the model; task i of `tasks` is task id i. The average is
-    the unweighted mean of the tasks' main scores (for GLUE tasks the leaderboard's GLUE score:
-    MNLI counts once, as the mean of -m and -mm)."""
-    results, task_scores, set_scores = {}, {}, {}
+
+def evaluate_tasks(tasks, predict, selection="average"):
+    """Dev metrics of every task -> (results {eval set: metrics}, {task: main score},
+    {eval set: main score}, selection score).
+
+    `predict(features, task_id)` runs the model; task i of `tasks` is task id i. The selection
+    score is the unweighted mean of the tasks' main scores (for GLUE tasks the leaderboard's GLUE
+    score: MNLI counts once, as the mean of -m and -mm), or with "reference_sum" the 2019 rule: the
+    sum of each task's `selection_score` (GLUE: per-batch metrics, MNLI-m only)."""
+    results, task_scores, set_scores, parts = {}, {}, {}, []
     for task_id, task in enumerate(tasks):
         task_results = task.evaluate(lambda features, t=task_id: predict(features, t))
         results.update(task_results)
         task_scores[task.name] = float(task.main_score(task_results))
+        parts.append(float(task.selection_score(task_results)))
         for name, metrics in task_results.items():
             set_scores[name] = float(task.main_score({name: metrics}))
-    average = float(np.mean(list(task_scores.values()))) if task_scores else float("nan")
-    return results, task_scores, set_scores, average
+    if selection == "reference_sum":
+        score = float(sum(parts))
+    else:
+        score = float(np.mean(list(task_scores.values()))) if task_scores else float("nan")
+    return results, task_scores, set_scores, score
 
 
 def task_labels(tasks):
@@ -717,16 +729,16 @@ class EpochEnd:
     runs (the leaderboard's GLUE score), "average" (mean of the tasks' main scores) otherwise."""
 
     def __init__(self, tasks, selector, stream, sampler, env, tokenizer, output_dir, per_task_best=False,
-                 average_tag="glue_average", average_label="GLUE avg"):
+                 average_tag="glue_average", average_label="GLUE avg", selection="average"):
         self.tasks, self.selector, self.stream, self.sampler = tasks, selector, stream, sampler
         self.env, self.tokenizer = env, tokenizer
         self.output_dir, self.per_task_best = output_dir, per_task_best
-        self.average_tag, self.average_label = average_tag, average_label
+        self.average_tag, self.average_label, self.selection = average_tag, average_label, selection
 
     def __call__(self, epoch_index, trainer):
         self.selector.bind(trainer.extra_state)
         epoch = epoch_index + 1
-        results, task_scores, set_scores, average = evaluate_tasks(self.tasks, trainer.predict)
+        results, task_scores, set_scores, average = evaluate_tasks(self.tasks, trainer.predict, self.selection)
         improved, task_improved, stop = self.selector.update(epoch, results, task_scores, average)
         if self.env.is_main:
             note = " (new best)" if improved else f" (best: epoch {self.selector.state['best_epoch']})"

@@ -19,6 +19,7 @@ tensor; CPU and CUDA), else torch's foreach implementation. Measured: docs/bench
 """
 import logging
 import math
+import re
 
 import torch
 from torch.optim import Optimizer
@@ -316,8 +317,14 @@ def task_parameter_names(model):
             if n.startswith("heads.") or any(m in n for m in _TASK_NAME_MARKERS)}
 
 
-def param_groups(model, weight_decay, lr, task_lr=None, no_decay=NO_DECAY):
-    """Optimizer parameter groups: decay / no decay, and (with task_lr) shared / task-specific.
+# The attention weights inside PALs (modeling.PAL.attention, in an adapter slot): what the 2019
+# `--optim` option gave a learning rate of its own (its parameter names contained `attn`).
+_PAL_ATTENTION = re.compile(r"\.adapters\.\d+\.attention\.")
+
+
+def param_groups(model, weight_decay, lr, task_lr=None, no_decay=NO_DECAY, pal_attention_lr=None):
+    """Optimizer parameter groups: decay / no decay, and (with task_lr) shared / task-specific, and
+    (with pal_attention_lr) the PALs' attention weights apart.
 
     No weight decay for a parameter whose name contains any string of `no_decay` (substring
     match, as the 2019 scripts did), whose last name part is `gamma`/`beta` (old LayerNorm
@@ -333,19 +340,21 @@ def param_groups(model, weight_decay, lr, task_lr=None, no_decay=NO_DECAY):
             continue
         decay = not (any(nd in name for nd in no_decay) or name.rsplit(".", 1)[-1] in _LEGACY_NORM_NAMES
                      or name in norm_names)
-        task = name in task_names
-        buckets.setdefault((task, decay), []).append(p)
+        kind = "pal_attention" if pal_attention_lr is not None and _PAL_ATTENTION.search(name) else \
+            "task" if name in task_names else "shared"
+        buckets.setdefault((kind, decay), []).append(p)
+    rates = {"shared": lr, "task": task_lr, "pal_attention": pal_attention_lr}
     groups = []
-    for task in (False, True):
+    for kind in ("shared", "task", "pal_attention"):
         for decay in (True, False):
-            params = buckets.get((task, decay))
+            params = buckets.get((kind, decay))
             if not params:
                 continue
             groups.append({
                 "params": params,
                 "weight_decay": weight_decay if decay else 0.0,
-                "lr": task_lr if task else lr,
-                "name": ("task" if task else "shared") + ("_decay" if decay else "_no_decay"),
+                "lr": rates[kind],
+                "name": kind + ("_decay" if decay else "_no_decay"),
             })
     if not groups:
         raise ConfigError("no trainable parameters (every parameter has requires_grad=False)")

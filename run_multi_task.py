@@ -32,9 +32,7 @@ DEMO_TASK_DATA = {"squad1": os.path.join(ROOT, "data", "squad_sample"),
                   "conll": os.path.join(ROOT, "data", "conll_sample"),
                   "swag": os.path.join(ROOT, "data", "swag_sample")}
 # Without data flags: a CPU-sized demo instead of the paper's 25 x 2400 steps at lr 2e-5.
-# AdamW, because BertAdam (no bias correction) at lr 1e-4 collapses to the majority class in so few steps.
-DEMO_PROFILE = {"num_train_epochs": 3.0, "steps_per_task": 20, "learning_rate": 1e-4, "optimizer": "adamw",
-                "max_eval_examples": 200}
+DEMO_PROFILE = {"num_train_epochs": 3.0, "steps_per_task": 20, "learning_rate": 1e-4, "max_eval_examples": 200}
 logger = logging.getLogger("run_multi_task")
 
 
@@ -95,6 +93,34 @@ def build_parser():
     g.add_argument("--max_eval_examples", type=int, default=None, help="evaluate on the first N dev examples only")
     g.add_argument("--stop_after_steps", type=int, default=None,
                    help="stop (as if killed) after N optimizer steps, with a checkpoint; continue with --resume")
+    g.add_argument("--pal_attention_lr", type=float, default=None,
+                   help="learning rate of the PALs' attention weights (Q/K/V), as the 2019 --optim option")
+    g.add_argument("--selection", choices=mt.SELECTIONS, default=None,
+                   help="model selection: average of the tasks' main scores (default), or the 2019 rule "
+                        "reference_sum (sum of per-batch dev metrics, MNLI-m only; set by --reference_protocol)")
+    g.add_argument("--reference_layernorm_init", action="store_true",
+                   help="2019: LayerNorms not in the checkpoint start with gamma and beta ~ N(0, 0.02) "
+                        "(set by --reference_protocol)")
+    c = p.add_argument_group("2019 command lines (Bert-n-Pals run_multi_task.py), accepted as written")
+    c.add_argument("--bert_config_file", default=None,
+                   help="the combined BERT + adapter config of the 2019 scripts (e.g. pals_config.json)")
+    c.add_argument("--vocab_file", default=None, help="the model's vocab.txt")
+    c.add_argument("--init_checkpoint", default=None,
+                   help="weights: a converted pytorch_model.bin (2019 or Hugging Face names), a safetensors file, "
+                        "or a TensorFlow checkpoint prefix (.../bert_model.ckpt)")
+    c.add_argument("--multi", action="store_true",
+                   help="accepted: adapters missing from the checkpoint always keep their fresh init")
+    c.add_argument("--do_train", action="store_true", help="accepted: training is the default")
+    c.add_argument("--do_eval", action="store_true",
+                   help="accepted: every epoch is evaluated; without --do_train it means --no_train")
+    c.add_argument("--h_aug", type=int, default=None, help="the adapters' small dimension (hidden_size_aug)")
+    c.add_argument("--optim", default="normal",
+                   help="'normal', or anything else for the 2019 second optimizer: lr 3e-4 for the PALs' "
+                        "attention weights (--pal_attention_lr)")
+    c.add_argument("--task_id", type=int, default=1,
+                   help="with --tasks single: the task's position in the paper order (0 cola, 1 mrpc, ...)")
+    c.add_argument("--save_checkpoints_steps", "--save", dest="save_checkpoints_steps", type=int, default=None,
+                   help="accepted: a checkpoint every N steps (--save_steps)")
     return p
 
 
@@ -106,6 +132,7 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     by_option = {o: a.dest for a in parser._actions for o in a.option_strings}
     explicit = {by_option.get(tok.split("=", 1)[0]) for tok in argv if tok.startswith("--")}
+    apply_2019_flags(args)
     args.demo = args.data_dir is None and args.task_data is None
     if args.demo:
         args.data_dir = DEMO_DATA_DIR
@@ -117,12 +144,46 @@ def parse_args(argv):
     return args
 
 
+# The PAL attention weights' learning rate of the 2019 `--optim` option (hard-coded there).
+REFERENCE_PAL_ATTENTION_LR = 3e-4
+
+
+def apply_2019_flags(args):
+    """The Bert-n-Pals command line in our terms: a model folder assembled from --bert_config_file,
+    --vocab_file and --init_checkpoint (links in a temporary folder, nothing copied), --h_aug,
+    --optim, --do_eval alone, --save_checkpoints_steps, --tasks single --task_id N."""
+    args.single_task = False
+    if args.do_eval and not args.do_train:
+        args.no_train = True
+    if args.save_checkpoints_steps is not None:
+        args.save_steps = args.save_checkpoints_steps
+    if args.optim != "normal" and args.pal_attention_lr is None:
+        args.pal_attention_lr = REFERENCE_PAL_ATTENTION_LR
+    if str(args.tasks).strip().lower() == "single":
+        paper = task_families.glue.PAPER_TASKS
+        if not 0 <= args.task_id < len(paper):
+            raise ConfigError(f"--task_id must be 0..{len(paper) - 1} (the paper order: {', '.join(paper)})")
+        args.tasks, args.single_task = paper[args.task_id], True
+    if args.bert_config_file or args.init_checkpoint or args.vocab_file:
+        args.bert_model, config = modeling.assemble_model_folder(args.bert_model, args.bert_config_file,
+                                                                 args.vocab_file, args.init_checkpoint)
+        if config is not None:
+            args.config = config
+    if args.h_aug is not None:
+        args.config = modeling.with_hidden_size_aug(args.config, args.bert_model, args.h_aug)
+
+
 class Plan:
     """The run's tasks and their per-task settings, from the flags (no file read yet)."""
 
     def __init__(self, args):
         self.names = task_families.parse_task_names(args.tasks)
         self.glue_only = all(task_families.is_glue(n) for n in self.names)
+        if args.steps_per_epoch is None and args.single_task:
+            # 2019 `--tasks single`: an "epoch" is half a pass (num_train_steps / (2 x epochs), as there)
+            size = len(task_families.glue.read_examples(self.names[0], args.data_dir, "train"))
+            num_train_steps = int(size / args.train_batch_size * args.num_train_epochs)
+            args.steps_per_epoch = max(1, int(num_train_steps / (2.0 * args.num_train_epochs)))
         if args.steps_per_epoch is None:
             args.steps_per_epoch = (DEMO_PROFILE["steps_per_task"] if args.demo else 300) * len(self.names)
         for flag in ("steps_per_epoch", "doc_stride", "max_query_length"):
@@ -159,6 +220,14 @@ class Plan:
             raise ConfigError("--freeze trains no shared parameter, so --projection has nothing to act on")
         self.average_key = "glue_average" if self.glue_only else "average"
         self.average_label = "GLUE avg" if self.glue_only else "average"
+        self.selection = args.selection or ("reference_sum" if args.reference_protocol else "average")
+        if self.selection == "reference_sum":
+            if not self.glue_only:
+                raise ConfigError("the 2019 selection rule (--reference_protocol / --selection reference_sum) sums "
+                                  "GLUE metrics: use it with GLUE tasks only")
+            self.average_key, self.average_label = "reference_sum", "2019 sum"
+        if not 0.0 < args.vaccine_beta <= 1.0:
+            raise ConfigError(f"--vaccine_beta must be in (0, 1], got {args.vaccine_beta}")
 
     def run_flags(self, args):
         """This runner's flags that define a run (part of the checkpoint fingerprint)."""
@@ -167,7 +236,9 @@ class Plan:
                     tasks_per_step=self.tasks_per_step, combine_strategy=self.strategy,
                     vaccine_beta=args.vaccine_beta, freeze=args.freeze, task_lr=args.task_lr, patience=args.patience,
                     doc_stride=args.doc_stride, max_query_length=args.max_query_length,
-                    max_eval_examples=args.max_eval_examples,
+                    max_eval_examples=args.max_eval_examples, selection=self.selection,
+                    pal_attention_lr=args.pal_attention_lr,
+                    reference_layernorm_init=args.reference_layernorm_init or args.reference_protocol,
                     data=[os.path.abspath(d) for d in self.data_dirs])
 
     def build_tasks(self, args, opts, tokenizer):
@@ -176,7 +247,8 @@ class Plan:
         cache = (lambda key, build: training.cached_features(opts.cache_dir, key, build)) if opts.cache_dir else None
         return [task_families.build_task(name, tokenizer, data_dir, max_len, cache=cache,
                                          max_eval_examples=args.max_eval_examples, labels=saved.get(name),
-                                         doc_stride=args.doc_stride, max_query_length=args.max_query_length)
+                                         doc_stride=args.doc_stride, max_query_length=args.max_query_length,
+                                         reference_selection=self.selection == "reference_sum")
                 for name, data_dir, max_len in zip(self.names, self.data_dirs, self.max_lengths)]
 
 
@@ -201,6 +273,8 @@ def main(argv=None):
     for task in tasks:  # every input file is read and checked before anything is written
         task.prepare(train=not args.no_train, dev=True, test=args.do_predict)
     model = training.load_model(opts, [t.num_labels for t in tasks], [t.head_type for t in tasks], plan.names)
+    if args.reference_layernorm_init or args.reference_protocol:
+        modeling.reference_layernorm_init(model)
     longest = max(plan.max_lengths)
     if longest > model.config.max_position_embeddings:
         raise ConfigError(f"a task's max length {longest} exceeds the model's max_position_embeddings "
@@ -215,19 +289,21 @@ def main(argv=None):
     report = mt.parameter_report(model, plan.names, modeling.count_parameters)
     if env.is_main:
         print(mt.format_parameter_report(report), flush=True)
-    selector = mt.ModelSelector({}, plan.names, args.patience, average_key=plan.average_key)
+    selector = mt.ModelSelector({}, plan.names, args.patience, average_key=plan.average_key,
+                                initial_best=0.0 if plan.selection == "reference_sum" else None)
     results = {"kind": "multi_task", "label": _label(args, opts), "tasks": plan.names, "config": opts.config,
                "sample": args.sample, "parameters": report, "demo": args.demo, "projection": args.projection}
     if args.no_train:
         trainer = training.Trainer(opts, env, model, 1)
-        results_, task_scores, set_scores, average = mt.evaluate_tasks(tasks, trainer.predict)
+        results_, task_scores, set_scores, average = mt.evaluate_tasks(tasks, trainer.predict, plan.selection)
         selector.update(0, results_, task_scores, average)
         if env.is_main:
             print(mt.format_eval_table(0, results_, set_scores, average, plan.average_label), flush=True)
         best_dir = opts.model_dir
     else:
         sizes = [t.train_size for t in tasks]
-        groups = optimization.param_groups(model, opts.weight_decay, opts.learning_rate, task_lr=args.task_lr)
+        groups = optimization.param_groups(model, opts.weight_decay, opts.learning_rate, task_lr=args.task_lr,
+                                           pal_attention_lr=args.pal_attention_lr)
         combiner = mt.GradientCombiner(plan.method, len(tasks), seed=opts.seed, beta=args.vaccine_beta) \
             if plan.tasks_per_step > 1 else None
         streams = [training.make_stream(opts, env, t.train_features, task_id=i, batch_size=bs, seed=opts.seed + i,
@@ -243,7 +319,7 @@ def main(argv=None):
         trainer = training.Trainer(opts, env, model, total_steps, param_groups=groups, grad_combiner=combiner)
         on_epoch_end = mt.EpochEnd(tasks, selector, stream, sampler, env, tokenizer, opts.output_dir,
                                    per_task_best=args.per_task_best, average_tag=plan.average_key,
-                                   average_label=plan.average_label)
+                                   average_label=plan.average_label, selection=plan.selection)
         stop_at = min(total_steps, args.stop_after_steps or total_steps)
         outcome = trainer.train(stream, stop_at, args.steps_per_epoch, on_epoch_end=on_epoch_end, desc="multi-task")
         if stop_at < total_steps and not outcome["stopped_early"]:

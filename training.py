@@ -107,8 +107,9 @@ def add_engine_args(parser, **defaults):
     g.add_argument("--weight_decay", type=float, default=0.01, help="decoupled weight decay (not on bias/LayerNorm)")
     g.add_argument("--max_grad_norm", type=float, default=1.0,
                    help="gradient clipping: per tensor inside BertAdam, global norm for AdamW; <=0 disables")
-    g.add_argument("--optimizer", choices=optimization.OPTIMIZERS, default="bertadam",
-                   help="bertadam: the reference update (no bias correction); adamw: torch.optim.AdamW")
+    g.add_argument("--optimizer", choices=optimization.OPTIMIZERS, default="adamw",
+                   help="adamw: bias-corrected AdamW with global-norm clipping (better results, docs/engine.md); "
+                        "bertadam: the 2019 update (no bias correction, per-tensor clipping)")
     g.add_argument("--schedule", default="warmup_linear", choices=tuple(optimization.SCHEDULES),
                    help="learning-rate schedule over the real number of optimizer steps")
     g.add_argument("--seed", type=int, default=42, help="seeds python, numpy, torch (+cuda) and the batch order")
@@ -140,6 +141,21 @@ def add_engine_args(parser, **defaults):
     g.add_argument("--allow_random_init", action="store_true",
                    help="accept a checkpoint that lacks encoder weights and train those from scratch "
                         "(default: such a checkpoint is refused)")
+    g = parser.add_argument_group("2019 protocol (docs/reproducing.md)")
+    g.add_argument("--reference_protocol", action="store_true",
+                   help="train as the 2019 scripts did: BertAdam with each parameter's own warmup_linear "
+                        "(1 - x) schedule, unsampled tasks' modules moved by stale optimizer state, dropout off "
+                        "after the first evaluation, each task's batches replayed in a fixed cycle, no length "
+                        "grouping (run_multi_task adds the 2019 model selection and LayerNorm init)")
+    g.add_argument("--per_parameter_schedule", action="store_true",
+                   help="2019: BertAdam applies the schedule itself, at each parameter's own step count")
+    g.add_argument("--zero_grad_in_place", action="store_true",
+                   help="2019 (PyTorch 0.4): gradients are zeroed, not freed, so modules without a gradient this "
+                        "step still move through their stale optimizer state")
+    g.add_argument("--dropout_off_after_eval", action="store_true",
+                   help="2019: the model stays in eval mode after the first evaluation (no dropout from epoch 2)")
+    g.add_argument("--replay_batch_cycle", action="store_true",
+                   help="2019: every epoch replays the first epoch's batches in the same order")
     if defaults:
         parser.set_defaults(**defaults)
     return parser
@@ -163,7 +179,7 @@ class EngineOptions:
     warmup_proportion: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
-    optimizer: str = "bertadam"
+    optimizer: str = "adamw"
     schedule: str = "warmup_linear"
     seed: int = 42
     gradient_accumulation_steps: int = 1
@@ -180,6 +196,11 @@ class EngineOptions:
     cache_dir: Optional[str] = None         # feature cache; None = no cache
     num_workers: int = 0
     allow_random_init: bool = False
+    # The 2019 training protocol, part by part (--reference_protocol sets all four)
+    per_parameter_schedule: bool = False    # BertAdam's internal schedule at each parameter's own step count
+    zero_grad_in_place: bool = False        # zeroed, not freed, gradients: stale optimizer updates
+    dropout_off_after_eval: bool = False    # eval mode sticks after the first evaluation
+    replay_batch_cycle: bool = False        # every epoch reuses the first epoch's batch order
     run_flags: tuple = ()                   # a runner's own run-defining flags, as (name, value) pairs
 
     # The values that define a run: a checkpoint made with others is not resumed (paths, logging,
@@ -187,7 +208,8 @@ class EngineOptions:
     FINGERPRINT = ("model_dir", "config", "do_lower_case", "max_seq_length", "train_batch_size", "learning_rate",
                    "num_train_epochs", "warmup_proportion", "weight_decay", "max_grad_norm", "optimizer", "schedule",
                    "seed", "gradient_accumulation_steps", "precision", "loss_scale", "pad_to_max_length",
-                   "group_by_length", "allow_random_init")
+                   "group_by_length", "allow_random_init", "per_parameter_schedule", "zero_grad_in_place",
+                   "dropout_off_after_eval", "replay_batch_cycle")
 
     def __post_init__(self):
         self.check()
@@ -207,6 +229,20 @@ class EngineOptions:
             raise ConfigError(f"--loss_scale must be >= 0 (0 = dynamic), got {self.loss_scale}")
         if self.max_seq_length < 2:
             raise ConfigError(f"--max_seq_length must be >= 2, got {self.max_seq_length}")
+        if not (self.num_train_epochs > 0 and math.isfinite(self.num_train_epochs)):
+            raise ConfigError(f"--num_train_epochs must be > 0, got {self.num_train_epochs}")
+        if not 0.0 <= self.warmup_proportion < 1.0:
+            raise ConfigError(f"--warmup_proportion must be in [0, 1), got {self.warmup_proportion}")
+        if not (self.learning_rate >= 0 and math.isfinite(self.learning_rate)):
+            raise ConfigError(f"--learning_rate must be >= 0, got {self.learning_rate}")
+        if self.weight_decay < 0 or not math.isfinite(self.max_grad_norm):
+            raise ConfigError("--weight_decay must be >= 0 and --max_grad_norm a number")
+        if not 0 <= self.seed < 2 ** 32:
+            raise ConfigError(f"--seed must be in [0, 2^32), got {self.seed}")
+        if self.save_steps < 0 or self.logging_steps < 1 or self.num_workers < 0:
+            raise ConfigError("--save_steps and --num_workers must be >= 0, --logging_steps >= 1")
+        if self.per_parameter_schedule and self.optimizer != "bertadam":
+            raise ConfigError("--per_parameter_schedule is BertAdam's own schedule: use it with --optimizer bertadam")
 
     @classmethod
     def from_args(cls, args):
@@ -214,6 +250,9 @@ class EngineOptions:
         config name, the casing (from the folder unless given) and the feature-cache folder."""
         if args.fp16 and args.bf16:
             raise ConfigError("--fp16 and --bf16 are exclusive; pick one")
+        reference = getattr(args, "reference_protocol", False)
+        if reference:  # the 2019 scripts: BertAdam with its own (1 - x) schedule, random batches
+            args.optimizer, args.schedule, args.no_group_by_length = "bertadam", "warmup_linear_legacy", True
         model_dir = resolve_model_dir(args.bert_model)
         do_lower_case = args.do_lower_case
         if do_lower_case is None:
@@ -236,7 +275,11 @@ class EngineOptions:
             resume=args.resume, pad_to_max_length=args.pad_to_max_length,
             group_by_length=not args.no_group_by_length, logging_steps=args.logging_steps,
             overwrite_output_dir=args.overwrite_output_dir, cache_dir=cache_dir, num_workers=args.num_workers,
-            allow_random_init=args.allow_random_init)
+            allow_random_init=args.allow_random_init,
+            per_parameter_schedule=reference or args.per_parameter_schedule,
+            zero_grad_in_place=reference or args.zero_grad_in_place,
+            dropout_off_after_eval=reference or args.dropout_off_after_eval,
+            replay_batch_cycle=reference or args.replay_batch_cycle)
 
     @property
     def pad_to(self):
@@ -710,7 +753,8 @@ class EpochStream:
     known before any data epoch is loaded."""
 
     def __init__(self, features=None, batch_size=32, accumulation=1, seed=0, task_id=0, group_by_length=True,
-                 pad_to=None, rank=0, world_size=1, shuffle=True, load_epoch=None, epoch_sizes=None):
+                 pad_to=None, rank=0, world_size=1, shuffle=True, load_epoch=None, epoch_sizes=None,
+                 replay_first_epoch=False):
         if batch_size % accumulation:
             raise ConfigError(f"train batch size {batch_size} is not divisible by gradient accumulation {accumulation}")
         if (features is None) == (load_epoch is None):
@@ -731,6 +775,8 @@ class EpochStream:
         self.seed, self.task_id = seed, task_id
         self.group_by_length, self.pad_to, self.shuffle = group_by_length, pad_to, shuffle
         self.rank, self.world_size = rank, world_size
+        # 2019 (itertools.cycle over one DataLoader pass): every epoch replays epoch 0's batches.
+        self.replay_first_epoch = replay_first_epoch
         sizes = self.epoch_sizes or [len(self._fixed.lengths)]
         # The batch count depends only on the example count, not on the lengths.
         self.steps = [math.ceil(len(make_batches(np.ones(n), self.micro_batch_size, seed, e, False, False,
@@ -774,7 +820,8 @@ class EpochStream:
             if len(data.lengths) != self.epoch_sizes[epoch]:
                 raise DataError(getattr(data, "path", f"epoch {epoch}"), None,
                                 f"holds {len(data.lengths)} examples, expected {self.epoch_sizes[epoch]}")
-        self._batches = make_batches(data.lengths, self.micro_batch_size, self.seed, epoch, self.shuffle,
+        order_epoch = 0 if self.replay_first_epoch else epoch
+        self._batches = make_batches(data.lengths, self.micro_batch_size, self.seed, order_epoch, self.shuffle,
                                      self.group_by_length, self.rank, self.world_size)
         self._data, self._data_epoch = data, epoch
 
@@ -822,7 +869,7 @@ def make_stream(opts, env, features=None, task_id=0, batch_size=None, seed=None,
     return EpochStream(features, batch_size or opts.train_batch_size, opts.gradient_accumulation_steps,
                        opts.seed if seed is None else seed, task_id=task_id, group_by_length=opts.group_by_length,
                        pad_to=pad_to or opts.pad_to, rank=env.rank, world_size=env.world_size,
-                       load_epoch=load_epoch, epoch_sizes=epoch_sizes)
+                       load_epoch=load_epoch, epoch_sizes=epoch_sizes, replay_first_epoch=opts.replay_batch_cycle)
 
 
 def num_training_steps(opts, steps_per_epoch):
@@ -1052,11 +1099,16 @@ class Trainer:
             self.ddp_model = self.model
         if param_groups is None:
             param_groups = optimization.param_groups(self.model, opts.weight_decay, opts.learning_rate)
+        schedule = {}
+        if opts.per_parameter_schedule:  # 2019: BertAdam schedules each parameter at its own step count
+            schedule = dict(warmup=opts.warmup_proportion, t_total=max(1, self.num_training_steps),
+                            schedule=opts.schedule)
         self.optimizer = optimization.build_optimizer(opts.optimizer, param_groups, opts.learning_rate,
                                                       max_grad_norm=opts.max_grad_norm,
-                                                      weight_decay=opts.weight_decay)
+                                                      weight_decay=opts.weight_decay, **schedule)
         self.engine_clips = opts.optimizer != "bertadam" and opts.max_grad_norm > 0
-        lr_lambda = optimization.get_lr_lambda(opts.schedule, opts.warmup_proportion, max(1, self.num_training_steps))
+        lr_lambda = optimization.get_lr_lambda("constant" if schedule else opts.schedule, opts.warmup_proportion,
+                                               max(1, self.num_training_steps))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda)
         fp16 = env.amp_dtype == torch.float16
         self.static_loss_scale = float(opts.loss_scale) if fp16 and opts.loss_scale > 0 else None
@@ -1241,7 +1293,9 @@ class Trainer:
                     "the loss itself is probably non-finite: lower --learning_rate or use --bf16")
         else:
             self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        # PyTorch 2 frees gradients: a task's modules unused in the next step then get no update. The
+        # 2019 code (PyTorch 0.4) zeroed them, so stale optimizer state kept moving them.
+        self.optimizer.zero_grad(set_to_none=not self.opts.zero_grad_in_place)
         with warnings.catch_warnings():
             # A first fp16 step skipped by the scaler makes LambdaLR warn about the call order.
             warnings.simplefilter("ignore", UserWarning)
@@ -1375,7 +1429,8 @@ class Trainer:
                 self.epoch += 1
                 if on_epoch_end is not None:
                     stop = on_epoch_end(self.epoch - 1, self)
-                    self.ddp_model.train()
+                    # The 2019 code's evaluation left the model in eval mode: no dropout from then on.
+                    self.ddp_model.train(not opts.dropout_off_after_eval)
                     if stop:
                         self.stopped_early = True
             if opts.save_steps > 0 and self.global_step % opts.save_steps == 0:

@@ -79,7 +79,8 @@ def is_glue(name):
 
 
 def build_task(name, tokenizer, data_dir, max_seq_length, cache=None, max_eval_examples=None,
-               regression_scale=glue.MULTITASK_REGRESSION_SCALE, labels=None, doc_stride=128, max_query_length=64):
+               regression_scale=glue.MULTITASK_REGRESSION_SCALE, labels=None, doc_stride=128, max_query_length=64,
+               reference_selection=False):
     """A Task object of the family of `name`, reading from `data_dir` (GLUE: the GLUE root)."""
     common = dict(cache=cache, max_eval_examples=max_eval_examples)
     if name in ("squad1", "squad2"):
@@ -90,4 +91,5 @@ def build_task(name, tokenizer, data_dir, max_seq_length, cache=None, max_eval_e
         return conll.Conll(data_dir, tokenizer, max_seq_length, labels=labels, name=name, **common)
     if name == "swag":
         return swag.Swag(data_dir, tokenizer, max_seq_length, name=name, **common)
-    return glue.Glue(name, data_dir, tokenizer, max_seq_length, label_scale=regression_scale, **common)
+    return glue.Glue(name, data_dir, tokenizer, max_seq_length, label_scale=regression_scale,
+                     reference_selection=reference_selection, **common)

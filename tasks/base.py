@@ -78,6 +78,11 @@ class Task:
         scores = [float(metrics[self.main_metric]) for metrics in results.values()]
         return sum(scores) / len(scores)
 
+    def selection_score(self, results):
+        """The task's part of the model-selection score (the main score, unless a family offers the
+        2019 protocol's own, e.g. GLUE's per-batch metrics)."""
+        return self.main_score(results)
+
     def write_predictions(self, predict, out_dir):
         """Official prediction files of the test data (SQuAD: of the dev file) into out_dir; returns
         the paths written. Call prepare(test=True) first."""

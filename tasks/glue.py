@@ -23,6 +23,7 @@ import csv
 import logging
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -589,6 +590,30 @@ def write_predictions(task, path_or_dir, indices, predictions, split="test"):
 MULTITASK_REGRESSION_SCALE = 0.2
 
 
+def reference_selection_metric(dataset, logits, gold, label_scale=MULTITASK_REGRESSION_SCALE, batch_size=8):
+    """The metric the 2019 run_multi_task.py summed over tasks to select its model, on one dev set in
+    file order, in its eval batches of 8: CoLA's Matthews correlation and STS-B's Pearson correlation
+    (predictions clipped to [0, 1] against score/5) computed per batch and averaged weighted by batch
+    size, everything else plain accuracy. A batch of constant STS-B predictions gives NaN, as in the
+    2019 code (and a NaN sum never beat the best). `gold` are label ids or 0..5 scores."""
+    from sklearn.metrics import matthews_corrcoef
+    dataset = get_task(dataset)
+    logits, gold = np.asarray(logits, dtype=np.float64), np.asarray(gold)
+    total, n = 0.0, len(gold)
+    for start in range(0, n, batch_size):
+        out, labels = logits[start:start + batch_size], gold[start:start + batch_size]
+        if dataset.name == "cola":
+            total += matthews_corrcoef(labels, out.argmax(-1)) * len(labels)
+        elif dataset.is_regression:
+            preds = np.clip(out.reshape(-1), 0.0, 1.0)
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                total += pearsonr(preds, labels * label_scale)[0] * len(labels)
+        else:
+            total += float((out.argmax(-1) == labels).sum())
+    return float(total / n)
+
+
 class Glue(Task):
     """One GLUE task of a run. MNLI evaluates on dev_matched (`mnli`) and dev_mismatched
     (`mnli-mm`) and predicts MNLI-m, MNLI-mm and AX (the diagnostic set, when its file is there);
@@ -597,8 +622,10 @@ class Glue(Task):
     flat_predictions = True  # one folder of leaderboard files, zipped for the GLUE server
 
     def __init__(self, name, data_dir, tokenizer, max_seq_length=128, label_scale=1.0, cache=None,
-                 max_eval_examples=None):
+                 max_eval_examples=None, reference_selection=False):
         super().__init__(cache, max_eval_examples)
+        # 2019 protocol: also compute the metric the 2019 code selected its model on (`reference`)
+        self.reference_selection = reference_selection
         self.dataset = get_task(name)
         if self.dataset.name == "ax":
             raise ConfigError("AX is a test-only diagnostic set: it is predicted by the mnli task")
@@ -667,11 +694,19 @@ class Glue(Task):
         for eval_name, dataset, examples, features in self.dev_sets:
             out = predict(features)
             preds = logits_to_predictions(dataset, out["logits"], label_scale=self.label_scale)
-            metrics = {k: float(v) for k, v in compute_metrics(dataset, preds, gold_labels(dataset, examples)).items()}
+            gold = gold_labels(dataset, examples)
+            metrics = {k: float(v) for k, v in compute_metrics(dataset, preds, gold).items()}
+            if self.reference_selection and eval_name == self.name:  # 2019: MNLI-m only
+                metrics["reference"] = reference_selection_metric(dataset, out["logits"], gold, self.label_scale)
             if out.get("loss") is not None:
                 metrics["loss"] = float(out["loss"])
             results[eval_name] = metrics
         return results
+
+    def selection_score(self, results):
+        if self.reference_selection:
+            return results[self.name]["reference"]
+        return self.main_score(results)
 
     def main_score(self, results):
         scores = [main_score(name, metrics) for name, metrics in results.items()]

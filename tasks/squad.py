@@ -790,7 +790,8 @@ class Squad(Task):
             self.dev_features, self.dev_metas = self._features(path, False, self.dev_examples)
             data, _, _ = load_squad_json(path)
             qids = {e.qas_id for e in self.dev_examples}
-            has_answers = all("answers" in qa for qa in _iter_eval_qas(data))
+            # A file with gold answers is scored; one without any (a test file) is only predicted.
+            has_answers = any(qa.get("answers") for qa in _iter_eval_qas(data))
             self.gold = _gold_subset(data, qids) if has_answers else None
         return self
 

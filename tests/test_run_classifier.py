@@ -65,7 +65,7 @@ def test_minilm_sst2_train_eval_predict_and_reload(tmp_path):
     out = tmp_path / "out"
     common = ["--task_name", "SST-2", "--data_dir", str(data), "--max_seq_length", "32"]
     run_classifier.main(common + ["--do_train", "--do_eval", "--do_predict", "--output_dir", str(out),
-                                  "--train_batch_size", "8", "--learning_rate", "1e-4", "--num_train_epochs", "2",
+                                  "--train_batch_size", "8", "--learning_rate", "3e-4", "--num_train_epochs", "2",
                                   "--logging_steps", "1", "--seed", "1"])
     results = read_results(out / "eval_results.txt")
     assert set(results) == {"acc", "eval_loss", "global_step", "loss"}

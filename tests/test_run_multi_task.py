@@ -279,12 +279,13 @@ def test_demo_profile_and_overrides():
     assert args.demo and args.data_dir.endswith(os.path.join("data", "glue_sample"))
     assert (args.learning_rate, args.num_train_epochs, args.max_eval_examples, args.optimizer) == (1e-4, 3.0, 200,
                                                                                                    "adamw")
+    assert "optimizer" not in run_multi_task.DEMO_PROFILE  # AdamW is everyone's default, not a demo override
     assert args.output_dir.startswith(os.path.join("runs", "multi_task-"))
     args = run_multi_task.parse_args(["--learning_rate=3e-5", "--num_train_epochs", "1"])
     assert (args.learning_rate, args.num_train_epochs, args.max_eval_examples) == (3e-5, 1.0, 200)
     args = run_multi_task.parse_args(["--data_dir", "glue"])
     assert not args.demo and (args.learning_rate, args.train_batch_size, args.max_seq_length, args.seed,
-                              args.warmup_proportion, args.optimizer) == (2e-5, 32, 128, 42, 0.1, "bertadam")
+                              args.warmup_proportion, args.optimizer) == (2e-5, 32, 128, 42, 0.1, "adamw")
 
 
 def test_bad_flags_one_line_exit_2(setup, capsys):

@@ -25,7 +25,7 @@ def test_train_eval_predict_with_pals(tmp_path, capsys):
     code, err = run(["--bert_model", "minilm-l6", "--config", pals,
                      "--data_dir", str(data), "--do_train", "--do_eval", "--do_predict",
                      "--output_dir", str(out), "--max_seq_length", "40", "--train_batch_size", "4",
-                     "--num_train_epochs", "8", "--learning_rate", "1e-4", "--warmup_proportion", "0",
+                     "--num_train_epochs", "8", "--learning_rate", "3e-4", "--warmup_proportion", "0",
                      "--logging_steps", "1", "--seed", "2"], capsys)
     assert code == 0, err
     losses = train_losses(out)
