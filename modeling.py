@@ -1244,6 +1244,10 @@ def load_weights(model, weights_path, allow_random_init=False):
         logger.warning("; ".join(parts))
     model._source_dir = os.path.dirname(os.path.abspath(weights_path))
     model._newly_initialised = missing
+    # Heads saved by the PALs reference code: their label order is the 2019 code's (callers that know
+    # the tasks fix what differs, e.g. tasks.glue.REFERENCE_LABEL_ORDER).
+    model._reference_heads = sorted({int(match.group(2)) for match in (
+        re.match(r"^(module\.)?classifier\.(\d+)\.", k) for k in state) if match})
     return missing, unexpected
 
 

@@ -17,6 +17,8 @@ import os
 import sys
 import time
 
+import torch
+
 import modeling
 import multitask as mt
 import optimization
@@ -275,6 +277,7 @@ def main(argv=None):
     model = training.load_model(opts, [t.num_labels for t in tasks], [t.head_type for t in tasks], plan.names)
     if args.reference_layernorm_init or args.reference_protocol:
         modeling.reference_layernorm_init(model)
+    _reorder_reference_heads(model, plan.names)
     longest = max(plan.max_lengths)
     if longest > model.config.max_position_embeddings:
         raise ConfigError(f"a task's max length {longest} exceeds the model's max_position_embeddings "
@@ -350,6 +353,21 @@ def main(argv=None):
         print(f"best {what} {100 * best:.2f} at epoch {selector.state['best_epoch']}; outputs in "
               f"{opts.output_dir}" if best is not None else f"outputs in {opts.output_dir}", flush=True)
     return 0
+
+
+def _reorder_reference_heads(model, names):
+    """Heads loaded from a Bert-n-Pals checkpoint keep its label order; QNLI's and RTE's differ from
+    ours, so their rows are put in our order (else every prediction of those tasks is flipped)."""
+    with torch.no_grad():
+        for task_id in getattr(model, "_reference_heads", []):
+            if task_id < len(names) and task_families.is_glue(names[task_id]):
+                order = task_families.glue.reference_head_order(names[task_id])
+                if order is not None:
+                    head = model.heads[task_id].classifier
+                    head.weight.copy_(head.weight[order].clone())
+                    head.bias.copy_(head.bias[order].clone())
+                    logger.info("%s: head rows put in our label order (the 2019 checkpoint's was %s)",
+                                names[task_id], task_families.glue.REFERENCE_LABEL_ORDER[names[task_id]])
 
 
 def dry_run(args, opts, plan):

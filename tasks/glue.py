@@ -585,6 +585,17 @@ def write_predictions(task, path_or_dir, indices, predictions, split="test"):
 # The GLUE family behind the task interface (tasks.base.Task)
 # --------------------------------------------------------------------------------------------
 
+# Label orders of the PALs reference code where they differ from ours (its QNLI/RTE processors listed
+# not_entailment first): the rows of heads it saved are in this order.
+REFERENCE_LABEL_ORDER = {"qnli": ("not_entailment", "entailment"), "rte": ("not_entailment", "entailment")}
+
+
+def reference_head_order(name):
+    """Row order that turns a 2019 head of task `name` into ours ([1, 0] for QNLI/RTE), or None."""
+    order = REFERENCE_LABEL_ORDER.get(get_task(name).name)
+    return None if order is None else [order.index(label) for label in get_task(name).labels]
+
+
 # The PALs reference trains STS-B on score/5 in multi-task runs (targets in [0, 1]); the
 # single-task scripts train on the raw 0..5 score. Predictions are divided by the same scale.
 MULTITASK_REGRESSION_SCALE = 0.2

@@ -369,3 +369,27 @@ def test_reference_protocol_flag_sets_every_engine_part(tiny_dir, tmp_path):
 def test_adamw_is_every_runners_default_optimizer(runner):
     parser = runner.build_parser()
     assert parser.get_default("optimizer") == "adamw"
+
+
+def test_2019_qnli_and_rte_heads_are_put_in_our_label_order(tmp_path):
+    """The 2019 code listed QNLI/RTE labels as (not_entailment, entailment), ours the other way: a
+    head loaded from its checkpoint has its two rows swapped back, the other tasks' are untouched."""
+    config = modeling.BertConfig(**TINY, mult=True, pals=True)
+    torch.manual_seed(2)
+    source = modeling.BertForMultiTask(config, task_num_labels=[2, 2, 3, 2, 1, 2, 2, 2])
+    state = {reference_names(k, "pals"): v.clone() for k, v in source.state_dict().items()}
+    (tmp_path / "ref").mkdir()
+    torch.save(state, tmp_path / "ref" / "pytorch_model.bin")
+    (tmp_path / "ref" / "bert_config.json").write_text(json.dumps(config.to_dict()))
+    names = glue.PAPER_TASKS  # cola mrpc mnli rte sts-b sst-2 qqp qnli
+    model = modeling.BertForMultiTask.from_pretrained(str(tmp_path / "ref"),
+                                                      task_num_labels=[2, 2, 3, 2, 1, 2, 2, 2])
+    assert model._reference_heads == list(range(8))
+    run_multi_task._reorder_reference_heads(model, names)
+    for t, name in enumerate(names):
+        saved_w, saved_b = source.heads[t].classifier.weight, source.heads[t].classifier.bias
+        got_w, got_b = model.heads[t].classifier.weight, model.heads[t].classifier.bias
+        if name in ("rte", "qnli"):
+            assert torch.equal(got_w, saved_w.flip(0)) and torch.equal(got_b, saved_b.flip(0)), name
+        else:
+            assert torch.equal(got_w, saved_w) and torch.equal(got_b, saved_b), name
