@@ -137,7 +137,7 @@ class BertConfig:
                 if key == "position_embedding_type" and value != "absolute":
                     raise ConfigError(f"config key 'position_embedding_type' must be \"absolute\" "
                                       f"(only absolute position embeddings are implemented), got {value!r}")
-                if key == "model_type" and value not in ("bert", None):
+                if key == "model_type" and value not in ("bert", OWN_MODEL_TYPE, None):
                     raise ConfigError(f"config key 'model_type' is {value!r}; only \"bert\" models are supported")
             else:
                 raise ConfigError(f"unknown config key '{key}' (value {value!r})")
@@ -926,8 +926,8 @@ class BertForMultiTask(nn.Module):
         load_weights(model, weights_path, allow_random_init)
         return model
 
-    def save_pretrained(self, directory, vocab_file=None):
-        write_pretrained(self, directory, vocab_file)
+    def save_pretrained(self, directory, vocab_file=None, labels=None):
+        write_pretrained(self, directory, vocab_file, labels)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1270,9 +1270,46 @@ def reference_layernorm_init(model, names=None):
     return redrawn
 
 
-def write_pretrained(model, directory, vocab_file=None):
-    """Write config.json (with task metadata), model.safetensors and vocab.txt, each atomically."""
+# A one-task model without adapters is saved in the layout of the matching Hugging Face class, so
+# that transformers' Auto classes and pipeline() run it as it is: head type -> (class, our head's
+# parameter prefix -> HF prefix).
+HF_HEADS = {
+    "classification": ("BertForSequenceClassification", [("heads.0.classifier.", "classifier.")]),
+    "regression": ("BertForSequenceClassification", [("heads.0.classifier.", "classifier.")]),
+    "token": ("BertForTokenClassification", [("heads.0.classifier.", "classifier.")]),
+    "choice": ("BertForMultipleChoice", [("heads.0.classifier.", "classifier.")]),
+    "span": ("BertForQuestionAnswering", [("heads.0.qa_outputs.", "qa_outputs.")]),
+    "pretraining": ("BertForPreTraining", [("heads.0.predictions.", "cls.predictions."),
+                                           ("heads.0.seq_relationship.", "cls.seq_relationship.")]),
+}
+# What Hugging Face cannot run (adapters, several heads) gets its own model type: transformers' Auto
+# classes then refuse the folder instead of silently dropping modules and heads.
+OWN_MODEL_TYPE = "bert-pals"
+
+
+def hf_layout(model):
+    """(HF class name, [(our prefix, HF prefix)]) when `model` has exactly the structure of a
+    transformers BERT class, else None."""
+    config = model.config
+    if any((config.mult, config.houlsby, config.houlsby_original, config.top, config.lhuc)):
+        return None
+    if isinstance(model, BertModel):
+        return "BertModel", []
+    if isinstance(model, BertForMultiTask) and model.num_tasks == 1:
+        return HF_HEADS[model.task_types[0]]
+    return None
+
+
+def write_pretrained(model, directory, vocab_file=None, labels=None):
+    """Write config.json (with task metadata), model.safetensors and vocab.txt, each atomically.
+
+    A one-task model without adapters is written under the Hugging Face names of its class
+    (`classifier.*`, `qa_outputs.*`, `cls.*`) with `architectures`, `id2label`/`label2id` (from
+    `labels`, the label strings of the head's outputs) and `problem_type`, so transformers loads it
+    as it is; this module reads that layout back into the same model."""
     os.makedirs(directory, exist_ok=True)
+    layout = hf_layout(model)
+    renames = layout[1] if layout else []
     state, seen = {}, set()
     for key, tensor in model.state_dict().items():
         tensor = tensor.detach().cpu().contiguous()
@@ -1280,6 +1317,9 @@ def write_pretrained(model, directory, vocab_file=None):
         if ptr in seen and tensor.numel():  # safetensors refuses shared storage: store a copy
             tensor = tensor.clone()
         seen.add(ptr)
+        for ours, theirs in renames:
+            if key.startswith(ours):
+                key = theirs + key[len(ours):]
         state[key] = tensor
     if vocab_file is None and getattr(model, "_source_dir", None):
         candidate = os.path.join(model._source_dir, "vocab.txt")
@@ -1295,7 +1335,20 @@ def write_pretrained(model, directory, vocab_file=None):
         logger.warning("save_pretrained(%s): no vocab.txt written (no vocab_file and no source folder)", directory)
     with atomic_open(os.path.join(directory, "model.safetensors"), "wb") as f:
         f.write(safetensors_save(state, metadata={"format": "pt"}))
-    model.config.to_json_file(os.path.join(directory, "config.json"))
+    config = model.config.to_dict()
+    if layout is None:
+        config.update(model_type=OWN_MODEL_TYPE, architectures=["BertForMultiTask"])
+    else:
+        config["architectures"] = [layout[0]]
+        head = model.task_types[0] if isinstance(model, BertForMultiTask) else None
+        if head in ("classification", "regression", "token"):
+            names = list(labels) if labels is not None and len(labels) == model.task_num_labels[0] else \
+                [f"LABEL_{i}" for i in range(model.task_num_labels[0])]
+            config["id2label"] = {str(i): name for i, name in enumerate(names)}
+            config["label2id"] = {name: i for i, name in enumerate(names)}
+        if head in ("classification", "regression"):
+            config["problem_type"] = "regression" if head == "regression" else "single_label_classification"
+    atomic_write_json(os.path.join(directory, "config.json"), config)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -96,7 +96,8 @@ def main(argv=None):
     trainer = None
     if args.do_train:
         training.write_run_config(args, opts.output_dir, env)
-        trainer, summary = training.train_and_save(opts, env, model, task.train_features, tokenizer)
+        trainer, summary = training.train_and_save(opts, env, model, task.train_features, tokenizer,
+                                                         labels=task.labels if task.labels is not None else ["score"])
         results.update(global_step=summary["global_step"], loss=summary["loss"])
     predict = training.predictor(opts, env, model, task_id)
     if args.do_eval:

@@ -23,7 +23,7 @@ import os
 import re
 import unicodedata
 
-from file_utils import ConfigError, atomic_open, resolve_model_dir
+from file_utils import ConfigError, atomic_open, atomic_write_json, resolve_model_dir
 
 logger = logging.getLogger(__name__)
 
@@ -389,6 +389,22 @@ class BertTokenizer:
             for token in self._tokens:
                 writer.write(token + "\n")
         return path
+
+    def save_pretrained(self, directory, model_max_length=None):
+        """vocab.txt, tokenizer_config.json (with do_lower_case) and special_tokens_map.json: what
+        transformers' AutoTokenizer reads, and what casing_from_folder reads back here."""
+        self.save_vocabulary(directory)
+        config = {"tokenizer_class": "BertTokenizer", "do_lower_case": bool(self.do_lower_case),
+                  "strip_accents": self.basic_tokenizer.strip_accents,
+                  "tokenize_chinese_chars": self.basic_tokenizer.tokenize_chinese_chars,
+                  "unk_token": self.unk_token, "sep_token": self.sep_token, "pad_token": self.pad_token,
+                  "cls_token": self.cls_token, "mask_token": self.mask_token}
+        if model_max_length:
+            config["model_max_length"] = int(model_max_length)
+        atomic_write_json(os.path.join(directory, "tokenizer_config.json"), config)
+        atomic_write_json(os.path.join(directory, "special_tokens_map.json"), {
+            "unk_token": self.unk_token, "sep_token": self.sep_token, "pad_token": self.pad_token,
+            "cls_token": self.cls_token, "mask_token": self.mask_token})
 
     @classmethod
     def from_pretrained(cls, name_or_path, do_lower_case=True, **kwargs):

@@ -1459,10 +1459,10 @@ class Trainer:
         return predict(self.model, features, task_id, batch_size or self.opts.eval_batch_size, self.env,
                        pad_to=pad_to)
 
-    def save_model(self, directory, tokenizer=None):
-        """Rank 0: save_pretrained (config.json, model.safetensors, vocab.txt) into directory."""
+    def save_model(self, directory, tokenizer=None, labels=None):
+        """Rank 0: save_model() into directory."""
         if self.env.is_main:
-            save_model(self.model, directory, tokenizer)
+            save_model(self.model, directory, tokenizer, labels)
         self.env.barrier()
 
 
@@ -1470,16 +1470,17 @@ class Trainer:
 # The block every single-task runner shares
 # ----------------------------------------------------------------------------------------------
 
-def train_and_save(opts, env, model, features, tokenizer, desc="train"):
+def train_and_save(opts, env, model, features, tokenizer, desc="train", labels=None):
     """Train `model` on one task's features for --num_train_epochs (resumable) and save it into
-    --output_dir. Returns (trainer, {"global_step", "loss", "stopped_early"})."""
+    --output_dir (`labels`: the head's label strings, for the saved config's id2label). Returns
+    (trainer, {"global_step", "loss", "stopped_early"})."""
     stream = make_stream(opts, env, features)
     num_steps = num_training_steps(opts, stream.steps_per_epoch)
     logger.info("%d training features, %d optimizer steps of %d examples (%d per epoch)", len(features), num_steps,
                 opts.train_batch_size, stream.steps_per_epoch)
     trainer = Trainer(opts, env, model, num_steps)
     summary = trainer.train(stream, num_steps, stream.steps_per_epoch, desc=desc)
-    trainer.save_model(opts.output_dir, tokenizer)
+    trainer.save_model(opts.output_dir, tokenizer, labels)
     return trainer, summary
 
 
@@ -1501,13 +1502,15 @@ def output_dir_of_rank(env, out_dir):
             yield scratch
 
 
-def save_model(model, directory, tokenizer=None):
-    """save_pretrained into directory (each file atomic); the tokenizer's vocab when given."""
+def save_model(model, directory, tokenizer=None, labels=None):
+    """The model (modeling.write_pretrained: Hugging Face layout for a one-task model, with `labels`
+    as id2label) and the tokenizer files (vocab.txt, tokenizer_config.json, special_tokens_map.json)
+    into directory; each file atomic."""
     os.makedirs(directory, exist_ok=True)
     vocab_file = getattr(tokenizer, "vocab_file", None) if tokenizer is not None else None
-    model.save_pretrained(directory, vocab_file=vocab_file)
-    if tokenizer is not None and not os.path.isfile(os.path.join(directory, "vocab.txt")):
-        tokenizer.save_vocabulary(directory)
+    model.save_pretrained(directory, vocab_file=vocab_file, labels=labels)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory, model_max_length=model.config.max_position_embeddings)
 
 
 def write_eval_results(path, results):

@@ -115,15 +115,24 @@ def test_adapters_fresh_and_encoder_loaded(minilm_state, caplog):
     assert "pal_encoders" in record.getMessage() and "adapters.*.attention.query.weight (x12)" in record.getMessage()
 
 
-def test_shape_mismatch_names_key_and_shapes(tmp_path):
+def test_shape_mismatch_names_key_and_shapes(tmp_path, caplog):
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64)
-    BertForMultiTask(cfg, [3]).save_pretrained(str(tmp_path))
-    with pytest.raises(ConfigError) as err:
-        BertForMultiTask.from_pretrained(str(tmp_path), task_num_labels=[2])
+    two_tasks = BertForMultiTask(cfg, [3, 2])
+    two_tasks.save_pretrained(str(tmp_path / "multi"))
+    with pytest.raises(ConfigError) as err:  # our own multi-task layout: a head of another size is an error
+        BertForMultiTask.from_pretrained(str(tmp_path / "multi"), task_num_labels=[2, 2])
     msg = str(err.value)
     assert "'heads.0.classifier.weight' has shape (3, 32)" in msg and "has shape (2, 32)" in msg
     assert "'heads.0.classifier.bias' has shape (3,)" in msg
+    # A one-task folder (Hugging Face layout): a new task of another size starts from the encoder with a
+    # fresh head, as transformers does for a new label count; the unused head is reported.
+    BertForMultiTask(cfg, [3]).save_pretrained(str(tmp_path / "single"))
+    with caplog.at_level("WARNING"):
+        model = BertForMultiTask.from_pretrained(str(tmp_path / "single"), task_num_labels=[2])
+    assert "unused checkpoint keys: classifier.bias, classifier.weight" in caplog.text
+    assert "newly initialised (not in checkpoint): heads.*.classifier.bias, heads.*.classifier.weight" in caplog.text
+    assert model.heads[0].classifier.weight.shape == (2, 32)
 
 
 def test_fine_tuned_pals_model_round_trip(tmp_path, minilm_dir):
