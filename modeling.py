@@ -952,6 +952,16 @@ def task_specific_parameter_names(model):
     return result
 
 
+def uses_all_parameters(model):
+    """Whether every forward step gives every trainable parameter a gradient: a one-task model whose
+    head reads the pooled output. (Several tasks: the others' modules rest; span/token heads: the
+    pooler rests.)"""
+    model = _unwrap(model)
+    if not isinstance(model, BertForMultiTask):
+        return True
+    return model.num_tasks == 1 and model.task_types[0] in ("classification", "regression", "choice", "pretraining")
+
+
 def count_parameters(module, trainable_only=False):
     """Number of unique parameters (a shared tensor counts once)."""
     seen, total = set(), 0

@@ -76,7 +76,7 @@ def main(argv=None):
     cache = (lambda key, build: training.cached_features(opts.cache_dir, key, build)) if opts.cache_dir else None
     task = glue.Glue(args.task_name, args.data_dir, tokenizer, opts.max_seq_length, cache=cache)
     # Every input file is read and checked before training: a bad dev row must not cost the run.
-    task.prepare(train=args.do_train, dev=args.do_eval, test=args.do_predict)
+    task.prepare(train=args.do_train, dev=args.do_eval or opts.eval_steps > 0, test=args.do_predict)
     if args.do_train:
         model = training.load_model(opts, [task.num_labels], [task.head_type], [task.train_dataset.name])
     else:
@@ -96,9 +96,13 @@ def main(argv=None):
     trainer = None
     if args.do_train:
         training.write_run_config(args, opts.output_dir, env)
+        def evaluate_dev(t):
+            dev = task.evaluate(lambda features: t.predict(features, task_id))
+            return task.main_score(dev), flat_results(task, dev)
         trainer, summary = training.train_and_save(opts, env, model, task.train_features, tokenizer,
-                                                         labels=task.labels if task.labels is not None else ["score"])
-        results.update(global_step=summary["global_step"], loss=summary["loss"])
+                                                   labels=task.labels if task.labels is not None else ["score"],
+                                                   evaluate=evaluate_dev)
+        results.update(training.run_summary(summary))
     predict = training.predictor(opts, env, model, task_id)
     if args.do_eval:
         eval_results = task.evaluate(predict)

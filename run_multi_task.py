@@ -330,6 +330,7 @@ def main(argv=None):
             print(f"stopped after {trainer.global_step} steps as asked; continue with --resume", flush=True)
             return 0
         selector.bind(trainer.extra_state)
+        results.update(training.run_summary(outcome))
         results.update(schedule=schedule, steps=trainer.global_step, train_loss=outcome["loss"],
                        stopped_early=outcome["stopped_early"], combine_strategy=plan.strategy,
                        tasks_per_step=plan.tasks_per_step, realized_frequencies=stream.realized_frequencies())

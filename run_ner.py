@@ -50,7 +50,7 @@ def main(argv=None):
     cache = (lambda key, build: training.cached_features(opts.cache_dir, key, build)) if opts.cache_dir else None
     task = conll.Conll(args.data_dir, tokenizer, opts.max_seq_length, labels=labels, name="ner", cache=cache)
     # Read every file first, so that a bad record fails before the model is loaded.
-    task.prepare(train=args.do_train, dev=args.do_eval, test=args.do_predict)
+    task.prepare(train=args.do_train, dev=args.do_eval or opts.eval_steps > 0, test=args.do_predict)
     logger.info("labels: %s", " ".join(task.labels))
     model = training.load_model(opts, task_num_labels=[len(task.labels)], task_types=["token"], task_names=["ner"])
     training.prepare_output_dir(opts, env, training=args.do_train)
@@ -59,12 +59,15 @@ def main(argv=None):
     trainer = None
     if args.do_train:
         logger.info("training on %d sentences -> %d windows", task.train_examples, len(task.train_features))
-        trainer, result = training.train_and_save(opts, env, model, task.train_features, tokenizer,
-                                                         labels=task.labels)
+        def evaluate_dev(t):
+            metrics = task.evaluate(lambda features: t.predict(features, 0))[task.name]
+            return metrics["f1"], metrics
+        trainer, result = training.train_and_save(opts, env, model, task.train_features, tokenizer, labels=task.labels,
+                                                  evaluate=evaluate_dev)
         if env.is_main:
             atomic_write_text(os.path.join(opts.output_dir, LABELS_FILE), "\n".join(task.labels) + "\n")
             training.write_eval_results(os.path.join(opts.output_dir, "train_results.txt"), {
-                "global_step": result["global_step"], "loss": result["loss"],
+                **training.run_summary(result),
                 "train_sentences": task.train_examples, "train_features": len(task.train_features)})
 
     predict = training.predictor(opts, env, model)

@@ -46,6 +46,8 @@ def check_args(args):
         raise ConfigError("--do_train needs --train_file")
     if args.do_predict and not args.predict_file:
         raise ConfigError("--do_predict needs --predict_file")
+    if args.eval_steps and not args.predict_file:
+        raise ConfigError("--eval_steps scores the --predict_file (with answers) while training: give it")
     for name in ("doc_stride", "max_query_length", "n_best_size", "max_answer_length"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name} must be >= 1")
@@ -68,7 +70,7 @@ def main(argv=None):
                        null_score_diff_threshold=args.null_score_diff_threshold, cache=cache,
                        verbose_logging=args.verbose_logging)
     # Read and window the data before loading the model, so that a bad file fails fast.
-    task.prepare(train=args.do_train, dev=False, test=args.do_predict)
+    task.prepare(train=args.do_train, dev=False, test=args.do_predict or opts.eval_steps > 0)
     model = training.load_model(opts, task_num_labels=[2], task_types=["span"], task_names=["squad"])
     training.prepare_output_dir(opts, env, training=args.do_train)
     training.write_run_config(args, opts.output_dir, env)
@@ -77,10 +79,14 @@ def main(argv=None):
     if args.do_train:
         logger.info("training on %d questions -> %d windows (%d dropped: answer not found in context)",
                     task.train_examples, len(task.train_features), len(task.dropped))
-        trainer, result = training.train_and_save(opts, env, model, task.train_features, tokenizer)
+        def evaluate_dev(t):
+            metrics = task.evaluate(lambda features: t.predict(features, 0))[task.name]
+            return metrics["f1"], metrics
+        trainer, result = training.train_and_save(opts, env, model, task.train_features, tokenizer,
+                                                  evaluate=evaluate_dev)
         if env.is_main:
             training.write_eval_results(os.path.join(opts.output_dir, "train_results.txt"), {
-                "global_step": result["global_step"], "loss": result["loss"],
+                **training.run_summary(result),
                 "train_examples": task.train_examples, "train_features": len(task.train_features),
                 "train_dropped_answers": len(task.dropped)})
 

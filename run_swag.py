@@ -40,7 +40,7 @@ def main(argv=None):
     cache = (lambda key, build: training.cached_features(opts.cache_dir, key, build)) if opts.cache_dir else None
     task = swag.Swag(args.data_dir, tokenizer, opts.max_seq_length, cache=cache)
     # Read every file first, so that a bad record fails before the model is loaded.
-    task.prepare(train=args.do_train, dev=args.do_eval, test=args.do_predict)
+    task.prepare(train=args.do_train, dev=args.do_eval or opts.eval_steps > 0, test=args.do_predict)
     model = training.load_model(opts, task_num_labels=[swag.NUM_CHOICES], task_types=["choice"],
                                 task_names=["swag"])
     training.prepare_output_dir(opts, env, training=args.do_train)
@@ -48,10 +48,14 @@ def main(argv=None):
 
     trainer = None
     if args.do_train:
-        trainer, result = training.train_and_save(opts, env, model, task.train_features, tokenizer)
+        def evaluate_dev(t):
+            metrics = task.evaluate(lambda features: t.predict(features, 0))[task.name]
+            return metrics["acc"], metrics
+        trainer, result = training.train_and_save(opts, env, model, task.train_features, tokenizer,
+                                                  evaluate=evaluate_dev)
         if env.is_main:
             training.write_eval_results(os.path.join(opts.output_dir, "train_results.txt"), {
-                "global_step": result["global_step"], "loss": result["loss"], "train_examples": task.train_examples})
+                **training.run_summary(result), "train_examples": task.train_examples})
 
     predict = training.predictor(opts, env, model)
     if args.do_eval:

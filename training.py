@@ -134,7 +134,16 @@ def add_engine_args(parser, **defaults):
     g.add_argument("--logging_steps", type=int, default=50, help="log loss/lr to TensorBoard every N steps")
     g.add_argument("--overwrite_output_dir", action="store_true", help="allow a non-empty --output_dir")
     g.add_argument("--cache_dir", default=None,
-                   help="feature cache folder (default: <output_dir>/../.feature_cache); 'none' disables")
+                   help="feature cache folder (default: $BERT_PALS_CACHE, else $XDG_CACHE_HOME/bert-pals/features, "
+                        "else ~/.cache/bert-pals/features: yours, shared by your runs); 'none' disables")
+    g.add_argument("--max_steps", type=int, default=0,
+                   help="train this many optimizer steps (> 0: replaces --num_train_epochs)")
+    g.add_argument("--eval_steps", type=int, default=0,
+                   help="single-task runners: evaluate the dev set every N steps, keep the best model in "
+                        "<output_dir>/best/ and use it for --do_eval/--do_predict (0: no evaluation while training)")
+    g.add_argument("--discard_checkpoint", action="store_true",
+                   help="remove <output_dir>/checkpoint (about 3x the model's size) after a successful run; "
+                        "the run can then not be resumed or extended")
     g.add_argument("--num_workers", type=int, default=0,
                    help="kept for CLI compatibility: batches are collated in the main process "
                         "(cheap next to the model), so this has no effect")
@@ -196,6 +205,9 @@ class EngineOptions:
     cache_dir: Optional[str] = None         # feature cache; None = no cache
     num_workers: int = 0
     allow_random_init: bool = False
+    max_steps: int = 0                      # > 0: the number of optimizer steps, whatever the epochs
+    eval_steps: int = 0                     # single-task runners: dev evaluation + best model every N steps
+    discard_checkpoint: bool = False        # remove checkpoint/ after a successful run
     # The 2019 training protocol, part by part (--reference_protocol sets all four)
     per_parameter_schedule: bool = False    # BertAdam's internal schedule at each parameter's own step count
     zero_grad_in_place: bool = False        # zeroed, not freed, gradients: stale optimizer updates
@@ -208,7 +220,7 @@ class EngineOptions:
     FINGERPRINT = ("model_dir", "config", "do_lower_case", "max_seq_length", "train_batch_size", "learning_rate",
                    "num_train_epochs", "warmup_proportion", "weight_decay", "max_grad_norm", "optimizer", "schedule",
                    "seed", "gradient_accumulation_steps", "precision", "loss_scale", "pad_to_max_length",
-                   "group_by_length", "allow_random_init", "per_parameter_schedule", "zero_grad_in_place",
+                   "group_by_length", "allow_random_init", "max_steps", "per_parameter_schedule", "zero_grad_in_place",
                    "dropout_off_after_eval", "replay_batch_cycle")
 
     def __post_init__(self):
@@ -239,6 +251,8 @@ class EngineOptions:
             raise ConfigError("--weight_decay must be >= 0 and --max_grad_norm a number")
         if not 0 <= self.seed < 2 ** 32:
             raise ConfigError(f"--seed must be in [0, 2^32), got {self.seed}")
+        if self.max_steps < 0 or self.eval_steps < 0:
+            raise ConfigError("--max_steps and --eval_steps must be >= 0")
         if self.save_steps < 0 or self.logging_steps < 1 or self.num_workers < 0:
             raise ConfigError("--save_steps and --num_workers must be >= 0, --logging_steps >= 1")
         if self.per_parameter_schedule and self.optimizer != "bertadam":
@@ -261,7 +275,7 @@ class EngineOptions:
         if args.cache_dir is not None:
             cache_dir = None if args.cache_dir.lower() == "none" else args.cache_dir
         else:
-            cache_dir = os.path.join(os.path.dirname(os.path.abspath(args.output_dir.rstrip("/\\"))), ".feature_cache")
+            cache_dir = default_cache_dir()
         return cls(
             output_dir=args.output_dir, model_dir=model_dir,
             config=modeling.resolve_adapter_config(args.config, model_dir), do_lower_case=do_lower_case,
@@ -275,7 +289,8 @@ class EngineOptions:
             resume=args.resume, pad_to_max_length=args.pad_to_max_length,
             group_by_length=not args.no_group_by_length, logging_steps=args.logging_steps,
             overwrite_output_dir=args.overwrite_output_dir, cache_dir=cache_dir, num_workers=args.num_workers,
-            allow_random_init=args.allow_random_init,
+            allow_random_init=args.allow_random_init, max_steps=args.max_steps, eval_steps=args.eval_steps,
+            discard_checkpoint=args.discard_checkpoint,
             per_parameter_schedule=reference or args.per_parameter_schedule,
             zero_grad_in_place=reference or args.zero_grad_in_place,
             dropout_off_after_eval=reference or args.dropout_off_after_eval,
@@ -873,8 +888,19 @@ def make_stream(opts, env, features=None, task_id=0, batch_size=None, seed=None,
 
 
 def num_training_steps(opts, steps_per_epoch):
-    """Optimizer steps for --num_train_epochs (fractional epochs allowed; at least 1)."""
+    """Optimizer steps: --max_steps when given, else --num_train_epochs (fractional epochs allowed; at least 1)."""
+    if opts.max_steps > 0:
+        return opts.max_steps
     return max(1, math.ceil(steps_per_epoch * opts.num_train_epochs))
+
+
+def default_cache_dir():
+    """The feature cache: $BERT_PALS_CACHE, else the user's cache folder. Never a folder others can
+    write to by default: features are plain data, but a planted file must not change a run either."""
+    if os.environ.get("BERT_PALS_CACHE"):
+        return os.environ["BERT_PALS_CACHE"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "bert-pals", "features")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1090,11 +1116,12 @@ class Trainer:
         self.num_training_steps = int(num_training_steps)
         self.grad_combiner = grad_combiner
         if env.distributed:
-            # A step uses one task's adapters and head only: the rest are unused in that step.
+            # Tell DDP about unused parameters only when a step can leave some without a gradient (other
+            # tasks' modules, a pooler no head reads): the search costs time and warns when there are none.
             cuda = env.device.type == "cuda"
             self.ddp_model = DistributedDataParallel(self.model, device_ids=[env.local_rank] if cuda else None,
                                                      output_device=env.local_rank if cuda else None,
-                                                     find_unused_parameters=True)
+                                                     find_unused_parameters=not modeling.uses_all_parameters(model))
         else:
             self.ddp_model = self.model
         if param_groups is None:
@@ -1124,6 +1151,7 @@ class Trainer:
         self._tb_writer = None
         self._stop_signal = None
         self.train_loss_sum, self.train_loss_steps = 0.0, 0
+        self.examples_seen = 0.0   # training examples of the steps run by this process (throughput)
 
     # -- logging ---------------------------------------------------------------------------------
 
@@ -1216,6 +1244,7 @@ class Trainer:
             totals = totals.cpu()
         k = len(micro)
         step_examples = float(totals[:k].sum())
+        self.examples_seen += step_examples
         weights = []
         for i, (tid, _) in enumerate(micro):
             same = [j for j, (t, _) in enumerate(micro) if t == tid]
@@ -1407,6 +1436,7 @@ class Trainer:
     def _train_loop(self, stream, num_steps, steps_per_epoch, on_epoch_end, bar, saved_at):
         opts, env = self.opts, self.env
         log_loss, log_n = 0.0, 0
+        start_time, start_step, start_examples = time.time(), self.global_step, self.examples_seen
         while self.global_step < num_steps and not self.stopped_early:
             micro = stream.next_step()
             loss = self.training_step(micro)
@@ -1448,7 +1478,11 @@ class Trainer:
         if saved_at != self.global_step or find_checkpoint(opts.output_dir) is None:
             self.save_checkpoint(stream)
         mean = self.train_loss_sum / self.train_loss_steps if self.train_loss_steps else float("nan")
-        return {"global_step": self.global_step, "loss": mean, "stopped_early": self.stopped_early}
+        runtime = time.time() - start_time  # this process's part (after a resume: the resumed steps)
+        return {"global_step": self.global_step, "loss": mean, "stopped_early": self.stopped_early,
+                "train_runtime": runtime,
+                "train_samples_per_second": (self.examples_seen - start_examples) / max(runtime, 1e-9),
+                "train_steps_per_second": (self.global_step - start_step) / max(runtime, 1e-9)}
 
     # -- outputs ---------------------------------------------------------------------------------
 
@@ -1470,18 +1504,71 @@ class Trainer:
 # The block every single-task runner shares
 # ----------------------------------------------------------------------------------------------
 
-def train_and_save(opts, env, model, features, tokenizer, desc="train", labels=None):
-    """Train `model` on one task's features for --num_train_epochs (resumable) and save it into
-    --output_dir (`labels`: the head's label strings, for the saved config's id2label). Returns
-    (trainer, {"global_step", "loss", "stopped_early"})."""
+def train_and_save(opts, env, model, features, tokenizer, desc="train", labels=None, evaluate=None):
+    """Train `model` on one task's features for --num_train_epochs / --max_steps (resumable) and save
+    it into --output_dir (`labels`: the head's label strings, for the saved config's id2label).
+
+    With --eval_steps N and `evaluate(trainer) -> (main score, metrics)`, the dev set is evaluated
+    every N steps (TensorBoard `eval/...`), the best model is kept in <output_dir>/best/ and loaded
+    into `model` at the end, so that the runner's final evaluation and predictions use it.
+    --discard_checkpoint removes checkpoint/ after a successful run. Returns (trainer, summary):
+    global_step, loss, runtime and samples/s, and with --eval_steps best_step, best_score."""
     stream = make_stream(opts, env, features)
     num_steps = num_training_steps(opts, stream.steps_per_epoch)
     logger.info("%d training features, %d optimizer steps of %d examples (%d per epoch)", len(features), num_steps,
                 opts.train_batch_size, stream.steps_per_epoch)
     trainer = Trainer(opts, env, model, num_steps)
-    summary = trainer.train(stream, num_steps, stream.steps_per_epoch, desc=desc)
+    best_dir = os.path.join(opts.output_dir, "best")
+    on_eval, period = None, stream.steps_per_epoch
+    if opts.eval_steps and evaluate is not None:
+        period = opts.eval_steps
+
+        def on_eval(index, t):
+            score, metrics = evaluate(t)
+            state = t.extra_state
+            best = state.get("best_score")
+            improved = math.isfinite(score) and (best is None or score > best)
+            state.setdefault("eval_history", []).append({"step": t.global_step, "score": score, "metrics": metrics})
+            t.log_scalars("eval", dict(metrics, main=score))
+            if improved:
+                state["best_score"], state["best_step"] = score, t.global_step
+                if env.is_main:
+                    file_utils.replace_dir_atomically(best_dir, lambda tmp: save_model(t.model, tmp, tokenizer, labels))
+                logger.info("step %d: dev %.4f (new best)", t.global_step, score)
+            env.barrier()
+            return False
+    summary = trainer.train(stream, num_steps, period, on_epoch_end=on_eval, desc=desc)
     trainer.save_model(opts.output_dir, tokenizer, labels)
+    if on_eval is not None and trainer.extra_state.get("best_step") is not None:
+        summary.update(best_step=trainer.extra_state["best_step"], best_score=trainer.extra_state["best_score"])
+        best = modeling.load_state_dict_file(os.path.join(best_dir, modeling.WEIGHTS_NAMES[0]))
+        model.load_state_dict({name: best[key] for name, key in _saved_names(model, best).items()})
+        logger.info("using the best dev model (step %d) for evaluation and predictions", summary["best_step"])
+    if opts.discard_checkpoint and env.is_main:
+        shutil.rmtree(os.path.join(opts.output_dir, CHECKPOINT_DIR), ignore_errors=True)
+    env.barrier()
     return trainer, summary
+
+
+def run_summary(summary):
+    """The numbers of a training run every runner writes into its results file."""
+    keys = ("global_step", "loss", "train_runtime", "train_samples_per_second", "train_steps_per_second",
+            "best_step", "best_score")
+    return {k: summary[k] for k in keys if k in summary}
+
+
+def _saved_names(model, saved):
+    """Our state-dict name -> the key it was saved under (write_pretrained renames one-task heads)."""
+    renames = (modeling.hf_layout(model) or (None, []))[1]
+    out = {}
+    for name in model.state_dict():
+        key = name
+        for ours, theirs in renames:
+            if name.startswith(ours):
+                key = theirs + name[len(ours):]
+        if key in saved:
+            out[name] = key
+    return out
 
 
 def predictor(opts, env, model, task_id=0, batch_size=None):

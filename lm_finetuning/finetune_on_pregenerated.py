@@ -122,7 +122,7 @@ def main(argv=None):
     trainer.save_model(opts.output_dir, tokenizer)
     if env.is_main:
         training.write_eval_results(os.path.join(opts.output_dir, "train_results.txt"),
-                                    {"global_step": result["global_step"], "loss": result["loss"]})
+                                    training.run_summary(result))
         logger.info("saved to %s: global_step %d, mean loss %.4f", opts.output_dir, result["global_step"],
                     result["loss"])
     return 0

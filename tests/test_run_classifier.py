@@ -68,7 +68,10 @@ def test_minilm_sst2_train_eval_predict_and_reload(tmp_path):
                                   "--train_batch_size", "8", "--learning_rate", "3e-4", "--num_train_epochs", "2",
                                   "--logging_steps", "1", "--seed", "1"])
     results = read_results(out / "eval_results.txt")
-    assert set(results) == {"acc", "eval_loss", "global_step", "loss"}
+    assert set(results) == {"acc", "eval_loss", "global_step", "loss", "train_runtime", "train_samples_per_second",
+                            "train_steps_per_second"}
+    # 8 steps of 8 examples: samples/s and steps/s describe the same run
+    assert results["train_samples_per_second"] == pytest.approx(8 * results["train_steps_per_second"], rel=1e-6)
     assert results["global_step"] == 8 and results["acc"] >= 0.75
     # the training loss falls (TensorBoard scalars, one per step)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -109,7 +112,8 @@ def test_metric_keys_per_task(tmp_path, tiny_real_vocab, task, keys):
                          "--do_train", "--do_eval", "--output_dir", str(out), "--max_seq_length", "48",
                          "--train_batch_size", "4", "--num_train_epochs", "1"])
     results = read_results(out / "eval_results.txt")
-    assert set(results) == keys | {"eval_loss", "global_step", "loss"}
+    assert set(results) == keys | {"eval_loss", "global_step", "loss", "train_runtime", "train_samples_per_second",
+                                   "train_steps_per_second"}
     assert results["global_step"] == 3
 
 
@@ -121,7 +125,8 @@ def test_mnli_matched_mismatched_and_ax_submissions_in_bf16(tmp_path, tiny_real_
                          "--do_train", "--do_eval", "--do_predict", "--bf16", "--output_dir", str(out),
                          "--max_seq_length", "64", "--train_batch_size", "3", "--num_train_epochs", "1"])
     results = read_results(out / "eval_results.txt")
-    assert {"acc", "eval_loss", "mm_acc", "mm_eval_loss", "global_step", "loss"} == set(results)
+    assert {"acc", "eval_loss", "mm_acc", "mm_eval_loss", "global_step", "loss", "train_runtime",
+            "train_samples_per_second", "train_steps_per_second"} == set(results)
     assert np.isfinite(results["loss"])
     for name in ("MNLI-m.tsv", "MNLI-mm.tsv", "AX.tsv"):
         lines = (out / name).read_text().splitlines()
@@ -144,15 +149,16 @@ def test_pals_adapter_config_trains_and_reloads(tmp_path):
     assert any("aug" in n or "pal" in n.lower() for n, _ in model.named_parameters())
 
 
-def test_feature_cache_is_reused(tmp_path, tiny_real_vocab, caplog):
+def test_feature_cache_is_reused(tmp_path, tiny_real_vocab, caplog, monkeypatch):
     data = tmp_path / "glue"
     write_glue_fixture(str(data), tasks=["rte"], n=6)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))  # the default: the user's cache folder
     args = ["--task_name", "rte", "--data_dir", str(data), "--bert_model", tiny_real_vocab, "--do_train",
             "--output_dir", str(tmp_path / "out"), "--max_seq_length", "48", "--num_train_epochs", "1",
             "--overwrite_output_dir"]
     run_classifier.main(args)
-    cache = tmp_path / ".feature_cache"
-    assert len(os.listdir(cache)) == 1
+    cache = tmp_path / "user-cache" / "bert-pals" / "features"
+    assert len(os.listdir(cache)) == 1 and not (tmp_path / ".feature_cache").exists()
     caplog.clear()
     with caplog.at_level("INFO", logger="training"):
         run_classifier.main(args)
