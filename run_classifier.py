@@ -92,7 +92,7 @@ def main(argv=None):
         raise ConfigError(f"the model's head {task_id}{was} has {head_labels} outputs, "
                           f"{task.dataset.display} needs {task.num_labels}")
     training.prepare_output_dir(opts, env, training=args.do_train)
-    results = {"global_step": 0}
+    results, train_summary = {"global_step": 0}, None
     trainer = None
     if args.do_train:
         training.write_run_config(args, opts.output_dir, env)
@@ -102,7 +102,8 @@ def main(argv=None):
         trainer, summary = training.train_and_save(opts, env, model, task.train_features, tokenizer,
                                                    labels=task.labels if task.labels is not None else ["score"],
                                                    evaluate=evaluate_dev)
-        results.update(training.run_summary(summary))
+        train_summary = training.run_summary(summary)
+        results.update({k: v for k, v in train_summary.items() if k != "eval_history"})
     predict = training.predictor(opts, env, model, task_id)
     if args.do_eval:
         eval_results = task.evaluate(predict)
@@ -111,7 +112,7 @@ def main(argv=None):
             training.write_eval_results(os.path.join(opts.output_dir, "eval_results.txt"), results)
             atomic_write_json(os.path.join(opts.output_dir, "results.json"), {
                 "kind": "single_task", "task": task.name, "results": eval_results,
-                "global_step": results["global_step"]})
+                "global_step": results["global_step"], "train": train_summary})
             for key in sorted(results):
                 logger.info("  %s = %s", key, results[key])
         if trainer is not None:

@@ -44,6 +44,7 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 from safetensors.torch import load_file as safetensors_load_file
 from safetensors.torch import save as safetensors_save
 from torch.nn.parallel import DistributedDataParallel
@@ -407,14 +408,15 @@ def load_model(opts, task_num_labels=None, task_types=None, task_names=None):
     return model
 
 
+EVAL_HISTORY = "eval_history.json"  # --eval_steps: [{step, score, metrics}] of the single-task runners
 # Files and folders our runners write into --output_dir; --overwrite_output_dir removes only these.
 OUTPUT_NAMES = ("checkpoint", "checkpoint.old", "best", "best.old", "per_task_best", "predictions", "runs", "plots",
                 "diagnostics", "results.json", "eval_results.txt", "test_results.txt", "train_results.txt",
                 "run_config.json", "config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json",
                 "special_tokens_map.json", "labels.txt", "task_labels.json", "predictions.json",
                 "nbest_predictions.json", "null_odds.json", "test_predictions.txt", "test_predictions.csv",
-                "selection.json", "CoLA.tsv", "SST-2.tsv", "MRPC.tsv", "STS-B.tsv", "QQP.tsv", "MNLI-m.tsv",
-                "MNLI-mm.tsv", "QNLI.tsv", "RTE.tsv", "WNLI.tsv", "AX.tsv")
+                "selection.json", EVAL_HISTORY, "CoLA.tsv", "SST-2.tsv", "MRPC.tsv", "STS-B.tsv", "QQP.tsv",
+                "MNLI-m.tsv", "MNLI-mm.tsv", "QNLI.tsv", "RTE.tsv", "WNLI.tsv", "AX.tsv")
 
 
 def check_output_dir(opts, training=True):
@@ -1086,7 +1088,7 @@ def read_checkpoint(path):
                              "version of this code?)")
         model = safetensors_load_file(os.path.join(path, CHECKPOINT_MODEL))
         state = read_state(path, CHECKPOINT_STATE)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(f"{path}: not a usable checkpoint ({reason}); start a new run in an empty --output_dir, "
                           "or without --resume") from None
@@ -1512,7 +1514,8 @@ def train_and_save(opts, env, model, features, tokenizer, desc="train", labels=N
     every N steps (TensorBoard `eval/...`), the best model is kept in <output_dir>/best/ and loaded
     into `model` at the end, so that the runner's final evaluation and predictions use it.
     --discard_checkpoint removes checkpoint/ after a successful run. Returns (trainer, summary):
-    global_step, loss, runtime and samples/s, and with --eval_steps best_step, best_score."""
+    global_step, loss, runtime and samples/s, and with --eval_steps best_step, best_score (every
+    evaluation's step, main score and metrics go to <output_dir>/eval_history.json)."""
     stream = make_stream(opts, env, features)
     num_steps = num_training_steps(opts, stream.steps_per_epoch)
     logger.info("%d training features, %d optimizer steps of %d examples (%d per epoch)", len(features), num_steps,
@@ -1541,6 +1544,8 @@ def train_and_save(opts, env, model, features, tokenizer, desc="train", labels=N
     trainer.save_model(opts.output_dir, tokenizer, labels)
     if on_eval is not None and trainer.extra_state.get("best_step") is not None:
         summary.update(best_step=trainer.extra_state["best_step"], best_score=trainer.extra_state["best_score"])
+        if env.is_main:
+            atomic_write_json(os.path.join(opts.output_dir, EVAL_HISTORY), trainer.extra_state["eval_history"])
         best = modeling.load_state_dict_file(os.path.join(best_dir, modeling.WEIGHTS_NAMES[0]))
         model.load_state_dict({name: best[key] for name, key in _saved_names(model, best).items()})
         logger.info("using the best dev model (step %d) for evaluation and predictions", summary["best_step"])

@@ -25,3 +25,23 @@ def vocab_file(minilm_dir):
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped without one)")
     config.addinivalue_line("markers", "slow: takes more than ~20 s on 2 CPU cores")
+
+
+def _needs_cuda(item):
+    """Whether a skipif of this test says it needs CUDA/a GPU."""
+    return any("cuda" in str(m.kwargs.get("reason", "")).lower() or "gpu" in str(m.kwargs.get("reason", "")).lower()
+               for m in item.iter_markers("skipif"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """`pytest -m gpu` must select every CUDA test (the device check runs exactly those), so a CUDA test
+    without the marker is a collection error; marked tests skip cleanly on machines without CUDA."""
+    import torch
+    unmarked = [item.nodeid for item in items if _needs_cuda(item) and item.get_closest_marker("gpu") is None]
+    if unmarked:
+        raise pytest.UsageError("CUDA-only tests without @pytest.mark.gpu: " + ", ".join(unmarked))
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA device")
+        for item in items:
+            if item.get_closest_marker("gpu") is not None:
+                item.add_marker(skip)

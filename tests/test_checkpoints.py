@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+import transformers
 from safetensors.torch import load_file
 
 from file_utils import ConfigError
@@ -165,7 +166,6 @@ def test_fine_tuned_pals_model_round_trip(tmp_path, minilm_dir):
 
 
 def test_saved_encoder_loads_into_transformers(tmp_path, minilm_dir):
-    transformers = pytest.importorskip("transformers")
     model = BertForMultiTask.from_pretrained(minilm_dir, task_num_labels=[2, 1])
     with torch.no_grad():
         for p in model.bert.parameters():
@@ -183,7 +183,6 @@ def test_saved_encoder_loads_into_transformers(tmp_path, minilm_dir):
 
 
 def test_hf_pretraining_checkpoint_maps_to_pretraining_head(tmp_path):
-    transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     hf_cfg = transformers.BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                      intermediate_size=48, max_position_embeddings=40)
@@ -223,7 +222,6 @@ def test_save_pretrained_vocab_errors(tmp_path):
 
 
 def test_hf_sequence_classification_head_becomes_task_0(tmp_path, caplog):
-    transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     hf_cfg = transformers.BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                                      intermediate_size=48, max_position_embeddings=40, num_labels=3)

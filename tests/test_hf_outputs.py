@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
+import transformers
 
 import modeling
 import run_classifier
@@ -19,7 +20,6 @@ from fixtures_qa import make_tokenizer, squad_v1_data, write_conll_dir, write_sq
 from glue_fixtures import write_glue_fixture
 from test_training_helpers import single_thread
 
-transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.usefixtures(single_thread.__name__)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -382,6 +382,7 @@ def test_simple_lm_needs_a_sentence_pair(tmp_path, capsys, tiny_model):
     assert not os.path.exists(tmp_path / "o")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="--fp16 needs a CUDA device")
 def test_finetune_on_pregenerated_fp16_cuda(data_dir, tiny_model, tmp_path):
     out = str(tmp_path / "fp16")

@@ -5,10 +5,12 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+import transformers
 
 import modeling
 from file_utils import ConfigError
 from modeling import BertConfig, BertForMultiTask, BertModel
+from test_training_helpers import assert_close_in_low_precision
 
 TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
             max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -115,7 +117,6 @@ def test_divisible_adapter_sizes_are_accepted():
 # ---------------------------------------------------------------------------------------------- encoder
 
 def test_bert_model_matches_transformers_on_minilm_with_padding(minilm_dir):
-    transformers = pytest.importorskip("transformers")
     ours = BertModel.from_pretrained(minilm_dir).eval()
     hf = transformers.BertModel.from_pretrained(minilm_dir).eval()
     ids, token_type, mask = padded_batch()
@@ -157,7 +158,7 @@ def test_autocast_bf16_with_mask_runs_and_stays_close():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = model(ids, token_type, mask, task_id=1, labels=torch.tensor([0, 2, 1]))
     assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])
-    torch.testing.assert_close(out["logits"].float(), ref, atol=0.05, rtol=0.05)
+    assert_close_in_low_precision(out["logits"].float(), ref, torch.bfloat16)
 
 
 def test_init_follows_bert_and_layernorm_is_identity():
@@ -315,7 +316,8 @@ def test_cuda_autocast_matches_fp32(dtype):
         out = model(ids, token_type, mask, task_id=0, labels=labels)
     out["loss"].backward()
     assert out["loss"].dtype == torch.float32
-    torch.testing.assert_close(out["logits"].float(), ref["logits"], atol=0.05, rtol=0.05)
+    # 8 eps: a 4-layer bert-base-width model accumulates more rounding than the tiny CPU ones (not yet run on a GPU)
+    assert_close_in_low_precision(out["logits"].float(), ref["logits"], dtype, ulps=8)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 

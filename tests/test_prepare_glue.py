@@ -13,10 +13,9 @@ import subprocess
 import sys
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
-
-pa = pytest.importorskip("pyarrow")
-import pyarrow.parquet as pq  # noqa: E402
 
 from file_utils import ConfigError, DataError  # noqa: E402
 from glue_fixtures import write_glue_fixture  # noqa: E402

@@ -15,6 +15,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import transformers
 
 import tf_checkpoint
 from file_utils import ConfigError
@@ -444,7 +445,6 @@ def test_converted_folder_files(converted):
 
 
 def test_transformers_loads_converted_folder_and_matches_tensorflow(converted, tf_forward):
-    transformers = pytest.importorskip("transformers")
     model, info = transformers.BertForPreTraining.from_pretrained(converted, output_loading_info=True)
     # Everything HF's BertForPreTraining has is in the file (the decoder weight is tied to the
     # word embeddings); the classifier head is extra for this architecture.

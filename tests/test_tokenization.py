@@ -11,6 +11,7 @@ import random
 import unicodedata
 
 import pytest
+import transformers
 
 from file_utils import ConfigError
 from tokenization import BasicTokenizer, BertTokenizer, WordpieceTokenizer, truncate_seq_pair
@@ -113,7 +114,6 @@ def make_corpus(vocab_tokens, n_lines, seed):
 # --------------------------------------------------------------------------- comparison with HF
 
 def _legacy(vocab_file, **kwargs):
-    transformers = pytest.importorskip("transformers")
     return transformers.BertTokenizerLegacy(vocab_file, **kwargs)
 
 

@@ -68,6 +68,19 @@ def engine_options(model_dir, output_dir, *extra):
          *map(str, extra)]))
 
 
+def assert_close_in_low_precision(actual, reference, dtype, ulps=4):
+    """actual (computed under autocast in dtype) is within `ulps` machine epsilons of dtype, relative
+    to the reference's scale: an all-zero or rescaled output fails, a bf16 rounding error does not
+    (measured: ~0.6 eps on the tiny models these tests use)."""
+    actual = torch.as_tensor(np.asarray(actual) if not torch.is_tensor(actual) else actual).double()
+    reference = torch.as_tensor(np.asarray(reference) if not torch.is_tensor(reference) else reference).double()
+    scale = float(reference.abs().max())
+    assert scale > 0, "the reference is all zeros: nothing to compare"
+    error = float((actual - reference).abs().max())
+    bound = ulps * torch.finfo(dtype).eps * scale
+    assert error <= bound, f"max |error| {error:.3g} > {ulps} eps({dtype}) x scale {scale:.3g} = {bound:.3g}"
+
+
 def state_dict_max_diff(a, b):
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
 
