@@ -216,7 +216,7 @@ def test_out_of_range_model_config(tiny, glue, tmp_path, capsys, key, value):
 def multi_data(tmp_path_factory, tiny):
     data = tmp_path_factory.mktemp("mt_glue")
     write_glue_fixture(str(data), tasks=["rte", "mrpc"], n=8)
-    pals = dict(json.load(open(os.path.join(tiny, "config.json"))), hidden_size_aug=16, mult=True, pals=True)
+    pals = dict(json.load(open(os.path.join(tiny, "config.json"))), hidden_size_aug=12, mult=True, pals=True)
     with open(data / "pals.json", "w") as f:
         json.dump(pals, f)
     return str(data)
