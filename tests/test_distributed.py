@@ -105,7 +105,7 @@ def runs(setup):
     _run([sys.executable, str(worker), model_dir, str(base / "single")], env)
     _run([sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
           f"--master_port={_free_port()}", str(worker), model_dir, str(base / "ddp")], env)
-    load = lambda path: torch.load(path / "result.pt", weights_only=False)  # noqa: E731
+    load = lambda path: torch.load(path / "result.pt", weights_only=True)  # noqa: E731
     yield {(kind, mode): load(base / kind / mode) for kind in ("single", "ddp") for mode in ("plain", "combiner")}
 
 
@@ -134,3 +134,23 @@ def test_bad_input_fails_on_every_rank_without_hanging(setup, runs):
 def test_combiner_changes_the_update(runs):
     """Sanity of the comparison above: the combiner run differs from the plain run."""
     assert state_dict_max_diff(runs["single", "plain"]["weights"], runs["single", "combiner"]["weights"]) > 1e-4
+
+
+@pytest.mark.parametrize("tasks, expected", [(1, False), (2, True)])
+def test_ddp_searches_unused_parameters_only_when_a_step_leaves_some(tmp_path, monkeypatch, tasks, expected):
+    """The engine's DDP wrapper (a one-process gloo group): a one-task classifier uses every
+    parameter, a two-task model leaves the other task's head without gradient at every step."""
+    import training
+    from test_training_helpers import engine_options
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0",
+                       "WORLD_SIZE": "1", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(key, value)
+    opts = engine_options(write_tiny_model(str(tmp_path / "model")), str(tmp_path / "out"), "--no_cuda")
+    env = training.setup_env(opts)
+    try:
+        assert env.distributed
+        trainer = training.Trainer(opts, env, training.load_model(opts, [2] * tasks), 4)
+        assert trainer.ddp_model.find_unused_parameters is expected
+        trainer.close()
+    finally:
+        torch.distributed.destroy_process_group()

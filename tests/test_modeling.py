@@ -280,6 +280,31 @@ def test_pretraining_head_tied_decoder_and_loss(multi_head_model):
     assert not any("decoder" in n for n, _ in m.named_parameters())
 
 
+def _head_inputs(kind, ids):
+    b, s = ids.shape[0], ids.shape[-1]
+    return {"classification": {"labels": torch.tensor([0, 1, 1][:b])},
+            "regression": {"labels": torch.tensor([0.2, 0.9, 0.5][:b])},
+            "span": {"start_positions": torch.tensor([1, 2, 3][:b]), "end_positions": torch.tensor([2, 3, 4][:b])},
+            "token": {"labels": torch.ones(b, s, dtype=torch.long)},
+            "choice": {"labels": torch.tensor([1, 0][:b])},
+            "pretraining": {"masked_lm_labels": torch.full((b, s), 7), "next_sentence_label": torch.zeros(b).long()},
+            }[kind]
+
+
+@pytest.mark.parametrize("kind", ALL_TYPES)
+@pytest.mark.parametrize("tasks", [1, 2])
+@pytest.mark.parametrize("adapter", [{}, dict(mult=True, pals=True, hidden_size_aug=12, pal_num_heads=3)])
+def test_ddp_unused_parameter_search_matches_autograd(kind, tasks, adapter):
+    """DDP is told to look for unused parameters exactly when a step leaves some without a gradient
+    (autograd decides here: one backward of task 0, then which parameters got no .grad)."""
+    labels = {"classification": 2, "regression": 1, "span": 2, "token": 3, "choice": 2, "pretraining": 0}[kind]
+    model = BertForMultiTask(tiny(**adapter), task_num_labels=[labels] * tasks, task_types=[kind] * tasks)
+    ids = torch.randint(1, 99, (2, 3, 7) if kind == "choice" else (2, 7))
+    model(ids, task_id=0, **_head_inputs(kind, ids))["loss"].backward()
+    all_used = all(p.grad is not None for p in model.parameters())
+    assert modeling.uses_all_parameters(model) == all_used
+
+
 def test_forward_rejects_wrong_inputs(multi_head_model):
     ids = torch.randint(1, 99, (2, 5))
     with pytest.raises(TypeError, match="start_positions"):

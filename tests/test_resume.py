@@ -122,7 +122,7 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted_run(model_dir, tmp_pa
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed from" in done.stderr
     full, full_trainer = _train(model_dir, tmp_path / "full", STEPS)  # one thread, like the worker
-    resumed = torch.load(out / "final.pt", weights_only=False)
+    resumed = torch.load(out / "final.pt", weights_only=True)
     assert state_dict_max_diff(full.state_dict(), resumed["weights"]) <= 1e-6
     got, want = resumed["extra"]["history"], full_trainer.extra_state["history"]
     assert [tuple(h[:2]) for h in got] == [tuple(h[:2]) for h in want]  # (epoch, step) exactly
