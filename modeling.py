@@ -38,7 +38,7 @@ from safetensors.torch import save as safetensors_save
 from torch import nn
 
 import tf_checkpoint
-from file_utils import ConfigError, atomic_open, atomic_write_json, resolve_model_dir
+from file_utils import ConfigError, atomic_open, atomic_write_json, resolve_model_dir, utf8_error
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class BertConfig:
         except OSError as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
         except UnicodeDecodeError as exc:
-            raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+            raise ConfigError(str(utf8_error(path, universal_newlines=False))) from exc
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from exc
         try:

@@ -23,7 +23,7 @@ import os
 import re
 import unicodedata
 
-from file_utils import ConfigError, atomic_open, atomic_write_json, resolve_model_dir
+from file_utils import ConfigError, atomic_open, atomic_write_json, resolve_model_dir, utf8_error
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +42,8 @@ def load_vocab(vocab_file):
             # readlines + rstrip("\n") (not strip()): a token keeps any other surrounding spaces.
             tokens = [line.rstrip("\n") for line in reader.readlines()]
     except UnicodeDecodeError as exc:
-        line = 1 + open(vocab_file, "rb").read()[:exc.start].count(b"\n")
-        raise ConfigError(f"{vocab_file}:{line}: not UTF-8 text ({exc.reason})") from exc
+        # exc.start is relative to a decoded block: utf8_error finds the line from the bytes
+        raise ConfigError(str(utf8_error(vocab_file))) from exc
     except OSError as exc:
         raise ConfigError(f"cannot read vocab file {vocab_file}: {exc}") from exc
     if not tokens:

@@ -257,7 +257,7 @@ def test_bert_tokenizer_on_tiny_vocab(tiny_vocab):
     (b"", "is empty"),
     (b"[PAD]\n[UNK]\nhello\n", "[SEP], [CLS], [MASK] are not in the vocab"),
     ("\ufeff[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n".encode("utf-8"), ":1: starts with a byte-order mark"),
-    (b"[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nab\xffc\n", ":6: not UTF-8"),
+    (b"[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nab\xffc\n", ":6: not valid UTF-8"),
 ])
 def test_bad_vocab_files_are_refused_with_file_and_line(tmp_path, content, needle):
     # Each would shift or break token ids (an appended [MASK] id can lie outside the embedding matrix).
@@ -266,6 +266,16 @@ def test_bad_vocab_files_are_refused_with_file_and_line(tmp_path, content, needl
     with pytest.raises(ConfigError) as err:
         BertTokenizer(str(path))
     assert needle in str(err.value) and str(path) in str(err.value)
+
+
+def test_bad_byte_deep_in_a_large_vocab_names_its_line(tmp_path):
+    # Python decodes text files in blocks: the line must come from the bytes, not the block offset.
+    lines = [b"[PAD]", b"[UNK]", b"[CLS]", b"[SEP]", b"[MASK]"] + [f"tok{i}".encode() for i in range(20000)]
+    lines[15000] = b"caf\xe9"
+    path = tmp_path / "vocab.txt"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(ConfigError, match=f"^{path}:15001: not valid UTF-8"):
+        BertTokenizer(str(path))
 
 
 def test_save_vocabulary_and_from_pretrained(tiny_vocab, tmp_path):

@@ -212,6 +212,15 @@ def test_out_of_range_model_config(tiny, glue, tmp_path, capsys, key, value):
     assert not (tmp_path / "out").exists()
 
 
+def test_config_that_is_not_utf8_names_its_line(tiny, glue, tmp_path, capsys):
+    text = open(os.path.join(tiny, "config.json"), encoding="utf-8").read().replace("\n", "\n  ", 3)
+    path = tmp_path / "config.json"
+    path.write_bytes(text.encode("utf-8").replace(b"{", b'{"note": "caf\xe9",', 1))
+    line = fails(capsys, run_classifier.main, classifier_argv(tiny, glue, tmp_path / "out", "--do_train",
+                                                              "--config", path))
+    assert f"{path}:1: not valid UTF-8" in line
+
+
 @pytest.fixture(scope="module")
 def multi_data(tmp_path_factory, tiny):
     data = tmp_path_factory.mktemp("mt_glue")
