@@ -96,12 +96,9 @@ def main(argv=None):
     trainer = None
     if args.do_train:
         training.write_run_config(args, opts.output_dir, env)
-        def evaluate_dev(t):
-            dev = task.evaluate(lambda features: t.predict(features, task_id))
-            return task.main_score(dev), flat_results(task, dev)
         trainer, summary = training.train_and_save(opts, env, model, task.train_features, tokenizer,
                                                    labels=task.labels if task.labels is not None else ["score"],
-                                                   evaluate=evaluate_dev)
+                                                   evaluate=training.dev_evaluator(task, task_id))
         train_summary = training.run_summary(summary)
         results.update({k: v for k, v in train_summary.items() if k != "eval_history"})
     predict = training.predictor(opts, env, model, task_id)
@@ -115,7 +112,7 @@ def main(argv=None):
                 "global_step": results["global_step"], "train": train_summary})
             for key in sorted(results):
                 logger.info("  %s = %s", key, results[key])
-        if trainer is not None:
+        if trainer is not None and not opts.eval_steps:  # with --eval_steps the series already holds these
             for eval_name, metrics in eval_results.items():
                 trainer.log_scalars(f"eval/{eval_name}", metrics)
     if args.do_predict:

@@ -59,11 +59,8 @@ def main(argv=None):
     trainer = None
     if args.do_train:
         logger.info("training on %d sentences -> %d windows", task.train_examples, len(task.train_features))
-        def evaluate_dev(t):
-            metrics = task.evaluate(lambda features: t.predict(features, 0))[task.name]
-            return metrics["f1"], metrics
         trainer, result = training.train_and_save(opts, env, model, task.train_features, tokenizer, labels=task.labels,
-                                                  evaluate=evaluate_dev)
+                                                  evaluate=training.dev_evaluator(task))
         if env.is_main:
             atomic_write_text(os.path.join(opts.output_dir, LABELS_FILE), "\n".join(task.labels) + "\n")
             training.write_eval_results(os.path.join(opts.output_dir, "train_results.txt"), {

@@ -79,11 +79,8 @@ def main(argv=None):
     if args.do_train:
         logger.info("training on %d questions -> %d windows (%d dropped: answer not found in context)",
                     task.train_examples, len(task.train_features), len(task.dropped))
-        def evaluate_dev(t):
-            metrics = task.evaluate(lambda features: t.predict(features, 0))[task.name]
-            return metrics["f1"], metrics
         trainer, result = training.train_and_save(opts, env, model, task.train_features, tokenizer,
-                                                  evaluate=evaluate_dev)
+                                                  evaluate=training.dev_evaluator(task))
         if env.is_main:
             training.write_eval_results(os.path.join(opts.output_dir, "train_results.txt"), {
                 **training.run_summary(result),

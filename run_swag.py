@@ -48,11 +48,8 @@ def main(argv=None):
 
     trainer = None
     if args.do_train:
-        def evaluate_dev(t):
-            metrics = task.evaluate(lambda features: t.predict(features, 0))[task.name]
-            return metrics["acc"], metrics
         trainer, result = training.train_and_save(opts, env, model, task.train_features, tokenizer,
-                                                  evaluate=evaluate_dev)
+                                                  evaluate=training.dev_evaluator(task))
         if env.is_main:
             training.write_eval_results(os.path.join(opts.output_dir, "train_results.txt"), {
                 **training.run_summary(result), "train_examples": task.train_examples})

@@ -1510,7 +1510,8 @@ def train_and_save(opts, env, model, features, tokenizer, desc="train", labels=N
     """Train `model` on one task's features for --num_train_epochs / --max_steps (resumable) and save
     it into --output_dir (`labels`: the head's label strings, for the saved config's id2label).
 
-    With --eval_steps N and `evaluate(trainer) -> (main score, metrics)`, the dev set is evaluated
+    With --eval_steps N and `evaluate(trainer) -> (main score, {eval set: metrics})` (`dev_evaluator`),
+    the dev set is evaluated
     every N steps (TensorBoard `eval/...`), the best model is kept in <output_dir>/best/ and loaded
     into `model` at the end, so that the runner's final evaluation and predictions use it.
     --discard_checkpoint removes checkpoint/ after a successful run. Returns (trainer, summary):
@@ -1527,12 +1528,14 @@ def train_and_save(opts, env, model, features, tokenizer, desc="train", labels=N
         period = opts.eval_steps
 
         def on_eval(index, t):
-            score, metrics = evaluate(t)
+            score, results = evaluate(t)
             state = t.extra_state
             best = state.get("best_score")
             improved = math.isfinite(score) and (best is None or score > best)
-            state.setdefault("eval_history", []).append({"step": t.global_step, "score": score, "metrics": metrics})
-            t.log_scalars("eval", dict(metrics, main=score))
+            state.setdefault("eval_history", []).append({"step": t.global_step, "score": score, "results": results})
+            for eval_set, metrics in results.items():
+                t.log_scalars(f"eval/{eval_set}", metrics)
+            t.log_scalars("eval", {"main": score})
             if improved:
                 state["best_score"], state["best_step"] = score, t.global_step
                 if env.is_main:
@@ -1553,6 +1556,14 @@ def train_and_save(opts, env, model, features, tokenizer, desc="train", labels=N
         shutil.rmtree(os.path.join(opts.output_dir, CHECKPOINT_DIR), ignore_errors=True)
     env.barrier()
     return trainer, summary
+
+
+def dev_evaluator(task, task_id=0):
+    """train_and_save's `evaluate` for a tasks/ Task: its dev results through the trainer's predict."""
+    def evaluate(trainer):
+        results = task.evaluate(lambda features: trainer.predict(features, task_id))
+        return task.main_score(results), results
+    return evaluate
 
 
 def run_summary(summary):

@@ -431,7 +431,7 @@ def test_max_steps_eval_steps_best_model_and_discard_checkpoint(tiny, glue, tmp_
     best = history[scores.index(max(scores))]  # the first of equal scores: a later tie is not "better"
     assert results["train"]["best_step"] == best["step"] and results["train"]["best_score"] == best["score"]
     # the final evaluation is the best model's, and best/ holds that model
-    assert results["results"]["sst-2"]["acc"] == best["metrics"]["acc"]
+    assert results["results"] == best["results"]
     again = tmp_path / "again"
     assert run_classifier.main(classifier_argv(str(out / "best"), glue, again, "--do_eval")) == 0
     assert json.load(open(again / "results.json"))["results"] == results["results"]
@@ -440,3 +440,13 @@ def test_max_steps_eval_steps_best_model_and_discard_checkpoint(tiny, glue, tmp_
     assert train["train_runtime"] > 0 and train["train_steps_per_second"] > 0
     assert math.isclose(train["train_samples_per_second"], train["train_steps_per_second"] * 4, rel_tol=1e-6)
     assert training.EVAL_HISTORY in training.OUTPUT_NAMES  # --overwrite_output_dir removes it
+    # TensorBoard: the training loss and the dev losses under their own names
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(out / "runs"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/learning_rate", "eval/sst-2/acc", "eval/sst-2/loss", "eval/main"} <= tags
+    assert "eval/loss" not in tags
+    assert [e.step for e in events.Scalars("eval/sst-2/acc")] == [2, 4, 6, 8]
+    assert [e.value for e in events.Scalars("eval/sst-2/loss")] == pytest.approx(
+        [h["results"]["sst-2"]["loss"] for h in history])
