@@ -529,6 +529,17 @@ def task_parameter_names(model, task_id):
     return {name for name, p in model.named_parameters(remove_duplicate=False) if id(p) in ids}
 
 
+def freeze_all_but(model, task_ids):
+    """Leave only the modules and heads of `task_ids` trainable (--add_tasks): the shared encoder
+    (LayerNorms included) and every other task's parameters get requires_grad False, so the
+    optimizer never sees them and the other tasks' outputs cannot change. Returns the number of
+    trainable parameters."""
+    keep = {id(p) for t in task_ids for p in model.task_parameters(t)}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
+    return _count_unique(p for p in model.parameters() if p.requires_grad)
+
+
 def assemble_per_task_best(model, per_task_dir, task_names):
     """Load each task's own-best parameters from per_task_dir/<task>/ into `model` (in place).
 
@@ -664,16 +675,17 @@ def combination_plan(num_tasks, projection, tasks_per_step, combine_strategy):
 SELECTIONS = ("average", "reference_sum")
 
 
-def evaluate_tasks(tasks, predict, selection="average"):
+def evaluate_tasks(tasks, predict, selection="average", task_ids=None):
     """Dev metrics of every task -> (results {eval set: metrics}, {task: main score},
     {eval set: main score}, selection score).
 
-    `predict(features, task_id)` runs the model; task i of `tasks` is task id i. The selection
+    `predict(features, task_id)` runs the model; task i of `tasks` is task id i (or `task_ids[i]`,
+    when a run trains only some tasks of its model, as --add_tasks does). The selection
     score is the unweighted mean of the tasks' main scores (for GLUE tasks the leaderboard's GLUE
     score: MNLI counts once, as the mean of -m and -mm), or with "reference_sum" the 2019 rule: the
     sum of each task's `selection_score` (GLUE: per-batch metrics, MNLI-m only)."""
     results, task_scores, set_scores, parts = {}, {}, {}, []
-    for task_id, task in enumerate(tasks):
+    for task_id, task in zip(task_ids or range(len(tasks)), tasks):
         task_results = task.evaluate(lambda features, t=task_id: predict(features, t))
         results.update(task_results)
         task_scores[task.name] = float(task.main_score(task_results))
@@ -692,19 +704,20 @@ def task_labels(tasks):
     return {t.name: list(t.labels) for t in tasks if t.labels is not None}
 
 
-def save_with_task_labels(model, directory, tokenizer, tasks):
-    """training.save_model + task_labels.json (what the heads' outputs mean, for a later run)."""
+def save_with_task_labels(model, directory, tokenizer, tasks, carried_labels=None):
+    """training.save_model + task_labels.json (what the heads' outputs mean, for a later run);
+    `carried_labels`: {task: labels} of tasks the model holds but this run does not train."""
     training.save_model(model, directory, tokenizer)
-    atomic_write_json(os.path.join(directory, TASK_LABELS_FILE), task_labels(tasks))
+    atomic_write_json(os.path.join(directory, TASK_LABELS_FILE), dict(carried_labels or {}, **task_labels(tasks)))
 
 
-def predict_tasks(tasks, predict, out_dir, env):
+def predict_tasks(tasks, predict, out_dir, env, task_ids=None):
     """Official prediction files of every task into out_dir (each family's format; in a subfolder
     named after the task unless the task's files are made to sit together, as GLUE's submission
     files). Collective under DDP: every rank calls it; rank 0 writes."""
     written = []
     with training.output_dir_of_rank(env, out_dir) as folder:
-        for task_id, task in enumerate(tasks):
+        for task_id, task in zip(task_ids or range(len(tasks)), tasks):
             target = folder if task.flat_predictions else os.path.join(folder, task.name)
             written.extend(task.write_predictions(lambda features, t=task_id: predict(features, t), target))
     return written
@@ -722,48 +735,113 @@ def meta_model(name_or_path, config, task_num_labels, task_types, task_names):
                                          task_names)
 
 
+class TrainLossLog:
+    """on_step hook for Trainer.train: each epoch's mean step loss, overall and per task (over the
+    steps that trained that task alone), kept in trainer.extra_state["train_loss"] (so in
+    checkpoints) for the history in results.json and its picture."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def __call__(self, trainer, loss):
+        if not math.isfinite(loss):
+            return
+        epoch = (trainer.global_step - 1) // self.stream.steps_per_epoch + 1
+        k = self.stream.sampler.num_tasks
+        entry = trainer.extra_state.setdefault("train_loss", {}).setdefault(
+            str(epoch), {"sum": 0.0, "steps": 0, "task_sum": [0.0] * k, "task_steps": [0] * k})
+        entry["sum"] += loss
+        entry["steps"] += 1
+        if len(self.stream.last_tasks) == 1:
+            t = self.stream.last_tasks[0]
+            entry["task_sum"][t] += loss
+            entry["task_steps"][t] += 1
+
+    @staticmethod
+    def epoch_means(trainer, epoch, task_names):
+        """(mean step loss, {task: mean step loss or None}) of 1-based `epoch`."""
+        entry = trainer.extra_state.get("train_loss", {}).get(str(epoch))
+        if not entry or not entry["steps"]:
+            return None, {}
+        per_task = {name: (s / n if n else None) for name, s, n in zip(task_names, entry["task_sum"],
+                                                                        entry["task_steps"])}
+        return entry["sum"] / entry["steps"], per_task
+
+
+def chain_step_hooks(*hooks):
+    """One on_step hook that calls each given hook (None entries skipped) in order."""
+    hooks = [h for h in hooks if h is not None]
+
+    def on_step(trainer, loss):
+        for hook in hooks:
+            hook(trainer, loss)
+    return on_step
+
+
 class EpochEnd:
     """`on_epoch_end` hook for Trainer.train: evaluate every task's dev set(s), print the table, log
     TensorBoard (metrics, the average, target vs realized task frequencies), keep the best model(s),
     early stop. `average_tag` names the average in logs and files: "glue_average" for GLUE-only
-    runs (the leaderboard's GLUE score), "average" (mean of the tasks' main scores) otherwise."""
+    runs (the leaderboard's GLUE score), "average" (mean of the tasks' main scores) otherwise.
+
+    Each history entry also gets the epoch's sampling shares (`sampling`: target and realized per
+    task, steps per task) and, with a TrainLossLog, its mean training loss (`train_loss`,
+    `task_train_loss`). `task_ids[i]` is the model task id of tasks[i] (default i);
+    `carried_labels` are saved into best/ for the model's tasks this run does not train."""
 
     def __init__(self, tasks, selector, stream, sampler, env, tokenizer, output_dir, per_task_best=False,
-                 average_tag="glue_average", average_label="GLUE avg", selection="average"):
+                 average_tag="glue_average", average_label="GLUE avg", selection="average", task_ids=None,
+                 carried_labels=None, loss_log=None):
         self.tasks, self.selector, self.stream, self.sampler = tasks, selector, stream, sampler
         self.env, self.tokenizer = env, tokenizer
         self.output_dir, self.per_task_best = output_dir, per_task_best
         self.average_tag, self.average_label, self.selection = average_tag, average_label, selection
+        self.task_ids = list(task_ids) if task_ids is not None else list(range(len(tasks)))
+        self.carried_labels, self.loss_log = carried_labels, loss_log
+
+    def sampling_shares(self, epoch):
+        """{"target": {task: p}, "realized": {task: share}, "steps": {task: count}} of 1-based epoch."""
+        probs = self.sampler.probabilities(epoch)
+        k = self.stream.tasks_per_step
+        target = probs if k == 1 else (np.full(len(probs), 1.0 / len(probs)) if self.sampler.mode == "rr"
+                                       else inclusion_probabilities(probs, k) / k)
+        realized = self.stream.realized_frequencies(epoch)
+        counts = self.stream.epoch_counts.get(epoch, [0] * len(self.tasks))
+        names = [t.name for t in self.tasks]
+        return {"target": dict(zip(names, map(float, target))), "realized": dict(zip(names, map(float, realized))),
+                "steps": dict(zip(names, map(int, counts)))}
 
     def __call__(self, epoch_index, trainer):
         self.selector.bind(trainer.extra_state)
         epoch = epoch_index + 1
-        results, task_scores, set_scores, average = evaluate_tasks(self.tasks, trainer.predict, self.selection)
+        results, task_scores, set_scores, average = evaluate_tasks(self.tasks, trainer.predict, self.selection,
+                                                                   self.task_ids)
         improved, task_improved, stop = self.selector.update(epoch, results, task_scores, average)
+        entry = self.selector.state["history"][-1]
+        entry["sampling"] = self.sampling_shares(epoch)
+        if self.loss_log is not None:
+            entry["train_loss"], entry["task_train_loss"] = self.loss_log.epoch_means(
+                trainer, epoch, [t.name for t in self.tasks])
         if self.env.is_main:
             note = " (new best)" if improved else f" (best: epoch {self.selector.state['best_epoch']})"
             print(format_eval_table(epoch, results, set_scores, average, self.average_label) + note, flush=True)
             for name, metrics in results.items():
                 trainer.log_scalars(f"eval/{name}", metrics)
             trainer.log_scalars("eval", {self.average_tag: average})
-            probs = self.sampler.probabilities(epoch)
-            k = self.stream.tasks_per_step
-            target = probs if k == 1 else (np.full(len(probs), 1.0 / len(probs)) if self.sampler.mode == "rr"
-                                           else inclusion_probabilities(probs, k) / k)
-            realized = self.stream.realized_frequencies(epoch)
             freq = {}
-            for i, task in enumerate(self.tasks):
-                freq[f"{task.name}/target"], freq[f"{task.name}/realized"] = float(target[i]), realized[i]
+            for part in ("target", "realized"):
+                for task, value in entry["sampling"][part].items():
+                    freq[f"{task}/{part}"] = value
             trainer.log_scalars("sampling", freq)
             out = self.output_dir
             if improved:
                 def write_best(tmp):
-                    save_with_task_labels(trainer.model, tmp, self.tokenizer, self.tasks)
+                    save_with_task_labels(trainer.model, tmp, self.tokenizer, self.tasks, self.carried_labels)
                     atomic_write_json(os.path.join(tmp, "selection.json"), {
                         "epoch": epoch, self.average_tag: average, "step": trainer.global_step})
                 file_utils.replace_dir_atomically(os.path.join(out, "best"), write_best)
             if self.per_task_best:
-                for task_id, task in enumerate(self.tasks):
+                for task_id, task in zip(self.task_ids, self.tasks):
                     if task.name in task_improved:
                         save_task_parameters(trainer.model, task_id, task.name,
                                              os.path.join(out, "per_task_best", task.name),
