@@ -361,7 +361,10 @@ def main(argv=None):
         for p in model.shared_parameters():
             p.requires_grad_(False)
     if plan.carried:
-        mt.freeze_all_but(model, plan.task_ids)
+        trainable = mt.freeze_all_but(model, plan.task_ids)
+        if env.is_main:
+            print(f"--add_tasks: training only {', '.join(plan.names)} ({trainable:,} parameters: their modules and "
+                  f"heads); the encoder and {', '.join(plan.carried)} stay as they are", flush=True)
     report = mt.parameter_report(model, plan.all_names, modeling.count_parameters)
     if env.is_main:
         print(mt.format_parameter_report(report), flush=True)
@@ -489,8 +492,9 @@ def dry_run(args, opts, plan):
     schedule = mt.schedule_report(plan.names, sizes, plan.batch_sizes, args.sample, plan.num_epochs,
                                   args.steps_per_epoch, plan.tasks_per_step)
     num_labels = [t.num_labels if t.num_labels is not None else len(t.read_labels()) for t in tasks]
-    model = mt.meta_model(opts.model_dir, opts.config, num_labels, [t.head_type for t in tasks], plan.names)
-    report = mt.parameter_report(model, plan.names, modeling.count_parameters)
+    model = mt.meta_model(opts.model_dir, opts.config, plan.carried_num_labels + num_labels,
+                          plan.carried_types + [t.head_type for t in tasks], plan.all_names)
+    report = mt.parameter_report(model, plan.all_names, modeling.count_parameters)
     print(f"DRY RUN: {len(plan.names)} tasks, --sample {args.sample}, model {args.bert_model}, "
           f"config {opts.config or 'none (shared encoder + heads)'}")
     print(mt.format_schedule_report(schedule))
