@@ -14,10 +14,12 @@ nothing here imports a task module. What lives here (the runner only wires flags
 - gradient surgery combiners for `training.Trainer(grad_combiner=...)`: PCGrad (Yu et al. 2020) and
   Gradient Vaccine (Wang et al. 2021);
 - reports: expected steps/passes per task, parameter counts and multipliers (`--dry_run`);
+- one task's modules and head as a file (export/import, checked against the base encoder's fingerprint);
 - evaluation of every task, model selection on the mean of the tasks' main scores (for GLUE-only
   runs the leaderboard's GLUE average; joint best + per-task best modules), early stopping, the
   per-epoch dev table, and every task's official prediction files.
 """
+import hashlib
 import json
 import logging
 import math
@@ -563,6 +565,128 @@ def assemble_per_task_best(model, per_task_dir, task_names):
             own[name].copy_(value)
         epochs[task] = int(info["epoch"])
     return epochs
+
+
+# ----------------------------------------------------------------------------------------------
+# One task's modules and head as a file (scripts/export_adapter.py, scripts/import_adapter.py)
+# ----------------------------------------------------------------------------------------------
+
+ADAPTER_WEIGHTS = "adapter.safetensors"  # the task's tensors under portable names (no task index)
+ADAPTER_INFO = "adapter.json"            # task, head, labels, adapter config, the base model's identity
+ADAPTER_FORMAT = 1
+
+
+def encoder_fingerprint(model):
+    """sha256 over the shared parameters (embeddings, encoder layers with their LayerNorms, pooler):
+    name, dtype, shape and bytes of each, in name order. Equal fingerprints = the same base model
+    for every task's modules, whatever file or layout it was loaded from."""
+    digest = hashlib.sha256()
+    for name, p in sorted(getattr(model, "module", model).named_shared_parameters()):
+        tensor = p.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode("utf-8"))
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _adapter_keys(config):
+    """The config keys that decide which task modules exist and their shapes (not num_tasks)."""
+    return {k: getattr(config, k) for k in modeling.ADAPTER_KEYS if k != "num_tasks"}
+
+
+def export_task_adapter(model_dir, task, out_dir, labels=None):
+    """Write task `task` of the fine-tuned multi-task model in `model_dir` (its modules + head) as
+    out_dir/adapter.safetensors + adapter.json (`labels`: the head's label strings, kept there).
+    Returns the info dict (with parameter counts)."""
+    model = modeling.BertForMultiTask.from_pretrained(model_dir)
+    names = list(model.config.task_names or [])
+    if task not in names:
+        raise ConfigError(f"{model_dir}: no task '{task}' (its tasks: {', '.join(names) or 'none'})")
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        raise ConfigError(f"{out_dir} exists and is not empty; export into a new folder")
+    task_id = names.index(task)
+    own = model.state_dict()
+    state = {portable: own[name].detach().to("cpu").contiguous().clone()
+             for portable, name in modeling.task_parameter_pairs(model, task_id)}
+    info = {"format": ADAPTER_FORMAT, "task": task, "head_type": model.task_types[task_id],
+            "num_labels": model.task_num_labels[task_id], "labels": labels,
+            "adapter_config": _adapter_keys(model.config),
+            "base_model": {"encoder_sha256": encoder_fingerprint(model), "source": os.path.abspath(model_dir),
+                           **{k: getattr(model.config, k) for k in ("hidden_size", "num_hidden_layers",
+                                                                    "vocab_size")}},
+            "num_parameters": sum(v.numel() for v in state.values()),
+            "base_parameters": sum(p.numel() for p in model.shared_parameters())}
+
+    def write(tmp):
+        save_file(state, os.path.join(tmp, ADAPTER_WEIGHTS))
+        atomic_write_json(os.path.join(tmp, ADAPTER_INFO), info)
+    file_utils.replace_dir_atomically(out_dir, write)
+    return info
+
+
+def read_task_adapter(adapter_dir):
+    """(info, tensors) of an exported adapter folder; a missing or foreign file is a ConfigError."""
+    path = os.path.join(adapter_dir, ADAPTER_INFO)
+    try:
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+        if not isinstance(info, dict) or info.get("format") != ADAPTER_FORMAT:
+            raise ValueError(f"format {info.get('format') if isinstance(info, dict) else None!r}, expected "
+                             f"{ADAPTER_FORMAT}")
+        for key in ("task", "head_type", "num_labels", "adapter_config", "base_model"):
+            if key not in info:
+                raise ValueError(f"no '{key}'")
+        tensors = load_file(os.path.join(adapter_dir, ADAPTER_WEIGHTS))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{adapter_dir}: not an adapter folder of export_adapter.py ({exc})") from None
+    return info, tensors
+
+
+def import_task_adapter(model_dir, adapter_dir):
+    """The model in `model_dir` (a multi-task model, or a plain BERT) with the exported task added as
+    its last task -> (model, the adapter's info). Refuses an adapter made on another base model
+    (encoder fingerprint), with other adapter settings, or for a task the model already has."""
+    info, tensors = read_task_adapter(adapter_dir)
+    _, merged, weights_path = modeling.read_pretrained(model_dir)
+    names = list(merged.get("task_names") or [])
+    task = info["task"]
+    if task in names:
+        raise ConfigError(f"{model_dir} already has a task '{task}'")
+    if names:  # the new task gets the same kind of modules as the model's tasks
+        ours = _adapter_keys(modeling.BertConfig.from_dict(merged))
+        differ = [f"{k} {v!r} (adapter: {info['adapter_config'].get(k)!r})" for k, v in ours.items()
+                  if info["adapter_config"].get(k) != v]
+        if differ:
+            raise ConfigError(f"{adapter_dir}: made with other task modules than {model_dir} has: {'; '.join(differ)}")
+    merged.update(info["adapter_config"])
+    merged.update(task_names=names + [task], task_num_labels=list(merged.get("task_num_labels") or []) +
+                  [int(info["num_labels"])], task_types=list(merged.get("task_types") or []) + [info["head_type"]],
+                  num_tasks=len(names) + 1)
+    model = modeling.BertForMultiTask(modeling.BertConfig.from_dict(merged))
+    quiet = logging.getLogger(modeling.__name__)
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its "newly initialised" note would name the modules filled in below
+    try:
+        modeling.load_weights(model, weights_path)
+    finally:
+        quiet.setLevel(level)
+    want, have = info["base_model"]["encoder_sha256"], encoder_fingerprint(model)
+    if want != have:
+        raise ConfigError(f"{adapter_dir}: exported from another base model (encoder sha256 {want[:16]}..., "
+                          f"{model_dir} has {have[:16]}...); import it onto the model it came from, or one with the "
+                          "same encoder weights")
+    pairs = dict(modeling.task_parameter_pairs(model, len(names)))
+    if set(pairs) != set(tensors):
+        missing, extra = sorted(set(pairs) - set(tensors)), sorted(set(tensors) - set(pairs))
+        raise ConfigError(f"{adapter_dir}: its tensors do not fit the task modules of {model_dir} "
+                          f"(missing {missing[:3]}, unexpected {extra[:3]})")
+    own = model.state_dict()
+    with torch.no_grad():
+        for portable, name in pairs.items():
+            if own[name].shape != tensors[portable].shape:
+                raise ConfigError(f"{adapter_dir}: {portable} has shape {tuple(tensors[portable].shape)}, the model "
+                                  f"needs {tuple(own[name].shape)}")
+            own[name].copy_(tensors[portable])
+    return model, info
 
 
 class ModelSelector:
