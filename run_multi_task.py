@@ -26,6 +26,7 @@ import optimization
 import tasks as task_families
 import training
 from file_utils import ConfigError, make_parser, resolve_model_dir, run_cli
+from tasks.base import write_readable_predictions
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEMO_DATA_DIR = os.path.join(ROOT, "data", "glue_sample")
@@ -503,7 +504,59 @@ def dry_run(args, opts, plan):
 
 
 def predict_files(args):
-    raise NotImplementedError
+    """--predict TASK=FILE (repeatable): the fine-tuned --bert_model's predictions for a user's
+    examples, no training and no data folder. Every input is read and checked before the model
+    loads or anything is written; then <output_dir>/predictions_TASK.tsv (text, label, score)."""
+    if args.add_tasks or args.diagnose_every:
+        raise ConfigError("--predict runs no training: leave out --add_tasks and --diagnose_every")
+    if args.config not in (None, "none") and "config" in args.explicit:
+        raise ConfigError("--predict uses the model folder's own config: leave --config out")
+    args.config = "none"
+    model_dir = resolve_model_dir(args.bert_model)
+    _, merged, _ = modeling.read_pretrained(model_dir)
+    names = list(merged.get("task_names") or [])
+    if not names:
+        raise ConfigError(f"--predict: {model_dir} names no tasks (not a fine-tuned run_multi_task.py model)")
+    specs = []
+    for spec in args.predict:
+        task, sep, path = spec.partition("=")
+        task = task.strip().lower()
+        if not sep or not task or not path:
+            raise ConfigError(f"--predict '{spec}' is not TASK=FILE (FILE '-' for stdin)")
+        if task not in names:
+            raise ConfigError(f"--predict: the model has no task '{task}' (its tasks: {', '.join(names)})")
+        if path != "-" and not os.path.isfile(path):
+            raise ConfigError(f"--predict {task}: {path} does not exist")
+        specs.append((task, path))
+    if sum(path == "-" for _, path in specs) > 1:
+        raise ConfigError("--predict: only one input can be stdin ('-')")
+    if len({task for task, _ in specs}) < len(specs):
+        raise ConfigError("--predict: a task is named twice (one output file per task)")
+    lengths = mt.parse_task_values(args.task_max_seq_length, names, "--task_max_seq_length",
+                                   check=lambda v: "must be >= 3" if v < 3 else None)
+    opts = training.EngineOptions.from_args(args)
+    env = training.setup_env(opts)
+    training.check_output_dir(opts, training=False)
+    tokenizer = training.load_tokenizer(opts)
+    saved = task_families.saved_labels(model_dir)
+    jobs = []
+    for task_name, path in specs:
+        max_len = min(lengths.get(task_name, task_families.DEFAULT_MAX_SEQ_LENGTH.get(task_name, args.max_seq_length)),
+                      merged["max_position_embeddings"])
+        task = task_families.build_task(task_name, tokenizer, None, max_len, labels=saved.get(task_name),
+                                        doc_stride=args.doc_stride, max_query_length=args.max_query_length)
+        lines = sys.stdin.read().splitlines() if path == "-" else None
+        jobs.append((task, names.index(task_name), path, task.read_inputs(None if path == "-" else path, lines)))
+    model = training.load_model(opts).to(env.device)
+    training.prepare_output_dir(opts, env, training=False)
+    for task, task_id, path, inputs in jobs:
+        rows = task.predict_rows(lambda f, t=task_id: training.predict(model, f, t, opts.eval_batch_size, env), inputs)
+        if env.is_main:
+            target = os.path.join(opts.output_dir, f"predictions_{task.name}.tsv")
+            count = write_readable_predictions(target, rows)
+            print(f"{task.name}: {count} predictions for {'stdin' if path == '-' else path} in {target}", flush=True)
+    env.barrier()
+    return 0
 
 
 def _label(args, opts):
