@@ -152,7 +152,7 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     by_option = {o: a.dest for a in parser._actions for o in a.option_strings}
     explicit = {by_option.get(tok.split("=", 1)[0]) for tok in argv if tok.startswith("--")}
-    args.explicit = explicit
+    args.explicit = sorted(d for d in explicit if d)  # sorted: run_config.json is the same for the same flags
     apply_2019_flags(args)
     args.demo = args.data_dir is None and args.task_data is None
     if args.demo:
@@ -310,7 +310,9 @@ class Plan:
                     max_eval_examples=args.max_eval_examples, selection=self.selection,
                     pal_attention_lr=args.pal_attention_lr,
                     reference_layernorm_init=args.reference_layernorm_init or args.reference_protocol,
-                    data=[os.path.abspath(d) for d in self.data_dirs], carried_tasks=self.carried)
+                    data=[os.path.abspath(d) for d in self.data_dirs],
+                    # only when adding tasks: checkpoints of other runs keep their fingerprint
+                    **({"carried_tasks": self.carried} if self.carried else {}))
 
     def build_tasks(self, args, opts, tokenizer):
         """Task objects (nothing read yet); a model folder's task_labels.json gives NER tag lists."""
