@@ -952,6 +952,20 @@ def task_specific_parameter_names(model):
     return result
 
 
+def task_parameter_pairs(model, task_id):
+    """[(portable name, state-dict name)] of task `task_id`'s adapters and head. The portable name
+    drops the task index (`heads.3.classifier.weight` -> `heads.classifier.weight`), so one task's
+    parameters move into a model where the task has another id (adapter files)."""
+    model = _unwrap(model)
+    pairs = []
+    if isinstance(model, BertForMultiTask):
+        pairs += [(f"heads.{n}", f"heads.{task_id}.{n}") for n, _ in model.heads[task_id].named_parameters()]
+    for prefix, module in model.named_modules():
+        if isinstance(module, TaskModuleList):
+            pairs += [(f"{prefix}.{n}", f"{prefix}.{task_id}.{n}") for n, _ in module[task_id].named_parameters()]
+    return pairs
+
+
 def uses_all_parameters(model):
     """Whether every forward step gives every trainable parameter a gradient: a one-task model whose
     head reads the pooled output. (Several tasks: the others' modules rest; span/token heads: the

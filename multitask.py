@@ -14,10 +14,12 @@ nothing here imports a task module. What lives here (the runner only wires flags
 - gradient surgery combiners for `training.Trainer(grad_combiner=...)`: PCGrad (Yu et al. 2020) and
   Gradient Vaccine (Wang et al. 2021);
 - reports: expected steps/passes per task, parameter counts and multipliers (`--dry_run`);
+- one task's modules and head as a file (export/import, checked against the base encoder's fingerprint);
 - evaluation of every task, model selection on the mean of the tasks' main scores (for GLUE-only
   runs the leaderboard's GLUE average; joint best + per-task best modules), early stopping, the
   per-epoch dev table, and every task's official prediction files.
 """
+import hashlib
 import json
 import logging
 import math
@@ -529,6 +531,17 @@ def task_parameter_names(model, task_id):
     return {name for name, p in model.named_parameters(remove_duplicate=False) if id(p) in ids}
 
 
+def freeze_all_but(model, task_ids):
+    """Leave only the modules and heads of `task_ids` trainable (--add_tasks): the shared encoder
+    (LayerNorms included) and every other task's parameters get requires_grad False, so the
+    optimizer never sees them and the other tasks' outputs cannot change. Returns the number of
+    trainable parameters."""
+    keep = {id(p) for t in task_ids for p in model.task_parameters(t)}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
+    return _count_unique(p for p in model.parameters() if p.requires_grad)
+
+
 def assemble_per_task_best(model, per_task_dir, task_names):
     """Load each task's own-best parameters from per_task_dir/<task>/ into `model` (in place).
 
@@ -552,6 +565,128 @@ def assemble_per_task_best(model, per_task_dir, task_names):
             own[name].copy_(value)
         epochs[task] = int(info["epoch"])
     return epochs
+
+
+# ----------------------------------------------------------------------------------------------
+# One task's modules and head as a file (scripts/export_adapter.py, scripts/import_adapter.py)
+# ----------------------------------------------------------------------------------------------
+
+ADAPTER_WEIGHTS = "adapter.safetensors"  # the task's tensors under portable names (no task index)
+ADAPTER_INFO = "adapter.json"            # task, head, labels, adapter config, the base model's identity
+ADAPTER_FORMAT = 1
+
+
+def encoder_fingerprint(model):
+    """sha256 over the shared parameters (embeddings, encoder layers with their LayerNorms, pooler):
+    name, dtype, shape and bytes of each, in name order. Equal fingerprints = the same base model
+    for every task's modules, whatever file or layout it was loaded from."""
+    digest = hashlib.sha256()
+    for name, p in sorted(getattr(model, "module", model).named_shared_parameters()):
+        tensor = p.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode("utf-8"))
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _adapter_keys(config):
+    """The config keys that decide which task modules exist and their shapes (not num_tasks)."""
+    return {k: getattr(config, k) for k in modeling.ADAPTER_KEYS if k != "num_tasks"}
+
+
+def export_task_adapter(model_dir, task, out_dir, labels=None):
+    """Write task `task` of the fine-tuned multi-task model in `model_dir` (its modules + head) as
+    out_dir/adapter.safetensors + adapter.json (`labels`: the head's label strings, kept there).
+    Returns the info dict (with parameter counts)."""
+    model = modeling.BertForMultiTask.from_pretrained(model_dir)
+    names = list(model.config.task_names or [])
+    if task not in names:
+        raise ConfigError(f"{model_dir}: no task '{task}' (its tasks: {', '.join(names) or 'none'})")
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        raise ConfigError(f"{out_dir} exists and is not empty; export into a new folder")
+    task_id = names.index(task)
+    own = model.state_dict()
+    state = {portable: own[name].detach().to("cpu").contiguous().clone()
+             for portable, name in modeling.task_parameter_pairs(model, task_id)}
+    info = {"format": ADAPTER_FORMAT, "task": task, "head_type": model.task_types[task_id],
+            "num_labels": model.task_num_labels[task_id], "labels": labels,
+            "adapter_config": _adapter_keys(model.config),
+            "base_model": {"encoder_sha256": encoder_fingerprint(model), "source": os.path.abspath(model_dir),
+                           **{k: getattr(model.config, k) for k in ("hidden_size", "num_hidden_layers",
+                                                                    "vocab_size")}},
+            "num_parameters": sum(v.numel() for v in state.values()),
+            "base_parameters": sum(p.numel() for p in model.shared_parameters())}
+
+    def write(tmp):
+        save_file(state, os.path.join(tmp, ADAPTER_WEIGHTS))
+        atomic_write_json(os.path.join(tmp, ADAPTER_INFO), info)
+    file_utils.replace_dir_atomically(out_dir, write)
+    return info
+
+
+def read_task_adapter(adapter_dir):
+    """(info, tensors) of an exported adapter folder; a missing or foreign file is a ConfigError."""
+    path = os.path.join(adapter_dir, ADAPTER_INFO)
+    try:
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+        if not isinstance(info, dict) or info.get("format") != ADAPTER_FORMAT:
+            raise ValueError(f"format {info.get('format') if isinstance(info, dict) else None!r}, expected "
+                             f"{ADAPTER_FORMAT}")
+        for key in ("task", "head_type", "num_labels", "adapter_config", "base_model"):
+            if key not in info:
+                raise ValueError(f"no '{key}'")
+        tensors = load_file(os.path.join(adapter_dir, ADAPTER_WEIGHTS))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{adapter_dir}: not an adapter folder of export_adapter.py ({exc})") from None
+    return info, tensors
+
+
+def import_task_adapter(model_dir, adapter_dir):
+    """The model in `model_dir` (a multi-task model, or a plain BERT) with the exported task added as
+    its last task -> (model, the adapter's info). Refuses an adapter made on another base model
+    (encoder fingerprint), with other adapter settings, or for a task the model already has."""
+    info, tensors = read_task_adapter(adapter_dir)
+    _, merged, weights_path = modeling.read_pretrained(model_dir)
+    names = list(merged.get("task_names") or [])
+    task = info["task"]
+    if task in names:
+        raise ConfigError(f"{model_dir} already has a task '{task}'")
+    if names:  # the new task gets the same kind of modules as the model's tasks
+        ours = _adapter_keys(modeling.BertConfig.from_dict(merged))
+        differ = [f"{k} {v!r} (adapter: {info['adapter_config'].get(k)!r})" for k, v in ours.items()
+                  if info["adapter_config"].get(k) != v]
+        if differ:
+            raise ConfigError(f"{adapter_dir}: made with other task modules than {model_dir} has: {'; '.join(differ)}")
+    merged.update(info["adapter_config"])
+    merged.update(task_names=names + [task], task_num_labels=list(merged.get("task_num_labels") or []) +
+                  [int(info["num_labels"])], task_types=list(merged.get("task_types") or []) + [info["head_type"]],
+                  num_tasks=len(names) + 1)
+    model = modeling.BertForMultiTask(modeling.BertConfig.from_dict(merged))
+    quiet = logging.getLogger(modeling.__name__)
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its "newly initialised" note would name the modules filled in below
+    try:
+        modeling.load_weights(model, weights_path)
+    finally:
+        quiet.setLevel(level)
+    want, have = info["base_model"]["encoder_sha256"], encoder_fingerprint(model)
+    if want != have:
+        raise ConfigError(f"{adapter_dir}: exported from another base model (encoder sha256 {want[:16]}..., "
+                          f"{model_dir} has {have[:16]}...); import it onto the model it came from, or one with the "
+                          "same encoder weights")
+    pairs = dict(modeling.task_parameter_pairs(model, len(names)))
+    if set(pairs) != set(tensors):
+        missing, extra = sorted(set(pairs) - set(tensors)), sorted(set(tensors) - set(pairs))
+        raise ConfigError(f"{adapter_dir}: its tensors do not fit the task modules of {model_dir} "
+                          f"(missing {missing[:3]}, unexpected {extra[:3]})")
+    own = model.state_dict()
+    with torch.no_grad():
+        for portable, name in pairs.items():
+            if own[name].shape != tensors[portable].shape:
+                raise ConfigError(f"{adapter_dir}: {portable} has shape {tuple(tensors[portable].shape)}, the model "
+                                  f"needs {tuple(own[name].shape)}")
+            own[name].copy_(tensors[portable])
+    return model, info
 
 
 class ModelSelector:
@@ -664,16 +799,17 @@ def combination_plan(num_tasks, projection, tasks_per_step, combine_strategy):
 SELECTIONS = ("average", "reference_sum")
 
 
-def evaluate_tasks(tasks, predict, selection="average"):
+def evaluate_tasks(tasks, predict, selection="average", task_ids=None):
     """Dev metrics of every task -> (results {eval set: metrics}, {task: main score},
     {eval set: main score}, selection score).
 
-    `predict(features, task_id)` runs the model; task i of `tasks` is task id i. The selection
+    `predict(features, task_id)` runs the model; task i of `tasks` is task id i (or `task_ids[i]`,
+    when a run trains only some tasks of its model, as --add_tasks does). The selection
     score is the unweighted mean of the tasks' main scores (for GLUE tasks the leaderboard's GLUE
     score: MNLI counts once, as the mean of -m and -mm), or with "reference_sum" the 2019 rule: the
     sum of each task's `selection_score` (GLUE: per-batch metrics, MNLI-m only)."""
     results, task_scores, set_scores, parts = {}, {}, {}, []
-    for task_id, task in enumerate(tasks):
+    for task_id, task in zip(task_ids or range(len(tasks)), tasks):
         task_results = task.evaluate(lambda features, t=task_id: predict(features, t))
         results.update(task_results)
         task_scores[task.name] = float(task.main_score(task_results))
@@ -692,19 +828,20 @@ def task_labels(tasks):
     return {t.name: list(t.labels) for t in tasks if t.labels is not None}
 
 
-def save_with_task_labels(model, directory, tokenizer, tasks):
-    """training.save_model + task_labels.json (what the heads' outputs mean, for a later run)."""
+def save_with_task_labels(model, directory, tokenizer, tasks, carried_labels=None):
+    """training.save_model + task_labels.json (what the heads' outputs mean, for a later run);
+    `carried_labels`: {task: labels} of tasks the model holds but this run does not train."""
     training.save_model(model, directory, tokenizer)
-    atomic_write_json(os.path.join(directory, TASK_LABELS_FILE), task_labels(tasks))
+    atomic_write_json(os.path.join(directory, TASK_LABELS_FILE), dict(carried_labels or {}, **task_labels(tasks)))
 
 
-def predict_tasks(tasks, predict, out_dir, env):
+def predict_tasks(tasks, predict, out_dir, env, task_ids=None):
     """Official prediction files of every task into out_dir (each family's format; in a subfolder
     named after the task unless the task's files are made to sit together, as GLUE's submission
     files). Collective under DDP: every rank calls it; rank 0 writes."""
     written = []
     with training.output_dir_of_rank(env, out_dir) as folder:
-        for task_id, task in enumerate(tasks):
+        for task_id, task in zip(task_ids or range(len(tasks)), tasks):
             target = folder if task.flat_predictions else os.path.join(folder, task.name)
             written.extend(task.write_predictions(lambda features, t=task_id: predict(features, t), target))
     return written
@@ -722,48 +859,113 @@ def meta_model(name_or_path, config, task_num_labels, task_types, task_names):
                                          task_names)
 
 
+class TrainLossLog:
+    """on_step hook for Trainer.train: each epoch's mean step loss, overall and per task (over the
+    steps that trained that task alone), kept in trainer.extra_state["train_loss"] (so in
+    checkpoints) for the history in results.json and its picture."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def __call__(self, trainer, loss):
+        if not math.isfinite(loss):
+            return
+        epoch = (trainer.global_step - 1) // self.stream.steps_per_epoch + 1
+        k = self.stream.sampler.num_tasks
+        entry = trainer.extra_state.setdefault("train_loss", {}).setdefault(
+            str(epoch), {"sum": 0.0, "steps": 0, "task_sum": [0.0] * k, "task_steps": [0] * k})
+        entry["sum"] += loss
+        entry["steps"] += 1
+        if len(self.stream.last_tasks) == 1:
+            t = self.stream.last_tasks[0]
+            entry["task_sum"][t] += loss
+            entry["task_steps"][t] += 1
+
+    @staticmethod
+    def epoch_means(trainer, epoch, task_names):
+        """(mean step loss, {task: mean step loss or None}) of 1-based `epoch`."""
+        entry = trainer.extra_state.get("train_loss", {}).get(str(epoch))
+        if not entry or not entry["steps"]:
+            return None, {}
+        per_task = {name: (s / n if n else None) for name, s, n in zip(task_names, entry["task_sum"],
+                                                                        entry["task_steps"])}
+        return entry["sum"] / entry["steps"], per_task
+
+
+def chain_step_hooks(*hooks):
+    """One on_step hook that calls each given hook (None entries skipped) in order."""
+    hooks = [h for h in hooks if h is not None]
+
+    def on_step(trainer, loss):
+        for hook in hooks:
+            hook(trainer, loss)
+    return on_step
+
+
 class EpochEnd:
     """`on_epoch_end` hook for Trainer.train: evaluate every task's dev set(s), print the table, log
     TensorBoard (metrics, the average, target vs realized task frequencies), keep the best model(s),
     early stop. `average_tag` names the average in logs and files: "glue_average" for GLUE-only
-    runs (the leaderboard's GLUE score), "average" (mean of the tasks' main scores) otherwise."""
+    runs (the leaderboard's GLUE score), "average" (mean of the tasks' main scores) otherwise.
+
+    Each history entry also gets the epoch's sampling shares (`sampling`: target and realized per
+    task, steps per task) and, with a TrainLossLog, its mean training loss (`train_loss`,
+    `task_train_loss`). `task_ids[i]` is the model task id of tasks[i] (default i);
+    `carried_labels` are saved into best/ for the model's tasks this run does not train."""
 
     def __init__(self, tasks, selector, stream, sampler, env, tokenizer, output_dir, per_task_best=False,
-                 average_tag="glue_average", average_label="GLUE avg", selection="average"):
+                 average_tag="glue_average", average_label="GLUE avg", selection="average", task_ids=None,
+                 carried_labels=None, loss_log=None):
         self.tasks, self.selector, self.stream, self.sampler = tasks, selector, stream, sampler
         self.env, self.tokenizer = env, tokenizer
         self.output_dir, self.per_task_best = output_dir, per_task_best
         self.average_tag, self.average_label, self.selection = average_tag, average_label, selection
+        self.task_ids = list(task_ids) if task_ids is not None else list(range(len(tasks)))
+        self.carried_labels, self.loss_log = carried_labels, loss_log
+
+    def sampling_shares(self, epoch):
+        """{"target": {task: p}, "realized": {task: share}, "steps": {task: count}} of 1-based epoch."""
+        probs = self.sampler.probabilities(epoch)
+        k = self.stream.tasks_per_step
+        target = probs if k == 1 else (np.full(len(probs), 1.0 / len(probs)) if self.sampler.mode == "rr"
+                                       else inclusion_probabilities(probs, k) / k)
+        realized = self.stream.realized_frequencies(epoch)
+        counts = self.stream.epoch_counts.get(epoch, [0] * len(self.tasks))
+        names = [t.name for t in self.tasks]
+        return {"target": dict(zip(names, map(float, target))), "realized": dict(zip(names, map(float, realized))),
+                "steps": dict(zip(names, map(int, counts)))}
 
     def __call__(self, epoch_index, trainer):
         self.selector.bind(trainer.extra_state)
         epoch = epoch_index + 1
-        results, task_scores, set_scores, average = evaluate_tasks(self.tasks, trainer.predict, self.selection)
+        results, task_scores, set_scores, average = evaluate_tasks(self.tasks, trainer.predict, self.selection,
+                                                                   self.task_ids)
         improved, task_improved, stop = self.selector.update(epoch, results, task_scores, average)
+        entry = self.selector.state["history"][-1]
+        entry["sampling"] = self.sampling_shares(epoch)
+        if self.loss_log is not None:
+            entry["train_loss"], entry["task_train_loss"] = self.loss_log.epoch_means(
+                trainer, epoch, [t.name for t in self.tasks])
         if self.env.is_main:
             note = " (new best)" if improved else f" (best: epoch {self.selector.state['best_epoch']})"
             print(format_eval_table(epoch, results, set_scores, average, self.average_label) + note, flush=True)
             for name, metrics in results.items():
                 trainer.log_scalars(f"eval/{name}", metrics)
             trainer.log_scalars("eval", {self.average_tag: average})
-            probs = self.sampler.probabilities(epoch)
-            k = self.stream.tasks_per_step
-            target = probs if k == 1 else (np.full(len(probs), 1.0 / len(probs)) if self.sampler.mode == "rr"
-                                           else inclusion_probabilities(probs, k) / k)
-            realized = self.stream.realized_frequencies(epoch)
             freq = {}
-            for i, task in enumerate(self.tasks):
-                freq[f"{task.name}/target"], freq[f"{task.name}/realized"] = float(target[i]), realized[i]
+            for part in ("target", "realized"):
+                for task, value in entry["sampling"][part].items():
+                    freq[f"{task}/{part}"] = value
             trainer.log_scalars("sampling", freq)
             out = self.output_dir
             if improved:
                 def write_best(tmp):
-                    save_with_task_labels(trainer.model, tmp, self.tokenizer, self.tasks)
+                    save_with_task_labels(trainer.model, tmp, self.tokenizer, self.tasks, self.carried_labels)
                     atomic_write_json(os.path.join(tmp, "selection.json"), {
                         "epoch": epoch, self.average_tag: average, "step": trainer.global_step})
                 file_utils.replace_dir_atomically(os.path.join(out, "best"), write_best)
             if self.per_task_best:
-                for task_id, task in enumerate(self.tasks):
+                for task_id, task in zip(self.task_ids, self.tasks):
                     if task.name in task_improved:
                         save_task_parameters(trainer.model, task_id, task.name,
                                              os.path.join(out, "per_task_best", task.name),

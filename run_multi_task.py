@@ -19,12 +19,14 @@ import time
 
 import torch
 
+import diagnostics
 import modeling
 import multitask as mt
 import optimization
 import tasks as task_families
 import training
-from file_utils import ConfigError, make_parser, run_cli
+from file_utils import ConfigError, make_parser, resolve_model_dir, run_cli
+from tasks.base import write_readable_predictions
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEMO_DATA_DIR = os.path.join(ROOT, "data", "glue_sample")
@@ -103,6 +105,22 @@ def build_parser():
     g.add_argument("--reference_layernorm_init", action="store_true",
                    help="2019: LayerNorms not in the checkpoint start with gamma and beta ~ N(0, 0.02) "
                         "(set by --reference_protocol)")
+    d = p.add_argument_group("diagnostics, pictures, adding tasks, predicting (docs/multitask.md)")
+    d.add_argument("--diagnose_every", type=int, default=0,
+                   help="every N steps: each task's gradient on the shared parameters from one batch per task, "
+                        "cosine per task pair (overall and per layer group) to TensorBoard and "
+                        "diagnostics/epoch_E.csv; costs K forward+backward passes per diagnosis (0: off)")
+    d.add_argument("--diagnose_pairs", default=None,
+                   help="task pairs drawn per layer x step at the end, e.g. rte:mrpc,cola:sst-2 "
+                        "(default: the most conflicting pairs)")
+    d.add_argument("--no_plots", action="store_true", help="do not draw the PNG pictures at the end of training")
+    d.add_argument("--add_tasks", default=None,
+                   help="add these tasks (comma list, as --tasks) to the fine-tuned multi-task --bert_model: "
+                        "only their new modules and heads train; the encoder and the model's tasks stay as they are")
+    d.add_argument("--predict", action="append", default=None, metavar="TASK=FILE",
+                   help="no training: predict task TASK of the fine-tuned --bert_model for the examples in FILE "
+                        "(the task's own file format, or one example per line; '-' reads stdin) into "
+                        "<output_dir>/predictions_TASK.tsv (text, label, score); repeatable")
     c = p.add_argument_group("2019 command lines (Bert-n-Pals run_multi_task.py), accepted as written")
     c.add_argument("--bert_config_file", default=None,
                    help="the combined BERT + adapter config of the 2019 scripts (e.g. pals_config.json)")
@@ -134,6 +152,7 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     by_option = {o: a.dest for a in parser._actions for o in a.option_strings}
     explicit = {by_option.get(tok.split("=", 1)[0]) for tok in argv if tok.startswith("--")}
+    args.explicit = sorted(d for d in explicit if d)  # sorted: run_config.json is the same for the same flags
     apply_2019_flags(args)
     args.demo = args.data_dir is None and args.task_data is None
     if args.demo:
@@ -146,6 +165,8 @@ def parse_args(argv):
     return args
 
 
+# Diagnostic streams use seeds this far from the training streams' (seed + task index).
+DIAGNOSIS_SEED_OFFSET = 100_000
 # The PAL attention weights' learning rate of the 2019 `--optim` option (hard-coded there).
 REFERENCE_PAL_ATTENTION_LR = 3e-4
 
@@ -179,7 +200,18 @@ class Plan:
     """The run's tasks and their per-task settings, from the flags (no file read yet)."""
 
     def __init__(self, args):
-        self.names = task_families.parse_task_names(args.tasks)
+        self.carried, self.carried_num_labels, self.carried_types = [], [], []
+        if args.add_tasks:
+            self._carry(args)
+            self.names = task_families.parse_task_names(args.add_tasks)
+            for name in self.names:
+                if name in self.carried:
+                    raise ConfigError(f"--add_tasks: '{name}' is already a task of {args.bert_model} "
+                                      f"({', '.join(self.carried)})")
+        else:
+            self.names = task_families.parse_task_names(args.tasks)
+        # The model's task id of each task this run trains (--add_tasks: after the carried tasks).
+        self.task_ids = [len(self.carried) + i for i in range(len(self.names))]
         self.glue_only = all(task_families.is_glue(n) for n in self.names)
         if args.steps_per_epoch is None and args.single_task:
             # 2019 `--tasks single`: an "epoch" is half a pass (num_train_steps / (2 x epochs), as there)
@@ -230,6 +262,43 @@ class Plan:
             self.average_key, self.average_label = "reference_sum", "2019 sum"
         if not 0.0 < args.vaccine_beta <= 1.0:
             raise ConfigError(f"--vaccine_beta must be in (0, 1], got {args.vaccine_beta}")
+        if args.diagnose_every < 0:
+            raise ConfigError(f"--diagnose_every must be >= 0 (0: off), got {args.diagnose_every}")
+        if args.diagnose_every and (args.freeze or self.carried):
+            raise ConfigError("--diagnose_every measures gradients of the shared parameters, which "
+                              f"{'--freeze' if args.freeze else '--add_tasks'} does not train")
+        if args.diagnose_pairs and not args.diagnose_every:
+            raise ConfigError("--diagnose_pairs needs --diagnose_every N")
+        self.diagnose_pairs = diagnostics.parse_pairs(args.diagnose_pairs, self.names)
+
+    @property
+    def all_names(self):
+        """Every task of the model this run trains or carries, in task-id order."""
+        return self.carried + self.names
+
+    def _carry(self, args):
+        """--add_tasks: the fine-tuned model's own tasks, which this run keeps as they are."""
+        if args.no_train:
+            raise ConfigError("--add_tasks trains the new tasks: it cannot be used with --no_train")
+        if "tasks" in args.explicit:
+            raise ConfigError("--add_tasks takes the model's tasks and adds its own: leave --tasks out")
+        for flag, problem in (("freeze", "is implied (only the new tasks' modules and heads train)"),
+                              ("per_task_best", "is not supported: best/ holds the new tasks' best epoch")):
+            if getattr(args, flag):
+                raise ConfigError(f"--{flag} with --add_tasks {problem}")
+        if args.projection != "none":
+            raise ConfigError("--projection acts on the shared parameters, which --add_tasks does not train")
+        if args.config not in (None, "none") and "config" in args.explicit:
+            raise ConfigError("--add_tasks gives the new tasks the modules of the model's own config: leave "
+                              "--config out")
+        args.config = "none"  # the adapter keys come from the model folder's config.json
+        model_dir = resolve_model_dir(args.bert_model)
+        _, merged, _ = modeling.read_pretrained(model_dir)
+        if not merged.get("task_names"):
+            raise ConfigError(f"--add_tasks: {model_dir} is not a fine-tuned multi-task model (its config.json "
+                              "names no tasks); train one with run_multi_task.py first")
+        self.carried = list(merged["task_names"])
+        self.carried_num_labels, self.carried_types = list(merged["task_num_labels"]), list(merged["task_types"])
 
     def run_flags(self, args):
         """This runner's flags that define a run (part of the checkpoint fingerprint)."""
@@ -241,7 +310,9 @@ class Plan:
                     max_eval_examples=args.max_eval_examples, selection=self.selection,
                     pal_attention_lr=args.pal_attention_lr,
                     reference_layernorm_init=args.reference_layernorm_init or args.reference_protocol,
-                    data=[os.path.abspath(d) for d in self.data_dirs])
+                    data=[os.path.abspath(d) for d in self.data_dirs],
+                    # only when adding tasks: checkpoints of other runs keep their fingerprint
+                    **({"carried_tasks": self.carried} if self.carried else {}))
 
     def build_tasks(self, args, opts, tokenizer):
         """Task objects (nothing read yet); a model folder's task_labels.json gives NER tag lists."""
@@ -256,6 +327,8 @@ class Plan:
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.predict:
+        return predict_files(args)
     plan = Plan(args)
     if args.demo:
         print(f"DEMO PROFILE (no --data_dir / --task_data): bundled sample data under {os.path.relpath(ROOT)}/data, "
@@ -274,10 +347,11 @@ def main(argv=None):
     tasks = plan.build_tasks(args, opts, tokenizer)
     for task in tasks:  # every input file is read and checked before anything is written
         task.prepare(train=not args.no_train, dev=True, test=args.do_predict)
-    model = training.load_model(opts, [t.num_labels for t in tasks], [t.head_type for t in tasks], plan.names)
+    model = training.load_model(opts, plan.carried_num_labels + [t.num_labels for t in tasks],
+                                plan.carried_types + [t.head_type for t in tasks], plan.all_names)
     if args.reference_layernorm_init or args.reference_protocol:
         modeling.reference_layernorm_init(model)
-    _reorder_reference_heads(model, plan.names)
+    _reorder_reference_heads(model, plan.all_names)
     longest = max(plan.max_lengths)
     if longest > model.config.max_position_embeddings:
         raise ConfigError(f"a task's max length {longest} exceeds the model's max_position_embeddings "
@@ -289,13 +363,20 @@ def main(argv=None):
     if args.freeze:
         for p in model.shared_parameters():
             p.requires_grad_(False)
-    report = mt.parameter_report(model, plan.names, modeling.count_parameters)
+    if plan.carried:
+        trainable = mt.freeze_all_but(model, plan.task_ids)
+        if env.is_main:
+            print(f"--add_tasks: training only {', '.join(plan.names)} ({trainable:,} parameters: their modules and "
+                  f"heads); the encoder and {', '.join(plan.carried)} stay as they are", flush=True)
+    report = mt.parameter_report(model, plan.all_names, modeling.count_parameters)
     if env.is_main:
         print(mt.format_parameter_report(report), flush=True)
     selector = mt.ModelSelector({}, plan.names, args.patience, average_key=plan.average_key,
                                 initial_best=0.0 if plan.selection == "reference_sum" else None)
     results = {"kind": "multi_task", "label": _label(args, opts), "tasks": plan.names, "config": opts.config,
                "sample": args.sample, "parameters": report, "demo": args.demo, "projection": args.projection}
+    if plan.carried:
+        results["carried_tasks"] = plan.carried
     if args.no_train:
         trainer = training.Trainer(opts, env, model, 1)
         results_, task_scores, set_scores, average = mt.evaluate_tasks(tasks, trainer.predict, plan.selection)
@@ -309,22 +390,40 @@ def main(argv=None):
                                            pal_attention_lr=args.pal_attention_lr)
         combiner = mt.GradientCombiner(plan.method, len(tasks), seed=opts.seed, beta=args.vaccine_beta) \
             if plan.tasks_per_step > 1 else None
-        streams = [training.make_stream(opts, env, t.train_features, task_id=i, batch_size=bs, seed=opts.seed + i,
-                                        pad_to=max_len if opts.pad_to_max_length else None)
-                   for i, (t, bs, max_len) in enumerate(zip(tasks, plan.batch_sizes, plan.max_lengths))]
+        def task_streams(seed_offset):
+            return [training.make_stream(opts, env, t.train_features, task_id=tid, batch_size=bs,
+                                         seed=opts.seed + seed_offset + i,
+                                         pad_to=max_len if opts.pad_to_max_length else None)
+                    for i, (t, tid, bs, max_len) in enumerate(zip(tasks, plan.task_ids, plan.batch_sizes,
+                                                                  plan.max_lengths))]
+        streams = task_streams(0)
         sampler = mt.TaskSampler(sizes, args.sample, plan.num_epochs, opts.seed)
         stream = mt.MultiTaskStream(streams, sampler, args.steps_per_epoch, plan.tasks_per_step, combiner)
+        loss_log = mt.TrainLossLog(stream)
+        diagnosis = None
+        if args.diagnose_every:
+            # Batches of their own (other seeds): the training streams' positions must not move.
+            diagnosis = diagnostics.GradientDiagnostics(args.diagnose_every, plan.names,
+                                                        task_streams(DIAGNOSIS_SEED_OFFSET), env, opts.output_dir,
+                                                        args.steps_per_epoch, task_ids=plan.task_ids)
+            if env.is_main:
+                print(f"gradient diagnostics every {args.diagnose_every} steps: {len(tasks)} extra forward+backward "
+                      f"passes each (about {len(tasks) / args.diagnose_every:.2f} passes per training step)",
+                      flush=True)
         schedule = mt.schedule_report(plan.names, sizes, plan.batch_sizes, args.sample, plan.num_epochs,
                                       args.steps_per_epoch, plan.tasks_per_step)
         if env.is_main:
             print(mt.format_schedule_report(schedule), flush=True)
         total_steps = training.num_training_steps(opts, args.steps_per_epoch)
         trainer = training.Trainer(opts, env, model, total_steps, param_groups=groups, grad_combiner=combiner)
+        carried_labels = {k: v for k, v in task_families.saved_labels(opts.model_dir).items() if k in plan.carried}
         on_epoch_end = mt.EpochEnd(tasks, selector, stream, sampler, env, tokenizer, opts.output_dir,
                                    per_task_best=args.per_task_best, average_tag=plan.average_key,
-                                   average_label=plan.average_label, selection=plan.selection)
+                                   average_label=plan.average_label, selection=plan.selection,
+                                   task_ids=plan.task_ids, carried_labels=carried_labels, loss_log=loss_log)
         stop_at = min(total_steps, args.stop_after_steps or total_steps)
-        outcome = trainer.train(stream, stop_at, args.steps_per_epoch, on_epoch_end=on_epoch_end, desc="multi-task")
+        outcome = trainer.train(stream, stop_at, args.steps_per_epoch, on_epoch_end=on_epoch_end, desc="multi-task",
+                                on_step=mt.chain_step_hooks(loss_log, diagnosis))
         if stop_at < total_steps and not outcome["stopped_early"]:
             trainer.close()
             print(f"stopped after {trainer.global_step} steps as asked; continue with --resume", flush=True)
@@ -334,6 +433,8 @@ def main(argv=None):
         results.update(schedule=schedule, steps=trainer.global_step, train_loss=outcome["loss"],
                        stopped_early=outcome["stopped_early"], combine_strategy=plan.strategy,
                        tasks_per_step=plan.tasks_per_step, realized_frequencies=stream.realized_frequencies())
+        if diagnosis is not None:
+            results["diagnostics"] = dict(diagnosis.finish(trainer), named_pairs=plan.diagnose_pairs)
         best_dir = os.path.join(opts.output_dir, "best")
     results.update(history=selector.state["history"], best_epoch=selector.state["best_epoch"],
                    best_average=selector.state["best_average"], task_best=selector.state["task_best"])
@@ -344,7 +445,7 @@ def main(argv=None):
     if args.do_predict:
         selected = modeling.BertForMultiTask.from_pretrained(best_dir).to(env.device)
         written = mt.predict_tasks(tasks, lambda f, t: training.predict(selected, f, t, opts.eval_batch_size, env),
-                                   os.path.join(opts.output_dir, "predictions"), env)
+                                   os.path.join(opts.output_dir, "predictions"), env, task_ids=plan.task_ids)
         results["predictions"] = [os.path.relpath(p, opts.output_dir) for p in written]
     trainer.close()
     if env.is_main:
@@ -353,7 +454,23 @@ def main(argv=None):
         what = "GLUE average" if plan.glue_only else "average of the tasks' main scores"
         print(f"best {what} {100 * best:.2f} at epoch {selector.state['best_epoch']}; outputs in "
               f"{opts.output_dir}" if best is not None else f"outputs in {opts.output_dir}", flush=True)
+        if not args.no_train and not args.no_plots:
+            draw_pictures(opts.output_dir)
     return 0
+
+
+def draw_pictures(output_dir):
+    """plots.plot_run on a finished run; a failure is a warning, never a lost run (the model and
+    results.json are already written)."""
+    try:
+        import plots  # matplotlib is imported only for the pictures
+        written = plots.plot_run(output_dir)
+    except Exception as exc:  # noqa: BLE001 -- any plotting failure must leave the run usable
+        logger.warning("could not draw the pictures (%s: %s); draw them later with scripts/plot_run.py %s",
+                       type(exc).__name__, exc, output_dir)
+        return {}
+    print(f"pictures: {', '.join(os.path.relpath(p, output_dir) for p in written.values())}", flush=True)
+    return written
 
 
 def _reorder_reference_heads(model, names):
@@ -378,12 +495,69 @@ def dry_run(args, opts, plan):
     schedule = mt.schedule_report(plan.names, sizes, plan.batch_sizes, args.sample, plan.num_epochs,
                                   args.steps_per_epoch, plan.tasks_per_step)
     num_labels = [t.num_labels if t.num_labels is not None else len(t.read_labels()) for t in tasks]
-    model = mt.meta_model(opts.model_dir, opts.config, num_labels, [t.head_type for t in tasks], plan.names)
-    report = mt.parameter_report(model, plan.names, modeling.count_parameters)
+    model = mt.meta_model(opts.model_dir, opts.config, plan.carried_num_labels + num_labels,
+                          plan.carried_types + [t.head_type for t in tasks], plan.all_names)
+    report = mt.parameter_report(model, plan.all_names, modeling.count_parameters)
     print(f"DRY RUN: {len(plan.names)} tasks, --sample {args.sample}, model {args.bert_model}, "
           f"config {opts.config or 'none (shared encoder + heads)'}")
     print(mt.format_schedule_report(schedule))
     print(mt.format_parameter_report(report))
+    return 0
+
+
+def predict_files(args):
+    """--predict TASK=FILE (repeatable): the fine-tuned --bert_model's predictions for a user's
+    examples, no training and no data folder. Every input is read and checked before the model
+    loads or anything is written; then <output_dir>/predictions_TASK.tsv (text, label, score)."""
+    if args.add_tasks or args.diagnose_every:
+        raise ConfigError("--predict runs no training: leave out --add_tasks and --diagnose_every")
+    if args.config not in (None, "none") and "config" in args.explicit:
+        raise ConfigError("--predict uses the model folder's own config: leave --config out")
+    args.config = "none"
+    model_dir = resolve_model_dir(args.bert_model)
+    _, merged, _ = modeling.read_pretrained(model_dir)
+    names = list(merged.get("task_names") or [])
+    if not names:
+        raise ConfigError(f"--predict: {model_dir} names no tasks (not a fine-tuned run_multi_task.py model)")
+    specs = []
+    for spec in args.predict:
+        task, sep, path = spec.partition("=")
+        task = task.strip().lower()
+        if not sep or not task or not path:
+            raise ConfigError(f"--predict '{spec}' is not TASK=FILE (FILE '-' for stdin)")
+        if task not in names:
+            raise ConfigError(f"--predict: the model has no task '{task}' (its tasks: {', '.join(names)})")
+        if path != "-" and not os.path.isfile(path):
+            raise ConfigError(f"--predict {task}: {path} does not exist")
+        specs.append((task, path))
+    if sum(path == "-" for _, path in specs) > 1:
+        raise ConfigError("--predict: only one input can be stdin ('-')")
+    if len({task for task, _ in specs}) < len(specs):
+        raise ConfigError("--predict: a task is named twice (one output file per task)")
+    lengths = mt.parse_task_values(args.task_max_seq_length, names, "--task_max_seq_length",
+                                   check=lambda v: "must be >= 3" if v < 3 else None)
+    opts = training.EngineOptions.from_args(args)
+    env = training.setup_env(opts)
+    training.check_output_dir(opts, training=False)
+    tokenizer = training.load_tokenizer(opts)
+    saved = task_families.saved_labels(model_dir)
+    jobs = []
+    for task_name, path in specs:
+        max_len = min(lengths.get(task_name, task_families.DEFAULT_MAX_SEQ_LENGTH.get(task_name, args.max_seq_length)),
+                      merged["max_position_embeddings"])
+        task = task_families.build_task(task_name, tokenizer, None, max_len, labels=saved.get(task_name),
+                                        doc_stride=args.doc_stride, max_query_length=args.max_query_length)
+        lines = sys.stdin.read().splitlines() if path == "-" else None
+        jobs.append((task, names.index(task_name), path, task.read_inputs(None if path == "-" else path, lines)))
+    model = training.load_model(opts).to(env.device)
+    training.prepare_output_dir(opts, env, training=False)
+    for task, task_id, path, inputs in jobs:
+        rows = task.predict_rows(lambda f, t=task_id: training.predict(model, f, t, opts.eval_batch_size, env), inputs)
+        if env.is_main:
+            target = os.path.join(opts.output_dir, f"predictions_{task.name}.tsv")
+            count = write_readable_predictions(target, rows)
+            print(f"{task.name}: {count} predictions for {'stdin' if path == '-' else path} in {target}", flush=True)
+    env.barrier()
     return 0
 
 

@@ -1408,11 +1408,14 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------
 
-    def train(self, stream, num_steps, steps_per_epoch=None, on_epoch_end=None, desc="train"):
+    def train(self, stream, num_steps, steps_per_epoch=None, on_epoch_end=None, desc="train", on_step=None):
         """Run optimizer steps from stream.next_step() until global_step == num_steps.
 
-        Every `steps_per_epoch` steps, on_epoch_end(epoch_index, trainer) runs on all ranks (after
-        the step, before that step's checkpoint); returning True stops training. With --resume,
+        After every optimizer step, on_step(trainer, loss) runs on all ranks (`loss`: the step's
+        global mean loss; before on_epoch_end and the checkpoint, so state it keeps in
+        trainer.extra_state is saved with that step). Every `steps_per_epoch` steps,
+        on_epoch_end(epoch_index, trainer) runs on all ranks (after the step, before that step's
+        checkpoint); returning True stops training. With --resume,
         continues from <output_dir>/checkpoint. Returns {"global_step", "loss" (mean step loss of
         the whole run), "stopped_early"}."""
         opts, env = self.opts, self.env
@@ -1429,13 +1432,13 @@ class Trainer:
         saved_at = self.global_step
         with file_utils.graceful_interrupts():
             try:
-                return self._train_loop(stream, num_steps, steps_per_epoch, on_epoch_end, bar, saved_at)
+                return self._train_loop(stream, num_steps, steps_per_epoch, on_epoch_end, bar, saved_at, on_step)
             finally:
                 bar.close()
                 if self._tb_writer is not None:
                     self._tb_writer.flush()
 
-    def _train_loop(self, stream, num_steps, steps_per_epoch, on_epoch_end, bar, saved_at):
+    def _train_loop(self, stream, num_steps, steps_per_epoch, on_epoch_end, bar, saved_at, on_step=None):
         opts, env = self.opts, self.env
         log_loss, log_n = 0.0, 0
         start_time, start_step, start_examples = time.time(), self.global_step, self.examples_seen
@@ -1448,6 +1451,8 @@ class Trainer:
                 self.train_loss_steps += 1
                 log_loss, log_n = log_loss + loss, log_n + 1
             bar.update(1)
+            if on_step is not None:
+                on_step(self, loss)
             if env.is_main and (self.global_step % max(1, opts.logging_steps) == 0
                                 or self.global_step == num_steps):
                 lr = self.scheduler.get_last_lr()[0]

@@ -11,6 +11,13 @@ It knows its files, its head, its metrics and its official prediction format, ne
     task.main_score(results)                         # the one number model selection uses
     task.write_predictions(predict, out_dir)         # official test / prediction files
 
+For a user's own examples (`run_multi_task.py --predict TASK=FILE`, no data folder needed):
+
+    inputs = task.read_inputs(path)                  # the family's own file format, else one example a line
+    inputs = task.read_inputs(None, lines)           # stdin: one example per line
+    rows = task.predict_rows(predict, inputs)        # [(text, label, score)], None = a blank line
+    write_readable_predictions(path, rows)           # text<TAB>label<TAB>score
+
 `predict(features)` runs the model on features of this task and returns the engine's prediction
 dict (`logits`, or `start_logits`/`end_logits`, and `loss`); the caller binds the task id.
 Features are cached through `cache(key_parts, build)` (the engine's feature cache; the task never
@@ -18,7 +25,12 @@ imports the engine), so everything cached is plain data: lists, dicts with strin
 """
 import logging
 
+import numpy as np
+
+from file_utils import DataError, atomic_open, utf8_error
+
 logger = logging.getLogger(__name__)
+STDIN = "<stdin>"  # the name of standard input in messages
 
 
 def no_cache(key_parts, build):
@@ -88,6 +100,17 @@ class Task:
         the paths written. Call prepare(test=True) first."""
         raise NotImplementedError
 
+    # -- a user's own examples --------------------------------------------------------------------
+    def read_inputs(self, path=None, lines=None):
+        """Examples to predict, read from `path` (the family's own format where it has one; see each
+        family) or from `lines` (one example per line). Bad input: DataError naming file and line."""
+        raise NotImplementedError(f"{type(self).__name__} cannot predict a user's file")
+
+    def predict_rows(self, predict, inputs):
+        """Readable predictions of read_inputs()'s examples: [(text, label, score)] in input order,
+        None for a blank line between groups (sentences of a NER file)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot predict a user's file")
+
     def _limit(self, items):
         """The first max_eval_examples dev items (all when unset)."""
         if self.max_eval_examples and len(items) > self.max_eval_examples:
@@ -96,3 +119,42 @@ class Task:
 
     def __repr__(self):
         return f"{type(self).__name__}({self.name!r})"
+
+
+def plain_lines(path=None, lines=None):
+    """[(line number, text)] of the non-blank lines of `lines` (stdin) or of the UTF-8 file `path`."""
+    if lines is None:
+        try:
+            with open(path, encoding="utf-8-sig") as f:
+                lines = f.read().splitlines()
+        except OSError as exc:
+            raise DataError(path, None, f"cannot read file: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise utf8_error(path) from None
+    rows = [(i, line.rstrip("\r\n")) for i, line in enumerate(lines, 1) if line.strip()]
+    if not rows:
+        raise DataError(path or STDIN, None, "no examples (every line is empty)")
+    return rows
+
+
+def softmax(logits):
+    """Row-wise softmax of [N, C] logits (float64)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def _cell(value):
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return " ".join(str(value).split())  # a tab or line break inside a text would break the row
+
+
+def write_readable_predictions(path, rows):
+    """`text<TAB>label<TAB>score` with a header; None rows become blank lines. Returns the number of
+    predictions written."""
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write("text\tlabel\tscore\n")
+        for row in rows:
+            f.write("\n" if row is None else "\t".join(_cell(v) for v in row) + "\n")
+    return sum(row is not None for row in rows)

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 
 from file_utils import ConfigError, DataError, atomic_open, file_fingerprint, utf8_error
-from tasks.base import Task
+from tasks.base import Task, plain_lines, softmax
 
 logger = logging.getLogger(__name__)
 
@@ -210,18 +210,22 @@ def convert_sentences_to_features(sentences, tokenizer, label_list, max_seq_leng
     return features, metas, stats
 
 
-def decode_predictions(sentences, metas, logits, label_list):
-    """Per-window logits [S, C] (padding beyond the window ignored) -> predicted tags per sentence."""
+def decode_predictions(sentences, metas, logits, label_list, with_scores=False):
+    """Per-window logits [S, C] (padding beyond the window ignored) -> predicted tags per sentence
+    (with_scores: and each tag's softmax probability, as (tags, scores))."""
     preds = [[None] * len(s.words) for s in sentences]
+    scores = [[None] * len(s.words) for s in sentences]
     for meta, window_logits in zip(metas, logits):
         for k, pos in enumerate(meta.first_piece):
             row = window_logits[pos]
             best = max(range(len(row)), key=lambda c: row[c])
             preds[meta.sentence_index][meta.word_start + k] = label_list[best]
+            if with_scores:
+                scores[meta.sentence_index][meta.word_start + k] = float(softmax(row)[best])
     for si, p in enumerate(preds):
         if any(t is None for t in p):
             raise RuntimeError(f"sentence {si} has words without a prediction")
-    return preds
+    return (preds, scores) if with_scores else preds
 
 
 # ----------------------------------------------------------------------------------------------
@@ -423,6 +427,35 @@ class Conll(Task):
         if out.get("loss") is not None:
             metrics["loss"] = float(out["loss"])
         return {self.name: metrics}
+
+    def read_inputs(self, path=None, lines=None):
+        """A CoNLL file (`word ... TAG` lines, or one word per line; blank lines between sentences),
+        else (and for stdin) one sentence per line, words separated by spaces."""
+        if path is not None:
+            try:
+                return read_conll(path, labelled=True)
+            except DataError:
+                pass
+            if all(kind != "token" or len(payload) == 1 for kind, _, payload in _iter_lines(path)):
+                sentences = read_conll(path, labelled=False)
+                if not sentences:
+                    raise DataError(path, None, "no sentences in this file")
+                return sentences
+        return [Sentence(text.split(), None, line) for line, text in plain_lines(path, lines)]
+
+    def predict_rows(self, predict, sentences):
+        """One row per word (word, tag, probability of the tag); a blank line after each sentence."""
+        if self.labels is None:
+            raise ConfigError(f"{self.name}: the model folder has no tag list ({LABELS_FILE} or task_labels.json)")
+        features, metas, _ = convert_sentences_to_features(sentences, self.tokenizer, self.labels,
+                                                           self.max_seq_length)
+        tags, scores = decode_predictions(sentences, metas, predict(features)["logits"], self.labels,
+                                          with_scores=True)
+        rows = []
+        for sentence, sentence_tags, sentence_scores in zip(sentences, tags, scores):
+            rows.extend(zip(sentence.words, sentence_tags, sentence_scores))
+            rows.append(None)
+        return rows
 
     def write_predictions(self, predict, out_dir):
         """test_predictions.txt (`word tag` lines, blank and -DOCSTART- lines kept) and, as the test file

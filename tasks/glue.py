@@ -31,7 +31,7 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
 from file_utils import ConfigError, DataError, atomic_open, file_fingerprint, utf8_error
-from tasks.base import Task
+from tasks.base import STDIN, Task, plain_lines, softmax
 from tokenization import truncate_seq_pair
 
 logger = logging.getLogger(__name__)
@@ -722,6 +722,45 @@ class Glue(Task):
     def main_score(self, results):
         scores = [main_score(name, metrics) for name, metrics in results.items()]
         return float(np.mean(scores))
+
+    PAIR_SEPARATOR = " ||| "  # between the two texts of a pair task in readable predictions
+
+    def read_inputs(self, path=None, lines=None):
+        """A file in the task's official layout (its test.tsv, or a dev/train file; tried in that
+        order), else (and for stdin) one example per line: the text, or for pair tasks the two texts
+        separated by a tab."""
+        dataset = self.dataset
+        if path is not None:
+            for split in ("test", "dev"):
+                try:
+                    return read_examples(dataset, None, split, path=path)
+                except DataError:
+                    continue
+        pair = dataset.layouts["train"].text_b is not None
+        examples = []
+        for line, text in plain_lines(path, lines):
+            parts = text.split("\t") if pair else [text]
+            if len(parts) != (2 if pair else 1) or not all(p.strip() for p in parts):
+                raise DataError(path or STDIN, line, f"expected {'two tab-separated texts' if pair else 'a text'} "
+                                f"for {dataset.display} (or a file in its GLUE layout)")
+            examples.append(InputExample(guid=f"{dataset.name}-input-{line}", text_a=parts[0],
+                                         text_b=parts[1] if pair else None, label=None, index=None, line=line,
+                                         path=path or STDIN))
+        return examples
+
+    def predict_rows(self, predict, examples):
+        """(text, label, probability of that label); regression: (text, value, value), 0..5 for STS-B."""
+        dataset = self.dataset
+        features = convert_examples_to_features(examples, dataset, self.tokenizer, self.max_seq_length,
+                                                label_scale=self.label_scale)
+        logits = predict(features)["logits"]
+        texts = [e.text_a if e.text_b is None else e.text_a + self.PAIR_SEPARATOR + e.text_b for e in examples]
+        if dataset.is_regression:
+            values = logits_to_predictions(dataset, logits, label_scale=self.label_scale)
+            return [(text, f"{float(v):.3f}", float(v)) for text, v in zip(texts, values)]
+        probs = softmax(logits)
+        best = probs.argmax(axis=-1)
+        return [(text, dataset.labels[int(i)], float(p[i])) for text, i, p in zip(texts, best, probs)]
 
     def write_predictions(self, predict, out_dir):
         written = []

@@ -28,7 +28,7 @@ import string
 from dataclasses import dataclass, field
 
 from file_utils import ConfigError, DataError, atomic_open, file_fingerprint, utf8_error
-from tasks.base import Task
+from tasks.base import STDIN, Task, plain_lines
 
 logger = logging.getLogger(__name__)
 
@@ -834,6 +834,37 @@ class Squad(Task):
         if loss is not None:
             metrics["loss"] = float(loss)
         return {self.name: metrics}
+
+    NO_ANSWER = "(no answer)"  # SQuAD v2.0's empty answer in readable predictions
+
+    def read_inputs(self, path=None, lines=None):
+        """A SQuAD JSON file (its questions; answers are not needed), or (stdin) one question per line:
+        the question and its context separated by a tab."""
+        if path is not None:
+            return read_squad_examples(path, False, self.v2)[0]
+        examples = []
+        for line, text in plain_lines(None, lines):
+            parts = text.split("\t")
+            if len(parts) != 2 or not all(p.strip() for p in parts):
+                raise DataError(STDIN, line, "expected a question and its context separated by a tab")
+            words = "".join(" " if _is_whitespace(c) else c for c in parts[1]).split()
+            examples.append(SquadExample(f"line-{line}", parts[0], words))
+        return examples
+
+    def predict_rows(self, predict, examples):
+        """(question, answer, its probability among the n best answers); v2.0: NO_ANSWER for none."""
+        features, metas = convert_examples_to_features(examples, self.tokenizer, self.max_seq_length, self.doc_stride,
+                                                       self.max_query_length, False)
+        out = predict(features)
+        preds, nbest, _ = decode_predictions(examples, metas, out["start_logits"], out["end_logits"],
+                                             self.n_best_size, self.max_answer_length, self.tokenizer.basic_tokenizer,
+                                             self.v2, self.null_score_diff_threshold)
+        rows = []
+        for example in examples:
+            answer = preds[example.qas_id]
+            probability = next(e["probability"] for e in nbest[example.qas_id] if e["text"] == answer)
+            rows.append((example.question_text, answer or self.NO_ANSWER, float(probability)))
+        return rows
 
     def write_predictions(self, predict, out_dir):
         preds, nbest, null_odds, _ = self.decode(predict)

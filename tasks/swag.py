@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 
 from file_utils import DataError, atomic_open, file_fingerprint, utf8_error
-from tasks.base import Task
+from tasks.base import STDIN, Task, plain_lines, softmax
 from tokenization import truncate_seq_pair
 
 logger = logging.getLogger(__name__)
@@ -191,6 +191,32 @@ class Swag(Task):
         if out.get("loss") is not None:
             metrics["loss"] = float(out["loss"])
         return {self.name: metrics}
+
+    def read_inputs(self, path=None, lines=None):
+        """A SWAG CSV (val.csv or test.csv layout), or (stdin) one example per line, tab-separated:
+        the context, optionally the start of the ending, then the 4 endings."""
+        if path is not None:
+            return read_swag_examples(path, require_label=False)
+        examples = []
+        for line, text in plain_lines(None, lines):
+            parts = text.split("\t")
+            if len(parts) not in (NUM_CHOICES + 1, NUM_CHOICES + 2) or not all(p.strip() for p in parts):
+                raise DataError(STDIN, line, f"expected the context, optionally the start of the ending, and "
+                                             f"{NUM_CHOICES} endings, tab-separated")
+            start = parts[1] if len(parts) == NUM_CHOICES + 2 else ""
+            examples.append(SwagExample(str(line), "", "", parts[0], start, parts[-NUM_CHOICES:], None, line))
+        return examples
+
+    def predict_rows(self, predict, examples):
+        """(context, 'N: the chosen ending', its probability among the 4)."""
+        features, _ = convert_examples_to_features(examples, self.tokenizer, self.max_seq_length)
+        probs = softmax(predict(features)["logits"])
+        rows = []
+        for example, p in zip(examples, probs):
+            best = int(p.argmax())
+            ending = f"{example.start_ending} {example.endings[best]}".strip()
+            rows.append((example.context, f"{best}: {ending}", float(p[best])))
+        return rows
 
     def write_predictions(self, predict, out_dir):
         out = predict(self.features["test"])

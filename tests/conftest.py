@@ -1,4 +1,5 @@
-"""Shared pytest fixtures: the bundled MiniLM model, its vocab, tiny random BERT configs."""
+"""Shared pytest fixtures: the bundled MiniLM model, its vocab, tiny random BERT configs and a tiny
+multi-task setup (model folders, PALs configs, GLUE fixture)."""
 import os
 import sys
 
@@ -20,6 +21,13 @@ def minilm_dir():
 def vocab_file(minilm_dir):
     """The standard bert-base-uncased vocab.txt (30522 tokens)."""
     return os.path.join(minilm_dir, "vocab.txt")
+
+
+@pytest.fixture(scope="session")
+def tiny_mt(tmp_path_factory, vocab_file):
+    """Tiny random BERT folders, PALs configs and the GLUE fixture (tests/tiny_multitask.py)."""
+    import tiny_multitask
+    return tiny_multitask.make_setup(tmp_path_factory.mktemp("tiny_mt"), vocab_file)
 
 
 def pytest_configure(config):

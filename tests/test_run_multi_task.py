@@ -309,8 +309,10 @@ def _free_port():
 
 def test_ddp_two_processes_match_one_process(setup):
     """torchrun, 2 CPU processes (gloo): same task per step on both ranks, unused task modules are
-    fine, and the result equals one process with the same global batch (dropout 0)."""
-    common = ["--tasks", "rte,sts-b,mnli", "--num_train_epochs", 1, "--steps_per_epoch", 6, "--sample", "sqrt"]
+    fine, and the result equals one process with the same global batch (dropout 0); the gradient
+    diagnostics, all-reduced over the ranks' halves of each batch, give the one-process cosines."""
+    common = ["--tasks", "rte,sts-b,mnli", "--num_train_epochs", 1, "--steps_per_epoch", 6, "--sample", "sqrt",
+              "--diagnose_every", 3, "--no_plots"]
     single = setup["base"] / "ddp-single"
     assert _run(setup, single, *common, config="pals_nodrop") == 0
     multi = setup["base"] / "ddp-two"
@@ -331,6 +333,12 @@ def test_ddp_two_processes_match_one_process(setup):
     for task, metrics in a["history"][0]["results"].items():
         for key, value in metrics.items():
             assert b["history"][0]["results"][task][key] == pytest.approx(value, abs=1e-3), (task, key)
+    rows_a, rows_b = ((single / "diagnostics" / "epoch_1.csv").read_text().splitlines(),
+                      (multi / "diagnostics" / "epoch_1.csv").read_text().splitlines())
+    assert len(rows_a) == len(rows_b) == 1 + 2 * 3 * 5  # steps 3 and 6, 3 pairs, 5 groups
+    for ra, rb in zip(rows_a[1:], rows_b[1:]):
+        ra, rb = ra.split(","), rb.split(",")
+        assert ra[:4] == rb[:4] and float(ra[4]) == pytest.approx(float(rb[4]), abs=1e-4), (ra, rb)
 
 
 def test_patience_stops_on_glue_average(setup):
