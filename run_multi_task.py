@@ -17,6 +17,9 @@ import os
 import sys
 import time
 
+import file_utils  # noqa: F401 - before torch: sets OMP_WAIT_POLICY (file_utils)
+
+# isort: split
 import torch
 
 import modeling
@@ -307,8 +310,9 @@ def main(argv=None):
         sizes = [t.train_size for t in tasks]
         groups = optimization.param_groups(model, opts.weight_decay, opts.learning_rate, task_lr=args.task_lr,
                                            pal_attention_lr=args.pal_attention_lr)
+        # Only a projection needs per-task gradients; a plain sum over several tasks accumulates as usual.
         combiner = mt.GradientCombiner(plan.method, len(tasks), seed=opts.seed, beta=args.vaccine_beta) \
-            if plan.tasks_per_step > 1 else None
+            if plan.method != "sum" else None
         streams = [training.make_stream(opts, env, t.train_features, task_id=i, batch_size=bs, seed=opts.seed + i,
                                         pad_to=max_len if opts.pad_to_max_length else None)
                    for i, (t, bs, max_len) in enumerate(zip(tasks, plan.batch_sizes, plan.max_lengths))]
