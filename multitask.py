@@ -397,7 +397,9 @@ def _rows(grads):
 
 def _combine(rows, weights):
     """sum_k weights[k] rows[k], in the rows' dtype."""
-    return torch.mv(rows.t(), torch.as_tensor(np.asarray(weights), dtype=rows.dtype, device=rows.device))
+    out = torch.empty(rows.shape[1], dtype=rows.dtype, device=rows.device)
+    training.weighted_rows_into(out, rows, torch.as_tensor(np.asarray(weights), dtype=rows.dtype, device=rows.device))
+    return out
 
 
 def pcgrad(grads, orders=None):

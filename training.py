@@ -148,7 +148,7 @@ def add_engine_args(parser, **defaults):
     g.add_argument("--discard_checkpoint", action="store_true",
                    help="remove <output_dir>/checkpoint (about 3x the model's size) after a successful run; "
                         "the run can then not be resumed or extended")
-    g.add_argument("--num_workers", type=int, default=1, choices=(0, 1),
+    g.add_argument("--num_workers", type=int, default=1,
                    help="1: a background thread collates the next step's batches while the current step runs "
                         "(pinned memory on CUDA); 0: collate in the main thread, between steps")
     g.add_argument("--threads", type=int, default=0,
@@ -1277,7 +1277,7 @@ class Prefetcher:
         return snapshot
 
 
-GRAM_CHUNK = 1 << 18  # columns per float64 slice in gram_matrix (8 tasks: a 16 MiB slice)
+GRAM_CHUNK = 1 << 16  # columns per float64 slice in gram_matrix and weighted_rows_into (8 tasks: 4 MiB)
 
 
 def gram_matrix(rows, chunk=None):
@@ -1292,6 +1292,16 @@ def gram_matrix(rows, chunk=None):
         block = rows[:, start:start + chunk].double()
         gram.addmm_(block, block.t())
     return gram
+
+
+def weighted_rows_into(out, rows, weights, offset=0, chunk=None):
+    """out[:] = sum_k weights[k] rows[k, offset:offset + out.numel()] (out: a flat view, written in
+    place), a slice of `chunk` (GRAM_CHUNK) columns at a time: one matrix-vector product over a
+    whole transposed row block would make a temporary of out's size."""
+    chunk = chunk or GRAM_CHUNK
+    for start in range(0, out.numel(), chunk):
+        stop = min(out.numel(), start + chunk)
+        out[start:stop] = torch.mv(rows[:, offset + start:offset + stop].t(), weights)
 
 
 def compile_model(module):
@@ -1538,7 +1548,7 @@ class Trainer:
         for p, numel in zip(shared, sizes):
             if p.grad is not None:  # None: no task of this step used the parameter
                 if combined is None:
-                    torch.mv(grads[:, offset:offset + numel].t(), w, out=p.grad.view(-1))
+                    weighted_rows_into(p.grad.view(-1), grads, w, offset)
                 else:
                     p.grad.copy_(combined[offset:offset + numel].view_as(p.grad))
             offset += numel
@@ -1703,6 +1713,15 @@ class Trainer:
         steps_per_epoch = steps_per_epoch or getattr(stream, "steps_per_epoch", None) or num_steps
         if opts.resume:
             path = find_checkpoint(opts.output_dir)
+            if env.distributed:
+                # Every rank reads the checkpoint: a node that cannot see it would start afresh while the
+                # others resume. All ranks learn who lacks it and stop with the same error.
+                found = torch.tensor([0.0 if path is None else 1.0], device=env.device)
+                dist.all_reduce(found)
+                if 0 < int(found.item()) < env.world_size:
+                    raise ConfigError(f"--resume: {int(env.world_size - found.item())} of {env.world_size} "
+                                      f"processes see no checkpoint in {opts.output_dir}: every node needs the "
+                                      "output folder (shared, or the checkpoint/ copied to the same path)")
             if path is not None:
                 self.load_checkpoint(path, stream)
             else:
