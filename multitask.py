@@ -333,71 +333,103 @@ def _other_orders(num, rng):
     return orders
 
 
-def pcgrad(grads, orders=None):
-    """PCGrad (Yu et al. 2020): project away each task gradient's conflicts, then sum.
+# The projections below work on the Gram matrix G (G[i, j] = g_i . g_j) instead of the gradients:
+# every projected g_i is a combination sum_k c_k g_k of the original gradients, so all its dot
+# products and norms follow from G (g_i' . g_j = c . G[:, j]), and the combined gradient is
+# sum_k w_k g_k with w = sum_i c_i. A step then needs the task gradients once (the Trainer's
+# buffer) plus K x K numbers, not a float64 copy per pair; and w does not change when every
+# gradient is scaled alike (the fp16 loss scale).
 
-    For each g_i: over the other tasks j in `orders[i]`, if g_i . g_j < 0 then
-    g_i <- g_i - (g_i . g_j / |g_j|^2) g_j, with g_i the running projected copy and g_j the ORIGINAL
-    gradient of task j. Returns sum_i g_i (flat tensor, dtype of the inputs).
-    """
-    grads = [g.reshape(-1) for g in grads]
-    orders = orders if orders is not None else _other_orders(len(grads), None)
-    total = torch.zeros_like(grads[0])
-    for i, g in enumerate(grads):
-        gi = g.clone()
+def pcgrad_weights(gram, orders=None):
+    """PCGrad (Yu et al. 2020) on the Gram matrix: w with sum_i g_i' = sum_k w_k g_k.
+
+    For each g_i: over the other tasks j in `orders[i]`, if g_i' . g_j < 0 then
+    g_i' <- g_i' - (g_i' . g_j / |g_j|^2) g_j, with g_i' the running projected copy and g_j the
+    ORIGINAL gradient of task j."""
+    gram = np.asarray(gram, dtype=np.float64)
+    k = len(gram)
+    orders = orders if orders is not None else _other_orders(k, None)
+    total = np.zeros(k)
+    for i in range(k):
+        c = np.zeros(k)
+        c[i] = 1.0
         for j in orders[i]:
-            gj = grads[j]
-            dot = torch.dot(gi.double(), gj.double())
-            if dot < 0:
-                norm_sq = torch.dot(gj.double(), gj.double())
-                if norm_sq > 0:
-                    gi -= (dot / norm_sq).to(gi.dtype) * gj
-        total += gi
+            dot = c @ gram[:, j]
+            if dot < 0 and gram[j, j] > 0:
+                c[j] -= dot / gram[j, j]
+        total += c
     return total
+
+
+def gradvac_weights(gram, phi_hat, beta, orders=None):
+    """Gradient Vaccine (Wang et al. 2021) on the Gram matrix for one step: w with
+    sum_i g_i' = sum_k w_k g_k; updates the EMA `phi_hat` (K x K) in place.
+
+    For each g_i' (running copy) and each other j in `orders[i]`: phi = cos(g_i', g_j); if
+    phi < phi_hat[i, j], g_i' <- g_i' + g_j |g_i'| (phi_hat sqrt(1-phi^2) - phi sqrt(1-phi_hat^2))
+    / (|g_j| sqrt(1-phi_hat^2)), which sets cos(g_i', g_j) to phi_hat; then
+    phi_hat[i, j] <- (1-beta) phi_hat[i, j] + beta phi. `phi_hat` is indexed by the positions in
+    `gram` (callers map global task ids)."""
+    gram = np.asarray(gram, dtype=np.float64)
+    k = len(gram)
+    orders = orders if orders is not None else _other_orders(k, None)
+    total = np.zeros(k)
+    for i in range(k):
+        c = np.zeros(k)
+        c[i] = 1.0
+        for j in orders[i]:
+            norm_i = math.sqrt(max(0.0, c @ gram @ c))
+            norm_j = math.sqrt(max(0.0, gram[j, j]))
+            if norm_i == 0 or norm_j == 0:
+                continue
+            phi = min(1.0, max(-1.0, (c @ gram[:, j]) / (norm_i * norm_j)))
+            target = float(phi_hat[i][j])
+            if phi < target:
+                c[j] += (norm_i * (target * math.sqrt(max(0.0, 1 - phi * phi))
+                                   - phi * math.sqrt(max(0.0, 1 - target * target)))
+                         / (norm_j * math.sqrt(max(1e-12, 1 - target * target))))
+            phi_hat[i][j] = (1 - beta) * target + beta * phi
+        total += c
+    return total
+
+
+def _rows(grads):
+    return torch.stack([g.reshape(-1) for g in grads])
+
+
+def _combine(rows, weights):
+    """sum_k weights[k] rows[k], in the rows' dtype."""
+    out = torch.empty(rows.shape[1], dtype=rows.dtype, device=rows.device)
+    training.weighted_rows_into(out, rows, torch.as_tensor(np.asarray(weights), dtype=rows.dtype, device=rows.device))
+    return out
+
+
+def pcgrad(grads, orders=None):
+    """PCGrad of a list of flat gradients (see pcgrad_weights); returns sum_i g_i' (the inputs' dtype)."""
+    rows = _rows(grads)
+    return _combine(rows, pcgrad_weights(training.gram_matrix(rows).cpu().numpy(), orders))
 
 
 def gradvac(grads, phi_hat, beta, orders=None):
-    """Gradient Vaccine (Wang et al. 2021) for one step; updates the EMA `phi_hat` (K x K) in place.
-
-    For each g_i (running copy) and each other j in `orders[i]`: phi = cos(g_i, g_j); if
-    phi < phi_hat[i, j], g_i <- g_i + g_j |g_i| (phi_hat sqrt(1-phi^2) - phi sqrt(1-phi_hat^2))
-    / (|g_j| sqrt(1-phi_hat^2)), which sets cos(g_i, g_j) to phi_hat; then
-    phi_hat[i, j] <- (1-beta) phi_hat[i, j] + beta phi. `phi_hat` is indexed by the positions in
-    `grads` (callers map global task ids). Returns sum_i g_i.
-    """
-    grads = [g.reshape(-1) for g in grads]
-    orders = orders if orders is not None else _other_orders(len(grads), None)
-    total = torch.zeros_like(grads[0])
-    for i, g in enumerate(grads):
-        gi = g.clone()
-        for j in orders[i]:
-            gj = grads[j]
-            norm_i = torch.linalg.vector_norm(gi.double())
-            norm_j = torch.linalg.vector_norm(gj.double())
-            if norm_i == 0 or norm_j == 0:
-                continue
-            phi = (torch.dot(gi.double(), gj.double()) / (norm_i * norm_j)).clamp(-1.0, 1.0).item()
-            target = float(phi_hat[i][j])
-            if phi < target:
-                coef = (norm_i * (target * math.sqrt(max(0.0, 1 - phi * phi))
-                                  - phi * math.sqrt(max(0.0, 1 - target * target)))
-                        / (norm_j * math.sqrt(max(1e-12, 1 - target * target))))
-                gi += coef.to(gi.dtype) * gj
-            phi_hat[i][j] = (1 - beta) * target + beta * phi
-        total += gi
-    return total
+    """Gradient Vaccine of a list of flat gradients (see gradvac_weights); updates `phi_hat` in place."""
+    rows = _rows(grads)
+    return _combine(rows, gradvac_weights(training.gram_matrix(rows).cpu().numpy(), phi_hat, beta, orders))
 
 
 class GradientCombiner:
-    """`grad_combiner` for training.Trainer: combines per-task flat gradients of the shared params.
+    """`grad_combiner` for training.Trainer: combines per-task gradients of the shared params.
 
-    Called as combiner(grads) or combiner(grads, task_ids); `task_ids` (global task indices of the
-    grads, in order) lets the vaccine keep one EMA per task pair. The Trainer passes only the grads,
-    in the order the step's tasks first appear in its micro-batches, which is the order of
-    `stream.last_tasks` of the MultiTaskStream this combiner is attached to (it sets `stream`);
-    with neither, the positions are used. The random order over the other tasks comes from a seeded
-    numpy Generator: the same on every DDP rank, and its state (plus the vaccine EMA) is in
-    `state_dict()` for exact resume.
+    The Trainer calls `weights(gram, task_ids)` (gram: the K x K dot products of the step's task
+    gradients; task_ids: their global task indices, which lets the vaccine keep one EMA per task
+    pair) and writes sum_k w_k g_k itself. Called as combiner(grads) or combiner(grads, task_ids)
+    on a list of flat gradients, it returns that sum; without task_ids it takes `stream.last_tasks`
+    of the MultiTaskStream it is attached to (which sets `stream`), else the positions. The random
+    order over the other tasks comes from a seeded numpy Generator: the same on every DDP rank,
+    and its state (plus the vaccine EMA) is in `state_dict()` for exact resume.
+
+    A Gram matrix with an inf/NaN (an fp16 overflow: the GradScaler skips that step) leaves the
+    state untouched, so a skipped step cannot poison the vaccine targets; the weights are then a
+    plain sum. "sum" is the plain sum of the gradients (the Trainer does not even ask it).
     """
 
     def __init__(self, method, num_tasks, seed=0, beta=0.01):
@@ -409,24 +441,32 @@ class GradientCombiner:
         self.calls = 0
         self.stream = None
 
-    def __call__(self, grads, task_ids=None):
-        grads = list(grads)
-        if task_ids is None and self.stream is not None and len(self.stream.last_tasks) == len(grads):
-            task_ids = self.stream.last_tasks
+    def weights(self, gram, task_ids=None):
+        gram = np.asarray(gram, dtype=np.float64)
+        k = len(gram)
+        if not np.isfinite(gram).all():
+            return np.ones(k)
         self.calls += 1
         if self.method == "sum":
-            return torch.stack([g.reshape(-1) for g in grads]).sum(0)
-        orders = _other_orders(len(grads), self.rng)
+            return np.ones(k)
+        orders = _other_orders(k, self.rng)
         if self.method == "pcgrad":
-            return pcgrad(grads, orders)
-        ids = list(task_ids) if task_ids is not None else list(range(len(grads)))
+            return pcgrad_weights(gram, orders)
+        ids = list(task_ids) if task_ids is not None else list(range(k))
         local = self.phi_hat[np.ix_(ids, ids)].copy()
-        result = gradvac(grads, local, self.beta, orders)
+        result = gradvac_weights(gram, local, self.beta, orders)
         for a, ta in enumerate(ids):
             for b, tb in enumerate(ids):
                 if a != b:
                     self.phi_hat[ta, tb] = local[a][b]
         return result
+
+    def __call__(self, grads, task_ids=None):
+        grads = list(grads)
+        if task_ids is None and self.stream is not None and len(self.stream.last_tasks) == len(grads):
+            task_ids = self.stream.last_tasks
+        rows = _rows(grads)
+        return _combine(rows, self.weights(training.gram_matrix(rows).cpu().numpy(), task_ids))
 
     def state_dict(self):
         return {"method": self.method, "rng": self.rng.bit_generator.state, "phi_hat": self.phi_hat.tolist(),
@@ -860,24 +900,25 @@ def meta_model(name_or_path, config, task_num_labels, task_types, task_names):
 
 
 class TrainLossLog:
-    """on_step hook for Trainer.train: each epoch's mean step loss, overall and per task (over the
+    """on_loss hook for Trainer.train: each epoch's mean step loss, overall and per task (over the
     steps that trained that task alone), kept in trainer.extra_state["train_loss"] (so in
-    checkpoints) for the history in results.json and its picture."""
+    checkpoints) for the history in results.json and its picture. `task_ids`: the stream's task
+    ids in task order (the model's ids, which --add_tasks shifts)."""
 
-    def __init__(self, stream):
+    def __init__(self, stream, task_ids=None):
         self.stream = stream
+        k = stream.sampler.num_tasks
+        self.index = {tid: i for i, tid in enumerate(task_ids if task_ids is not None else range(k))}
 
-    def __call__(self, trainer, loss):
-        if not math.isfinite(loss):
-            return
-        epoch = (trainer.global_step - 1) // self.stream.steps_per_epoch + 1
+    def __call__(self, trainer, step, task_ids, loss):
+        epoch = (step - 1) // self.stream.steps_per_epoch + 1
         k = self.stream.sampler.num_tasks
         entry = trainer.extra_state.setdefault("train_loss", {}).setdefault(
             str(epoch), {"sum": 0.0, "steps": 0, "task_sum": [0.0] * k, "task_steps": [0] * k})
         entry["sum"] += loss
         entry["steps"] += 1
-        if len(self.stream.last_tasks) == 1:
-            t = self.stream.last_tasks[0]
+        if len(task_ids) == 1:
+            t = self.index[task_ids[0]]
             entry["task_sum"][t] += loss
             entry["task_steps"][t] += 1
 
@@ -890,16 +931,6 @@ class TrainLossLog:
         per_task = {name: (s / n if n else None) for name, s, n in zip(task_names, entry["task_sum"],
                                                                         entry["task_steps"])}
         return entry["sum"] / entry["steps"], per_task
-
-
-def chain_step_hooks(*hooks):
-    """One on_step hook that calls each given hook (None entries skipped) in order."""
-    hooks = [h for h in hooks if h is not None]
-
-    def on_step(trainer, loss):
-        for hook in hooks:
-            hook(trainer, loss)
-    return on_step
 
 
 class EpochEnd:

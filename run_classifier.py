@@ -18,6 +18,7 @@ runs/, and a resumable checkpoint/.
 import logging
 import os
 
+import file_utils  # noqa: F401 - before torch: sets OMP_WAIT_POLICY (file_utils)
 import training
 from file_utils import ConfigError, atomic_write_json, make_parser, run_cli
 from tasks import glue

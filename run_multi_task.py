@@ -17,6 +17,9 @@ import os
 import sys
 import time
 
+import file_utils  # noqa: F401 - before torch: sets OMP_WAIT_POLICY (file_utils)
+
+# isort: split
 import torch
 
 import diagnostics
@@ -388,8 +391,9 @@ def main(argv=None):
         sizes = [t.train_size for t in tasks]
         groups = optimization.param_groups(model, opts.weight_decay, opts.learning_rate, task_lr=args.task_lr,
                                            pal_attention_lr=args.pal_attention_lr)
+        # Only a projection needs per-task gradients; a plain sum over several tasks accumulates as usual.
         combiner = mt.GradientCombiner(plan.method, len(tasks), seed=opts.seed, beta=args.vaccine_beta) \
-            if plan.tasks_per_step > 1 else None
+            if plan.method != "sum" else None
         def task_streams(seed_offset):
             return [training.make_stream(opts, env, t.train_features, task_id=tid, batch_size=bs,
                                          seed=opts.seed + seed_offset + i,
@@ -399,7 +403,7 @@ def main(argv=None):
         streams = task_streams(0)
         sampler = mt.TaskSampler(sizes, args.sample, plan.num_epochs, opts.seed)
         stream = mt.MultiTaskStream(streams, sampler, args.steps_per_epoch, plan.tasks_per_step, combiner)
-        loss_log = mt.TrainLossLog(stream)
+        loss_log = mt.TrainLossLog(stream, plan.task_ids)
         diagnosis = None
         if args.diagnose_every:
             # Batches of their own (other seeds): the training streams' positions must not move.
@@ -423,7 +427,7 @@ def main(argv=None):
                                    task_ids=plan.task_ids, carried_labels=carried_labels, loss_log=loss_log)
         stop_at = min(total_steps, args.stop_after_steps or total_steps)
         outcome = trainer.train(stream, stop_at, args.steps_per_epoch, on_epoch_end=on_epoch_end, desc="multi-task",
-                                on_step=mt.chain_step_hooks(loss_log, diagnosis))
+                                on_step=diagnosis, on_loss=loss_log)
         if stop_at < total_steps and not outcome["stopped_early"]:
             trainer.close()
             print(f"stopped after {trainer.global_step} steps as asked; continue with --resume", flush=True)

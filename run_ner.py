@@ -11,6 +11,7 @@ test_results.txt and test_predictions.txt (test) into --output_dir.
 import logging
 import os
 
+import file_utils  # noqa: F401 - before torch: sets OMP_WAIT_POLICY (file_utils)
 import tasks
 import training
 from file_utils import ConfigError, atomic_write_text, make_parser, run_cli

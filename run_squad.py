@@ -11,6 +11,7 @@ null_odds.json (v2) and eval_results.txt (when the predict file has gold answers
 import logging
 import os
 
+import file_utils  # noqa: F401 - before torch: sets OMP_WAIT_POLICY (file_utils)
 import training
 from file_utils import ConfigError, make_parser, run_cli
 from tasks import squad

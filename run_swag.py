@@ -11,6 +11,7 @@ test_predictions.csv into --output_dir.
 import logging
 import os
 
+import file_utils  # noqa: F401 - before torch: sets OMP_WAIT_POLICY (file_utils)
 import training
 from file_utils import ConfigError, make_parser, run_cli
 from tasks import swag

@@ -25,8 +25,10 @@ The engine knows nothing about any one task: a batch is a dict of tensors passed
 `model(**batch, task_id=...)`, and the model returns a dict with `loss` (training) and any
 outputs (prediction).
 """
+import concurrent.futures
 import contextlib
 import dataclasses
+import datetime
 import hashlib
 import json
 import logging
@@ -34,6 +36,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -145,9 +148,18 @@ def add_engine_args(parser, **defaults):
     g.add_argument("--discard_checkpoint", action="store_true",
                    help="remove <output_dir>/checkpoint (about 3x the model's size) after a successful run; "
                         "the run can then not be resumed or extended")
-    g.add_argument("--num_workers", type=int, default=0,
-                   help="kept for CLI compatibility: batches are collated in the main process "
-                        "(cheap next to the model), so this has no effect")
+    g.add_argument("--num_workers", type=int, default=1,
+                   help="1: a background thread collates the next step's batches while the current step runs "
+                        "(pinned memory on CUDA); 0: collate in the main thread, between steps")
+    g.add_argument("--threads", type=int, default=0,
+                   help="torch intra-op CPU threads; 0 = the cores this process may use (CPU affinity, cgroup "
+                        "quota), divided among the node's processes under torchrun (docs/engine.md#threads)")
+    g.add_argument("--dist_timeout", type=float, default=30.0,
+                   help="torchrun: minutes a rank waits in a collective (e.g. for rank 0's feature cache or "
+                        "checkpoint) before the run fails instead of hanging")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the model for training; padded lengths are rounded up to a multiple of 8 "
+                        "to bound recompilation (docs/engine.md#torchcompile)")
     g.add_argument("--allow_random_init", action="store_true",
                    help="accept a checkpoint that lacks encoder weights and train those from scratch "
                         "(default: such a checkpoint is refused)")
@@ -204,7 +216,10 @@ class EngineOptions:
     logging_steps: int = 50
     overwrite_output_dir: bool = False
     cache_dir: Optional[str] = None         # feature cache; None = no cache
-    num_workers: int = 0
+    num_workers: int = 1                    # 1: collate the next step in a background thread
+    threads: int = 0                        # torch intra-op threads; 0 = auto (configure_threads)
+    dist_timeout: float = 30.0              # minutes a collective may wait (init_process_group timeout)
+    compile: bool = False                   # torch.compile the training forward; lengths rounded up to 8
     allow_random_init: bool = False
     max_steps: int = 0                      # > 0: the number of optimizer steps, whatever the epochs
     eval_steps: int = 0                     # single-task runners: dev evaluation + best model every N steps
@@ -254,8 +269,16 @@ class EngineOptions:
             raise ConfigError(f"--seed must be in [0, 2^32), got {self.seed}")
         if self.max_steps < 0 or self.eval_steps < 0:
             raise ConfigError("--max_steps and --eval_steps must be >= 0")
-        if self.save_steps < 0 or self.logging_steps < 1 or self.num_workers < 0:
-            raise ConfigError("--save_steps and --num_workers must be >= 0, --logging_steps >= 1")
+        if self.save_steps < 0 or self.logging_steps < 1:
+            raise ConfigError("--save_steps must be >= 0, --logging_steps >= 1")
+        if self.num_workers not in (0, 1):
+            raise ConfigError(f"--num_workers must be 0 (collate in the main thread) or 1 (a background thread "
+                              f"one step ahead), got {self.num_workers}: collating a step costs far less than "
+                              "running it, so more workers would wait")
+        if self.threads < 0:
+            raise ConfigError(f"--threads must be >= 0 (0 = auto), got {self.threads}")
+        if not (self.dist_timeout > 0 and math.isfinite(self.dist_timeout)):
+            raise ConfigError(f"--dist_timeout must be a positive number of minutes, got {self.dist_timeout}")
         if self.per_parameter_schedule and self.optimizer != "bertadam":
             raise ConfigError("--per_parameter_schedule is BertAdam's own schedule: use it with --optimizer bertadam")
 
@@ -290,6 +313,7 @@ class EngineOptions:
             resume=args.resume, pad_to_max_length=args.pad_to_max_length,
             group_by_length=not args.no_group_by_length, logging_steps=args.logging_steps,
             overwrite_output_dir=args.overwrite_output_dir, cache_dir=cache_dir, num_workers=args.num_workers,
+            threads=args.threads, dist_timeout=args.dist_timeout, compile=args.compile,
             allow_random_init=args.allow_random_init, max_steps=args.max_steps, eval_steps=args.eval_steps,
             discard_checkpoint=args.discard_checkpoint,
             per_parameter_schedule=reference or args.per_parameter_schedule,
@@ -302,6 +326,11 @@ class EngineOptions:
         """Length every batch is padded to (None: the longest sequence of the batch)."""
         return self.max_seq_length if self.pad_to_max_length else None
 
+    @property
+    def pad_multiple(self):
+        """Training batches' padded length is rounded up to this (8 with --compile: at most S/8 shapes)."""
+        return 8 if self.compile else 1
+
     def with_run_flags(self, **flags):
         """These options plus a runner's own run-defining flags (part of the checkpoint fingerprint)."""
         return dataclasses.replace(self, run_flags=tuple(sorted(flags.items())))
@@ -310,6 +339,8 @@ class EngineOptions:
         """{name: value} of everything that defines the run (checked on --resume)."""
         values = {name: getattr(self, name) for name in self.FINGERPRINT}
         values["model_dir"] = os.path.abspath(self.model_dir)
+        if self.pad_multiple != 1:  # other padded lengths: other rounding; only then a key (old checkpoints resume)
+            values["pad_multiple"] = self.pad_multiple
         values.update(dict(self.run_flags))
         return json.loads(json.dumps(values, default=str))
 
@@ -340,7 +371,11 @@ def set_seed(seed):
 
 
 def setup_env(opts):
-    """Device, distributed init (torchrun env:// or --local_rank), logging, seeds -> Env."""
+    """Device, distributed init (torchrun env:// or --local_rank), CPU threads, logging, seeds -> Env.
+
+    Every flag and launcher mistake is a ConfigError before the process group is set up: a
+    WORLD_SIZE > 1 without LOCAL_RANK, more processes on a node than visible GPUs, --fp16 without
+    CUDA, --bf16 on a GPU that only emulates bfloat16."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", opts.local_rank))
     distributed = world_size > 1 or local_rank != -1
@@ -349,37 +384,110 @@ def setup_env(opts):
         if "MASTER_ADDR" not in os.environ:
             raise ConfigError("--local_rank was given but the distributed env vars (MASTER_ADDR, RANK, "
                               "WORLD_SIZE) are not set: start the runner with torchrun")
+        if local_rank < 0:
+            raise ConfigError(f"WORLD_SIZE={world_size} but LOCAL_RANK is not set: start the runner with torchrun "
+                              "(it sets both), or pass --local_rank")
         if use_cuda:
-            torch.cuda.set_device(local_rank)
-            device = torch.device("cuda", local_rank)
-        else:
-            device = torch.device("cpu")
-        if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method="env://")
-        rank, world_size = dist.get_rank(), dist.get_world_size()
+            visible = torch.cuda.device_count()
+            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", local_rank + 1))
+            if max(local_rank + 1, local_world) > visible:
+                raise ConfigError(f"{max(local_rank + 1, local_world)} processes on this node but {visible} visible "
+                                  f"GPU(s): start at most {visible} (torchrun --nproc_per_node={visible}), or add "
+                                  "--no_cuda")
+        device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     else:
         device = torch.device("cuda" if use_cuda else "cpu")
+    amp_dtype = _amp_dtype(opts.precision, device)
+    threads, why = configure_threads(opts.threads)
+    if distributed:
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        if not dist.is_initialized():
+            # A bounded wait: a rank that waits for rank 0 (feature cache, checkpoint) or for a dead peer
+            # fails after --dist_timeout minutes instead of hanging (NCCL's watchdog enforces it on GPU).
+            dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method="env://",
+                                    timeout=datetime.timedelta(minutes=opts.dist_timeout))
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+    else:
         rank, world_size = 0, 1
     is_main = rank == 0
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
                         datefmt="%m/%d/%Y %H:%M:%S", level=logging.INFO if is_main else logging.WARNING)
     if not is_main:
         logging.getLogger().setLevel(logging.WARNING)
-    amp_dtype = None
-    if opts.precision == "fp16":
-        if device.type != "cuda":
-            raise ConfigError("--fp16 needs a CUDA device (torch.amp fp16 + GradScaler); use --bf16 on CPU")
-        amp_dtype = torch.float16
-    elif opts.precision == "bf16":
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ConfigError("--bf16: this GPU does not support bfloat16; use --fp16")
-        amp_dtype = torch.bfloat16
     set_seed(opts.seed)
     env = Env(device=device, rank=rank, world_size=world_size, local_rank=local_rank,
               is_main=is_main, distributed=distributed, amp_dtype=amp_dtype)
-    logger.info("device %s, world size %d, distributed %s, amp %s", device, world_size, distributed,
-                {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(amp_dtype, "off (fp32)"))
+    logger.info("device %s, world size %d, distributed %s, amp %s, torch threads %d (%s)", device, world_size,
+                distributed, {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(amp_dtype, "off (fp32)"), threads, why)
     return env
+
+
+def _amp_dtype(precision, device):
+    """torch.float16, torch.bfloat16 or None for --fp16/--bf16/fp32 on `device` (ConfigError if unusable)."""
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise ConfigError("--fp16 needs a CUDA device (torch.amp fp16 + GradScaler); use --bf16 on CPU")
+        return torch.float16
+    if precision == "bf16":
+        # Pre-Ampere GPUs (V100, T4) run bfloat16 only emulated, slower than fp32: refuse rather than crawl.
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+            major, minor = torch.cuda.get_device_capability(device)
+            raise ConfigError(f"--bf16: {torch.cuda.get_device_name(device)} (compute capability {major}.{minor}) "
+                              "has no native bfloat16 (it would be emulated, slower than fp32); use --fp16")
+        return torch.bfloat16
+    return None
+
+
+def _cgroup_cpu_quota(path="/sys/fs/cgroup/cpu.max"):
+    """CPUs' worth of time a cgroup v2 quota allows (a container's --cpus), or None without a quota."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            quota, period = f.read().split()[:2]
+    except (OSError, ValueError):
+        return None
+    return None if quota == "max" else int(quota) / int(period)
+
+
+def usable_cores():
+    """Cores this process may run on: its CPU affinity, capped by a cgroup CPU quota (containers
+    often see all of the host's cores but may use only a few)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota:
+        cores = min(cores, max(1, math.ceil(quota)))
+    return max(1, cores)
+
+
+def auto_threads():
+    """--threads 0: (threads, reason). One process: the usable cores, never more than torch already
+    uses (which honours OMP_NUM_THREADS and an earlier torch.set_num_threads). Under torchrun: the
+    usable cores divided among the node's processes (LOCAL_WORLD_SIZE); torchrun's own default of
+    OMP_NUM_THREADS=1 per process would leave the rest idle, so only a larger OMP_NUM_THREADS caps it."""
+    cores = usable_cores()
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
+    share = max(1, cores // local)
+    if local > 1:
+        try:
+            asked = int(os.environ.get("OMP_NUM_THREADS") or 0)
+        except ValueError:
+            asked = 0
+        return (min(share, asked) if asked > 1 else share), f"auto: {cores} usable cores / {local} local processes"
+    return min(share, torch.get_num_threads()), f"auto: {cores} usable cores"
+
+
+def configure_threads(threads=0):
+    """Set torch's intra-op thread count (--threads; 0 = auto_threads()); returns (threads, reason)."""
+    if threads > 0:
+        count, why = threads, "--threads"
+    else:
+        count, why = auto_threads()
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
+    return count, why
 
 
 def load_tokenizer(opts):
@@ -405,6 +513,10 @@ def load_model(opts, task_num_labels=None, task_types=None, task_names=None):
     if max_pos is not None and opts.max_seq_length > max_pos:
         raise ConfigError(f"--max_seq_length {opts.max_seq_length} exceeds the model's "
                           f"max_position_embeddings {max_pos}")
+    rounded = -(-opts.max_seq_length // opts.pad_multiple) * opts.pad_multiple
+    if max_pos is not None and rounded > max_pos:
+        raise ConfigError(f"--compile pads to multiples of {opts.pad_multiple}: --max_seq_length {opts.max_seq_length} "
+                          f"would become {rounded}, past the model's max_position_embeddings {max_pos}")
     return model
 
 
@@ -771,7 +883,7 @@ class EpochStream:
 
     def __init__(self, features=None, batch_size=32, accumulation=1, seed=0, task_id=0, group_by_length=True,
                  pad_to=None, rank=0, world_size=1, shuffle=True, load_epoch=None, epoch_sizes=None,
-                 replay_first_epoch=False):
+                 replay_first_epoch=False, pad_multiple=1):
         if batch_size % accumulation:
             raise ConfigError(f"train batch size {batch_size} is not divisible by gradient accumulation {accumulation}")
         if (features is None) == (load_epoch is None):
@@ -791,6 +903,7 @@ class EpochStream:
         self.accumulation = accumulation
         self.seed, self.task_id = seed, task_id
         self.group_by_length, self.pad_to, self.shuffle = group_by_length, pad_to, shuffle
+        self.pad_multiple = max(1, int(pad_multiple))  # --compile: padded lengths rounded up to this
         self.rank, self.world_size = rank, world_size
         # 2019 (itertools.cycle over one DataLoader pass): every epoch replays epoch 0's batches.
         self.replay_first_epoch = replay_first_epoch
@@ -852,7 +965,14 @@ class EpochStream:
         start = self.step_in_epoch * self.accumulation
         chunk = self._batches[start:start + self.accumulation]
         self.step_in_epoch += 1
-        return [(self.task_id, self._data.batch(idx, self.pad_to)) for idx in chunk]
+        return [(self.task_id, self._data.batch(idx, self._padded_length(idx))) for idx in chunk]
+
+    def _padded_length(self, indices):
+        """pad_to for one micro-batch: rounded up to pad_multiple (a compiled model then sees few shapes)."""
+        if self.pad_multiple == 1:
+            return self.pad_to
+        longest = int(np.max(self._data.lengths[indices]))
+        return max(self.pad_to or 0, -(-longest // self.pad_multiple) * self.pad_multiple)
 
     def state_dict(self):
         state = {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
@@ -886,7 +1006,8 @@ def make_stream(opts, env, features=None, task_id=0, batch_size=None, seed=None,
     return EpochStream(features, batch_size or opts.train_batch_size, opts.gradient_accumulation_steps,
                        opts.seed if seed is None else seed, task_id=task_id, group_by_length=opts.group_by_length,
                        pad_to=pad_to or opts.pad_to, rank=env.rank, world_size=env.world_size,
-                       load_epoch=load_epoch, epoch_sizes=epoch_sizes, replay_first_epoch=opts.replay_batch_cycle)
+                       load_epoch=load_epoch, epoch_sizes=epoch_sizes, replay_first_epoch=opts.replay_batch_cycle,
+                       pad_multiple=opts.pad_multiple)
 
 
 def num_training_steps(opts, steps_per_epoch):
@@ -1102,21 +1223,117 @@ def _fingerprint_differences(saved, current):
             if saved.get(k) != current.get(k)]
 
 
+class Prefetcher:
+    """A step stream read one step ahead: `start()` has a background thread call the stream's
+    next_step() (collation, and on CUDA pinning, so that the copy to the GPU can be asynchronous)
+    while the current step runs; `next_step()` hands that result over.
+
+    Only the main thread touches the stream while no fetch is running (`wait()`), and `state_dict()`
+    is the stream's state from before the fetched step, so checkpoints and resume are exactly as
+    without prefetching. Collation draws no random numbers: the batches are identical too."""
+
+    def __init__(self, stream, pin=False):
+        self.stream, self.pin = stream, pin
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="prefetch")
+        self._future, self._snapshot = None, None
+
+    @staticmethod
+    def fits(stream):
+        """Prefetching needs a stream that can be put back (state_dict/load_state_dict)."""
+        return hasattr(stream, "state_dict") and hasattr(stream, "load_state_dict")
+
+    def _fetch(self):
+        micro = self.stream.next_step()
+        if self.pin:
+            micro = [(task, {k: v.pin_memory() for k, v in batch.items()}) for task, batch in micro]
+        return micro
+
+    def start(self):
+        self._snapshot = self.stream.state_dict()
+        self._future = self._pool.submit(self._fetch)
+
+    def wait(self):
+        if self._future is not None:
+            concurrent.futures.wait([self._future])
+
+    def next_step(self):
+        if self._future is None:
+            return self._fetch()
+        future, self._future, self._snapshot = self._future, None, None
+        return future.result()
+
+    def state_dict(self):
+        return self._snapshot if self._future is not None else self.stream.state_dict()
+
+    def load_state_dict(self, state):
+        self.stream.load_state_dict(state)
+
+    def close(self):
+        """End the thread; returns the state to go back to if a fetched step was never used, else None."""
+        self.wait()
+        snapshot = self._snapshot if self._future is not None else None
+        self._future, self._snapshot = None, None
+        self._pool.shutdown(wait=True)
+        return snapshot
+
+
+GRAM_CHUNK = 1 << 16  # columns per float64 slice in gram_matrix and weighted_rows_into (8 tasks: 4 MiB)
+
+
+def gram_matrix(rows, chunk=None):
+    """The K x K float64 matrix of dot products of the K rows of `rows` ([K, N]), on their device.
+
+    Summed in float64 over slices of `chunk` (GRAM_CHUNK) columns: as exact as float64 dot products
+    of whole rows, while holding only a [K, chunk] float64 slice besides the rows themselves."""
+    k, n = rows.shape
+    chunk = chunk or GRAM_CHUNK
+    gram = torch.zeros(k, k, dtype=torch.float64, device=rows.device)
+    for start in range(0, n, chunk):
+        block = rows[:, start:start + chunk].double()
+        gram.addmm_(block, block.t())
+    return gram
+
+
+def weighted_rows_into(out, rows, weights, offset=0, chunk=None):
+    """out[:] = sum_k weights[k] rows[k, offset:offset + out.numel()] (out: a flat view, written in
+    place), a slice of `chunk` (GRAM_CHUNK) columns at a time: one matrix-vector product over a
+    whole transposed row block would make a temporary of out's size."""
+    chunk = chunk or GRAM_CHUNK
+    for start in range(0, out.numel(), chunk):
+        stop = min(out.numel(), start + chunk)
+        out[start:stop] = torch.mv(rows[:, offset + start:offset + stop].t(), weights)
+
+
+def compile_model(module):
+    """torch.compile for training (--compile). A task id is a Python int, so each task gets its own
+    graph (and one more for dynamic lengths): allow enough of them for every task of a run."""
+    import torch._dynamo
+    config = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):  # the name changed across torch versions
+        if hasattr(config, name):
+            setattr(config, name, max(getattr(config, name), 64))
+    return torch.compile(module)
+
+
 class Trainer:
     """Optimizer steps over a step stream; checkpoints; prediction. See the module docstring.
 
     model: the unwrapped model (BertForMultiTask or anything with the same forward contract).
     num_training_steps: optimizer steps the LR schedule spans (the real number of steps).
     param_groups: optimizer groups (default optimization.param_groups(model, weight_decay, lr)).
-    grad_combiner: f(list of flat per-task gradients of the shared parameters) -> flat gradient,
-      applied to steps whose micro-batches come from more than one task (PCGrad, vaccine).
+    grad_combiner: for steps whose micro-batches come from more than one task (PCGrad, vaccine):
+      either an object with `weights(gram, task_ids) -> K floats` (the combined shared gradient is
+      sum_k w_k g_k; `gram` is the K x K float64 matrix of the task gradients' dot products, e.g.
+      multitask.GradientCombiner), or a function f(list of flat per-task gradients) -> flat gradient.
+      One whose `method` is "sum" is not used: the plain accumulation computes the same sum.
     """
 
     def __init__(self, opts, env, model, num_training_steps, param_groups=None, grad_combiner=None):
         self.opts, self.env = opts, env
         self.model = model.to(env.device)
         self.num_training_steps = int(num_training_steps)
-        self.grad_combiner = grad_combiner
+        # A plain sum needs no per-task gradients: every micro-batch accumulates into .grad as usual.
+        self.grad_combiner = None if getattr(grad_combiner, "method", None) == "sum" else grad_combiner
         if env.distributed:
             # Tell DDP about unused parameters only when a step can leave some without a gradient (other
             # tasks' modules, a pooler no head reads): the search costs time and warns when there are none.
@@ -1126,6 +1343,8 @@ class Trainer:
                                                      find_unused_parameters=not modeling.uses_all_parameters(model))
         else:
             self.ddp_model = self.model
+        if opts.compile:
+            self.ddp_model = compile_model(self.ddp_model)
         if param_groups is None:
             param_groups = optimization.param_groups(self.model, opts.weight_decay, opts.learning_rate)
         schedule = {}
@@ -1154,6 +1373,14 @@ class Trainer:
         self._stop_signal = None
         self.train_loss_sum, self.train_loss_steps = 0.0, 0
         self.examples_seen = 0.0   # training examples of the steps run by this process (throughput)
+        # Step losses stay on the device until a sync point (logging, epoch end, checkpoint), where
+        # they are read back in one transfer. On CPU reading costs nothing: every step is checked at
+        # once, so a NaN stops the run before its update.
+        self.sync_every_step = env.device.type != "cuda"
+        self._pending_losses = []  # (step, task ids, loss tensor) not yet read back
+        self._on_loss = None  # train(on_loss=...)
+        self._resumed = False  # train() continued from a checkpoint
+        self._log_loss, self._log_n = 0.0, 0
 
     # -- logging ---------------------------------------------------------------------------------
 
@@ -1201,10 +1428,11 @@ class Trainer:
         return self._shared_params
 
     def _step_microbatches(self, micro):
-        """Backward all micro-batches of one step (grads left in .grad); returns the global mean loss."""
+        """Backward all micro-batches of one step (grads left in .grad); returns the global mean loss
+        as a float64 tensor on the device (nothing is read back here)."""
         env = self.env
+        weights = self._loss_weights(micro)  # from the host-side batches: no device read
         micro = [(tid, _move(batch, env.device)) for tid, batch in micro]
-        weights = self._loss_weights(micro)
         tasks = list(dict.fromkeys(tid for tid, _ in micro))
         loss_acc = torch.zeros((), dtype=torch.float64, device=env.device)
         if self.grad_combiner is None or len(tasks) == 1:
@@ -1217,14 +1445,9 @@ class Trainer:
                 loss_acc += loss.double() * weights[i] / env.world_size
         else:
             loss_acc += self._combined_backward(micro, tasks, weights)
-        # A stop asked for by a signal travels with the loss, so that every rank stops at the same step.
-        stop = float(file_utils.stop_requested() or 0)
         if env.distributed:
-            payload = torch.stack([loss_acc, torch.tensor(stop, dtype=torch.float64, device=loss_acc.device)])
-            dist.all_reduce(payload)
-            loss_acc, stop = payload[0], float(payload[1])
-        self._stop_signal = int(stop) if stop else None
-        return float(loss_acc)
+            dist.all_reduce(loss_acc)
+        return loss_acc
 
     def _loss_weights(self, micro):
         """Weight of each micro-batch's mean loss, so that one step's gradient is the mean over the
@@ -1233,17 +1456,23 @@ class Trainer:
         Within a task a micro-batch counts by its loss denominator: its examples, or for token
         classification its labelled tokens (so NER gives the token mean of the whole batch, as one
         big batch would). Across the tasks of a gradient-surgery step each task counts by its share
-        of the step's examples. x world_size because DDP averages the ranks' gradients."""
+        of the step's examples. x world_size because DDP averages the ranks' gradients. Under
+        torchrun the counts' all-reduce also carries a stop asked for by a signal, so that every
+        rank stops after the same step (sets self._stop_signal)."""
         env = self.env
+        # Counted on the host, in numpy (batches are still CPU tensors here): nothing waits for the device.
         examples = [float(next(iter(b.values())).shape[0]) for _, b in micro]
-        denominators = [float((b["labels"] != IGNORE_INDEX).sum()) if _is_token_labelled(b) else n
-                        for (_, b), n in zip(micro, examples)]
-        local = torch.tensor(examples + denominators, dtype=torch.float64)
-        totals = local.clone()
+        denominators = [float(np.count_nonzero(b["labels"].numpy() != IGNORE_INDEX)) if _is_token_labelled(b)
+                        else n for (_, b), n in zip(micro, examples)]
+        signum = file_utils.stop_requested()
+        local = np.array(examples + denominators + [1.0 if signum else 0.0], dtype=np.float64)
+        totals = local
         if env.distributed:
-            totals = totals.to(env.device)
-            dist.all_reduce(totals)
-            totals = totals.cpu()
+            reduced = torch.tensor(local, device=env.device)  # a copy: `local` must keep this rank's counts
+            dist.all_reduce(reduced)
+            totals = reduced.cpu().numpy()
+        # The signal that reached this rank (the others stop with it too); SIGTERM if only another rank got one.
+        self._stop_signal = (signum or int(signal.SIGTERM)) if float(totals[-1]) > 0 else None
         k = len(micro)
         step_examples = float(totals[:k].sum())
         self.examples_seen += step_examples
@@ -1259,15 +1488,25 @@ class Trainer:
         """Gradient surgery: one flat gradient of the shared parameters per task -> grad_combiner ->
         written back; task-specific parameters keep their own gradients.
 
-        Under DDP, every task but the last is backpropagated under no_sync and its flat gradient
-        all-reduced here; the last task's final micro-batch is a normal synced backward, so DDP
-        reduces the task-specific gradients and the last task's shared gradient itself and its
-        record of used parameters is consumed (a manual-only reduction would leave it stale and
-        break the next step). Earlier tasks' shared gradients are zeroed in place, not set to
-        None, for the same reason."""
+        The task gradients are the rows of ONE [tasks, shared size] float32 buffer, as the loss scaler
+        left them: projections are scale-invariant, so a combiner with `weights` gets their Gram
+        matrix (float64, built a slice at a time) and the result sum_k w_k g_k is written straight
+        into .grad; no other gradient-sized buffer is made. A non-finite gradient (an fp16 overflow,
+        routine with dynamic loss scaling) skips the combiner, whose state (random order, vaccine
+        targets) must not take it in: the plain sum goes to .grad and the GradScaler skips the step.
+        In fp32/bf16 it is an error.
+
+        Under DDP, every task but the last is backpropagated under no_sync and its row all-reduced
+        here; the last task's final micro-batch is a normal synced backward, so DDP reduces the
+        task-specific gradients and the last task's shared gradient itself and its record of used
+        parameters is consumed (a manual-only reduction would leave it stale and break the next
+        step). Earlier tasks' shared gradients are zeroed in place, not set to None, for the same
+        reason."""
         env = self.env
         shared = self.shared_parameters()
-        flats, loss_acc = [], torch.zeros((), dtype=torch.float64, device=env.device)
+        sizes = [p.numel() for p in shared]
+        grads = torch.empty(len(tasks), sum(sizes), dtype=torch.float32, device=env.device)
+        loss_acc = torch.zeros((), dtype=torch.float64, device=env.device)
         for t_index, task in enumerate(tasks):
             idxs = [i for i, (tid, _) in enumerate(micro) if tid == task]
             for k, i in enumerate(idxs):
@@ -1275,63 +1514,115 @@ class Trainer:
                 with contextlib.nullcontext() if sync else self.ddp_model.no_sync():
                     loss = self._forward_backward(self.ddp_model, task, micro[i][1], weights[i])
                 loss_acc += loss.double() * weights[i] / env.world_size
-            flats.append(torch.cat([
-                torch.zeros(p.numel(), dtype=torch.float32, device=p.device) if p.grad is None
-                else p.grad.detach().reshape(-1).float() for p in shared]))
+            for p, part in zip(shared, grads[t_index].split(sizes)):
+                if p.grad is None:
+                    part.zero_()
+                else:
+                    part.copy_(p.grad.reshape(-1))
             if t_index < len(tasks) - 1:
                 for p in shared:
                     if p.grad is not None:
                         p.grad.zero_()
         if env.distributed:
-            for flat in flats[:-1]:
-                dist.all_reduce(flat)
-                flat /= env.world_size
-        scale = float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
-        # The combiner sees true-scale gradients (not fp16 loss-scaled ones).
-        combined = self.grad_combiner([f / scale for f in flats]) * scale
+            for row in grads[:-1]:
+                dist.all_reduce(row)
+                row /= env.world_size
+        gram = gram_matrix(grads).cpu().numpy()
+        combined = None
+        if not np.isfinite(gram).all():
+            if not self.scaler.is_enabled():
+                raise NonFiniteLossError(
+                    f"non-finite gradient at step {self.global_step + 1} (tasks {','.join(map(str, tasks))}); "
+                    "lower --learning_rate, check the input data, or try --bf16/fp32")
+            coefficients = np.ones(len(tasks))  # the plain sum: the scaler sees the inf and skips this step
+        elif hasattr(self.grad_combiner, "weights"):
+            coefficients = np.asarray(self.grad_combiner.weights(gram, task_ids=tasks), dtype=np.float64)
+        else:  # a plain function of the flat gradients: it sees them at true scale
+            scale = float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
+            if scale != 1.0:
+                grads.div_(scale)
+            combined = self.grad_combiner(list(grads)).reshape(-1)
+            if scale != 1.0:
+                combined = combined * scale
+        if combined is None:
+            w = torch.as_tensor(coefficients, dtype=grads.dtype, device=grads.device)
         offset = 0
-        for p in shared:
-            numel = p.numel()
+        for p, numel in zip(shared, sizes):
             if p.grad is not None:  # None: no task of this step used the parameter
-                p.grad.copy_(combined[offset:offset + numel].view_as(p.grad))
+                if combined is None:
+                    weighted_rows_into(p.grad.view(-1), grads, w, offset)
+                else:
+                    p.grad.copy_(combined[offset:offset + numel].view_as(p.grad))
             offset += numel
         return loss_acc
 
     def training_step(self, micro):
-        """One optimizer step over the given micro-batches; returns the step's mean loss."""
+        """One optimizer step over the given micro-batches; returns the step's mean loss (a float64
+        tensor on the device, read back at sync points: see _flush_losses)."""
         loss = self._step_microbatches(micro)
         fp16 = self.scaler.is_enabled()
-        if not math.isfinite(loss) and not fp16:
-            task = ",".join(str(t) for t in dict.fromkeys(t for t, _ in micro))
-            raise NonFiniteLossError(
-                f"non-finite training loss ({loss}) at step {self.global_step + 1} (task {task}); "
-                "lower --learning_rate, check the input data, or try --bf16/fp32")
+        tasks = tuple(dict.fromkeys(t for t, _ in micro))
+        self._pending_losses.append((self.global_step + 1, tasks, loss))
+        if self.sync_every_step:
+            self._flush_losses()  # a non-finite loss stops the run before its update (fp32/bf16)
         if fp16 or self.engine_clips:
             self.scaler.unscale_(self.optimizer)
         if self.engine_clips:
             torch.nn.utils.clip_grad_norm_(self.params, self.opts.max_grad_norm)
+        applied = True
         if fp16:
-            skipped = False
-            with contextlib.suppress(Exception):  # private API: only used to count skipped steps
-                skipped = any(float(v) > 0 for v in self.scaler._found_inf_per_device(self.optimizer).values())
-            self.scaler.step(self.optimizer)
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)  # skips optimizer.step() when a gradient is inf/NaN
+            found_inf = self._found_inf()
             self.scaler.update(self.static_loss_scale)
-            self.consecutive_skipped = self.consecutive_skipped + 1 if skipped or not math.isfinite(loss) else 0
+            applied = not (found_inf if found_inf is not None else self.scaler.get_scale() < scale)
+            self.consecutive_skipped = 0 if applied else self.consecutive_skipped + 1
             if self.consecutive_skipped >= MAX_CONSECUTIVE_SKIPPED_STEPS:
                 raise NonFiniteLossError(
                     f"fp16: {self.consecutive_skipped} optimizer steps in a row skipped for inf/NaN gradients "
-                    f"(loss {loss}, loss scale {self.scaler.get_scale():g}) at step {self.global_step + 1}; "
+                    f"(loss {float(loss)}, loss scale {self.scaler.get_scale():g}) at step {self.global_step + 1}; "
                     "the loss itself is probably non-finite: lower --learning_rate or use --bf16")
         else:
             self.optimizer.step()
         # PyTorch 2 frees gradients: a task's modules unused in the next step then get no update. The
         # 2019 code (PyTorch 0.4) zeroed them, so stale optimizer state kept moving them.
         self.optimizer.zero_grad(set_to_none=not self.opts.zero_grad_in_place)
-        with warnings.catch_warnings():
-            # A first fp16 step skipped by the scaler makes LambdaLR warn about the call order.
-            warnings.simplefilter("ignore", UserWarning)
-            self.scheduler.step()
+        if applied:  # a step the GradScaler skipped does not advance the schedule (as in HF and accelerate)
+            with warnings.catch_warnings():
+                # After a skipped first fp16 step LambdaLR warns that optimizer.step() was not called.
+                warnings.simplefilter("ignore", UserWarning)
+                self.scheduler.step()
         return loss
+
+    def _found_inf(self):
+        """Whether the GradScaler found an inf/NaN gradient this step (it then skipped the optimizer
+        step): its per-optimizer record, filled by unscale_ (private API). None when that is gone; the
+        caller then compares the loss scale before and after update (blind to a static scale)."""
+        try:
+            found = self.scaler._found_inf_per_device(self.optimizer)
+        except (AttributeError, KeyError, TypeError):
+            return None
+        return any(float(v) > 0 for v in found.values())  # scaler.step already read them: no extra sync
+
+    def _flush_losses(self):
+        """Read back the step losses since the last call (one transfer) into the run's and the log's
+        running sums. A non-finite loss is left out under fp16 (the scaler skipped that step) and is
+        a NonFiniteLossError otherwise. Every step on CPU; at sync points on CUDA."""
+        if not self._pending_losses:
+            return
+        pending, self._pending_losses = self._pending_losses, []
+        values = torch.stack([loss.detach() for _, _, loss in pending]).tolist()
+        for (step, tasks, _), value in zip(pending, values):
+            if math.isfinite(value):
+                self.train_loss_sum += value
+                self.train_loss_steps += 1
+                self._log_loss, self._log_n = self._log_loss + value, self._log_n + 1
+                if self._on_loss is not None:
+                    self._on_loss(self, step, tasks, value)
+            elif not self.scaler.is_enabled():
+                raise NonFiniteLossError(
+                    f"non-finite training loss ({value}) at step {step} (task {','.join(map(str, tasks))}); "
+                    "lower --learning_rate, check the input data, or try --bf16/fp32")
 
     # -- checkpoints -----------------------------------------------------------------------------
 
@@ -1345,13 +1636,18 @@ class Trainer:
 
     def save_checkpoint(self, stream):
         """Write <output_dir>/checkpoint atomically: a kill at any moment leaves the previous one intact.
-        Collective under torch.distributed (RNG states of every rank are gathered); rank 0 writes."""
+        Collective under torch.distributed (RNG states of every rank are gathered); rank 0 writes.
+        The grad_combiner's state is saved beside the stream's: with prefetching, the stream's state
+        is the one from before the prefetched step, and a combiner it holds may be older than that."""
+        self._flush_losses()  # the running loss sums go into the checkpoint (and a NaN never does)
         rng = self._gather_rng()
         if self.env.is_main:
             state = {
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "rng": rng,
                 "stream": stream.state_dict() if hasattr(stream, "state_dict") else None,
+                "grad_combiner": (self.grad_combiner.state_dict() if hasattr(self.grad_combiner, "state_dict")
+                                  else None),
                 "global_step": self.global_step, "epoch": self.epoch, "extra_state": self.extra_state,
                 "world_size": self.env.world_size, "consecutive_skipped": self.consecutive_skipped,
                 "stopped_early": self.stopped_early,
@@ -1393,6 +1689,8 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         if state.get("stream") is not None and hasattr(stream, "load_state_dict"):
             stream.load_state_dict(state["stream"])
+        if state.get("grad_combiner") is not None and hasattr(self.grad_combiner, "load_state_dict"):
+            self.grad_combiner.load_state_dict(state["grad_combiner"])  # after the stream's: this one is current
         rng = state["rng"]
         if len(rng) != self.env.world_size:
             logger.warning("checkpoint was written by %d processes, resuming with %d: dropout RNG differs",
@@ -1408,12 +1706,16 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------
 
-    def train(self, stream, num_steps, steps_per_epoch=None, on_epoch_end=None, desc="train", on_step=None):
+    def train(self, stream, num_steps, steps_per_epoch=None, on_epoch_end=None, desc="train", on_step=None,
+              on_loss=None):
         """Run optimizer steps from stream.next_step() until global_step == num_steps.
 
         After every optimizer step, on_step(trainer, loss) runs on all ranks (`loss`: the step's
-        global mean loss; before on_epoch_end and the checkpoint, so state it keeps in
-        trainer.extra_state is saved with that step). Every `steps_per_epoch` steps,
+        global mean loss as a device tensor: reading it is a host-device sync). Each finite step
+        loss, once read back (every step on CPU, at logging steps, epoch ends and checkpoints on
+        CUDA), goes to on_loss(trainer, step, task_ids, value) on all ranks. Both run before
+        on_epoch_end and the checkpoint, so state they keep in trainer.extra_state is saved with
+        that step. Every `steps_per_epoch` steps,
         on_epoch_end(epoch_index, trainer) runs on all ranks (after the step, before that step's
         checkpoint); returning True stops training. With --resume,
         continues from <output_dir>/checkpoint. Returns {"global_step", "loss" (mean step loss of
@@ -1422,74 +1724,111 @@ class Trainer:
         steps_per_epoch = steps_per_epoch or getattr(stream, "steps_per_epoch", None) or num_steps
         if opts.resume:
             path = find_checkpoint(opts.output_dir)
+            if env.distributed:
+                # Every rank reads the checkpoint: a node that cannot see it would start afresh while the
+                # others resume. All ranks learn who lacks it and stop with the same error.
+                found = torch.tensor([0.0 if path is None else 1.0], device=env.device)
+                dist.all_reduce(found)
+                if 0 < int(found.item()) < env.world_size:
+                    raise ConfigError(f"--resume: {int(env.world_size - found.item())} of {env.world_size} "
+                                      f"processes see no checkpoint in {opts.output_dir}: every node needs the "
+                                      "output folder (shared, or the checkpoint/ copied to the same path)")
             if path is not None:
                 self.load_checkpoint(path, stream)
+                self._resumed = True
             else:
                 logger.info("--resume: no checkpoint in %s, starting from scratch", opts.output_dir)
         self.ddp_model.train()
         bar = tqdm(total=num_steps, initial=self.global_step, desc=desc,
                    disable=not (env.is_main and sys.stderr.isatty()), dynamic_ncols=True)
         saved_at = self.global_step
+        self._on_loss = on_loss
         with file_utils.graceful_interrupts():
             try:
                 return self._train_loop(stream, num_steps, steps_per_epoch, on_epoch_end, bar, saved_at, on_step)
             finally:
+                self._on_loss = None
                 bar.close()
                 if self._tb_writer is not None:
                     self._tb_writer.flush()
 
     def _train_loop(self, stream, num_steps, steps_per_epoch, on_epoch_end, bar, saved_at, on_step=None):
         opts, env = self.opts, self.env
-        log_loss, log_n = 0.0, 0
+        self._log_loss, self._log_n = 0.0, 0
         start_time, start_step, start_examples = time.time(), self.global_step, self.examples_seen
-        while self.global_step < num_steps and not self.stopped_early:
-            micro = stream.next_step()
-            loss = self.training_step(micro)
-            self.global_step += 1
-            if math.isfinite(loss):
-                self.train_loss_sum += loss
-                self.train_loss_steps += 1
-                log_loss, log_n = log_loss + loss, log_n + 1
-            bar.update(1)
-            if on_step is not None:
-                on_step(self, loss)
-            if env.is_main and (self.global_step % max(1, opts.logging_steps) == 0
-                                or self.global_step == num_steps):
-                lr = self.scheduler.get_last_lr()[0]
-                avg = log_loss / max(log_n, 1)
-                bar.set_postfix(loss=f"{avg:.4f}", lr=f"{lr:.2e}")
-                self.log_scalars("train", {"loss": avg, "learning_rate": lr})
-                if not sys.stderr.isatty():
-                    logger.info("step %d/%d loss %.4f lr %.3e", self.global_step, num_steps, avg, lr)
-                log_loss, log_n = 0.0, 0
-            if self.global_step % steps_per_epoch == 0:
-                self.epoch += 1
-                if on_epoch_end is not None:
-                    stop = on_epoch_end(self.epoch - 1, self)
-                    # The 2019 code's evaluation left the model in eval mode: no dropout from then on.
-                    self.ddp_model.train(not opts.dropout_off_after_eval)
-                    if stop:
-                        self.stopped_early = True
-            if opts.save_steps > 0 and self.global_step % opts.save_steps == 0:
-                self.save_checkpoint(stream)
-                saved_at = self.global_step
-            if self.stopped_early:
-                logger.info("early stop after epoch %d (step %d)", self.epoch, self.global_step)
-                break
-            if self._stop_signal:
-                if saved_at != self.global_step:
-                    self.save_checkpoint(stream)
-                raise file_utils.Interrupted(
-                    f"stopped at step {self.global_step} of {num_steps}; checkpoint in "
-                    f"{os.path.join(opts.output_dir, CHECKPOINT_DIR)}: continue with --resume", self._stop_signal)
-        if saved_at != self.global_step or find_checkpoint(opts.output_dir) is None:
-            self.save_checkpoint(stream)
+        # A resumable stream is read one step ahead, in a background thread (--num_workers 1).
+        feed = Prefetcher(stream, pin=env.device.type == "cuda") if opts.num_workers and Prefetcher.fits(stream) \
+            else None
+        source = feed or stream
+        try:
+            while self.global_step < num_steps and not self.stopped_early:
+                micro = source.next_step()
+                if feed is not None and self.global_step + 1 < num_steps:
+                    feed.start()  # the next step's batches are collated while this step runs
+                step_loss = self.training_step(micro)
+                if feed is not None:
+                    feed.wait()  # the stream is idle again: callbacks and checkpoints may read it
+                self.global_step += 1
+                bar.update(1)
+                if on_step is not None:
+                    on_step(self, step_loss)
+                log_now = self.global_step % max(1, opts.logging_steps) == 0 or self.global_step == num_steps
+                epoch_end = self.global_step % steps_per_epoch == 0
+                save_now = opts.save_steps > 0 and self.global_step % opts.save_steps == 0
+                if log_now or epoch_end or save_now or self._stop_signal:
+                    self._flush_losses()  # the one device read of these steps' losses (NaN check included)
+                if log_now:
+                    if env.is_main:
+                        lr = self.scheduler.get_last_lr()[0]
+                        avg = self._log_loss / max(self._log_n, 1)
+                        bar.set_postfix(loss=f"{avg:.4f}", lr=f"{lr:.2e}")
+                        self.log_scalars("train", {"loss": avg, "learning_rate": lr})
+                        if not sys.stderr.isatty():
+                            logger.info("step %d/%d loss %.4f lr %.3e", self.global_step, num_steps, avg, lr)
+                    self._log_loss, self._log_n = 0.0, 0
+                if epoch_end:
+                    self.epoch += 1
+                    if on_epoch_end is not None:
+                        stop = on_epoch_end(self.epoch - 1, self)
+                        # The 2019 code's evaluation left the model in eval mode: no dropout from then on.
+                        self.ddp_model.train(not opts.dropout_off_after_eval)
+                        if stop:
+                            self.stopped_early = True
+                if save_now:
+                    self.save_checkpoint(source)
+                    saved_at = self.global_step
+                if self.stopped_early:
+                    logger.info("early stop after epoch %d (step %d)", self.epoch, self.global_step)
+                    break
+                if self._stop_signal:
+                    if saved_at != self.global_step:
+                        self.save_checkpoint(source)
+                    raise file_utils.Interrupted(
+                        f"stopped at step {self.global_step} of {num_steps}; checkpoint in "
+                        f"{os.path.join(opts.output_dir, CHECKPOINT_DIR)}: continue with --resume", self._stop_signal)
+            # Decided alike on every rank (saving is collective): only rank 0's folder has the files.
+            if saved_at != self.global_step or (self.global_step == start_step and not self._resumed):
+                self.save_checkpoint(source)
+        finally:
+            if feed is not None:
+                self._close_feed(feed)
+        self._flush_losses()
         mean = self.train_loss_sum / self.train_loss_steps if self.train_loss_steps else float("nan")
         runtime = time.time() - start_time  # this process's part (after a resume: the resumed steps)
         return {"global_step": self.global_step, "loss": mean, "stopped_early": self.stopped_early,
                 "train_runtime": runtime,
                 "train_samples_per_second": (self.examples_seen - start_examples) / max(runtime, 1e-9),
                 "train_steps_per_second": (self.global_step - start_step) / max(runtime, 1e-9)}
+
+    def _close_feed(self, feed):
+        """Stop the prefetch thread; a step fetched but not trained (early stop, a signal, an error)
+        is given back: the stream returns to where training stopped, the combiner keeps its state."""
+        snapshot = feed.close()
+        if snapshot is not None:
+            live = self.grad_combiner.state_dict() if hasattr(self.grad_combiner, "state_dict") else None
+            feed.stream.load_state_dict(snapshot)
+            if live is not None:
+                self.grad_combiner.load_state_dict(live)
 
     # -- outputs ---------------------------------------------------------------------------------
 

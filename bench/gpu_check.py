@@ -26,6 +26,13 @@ f. One optimizer step on bert-base parameters (bench/bench_optimizer.measure on 
    vs multi-tensor, AdamW loop vs foreach vs fused.
 g. Evaluation (bench/bench_eval.measure): training.predict of 2048 GLUE-like examples with bert-base
    at eval batch 8, 32, 64, 128, fp32 and bf16: examples/s and peak memory (is 8 a good default?).
+h. Engine paths (docs/engine.md): a training step makes no host-device synchronisation
+   (torch.cuda.set_sync_debug_mode("error") over 3 steps, losses read only at the logging step);
+   prefetched batches are pinned; --compile (inductor) against eager on bert-base bf16 batches of
+   32 x 128: loss and gradient difference on the first batch, compile time, ms/step; and
+   run_multi_task --bf16 with prefetching (--num_workers 1, the default) against --num_workers 0.
+i. The CPU-assuming tests on this GPU machine (`pytest -q` of the engine test files, no -m gpu):
+   they must force the CPU and pass where CUDA is visible.
 
 MFU = model FLOPs per step / seconds per step / peak FLOP/s. Model FLOPs per training step = 3 x
 the FLOPs of one forward pass (backward ~ 2 x forward), the forward counted by
@@ -40,6 +47,7 @@ SXM and H200: 989 / 495 / 67 TFLOP/s); other GPUs: "unknown GPU", no MFU.
 """
 import argparse
 import contextlib
+import copy
 import json
 import math
 import os
@@ -457,6 +465,130 @@ def check_eval(table, tmp, smoke, device):
     del model
 
 
+# ---------------------------------------------------------------------------------------------- h, i
+
+def check_engine_paths(table, tmp, smoke, device):
+    section = "h. engine paths"
+    import bench_eval
+    config = bert_config(smoke)
+    B, S = (4, 16) if smoke else (32, 128)
+    data = batches(6, B, S, config.vocab_size, device, padded=True)
+    if device.type == "cuda":
+        args, env = engine(tmp, "--bf16")
+        trainer = training.Trainer(args, env, modeling.BertForMultiTask(config, [2]), 1000)
+        trainer.training_step([(0, data[0])])  # first-step allocations, lazy inits
+        torch.cuda.synchronize()
+        problem = ""
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for b in data[1:4]:
+                trainer.training_step([(0, b)])
+        except RuntimeError as exc:
+            problem = str(exc).splitlines()[0][:150]
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        table.add(section, "no host-device sync in 3 training steps (bf16, AdamW)", "FAIL" if problem else "PASS",
+                  problem or f"{len(trainer._pending_losses)} losses still on the GPU", "set_sync_debug_mode error")
+        del trainer
+    else:
+        table.add(section, "no host-device sync in a training step", "SKIP", "needs CUDA")
+    feats = bench_eval.glue_like_features(16, seed=0, max_len=32)
+    stream = training.EpochStream(feats, batch_size=4)
+    feed = training.Prefetcher(stream, pin=device.type == "cuda")
+    feed.start()
+    micro = feed.next_step()
+    feed.close()
+    pinned = all(v.is_pinned() for _, b in micro for v in b.values())
+    table.add(section, "prefetched batches pinned", ("PASS" if pinned else "FAIL") if device.type == "cuda" else "SKIP",
+              str(pinned), "pinned only on CUDA")
+
+    # --compile: inductor on a GPU; on CPU (--smoke) dynamo with aot_eager, to check the wiring quickly
+    import functools
+
+    from torch import _dynamo
+    compile_fn = torch.compile
+    if device.type != "cuda":
+        torch.compile = functools.partial(compile_fn, backend="aot_eager")
+    try:
+        _dynamo.reset()
+        flags = ["--bf16", "--optimizer", "adamw"] if device.type == "cuda" else ["--optimizer", "adamw"]
+        base = modeling.BertForMultiTask(config, [2])
+        trainers = {}
+        for name, extra in (("eager", []), ("compiled", ["--compile"])):
+            args, env = engine(tmp, *flags, *extra)
+            trainers[name] = training.Trainer(args, env, copy.deepcopy(base), 1000)
+        first = {}
+        for name, t in trainers.items():
+            start = time.perf_counter()
+            with training._autocast(env.device, env.amp_dtype):
+                out = t.ddp_model(**data[0], task_id=0)
+            out["loss"].float().backward()
+            sync(device)
+            grad = torch.cat([p.grad.reshape(-1).float() for p in t.model.parameters() if p.grad is not None])
+            first[name] = (float(out["loss"]), grad, time.perf_counter() - start)
+            t.optimizer.zero_grad(set_to_none=True)
+        diff = float((first["eager"][1] - first["compiled"][1]).abs().max())
+        scale = float(first["eager"][1].abs().max())
+        loss_diff = abs(first["eager"][0] - first["compiled"][0])
+        ok = loss_diff < 0.02 * abs(first["eager"][0]) + 1e-3 and diff < 0.05 * scale
+        table.add(section, "--compile vs eager, first batch", "PASS" if ok else "FAIL",
+                  f"loss {first['eager'][0]:.4f} / {first['compiled'][0]:.4f}, max grad diff {diff:.1e} "
+                  f"(max grad {scale:.1e})", f"compile {first['compiled'][2]:.0f} s"
+                  + ("" if device.type == "cuda" else ", aot_eager (smoke)"))
+        full = batches(8, B, S, config.vocab_size, device, padded=False)
+        sec = time_interleaved({name: (lambda b, t=t: t.training_step([(0, b)]), full) for name, t in trainers.items()},
+                               1 if smoke else 3, 2 if smoke else 20, device)
+        table.add(section, "--compile / eager step time" + (", bf16, 32 x 128" if device.type == "cuda" else ""),
+                  "INFO", f"{sec['compiled'] / sec['eager']:.2f}x",
+                  f"eager {sec['eager'] * 1000:.1f} ms, compiled {sec['compiled'] * 1000:.1f} ms per step")
+        del trainers
+    finally:
+        torch.compile = compile_fn
+        _dynamo.reset()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def check_prefetch_run(table, tmp, smoke, cuda):
+    """run_multi_task --bf16 with and without prefetching: samples/s from results.json."""
+    section = "h. engine paths"
+    rates = {}
+    for workers in ("1", "0"):
+        out = os.path.join(tmp, f"prefetch_{workers}")
+        steps = 2 if smoke else 40
+        cmd = [sys.executable, "run_multi_task.py", "--tasks", "rte,mrpc,sts-b", "--num_train_epochs", "1",
+               "--steps_per_epoch", str(steps), "--max_eval_examples", "8", "--output_dir", out, "--cache_dir",
+               "none", "--bf16", "--num_workers", workers] + (["--train_batch_size", "4", "--max_seq_length", "64"]
+                                                              if smoke else [])
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            sys.stderr.write(proc.stderr[-3000:])
+            table.add(section, f"run_multi_task --bf16 --num_workers {workers}", "FAIL", f"exit {proc.returncode}")
+            return
+        with open(os.path.join(out, "results.json"), encoding="utf-8") as f:
+            rates[workers] = json.load(f)["train_samples_per_second"]
+    table.add(section, "run_multi_task --bf16: prefetch / no prefetch", "INFO", f"{rates['1'] / rates['0']:.2f}x",
+              f"{rates['1']:.1f} vs {rates['0']:.1f} training samples/s (rte,mrpc,sts-b)")
+
+
+def check_cpu_tests_on_gpu_machine(table, smoke):
+    section = "i. CPU tests, GPU visible"
+    if smoke:
+        table.add(section, "engine tests without -m gpu", "SKIP", "--smoke")
+        return
+    files = ["tests/test_training.py", "tests/test_engine_paths.py", "tests/test_resume.py",
+             "tests/test_distributed.py"]
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "not gpu", *files], cwd=ROOT,
+                          capture_output=True, text=True, timeout=400)
+    summary = next((ln for ln in reversed(proc.stdout.splitlines()) if re.search(r"\d+ (passed|failed|error)", ln)),
+                   "no summary")
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-6000:] + proc.stderr[-3000:])
+    table.add(section, "pytest -m 'not gpu' " + " ".join(os.path.basename(f) for f in files),
+              "PASS" if proc.returncode == 0 else "FAIL", summary.strip("= "), f"{time.perf_counter() - start:.0f} s")
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 def main(argv=None):
@@ -487,6 +619,9 @@ def main(argv=None):
         guarded(table, "e. PALs vs shared step", check_pals_step, tmp, a.smoke, device, peaks)
         guarded(table, "f. optimizer step", check_optimizer, a.smoke, device)
         guarded(table, "g. evaluation", check_eval, tmp, a.smoke, device)
+        guarded(table, "h. engine paths", check_engine_paths, tmp, a.smoke, device)
+        guarded(table, "h. engine paths", check_prefetch_run, tmp, a.smoke, cuda)
+        guarded(table, "i. CPU tests, GPU visible", check_cpu_tests_on_gpu_machine, a.smoke)
     elapsed = time.perf_counter() - started
     over = cuda and elapsed > GPU_TIME_LIMIT_S
     table.add("total", "wall time", "WARN" if over else "INFO", f"{elapsed:.0f} s",

@@ -30,6 +30,16 @@ def tiny_mt(tmp_path_factory, vocab_file):
     return tiny_multitask.make_setup(tmp_path_factory.mktemp("tiny_mt"), vocab_file)
 
 
+@pytest.fixture(autouse=True)
+def _cpu_unless_gpu_test(request, monkeypatch):
+    """A test without the gpu marker runs on the CPU even where a GPU is visible: the engine (and any
+    runner called in-process) then sees no CUDA, as with --no_cuda. Subprocesses get
+    CUDA_VISIBLE_DEVICES="" from their tests."""
+    if request.node.get_closest_marker("gpu") is None:
+        import torch
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped without one)")
     config.addinivalue_line("markers", "slow: takes more than ~20 s on 2 CPU cores")

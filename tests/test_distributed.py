@@ -7,6 +7,7 @@ gradient combiner the per-task path). After training it runs the collective pred
 single-process and the 2-process runs must end with the same weights and predictions. Finally
 a bad input file met while building cached features must fail on every rank (no hang).
 """
+import json
 import os
 import socket
 import subprocess
@@ -154,3 +155,78 @@ def test_ddp_searches_unused_parameters_only_when_a_step_leaves_some(tmp_path, m
         trainer.close()
     finally:
         torch.distributed.destroy_process_group()
+
+
+NODE_WORKER = r'''
+import json, os, sys
+sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
+import training
+from file_utils import ConfigError
+from test_training_helpers import engine_options, synthetic_features
+
+model_dir, out_dir, marks, extra = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+args = engine_options(model_dir, out_dir, "--train_batch_size", 4, "--save_steps", 2, "--logging_steps", 1000,
+                      "--cache_dir", training.default_cache_dir(), *extra)
+env = training.setup_env(args)
+launch = {{k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "GROUP_RANK", "BERT_PALS_CACHE")}}
+with open(os.path.join(marks, f"env-rank{{env.rank}}.json"), "w") as f:
+    json.dump(launch, f)
+
+def build():
+    open(os.path.join(marks, f"built-rank{{env.rank}}"), "a").close()
+    return synthetic_features(16, seed=1)
+
+feats = training.cached_features(args.cache_dir, {{"task": "nodes"}}, build)
+training.prepare_output_dir(args, env)
+trainer = training.Trainer(args, env, training.load_model(args, [2]), 4)
+try:
+    result = trainer.train(training.make_stream(args, env, feats), 4)
+except ConfigError as exc:
+    with open(os.path.join(marks, f"error-rank{{env.rank}}.txt"), "w") as f:
+        f.write(str(exc))
+    sys.exit(0)
+if env.is_main:
+    training.write_eval_results(os.path.join(out_dir, "eval_results.txt"), {{"loss": result["loss"]}})
+'''
+
+
+def test_two_nodes_build_their_own_caches_and_only_global_rank_0_writes(tmp_path):
+    """Two torchrun launches of the documented 2-node command (--nnodes 2 --node_rank 0/1, one process
+    each, rendezvous at 127.0.0.1): each node's local rank 0 builds the features into its own cache
+    folder (BERT_PALS_CACHE); checkpoints and results come only from global rank 0. A --resume where
+    one node cannot see the checkpoint fails on both nodes with one line."""
+    model_dir = write_tiny_model(str(tmp_path / "model"), dropout=0.0)
+    worker = tmp_path / "node_worker.py"
+    worker.write_text(NODE_WORKER.format(root=ROOT, tests=os.path.join(ROOT, "tests")))
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    base = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK"):
+        base.pop(key, None)
+
+    def launch(*extra):
+        port = _free_port()
+        procs = [subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}", "--nproc_per_node=1",
+             "--master_addr=127.0.0.1", f"--master_port={port}", str(worker), model_dir,
+             str(tmp_path / f"node{node}" / "out"), str(marks), *extra],
+            env=dict(base, BERT_PALS_CACHE=str(tmp_path / f"node{node}" / "cache")),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for node in (0, 1)]
+        for proc in procs:
+            out, err = proc.communicate(timeout=int(os.environ.get("NODE_TIMEOUT", 240)))
+            assert proc.returncode == 0, out[-2000:] + err[-3000:]
+
+    launch()
+    seen = [json.loads((marks / f"env-rank{r}.json").read_text()) for r in (0, 1)]
+    assert [s["LOCAL_RANK"] for s in seen] == ["0", "0"] and [s["GROUP_RANK"] for s in seen] == ["0", "1"]
+    for node in (0, 1):
+        assert (marks / f"built-rank{node}").exists()  # each node built its features once
+        assert len(os.listdir(tmp_path / f"node{node}" / "cache")) == 1
+    node0 = tmp_path / "node0" / "out"
+    assert (node0 / "checkpoint").is_dir() and (node0 / "eval_results.txt").exists()
+    assert not (tmp_path / "node1" / "out").exists()  # rank 1 wrote nothing, not even the folder
+
+    launch("--resume")  # node 1 has no checkpoint: both stop, neither trains on its own
+    # The same line on both nodes, naming the output folder as each sees it.
+    errors = [(marks / f"error-rank{r}.txt").read_text().replace(f"node{r}", "nodeN") for r in (0, 1)]
+    assert errors[0] == errors[1] and "1 of 2 processes see no checkpoint" in errors[0]

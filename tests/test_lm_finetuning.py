@@ -156,7 +156,8 @@ def test_scripts_run_from_repo_root_and_fail_in_one_line(tmp_path):
     expected = ["found 1 document", "holds no pregenerated data", "found 1 document"]
     for argv, message in zip(runs, expected):
         proc = subprocess.run([sys.executable, os.path.join("lm_finetuning", argv[0])] + argv[1:], cwd=ROOT,
-                              capture_output=True, text=True, timeout=300)
+                              capture_output=True, text=True, timeout=300,
+                              env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
         assert proc.returncode == 2, proc.stderr
         last = proc.stderr.strip().splitlines()[-1]
         assert last.startswith("error: ") and message in last, proc.stderr

@@ -320,7 +320,7 @@ def test_ddp_two_processes_match_one_process(setup):
             "--output_dir", str(multi), "--max_seq_length", "32", "--train_batch_size", "4", "--eval_batch_size", "16",
             "--learning_rate", "1e-3", "--logging_steps", "1000", "--cache_dir", str(setup["base"] / "cache-ddp"),
             *map(str, common)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT, CUDA_VISIBLE_DEVICES="")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
            os.path.join(ROOT, "run_multi_task.py"), *argv]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)

@@ -32,8 +32,8 @@ def tiny_dir(tmp_path_factory):
     return write_tiny_model(str(tmp_path_factory.mktemp("tiny") / "model"), dropout=0.0)
 
 
-def _setup(tiny_dir, out, *flags, tasks=(2,)):
-    args = engine_options(tiny_dir, str(out), *flags)
+def _setup(tiny_dir, out, *flags, tasks=(2,), cuda=False):
+    args = engine_options(tiny_dir, str(out), *flags, cuda=cuda)
     env = training.setup_env(args)
     model = training.load_model(args, list(tasks))
     return args, env, model
@@ -394,7 +394,7 @@ def test_fp16_scaler_logic_on_cpu(tiny_dir, tmp_path, loss_scale):
 def test_fp16_on_gpu_trains(tiny_dir, tmp_path, loss_scale):
     feats = synthetic_features(16, seed=8)
     args, env, model = _setup(tiny_dir, tmp_path / "out", "--fp16", "--loss_scale", loss_scale,
-                              "--train_batch_size", 8, "--learning_rate", 1e-3)
+                              "--train_batch_size", 8, "--learning_rate", 1e-3, cuda=True)
     trainer = training.Trainer(args, env, model, 6)
     before = copy.deepcopy(model.state_dict())
     result = trainer.train(training.make_stream(args, env, feats), 6)

@@ -59,13 +59,14 @@ def synthetic_features(n, seed=0, num_labels=2, min_len=4, max_len=24, regressio
     return out
 
 
-def engine_options(model_dir, output_dir, *extra):
-    """EngineOptions from engine flags, parsed as a runner would."""
+def engine_options(model_dir, output_dir, *extra, cuda=False):
+    """EngineOptions from engine flags, parsed as a runner would. On the CPU (--no_cuda) unless
+    `cuda`: the same test must pass on a machine with a GPU (GPU tests pass cuda=True)."""
     parser = argparse.ArgumentParser()
     training.add_engine_args(parser)
     return training.EngineOptions.from_args(parser.parse_args(
         ["--bert_model", model_dir, "--output_dir", output_dir, "--max_seq_length", "32", "--cache_dir", "none",
-         *map(str, extra)]))
+         *([] if cuda else ["--no_cuda"]), *map(str, extra)]))
 
 
 def assert_close_in_low_precision(actual, reference, dtype, ulps=4):

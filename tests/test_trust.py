@@ -396,7 +396,7 @@ def test_sigterm_checkpoints_exits_143_and_the_resumed_run_is_exact(tiny, glue, 
     out = tmp_path / "out"
     script = tmp_path / "worker.py"
     script.write_text(SIGTERM_WORKER.format(root=ROOT))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.Popen([sys.executable, str(script), *classifier_argv(tiny, glue, out, *flags)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     err = []
