@@ -120,7 +120,9 @@ def add_engine_args(parser, **defaults):
     g.add_argument("--gradient_accumulation_steps", type=int, default=1,
                    help="micro-batches per optimizer step (train_batch_size must be divisible by it)")
     g.add_argument("--fp16", action="store_true", help="mixed precision fp16 (torch.amp + GradScaler; CUDA only)")
-    g.add_argument("--bf16", action="store_true", help="mixed precision bfloat16 (torch.amp autocast; CPU or GPU)")
+    g.add_argument("--bf16", action="store_true",
+                   help="mixed precision bfloat16 (torch.amp autocast): GPUs with native bf16 (Ampere and later); "
+                        "on CPUs without AVX512-BF16/AMX far slower than fp32 (docs/benchmarks.md#cpu-bf16)")
     g.add_argument("--loss_scale", type=float, default=0,
                    help="fp16 only: 0 = dynamic loss scaling, >0 = this static scale")
     g.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=-1,
@@ -435,8 +437,23 @@ def _amp_dtype(precision, device):
             major, minor = torch.cuda.get_device_capability(device)
             raise ConfigError(f"--bf16: {torch.cuda.get_device_name(device)} (compute capability {major}.{minor}) "
                               "has no native bfloat16 (it would be emulated, slower than fp32); use --fp16")
+        if device.type == "cpu" and cpu_has_native_bf16() is False:
+            # Allowed (the results are valid), but measured 12x slower than fp32 on such a CPU.
+            logger.warning("--bf16 on a CPU without AVX512-BF16 or AMX: bfloat16 is emulated and much slower "
+                           "than fp32 (docs/benchmarks.md#cpu-bf16)")
         return torch.bfloat16
     return None
+
+
+def cpu_has_native_bf16(cpuinfo="/proc/cpuinfo"):
+    """Whether this CPU has bfloat16 instructions (avx512_bf16 or amx_bf16 in cpuinfo's flags); None
+    where that cannot be read (not Linux, or no x86 flags line)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
+    except OSError:
+        return None
+    return None if flags is None else bool({"avx512_bf16", "amx_bf16"} & set(flags))
 
 
 def _cgroup_cpu_quota(path="/sys/fs/cgroup/cpu.max"):

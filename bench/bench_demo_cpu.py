@@ -58,8 +58,8 @@ def main():
                     load = os.getloadavg()[0]
                     wall, cpu, threads = run_demo(checkout, args.epochs, os.path.join(tmp, f"{phase}-{name}"))
                     rows.append((phase, name, load, wall, cpu, threads))
-                    print(f"{phase:5} {name:6} load {load:4.1f}  wall {wall:7.1f} s  CPU {cpu:7.1f} s  threads {threads}",
-                          flush=True)
+                    print(f"{phase:5} {name:6} load {load:4.1f}  wall {wall:7.1f} s  CPU {cpu:7.1f} s  "
+                          f"threads {threads}", flush=True)
             finally:
                 if competitor is not None:
                     competitor.kill()

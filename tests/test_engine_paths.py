@@ -368,6 +368,28 @@ def test_bf16_is_refused_on_a_gpu_that_only_emulates_it(tiny_dir, tmp_path, monk
     assert env.device.type == "cuda" and env.amp_dtype == torch.bfloat16
 
 
+def test_bf16_on_a_cpu_without_bf16_instructions_warns(tiny_dir, tmp_path, monkeypatch, caplog):
+    """cpuinfo flags decide: avx512_bf16 or amx_bf16 -> native (no warning); neither -> a warning naming
+    the benchmark; no flags line (not x86 Linux) -> unknown, no warning."""
+    flags = {"plain": "flags\t\t: fpu sse avx avx2\n", "avx512": "flags : avx2 avx512f avx512_bf16\n",
+             "amx": "flags : avx2 amx_tile amx_bf16\n", "arm": "Features : fp asimd\n"}
+    files = {}
+    for name, text in flags.items():
+        files[name] = tmp_path / f"cpuinfo-{name}"
+        files[name].write_text("processor : 0\n" + text)
+    assert [training.cpu_has_native_bf16(str(files[n])) for n in flags] == [False, True, True, None]
+    assert training.cpu_has_native_bf16(str(tmp_path / "absent")) is None
+    opts = engine_options(tiny_dir, str(tmp_path / "out"), "--bf16")
+    real = training.cpu_has_native_bf16
+    for name, warned in (("plain", True), ("amx", False), ("arm", False)):
+        monkeypatch.setattr(training, "cpu_has_native_bf16", lambda path=str(files[name]): real(path))
+        caplog.clear()
+        env = training.setup_env(opts)
+        assert env.amp_dtype == torch.bfloat16  # allowed either way
+        said = [r.getMessage() for r in caplog.records if "AVX512-BF16" in r.getMessage()]
+        assert bool(said) == warned, (name, said)
+
+
 def _launcher_env(monkeypatch, **values):
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(key, raising=False)
