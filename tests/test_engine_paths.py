@@ -390,6 +390,33 @@ def test_bf16_on_a_cpu_without_bf16_instructions_warns(tiny_dir, tmp_path, monke
         assert bool(said) == warned, (name, said)
 
 
+def test_checkpoint_rng_holds_only_this_process_gpu_so_a_resume_with_fewer_gpus_works(tmp_path, monkeypatch):
+    """The 2019-style "every visible GPU" RNG state (get/set_rng_state_all) broke a resume on a machine
+    with fewer GPUs (IndexError). The checkpoint keeps this rank's own GPU state, restored onto the
+    resuming rank's GPU whatever the count. CUDA emulated: per-device generator states in a dict."""
+    gpu_states = {i: torch.full((16,), i, dtype=torch.uint8) for i in range(8)}
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: pytest.fail("all GPUs' states read"))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: pytest.fail("all GPUs' states set"))
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: gpu_states[device.index].clone())
+
+    def set_state(state, device):
+        if device.index >= 2:  # the resuming machine has 2 GPUs
+            raise IndexError(device.index)
+        gpu_states[device.index] = state.clone()
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_state)
+
+    saved = training._rng_state(torch.device("cuda", 5))  # rank 5 of an 8-GPU node
+    assert torch.equal(saved["cuda"], torch.full((16,), 5, dtype=torch.uint8))
+    training.write_state(str(tmp_path), "rng", saved)  # through the checkpoint's own format
+    loaded = training.read_state(str(tmp_path), "rng")
+    training._set_rng_state(loaded, torch.device("cuda", 1))  # resumed as local rank 1 of 2
+    assert torch.equal(gpu_states[1], torch.full((16,), 5, dtype=torch.uint8))
+    assert torch.equal(gpu_states[0], torch.zeros(16, dtype=torch.uint8))  # the other GPU untouched
+    cpu_only = training._rng_state(torch.device("cpu"))
+    assert "cuda" not in cpu_only
+    training._set_rng_state(loaded, torch.device("cpu"))  # a GPU checkpoint resumed on CPU: no CUDA call
+
+
 def _launcher_env(monkeypatch, **values):
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(key, raising=False)
