@@ -150,9 +150,10 @@ def add_engine_args(parser, **defaults):
     g.add_argument("--discard_checkpoint", action="store_true",
                    help="remove <output_dir>/checkpoint (about 3x the model's size) after a successful run; "
                         "the run can then not be resumed or extended")
-    g.add_argument("--num_workers", type=int, default=1,
+    g.add_argument("--num_workers", type=int, default=None,
                    help="1: a background thread collates the next step's batches while the current step runs "
-                        "(pinned memory on CUDA); 0: collate in the main thread, between steps")
+                        "(pinned memory on CUDA); 0: collate in the main thread, between steps; default: 1 on "
+                        "CUDA, 0 on CPU (where the thread only competes with the step: docs/benchmarks.md#demo-run)")
     g.add_argument("--threads", type=int, default=0,
                    help="torch intra-op CPU threads; 0 = the cores this process may use (CPU affinity, cgroup "
                         "quota), divided among the node's processes under torchrun (docs/engine.md#threads)")
@@ -218,7 +219,7 @@ class EngineOptions:
     logging_steps: int = 50
     overwrite_output_dir: bool = False
     cache_dir: Optional[str] = None         # feature cache; None = no cache
-    num_workers: int = 1                    # 1: collate the next step in a background thread
+    num_workers: Optional[int] = None       # 1: collate the next step in a background thread; None: on CUDA
     threads: int = 0                        # torch intra-op threads; 0 = auto (configure_threads)
     dist_timeout: float = 30.0              # minutes a collective may wait (init_process_group timeout)
     compile: bool = False                   # torch.compile the training forward; lengths rounded up to 8
@@ -273,7 +274,7 @@ class EngineOptions:
             raise ConfigError("--max_steps and --eval_steps must be >= 0")
         if self.save_steps < 0 or self.logging_steps < 1:
             raise ConfigError("--save_steps must be >= 0, --logging_steps >= 1")
-        if self.num_workers not in (0, 1):
+        if self.num_workers not in (None, 0, 1):
             raise ConfigError(f"--num_workers must be 0 (collate in the main thread) or 1 (a background thread "
                               f"one step ahead), got {self.num_workers}: collating a step costs far less than "
                               "running it, so more workers would wait")
@@ -1240,6 +1241,13 @@ def _fingerprint_differences(saved, current):
             if saved.get(k) != current.get(k)]
 
 
+def prefetches(opts, device):
+    """Whether training collates the next step in a background thread: --num_workers 1, or by default
+    on CUDA only (on a CPU that thread competes with the step for the cores and the GIL: measured
+    slower, docs/benchmarks.md#demo-run)."""
+    return device.type == "cuda" if opts.num_workers is None else bool(opts.num_workers)
+
+
 class Prefetcher:
     """A step stream read one step ahead: `start()` has a background thread call the stream's
     next_step() (collation, and on CUDA pinning, so that the copy to the GPU can be asynchronous)
@@ -1774,8 +1782,8 @@ class Trainer:
         self._log_loss, self._log_n = 0.0, 0
         start_time, start_step, start_examples = time.time(), self.global_step, self.examples_seen
         # A resumable stream is read one step ahead, in a background thread (--num_workers 1).
-        feed = Prefetcher(stream, pin=env.device.type == "cuda") if opts.num_workers and Prefetcher.fits(stream) \
-            else None
+        feed = Prefetcher(stream, pin=env.device.type == "cuda") \
+            if prefetches(opts, env.device) and Prefetcher.fits(stream) else None
         source = feed or stream
         try:
             while self.global_step < num_steps and not self.stopped_early:

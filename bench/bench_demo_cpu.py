@@ -9,7 +9,7 @@ idle before, idle after, busy before, busy after (the competitor, `python -c "wh
 runs only in the busy phase). The load average before each run is printed.
 
     git worktree add /tmp/before <commit>
-    python bench/bench_demo_cpu.py --before /tmp/before [--epochs 1]
+    python bench/bench_demo_cpu.py --before /tmp/before [--epochs 1] [--phases idle] [--after_first]
 """
 import argparse
 import os
@@ -44,11 +44,16 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--before", required=True, help="an older checkout of this repository")
     p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--phases", default="idle,busy", help="which phases, in this order")
+    p.add_argument("--after_first", action="store_true", help="run this checkout first in each phase")
     args = p.parse_args()
     variants = {"before": os.path.abspath(args.before), "after": ROOT}
+    if args.after_first:
+        variants = dict(reversed(variants.items()))
+    phases = args.phases.split(",")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for phase in ("idle", "busy"):
+        for phase in phases:
             competitor = None
             if phase == "busy":
                 competitor = subprocess.Popen([sys.executable, "-c", "while True: pass"])
@@ -68,8 +73,8 @@ def main():
     print("phase | variant | load before | wall s | CPU s | CPU/wall")
     for phase, name, load, wall, cpu, _ in rows:
         print(f"{phase} | {name} | {load:.1f} | {wall:.1f} | {cpu:.1f} | {cpu / wall:.2f}")
-    for phase in ("idle", "busy"):
-        b, a = [r for r in rows if r[0] == phase]
+    for phase in phases:
+        b, a = sorted((r for r in rows if r[0] == phase), key=lambda r: r[1] != "before")
         print(f"{phase}: after / before: wall {a[3] / b[3]:.2f}x, CPU {a[4] / b[4]:.2f}x")
 
 

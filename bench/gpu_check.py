@@ -30,7 +30,7 @@ h. Engine paths (docs/engine.md): a training step makes no host-device synchroni
    (torch.cuda.set_sync_debug_mode("error") over 3 steps, losses read only at the logging step);
    prefetched batches are pinned; --compile (inductor) against eager on bert-base bf16 batches of
    32 x 128: loss and gradient difference on the first batch, compile time, ms/step; and
-   run_multi_task --bf16 with prefetching (--num_workers 1, the default) against --num_workers 0.
+   run_multi_task --bf16 with prefetching (--num_workers 1, the default on CUDA) against --num_workers 0.
 i. The CPU-assuming tests on this GPU machine (`pytest -q` of the engine test files, no -m gpu):
    they must force the CPU and pass where CUDA is visible.
 

@@ -571,7 +571,7 @@ def _run_mixed(tiny_dir, out, steps, *flags, signal_at=None, resume=False):
 def test_prefetch_is_bit_identical_and_resumes_exactly(tiny_dir, tmp_path):
     steps = 9
     inline, inline_stream, inline_rec = _run_mixed(tiny_dir, tmp_path / "inline", steps, "--num_workers", 0)
-    ahead, ahead_stream, ahead_rec = _run_mixed(tiny_dir, tmp_path / "ahead", steps)
+    ahead, ahead_stream, ahead_rec = _run_mixed(tiny_dir, tmp_path / "ahead", steps, "--num_workers", 1)
     assert set(inline_rec.threads) == {"MainThread"}
     assert ahead_rec.threads[0] == "MainThread" and ahead_rec.threads[1:] and \
         all(name.startswith("prefetch") for name in ahead_rec.threads[1:])
@@ -582,16 +582,21 @@ def test_prefetch_is_bit_identical_and_resumes_exactly(tiny_dir, tmp_path):
     assert inline_stream.state_dict() == ahead_stream.state_dict()
     # SIGTERM in step 7 with step 8 already fetched: the checkpoint holds the position after step 7,
     # and the stream is put back there
-    _, stopped, _ = _run_mixed(tiny_dir, tmp_path / "split", steps, signal_at=7)
+    _, stopped, _ = _run_mixed(tiny_dir, tmp_path / "split", steps, "--num_workers", 1, signal_at=7)
     saved = training.read_checkpoint(training.find_checkpoint(str(tmp_path / "split")))["state"]
     assert saved["global_step"] == 7 and saved["stream"]["step"] == 7 and stopped.state_dict()["step"] == 7
-    resumed, _, _ = _run_mixed(tiny_dir, tmp_path / "split", steps, resume=True)
+    resumed, _, _ = _run_mixed(tiny_dir, tmp_path / "split", steps, "--num_workers", 1, resume=True)
     assert state_dict_max_diff(inline.model.state_dict(), resumed.model.state_dict()) == 0
     assert np.array_equal(inline.grad_combiner.phi_hat, resumed.grad_combiner.phi_hat)
 
 
+def test_default_on_cpu_collates_in_the_main_thread(tiny_dir, tmp_path):
+    _, _, rec = _run_mixed(tiny_dir, tmp_path / "default", 3)
+    assert set(rec.threads) == {"MainThread"}
+
+
 def test_early_stop_gives_the_prefetched_step_back(tiny_dir, tmp_path):
-    args, env, model = _setup(tiny_dir, tmp_path / "out", "--train_batch_size", 4)
+    args, env, model = _setup(tiny_dir, tmp_path / "out", "--train_batch_size", 4, "--num_workers", 1)
     stream = training.make_stream(args, env, synthetic_features(12, seed=8))  # 3 steps per epoch
     trainer = training.Trainer(args, env, model, 20)
     result = trainer.train(stream, 20, on_epoch_end=lambda epoch, t: epoch == 1)
@@ -667,7 +672,13 @@ def test_a_nan_loss_found_at_the_next_sync_point_names_its_step(tiny_dir, tmp_pa
 
 
 def test_num_workers_values(tiny_dir, tmp_path):
-    assert engine_options(tiny_dir, str(tmp_path)).num_workers == 1
+    default = engine_options(tiny_dir, str(tmp_path))
+    assert default.num_workers is None
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert [training.prefetches(default, cpu), training.prefetches(default, gpu)] == [False, True]
+    for n in (0, 1):
+        opts = engine_options(tiny_dir, str(tmp_path), "--num_workers", n)
+        assert [training.prefetches(opts, cpu), training.prefetches(opts, gpu)] == [bool(n), bool(n)]
     assert engine_options(tiny_dir, str(tmp_path), "--num_workers", 0).num_workers == 0
     with pytest.raises(ConfigError, match="--num_workers must be 0 .* or 1 .*, got 4"):
         engine_options(tiny_dir, str(tmp_path), "--num_workers", 4)
