@@ -1,6 +1,6 @@
 """Gradient surgery memory and time: the engine's combination of K task gradients of the shared
 parameters (one [K, N] float32 buffer, Gram matrix in float64 slices, sum_k w_k g_k written into
-the parameters' .grad) against the implementation it replaced (kept here: K flat copies, an
+the parameters' .grad) against the implementation it replaced (tests/test_training_helpers.py: K flat copies, an
 unscaled copy of each, PCGrad/Vaccine on running copies with float64 dot products of whole
 gradients, the result rescaled and copied back).
 
@@ -14,7 +14,6 @@ gradients carry an fp16-like loss scale of 2^16.
 """
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -35,43 +34,6 @@ def _reset_peak():
     return _status_mib("VmRSS")
 
 
-def old_pcgrad(grads, orders):
-    total = grads[0].new_zeros(grads[0].shape)
-    for i, g in enumerate(grads):
-        gi = g.clone()
-        for j in orders[i]:
-            gj = grads[j]
-            dot = (gi.double() @ gj.double())
-            if dot < 0:
-                norm_sq = gj.double() @ gj.double()
-                if norm_sq > 0:
-                    gi -= (dot / norm_sq).to(gi.dtype) * gj
-        total += gi
-    return total
-
-
-def old_gradvac(grads, phi_hat, beta, orders):
-    import torch
-    total = torch.zeros_like(grads[0])
-    for i, g in enumerate(grads):
-        gi = g.clone()
-        for j in orders[i]:
-            gj = grads[j]
-            norm_i, norm_j = torch.linalg.vector_norm(gi.double()), torch.linalg.vector_norm(gj.double())
-            if norm_i == 0 or norm_j == 0:
-                continue
-            phi = (torch.dot(gi.double(), gj.double()) / (norm_i * norm_j)).clamp(-1.0, 1.0).item()
-            target = float(phi_hat[i][j])
-            if phi < target:
-                coef = (norm_i * (target * math.sqrt(max(0.0, 1 - phi * phi))
-                                  - phi * math.sqrt(max(0.0, 1 - target * target)))
-                        / (norm_j * math.sqrt(max(1e-12, 1 - target * target))))
-                gi += coef.to(gi.dtype) * gj
-            phi_hat[i][j] = (1 - beta) * target + beta * phi
-        total += gi
-    return total
-
-
 def worker(variant, k, n, method):
     sys.path.insert(0, ROOT)
     import numpy as np
@@ -79,6 +41,8 @@ def worker(variant, k, n, method):
 
     import multitask as mt
     import training
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from test_training_helpers import reference_gradvac, reference_pcgrad  # the implementation replaced
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
     scale = 2.0 ** 16
@@ -98,7 +62,8 @@ def worker(variant, k, n, method):
     start = time.perf_counter()
     if variant == "old":
         unscaled = [f / scale for f in flats]
-        combined = (old_pcgrad(unscaled, orders) if method == "pcgrad" else old_gradvac(unscaled, phi, 0.01, orders))
+        combined = (reference_pcgrad(unscaled, orders) if method == "pcgrad"
+                    else reference_gradvac(unscaled, phi, 0.01, orders))
         combined = combined * scale
         grad.copy_(combined)
     else:

@@ -27,6 +27,8 @@ from file_utils import ConfigError
 from test_training_helpers import (
     ROOT,
     engine_options,
+    reference_gradvac,
+    reference_pcgrad,
     single_thread,
     state_dict_max_diff,
     synthetic_features,
@@ -210,40 +212,6 @@ def test_scheduler_counts_only_the_steps_the_scaler_applied(tiny_dir, tmp_path):
 # Gradient surgery: Gram-matrix weights vs the float64 implementation they replaced
 # ----------------------------------------------------------------------------------------------
 
-def _reference_pcgrad(grads, orders):
-    """The previous implementation: running copies, float64 dot products of whole gradients."""
-    total = torch.zeros_like(grads[0])
-    for i, g in enumerate(grads):
-        gi = g.clone()
-        for j in orders[i]:
-            gj = grads[j]
-            dot = torch.dot(gi.double(), gj.double())
-            if dot < 0:
-                norm_sq = torch.dot(gj.double(), gj.double())
-                if norm_sq > 0:
-                    gi -= (dot / norm_sq).to(gi.dtype) * gj
-        total += gi
-    return total
-
-
-def _reference_gradvac(grads, phi_hat, beta, orders):
-    total = torch.zeros_like(grads[0])
-    for i, g in enumerate(grads):
-        gi = g.clone()
-        for j in orders[i]:
-            gj = grads[j]
-            norm_i, norm_j = torch.linalg.vector_norm(gi.double()), torch.linalg.vector_norm(gj.double())
-            if norm_i == 0 or norm_j == 0:
-                continue
-            phi = (torch.dot(gi.double(), gj.double()) / (norm_i * norm_j)).clamp(-1.0, 1.0).item()
-            target = float(phi_hat[i][j])
-            if phi < target:
-                coef = (norm_i * (target * np.sqrt(max(0.0, 1 - phi * phi)) - phi * np.sqrt(max(0.0, 1 - target ** 2)))
-                        / (norm_j * np.sqrt(max(1e-12, 1 - target ** 2))))
-                gi += coef.to(gi.dtype) * gj
-            phi_hat[i][j] = (1 - beta) * target + beta * phi
-        total += gi
-    return total
 
 
 def _conflicting(k=4, n=20000, seed=0):
@@ -257,13 +225,13 @@ def _conflicting(k=4, n=20000, seed=0):
 def test_gram_projections_equal_the_float64_reference(seed):
     grads = _conflicting(seed=seed)
     orders = mt._other_orders(len(grads), np.random.default_rng(seed))
-    ref = _reference_pcgrad(grads, orders)
+    ref = reference_pcgrad(grads, orders)
     got = mt.pcgrad(grads, orders)
     assert got.dtype == torch.float32 and not torch.allclose(ref, sum(grads), rtol=1e-2)  # projections did act
     torch.testing.assert_close(got, ref, rtol=2e-6, atol=2e-6 * float(ref.abs().max()))
     targets = np.random.default_rng(seed).uniform(-0.2, 0.6, (4, 4))
     phi_ref, phi_got = targets.copy(), targets.copy()
-    ref = _reference_gradvac(grads, phi_ref, 0.3, orders)
+    ref = reference_gradvac(grads, phi_ref, 0.3, orders)
     got = mt.gradvac(grads, phi_got, 0.3, orders)
     torch.testing.assert_close(got, ref, rtol=2e-6, atol=2e-6 * float(ref.abs().max()))
     np.testing.assert_allclose(phi_got, phi_ref, rtol=1e-6, atol=1e-9)  # the reference rounds g_i' to fp32
@@ -318,7 +286,7 @@ def test_surgery_step_takes_one_buffer_and_matches_independent_per_task_gradient
         (reference(**b, task_id=t)["loss"] * len(feats[t]) / 12).backward()
         per_task.append(torch.cat([params[n].grad.reshape(-1) if params[n].grad is not None
                                    else torch.zeros(params[n].numel()) for n in shared]))
-    expected = _reference_pcgrad(per_task, orders)
+    expected = reference_pcgrad(per_task, orders)
     ours = dict(model.named_parameters())
     assert all(ours[n].grad is not None for n in shared)
     got = torch.cat([ours[n].grad.reshape(-1) for n in shared])

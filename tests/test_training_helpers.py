@@ -94,3 +94,42 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def reference_pcgrad(grads, orders):
+    """Gradient surgery as the engine did it before the Gram matrix (running copies, float64 dot
+    products of whole gradients): the reference of tests/test_engine_paths.py and the "before" of
+    bench/bench_grad_surgery.py."""
+    total = torch.zeros_like(grads[0])
+    for i, g in enumerate(grads):
+        gi = g.clone()
+        for j in orders[i]:
+            gj = grads[j]
+            dot = torch.dot(gi.double(), gj.double())
+            if dot < 0:
+                norm_sq = torch.dot(gj.double(), gj.double())
+                if norm_sq > 0:
+                    gi -= (dot / norm_sq).to(gi.dtype) * gj
+        total += gi
+    return total
+
+
+def reference_gradvac(grads, phi_hat, beta, orders):
+    """Gradient Vaccine, as reference_pcgrad (updates phi_hat in place)."""
+    total = torch.zeros_like(grads[0])
+    for i, g in enumerate(grads):
+        gi = g.clone()
+        for j in orders[i]:
+            gj = grads[j]
+            norm_i, norm_j = torch.linalg.vector_norm(gi.double()), torch.linalg.vector_norm(gj.double())
+            if norm_i == 0 or norm_j == 0:
+                continue
+            phi = (torch.dot(gi.double(), gj.double()) / (norm_i * norm_j)).clamp(-1.0, 1.0).item()
+            target = float(phi_hat[i][j])
+            if phi < target:
+                coef = (norm_i * (target * np.sqrt(max(0.0, 1 - phi * phi)) - phi * np.sqrt(max(0.0, 1 - target ** 2)))
+                        / (norm_j * np.sqrt(max(1e-12, 1 - target ** 2))))
+                gi += coef.to(gi.dtype) * gj
+            phi_hat[i][j] = (1 - beta) * target + beta * phi
+        total += gi
+    return total
