@@ -20,8 +20,6 @@ import time
 import file_utils  # noqa: F401 - before torch: sets OMP_WAIT_POLICY (file_utils)
 
 # isort: split
-import torch
-
 import diagnostics
 import modeling
 import multitask as mt
@@ -199,6 +197,14 @@ def apply_2019_flags(args):
         args.config = modeling.with_hidden_size_aug(args.config, args.bert_model, args.h_aug)
 
 
+def task_max_lengths(args, names):
+    """Each task's max sequence length: --task_max_seq_length, else its family's default (SQuAD 384),
+    else --max_seq_length."""
+    lengths = mt.parse_task_values(args.task_max_seq_length, names, "--task_max_seq_length",
+                                   check=lambda v: "must be >= 3" if v < 3 else None)
+    return [lengths.get(n, task_families.DEFAULT_MAX_SEQ_LENGTH.get(n, args.max_seq_length)) for n in names]
+
+
 class Plan:
     """The run's tasks and their per-task settings, from the flags (no file read yet)."""
 
@@ -234,10 +240,7 @@ class Plan:
                 raise ConfigError(f"--{mt.batch_size_flag(name)} must be positive, got {flag}")
             per_task_bs[name] = flag if flag is not None else per_task_bs.get(name, args.train_batch_size)
         self.batch_sizes = [per_task_bs[n] for n in self.names]
-        lengths = mt.parse_task_values(args.task_max_seq_length, self.names, "--task_max_seq_length",
-                                       check=lambda v: "must be >= 3" if v < 3 else None)
-        self.max_lengths = [lengths.get(n, task_families.DEFAULT_MAX_SEQ_LENGTH.get(n, args.max_seq_length))
-                            for n in self.names]
+        self.max_lengths = task_max_lengths(args, self.names)
         task_data = mt.parse_task_values(args.task_data, self.names, "--task_data", convert=str)
         self.data_dirs = []
         for name in self.names:
@@ -354,7 +357,7 @@ def main(argv=None):
                                 plan.carried_types + [t.head_type for t in tasks], plan.all_names)
     if args.reference_layernorm_init or args.reference_protocol:
         modeling.reference_layernorm_init(model)
-    _reorder_reference_heads(model, plan.all_names)
+    task_families.glue.reorder_reference_heads(model, plan.all_names)
     longest = max(plan.max_lengths)
     if longest > model.config.max_position_embeddings:
         raise ConfigError(f"a task's max length {longest} exceeds the model's max_position_embeddings "
@@ -477,21 +480,6 @@ def draw_pictures(output_dir):
     return written
 
 
-def _reorder_reference_heads(model, names):
-    """Heads loaded from a Bert-n-Pals checkpoint keep its label order; QNLI's and RTE's differ from
-    ours, so their rows are put in our order (else every prediction of those tasks is flipped)."""
-    with torch.no_grad():
-        for task_id in getattr(model, "_reference_heads", []):
-            if task_id < len(names) and task_families.is_glue(names[task_id]):
-                order = task_families.glue.reference_head_order(names[task_id])
-                if order is not None:
-                    head = model.heads[task_id].classifier
-                    head.weight.copy_(head.weight[order].clone())
-                    head.bias.copy_(head.bias[order].clone())
-                    logger.info("%s: head rows put in our label order (the 2019 checkpoint's was %s)",
-                                names[task_id], task_families.glue.REFERENCE_LABEL_ORDER[names[task_id]])
-
-
 def dry_run(args, opts, plan):
     """Sizes (training examples, counted without tokenizing), probabilities and parameter counts."""
     tasks = plan.build_tasks(args, opts, tokenizer=None)
@@ -538,8 +526,7 @@ def predict_files(args):
         raise ConfigError("--predict: only one input can be stdin ('-')")
     if len({task for task, _ in specs}) < len(specs):
         raise ConfigError("--predict: a task is named twice (one output file per task)")
-    lengths = mt.parse_task_values(args.task_max_seq_length, names, "--task_max_seq_length",
-                                   check=lambda v: "must be >= 3" if v < 3 else None)
+    lengths = dict(zip(names, task_max_lengths(args, names)))
     opts = training.EngineOptions.from_args(args)
     env = training.setup_env(opts)
     training.check_output_dir(opts, training=False)
@@ -547,8 +534,7 @@ def predict_files(args):
     saved = task_families.saved_labels(model_dir)
     jobs = []
     for task_name, path in specs:
-        max_len = min(lengths.get(task_name, task_families.DEFAULT_MAX_SEQ_LENGTH.get(task_name, args.max_seq_length)),
-                      merged["max_position_embeddings"])
+        max_len = min(lengths[task_name], merged["max_position_embeddings"])
         task = task_families.build_task(task_name, tokenizer, None, max_len, labels=saved.get(task_name),
                                         doc_stride=args.doc_stride, max_query_length=args.max_query_length)
         lines = sys.stdin.read().splitlines() if path == "-" else None

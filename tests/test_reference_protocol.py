@@ -385,7 +385,7 @@ def test_2019_qnli_and_rte_heads_are_put_in_our_label_order(tmp_path):
     model = modeling.BertForMultiTask.from_pretrained(str(tmp_path / "ref"),
                                                       task_num_labels=[2, 2, 3, 2, 1, 2, 2, 2])
     assert model._reference_heads == list(range(8))
-    run_multi_task._reorder_reference_heads(model, names)
+    glue.reorder_reference_heads(model, names)
     for t, name in enumerate(names):
         saved_w, saved_b = source.heads[t].classifier.weight, source.heads[t].classifier.bias
         got_w, got_b = model.heads[t].classifier.weight, model.heads[t].classifier.bias
