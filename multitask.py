@@ -27,7 +27,8 @@ import os
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 import file_utils
 import modeling
@@ -553,13 +554,20 @@ def recover_output_dirs(output_dir):
             file_utils.recover_dir(os.path.join(per_task, name))
 
 
+def _write_safetensors(path, state):
+    """safetensors' save_file, through atomic_open: on a full disk save_file raises a SafetensorError
+    that names no file; this is an OSError naming `path`. The tensors are one task's (MBs)."""
+    with file_utils.atomic_open(path, "wb") as f:
+        f.write(safetensors_bytes(state))
+
+
 def save_task_parameters(model, task_id, task_name, directory, info):
     """Save ONLY task `task_id`'s parameters (its modules + head) and `info` (epoch, score)."""
     names = task_parameter_names(model, task_id)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items() if k in names}
 
     def write(tmp):
-        save_file(state, os.path.join(tmp, "task_parameters.safetensors"))
+        _write_safetensors(os.path.join(tmp, "task_parameters.safetensors"), state)
         atomic_write_json(os.path.join(tmp, "task_info.json"), dict(
             info, task=task_name, task_id=task_id, num_parameters=sum(v.numel() for v in state.values())))
     file_utils.replace_dir_atomically(directory, write)
@@ -657,7 +665,7 @@ def export_task_adapter(model_dir, task, out_dir, labels=None):
             "base_parameters": sum(p.numel() for p in model.shared_parameters())}
 
     def write(tmp):
-        save_file(state, os.path.join(tmp, ADAPTER_WEIGHTS))
+        _write_safetensors(os.path.join(tmp, ADAPTER_WEIGHTS), state)
         atomic_write_json(os.path.join(tmp, ADAPTER_INFO), info)
     file_utils.replace_dir_atomically(out_dir, write)
     return info

@@ -163,6 +163,23 @@ def test_malformed_adapter_files_are_one_line(trained, tiny_mt, tmp_path, capsys
         assert not os.path.exists(out)
 
 
+def test_full_disk_names_the_file(trained, tmp_path, capsys, monkeypatch):
+    """Issue 19 item 11: export_adapter.py and per_task_best/ on a full disk: one line naming the file
+    being written (was a SafetensorError traceback), and nothing left behind."""
+    from test_file_utils import simulate_full_disk
+    model = modeling.BertForMultiTask.from_pretrained(str(trained))
+    simulate_full_disk(monkeypatch)
+    out = tmp_path / "rte_adapter"
+    code, _, err = _cli(export_adapter.main, [trained, "--task", "rte", "--output_dir", out], capsys)
+    assert code == 2 and err == [f"error: {out / 'adapter.safetensors'}: {os.strerror(28)}"], err
+    assert os.listdir(tmp_path) == []
+    best = tmp_path / "per_task_best" / "rte"
+    with pytest.raises(OSError) as excinfo:
+        mt.save_task_parameters(model, 0, "rte", str(best), {"epoch": 1})
+    assert excinfo.value.filename == str(best / "task_parameters.safetensors")
+    assert os.listdir(tmp_path / "per_task_best") == []
+
+
 def test_bert_base_pals_task_size():
     config = modeling.BertConfig.from_json_file(os.path.join(ROOT, "configs", "pals_config.json"))
     with torch.device("meta"):
