@@ -697,6 +697,8 @@ def _check_adapter_info(info):
     for key, ok, expected in checks:
         if not ok:
             return f"'{key}' must be {expected}, got {json.dumps(info.get(key))[:80]}"
+    if labels is not None and info["head_type"] == "classification" and len(labels) != info["num_labels"]:
+        return f"{len(labels)} 'labels' for a head of 'num_labels' {info['num_labels']}"
     return None
 
 

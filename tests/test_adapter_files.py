@@ -127,7 +127,7 @@ def _broken_copy(rte, folder, edit_info=None, weights=None):
 
 @pytest.mark.parametrize("case", ["truncated", "not_safetensors", "num_labels_text", "num_labels_float",
                                   "base_model_text", "adapter_config_list", "adapter_config_foreign_key",
-                                  "adapter_config_bad_value", "labels_text"])
+                                  "adapter_config_bad_value", "labels_text", "labels_count"])
 def test_malformed_adapter_files_are_one_line(trained, tiny_mt, tmp_path, capsys, case):
     """Issue 19 item 10: each used to be a traceback (SafetensorError, ValueError, TypeError,
     AttributeError), or silently read (num_labels 2.5 -> 2, labels "ab" -> ["a", "b"])."""
@@ -147,6 +147,7 @@ def test_malformed_adapter_files_are_one_line(trained, tiny_mt, tmp_path, capsys
         "adapter_config_bad_value": (lambda i: i["adapter_config"].update(hidden_size_aug="x"), None, info_file,
                                      "hidden_size_aug"),
         "labels_text": (lambda i: i.update(labels="ab"), None, info_file, "'labels' must be"),
+        "labels_count": (lambda i: i.update(labels=["entailment"]), None, info_file, "1 'labels' for a head"),
     }
     edit_info, weights, named, message = edits[case]
 
