@@ -134,6 +134,8 @@ def _name_the_file(exc, directory, temporary):
     """Let an OSError raised while `temporary` was being written as `directory` name the file the user
     knows: `directory` itself if it names no file (write() and fsync() on a full disk name none), the
     same file inside `directory` if it names one inside `temporary`."""
+    if exc.strerror is None:  # OSError("message"): a file name would replace the message in str()
+        return
     if exc.filename is None:
         exc.filename = directory
     elif os.path.abspath(os.fspath(exc.filename)).startswith(temporary + os.sep):
@@ -150,7 +152,8 @@ def atomic_open(path, mode="w", **kwargs):
     try:
         fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
     except OSError as exc:  # it names its random temporary file
-        exc.filename = path
+        if exc.strerror is not None:
+            exc.filename = path
         raise
     os.close(fd)
     # mkstemp creates 0600 files; give the final file the mode a plain open() would (umask applies).
@@ -166,7 +169,7 @@ def atomic_open(path, mode="w", **kwargs):
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        if isinstance(exc, OSError) and exc.filename in (None, tmp):
+        if isinstance(exc, OSError) and exc.strerror is not None and exc.filename in (None, tmp):
             exc.filename = path
         raise
 
