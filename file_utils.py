@@ -130,13 +130,31 @@ def hub_cache_folder(name):
     return None
 
 
+def _name_the_file(exc, directory, temporary):
+    """Let an OSError raised while `temporary` was being written as `directory` name the file the user
+    knows: `directory` itself if it names no file (write() and fsync() on a full disk name none), the
+    same file inside `directory` if it names one inside `temporary`."""
+    if exc.strerror is None:  # OSError("message"): a file name would replace the message in str()
+        return
+    if exc.filename is None:
+        exc.filename = directory
+    elif os.path.abspath(os.fspath(exc.filename)).startswith(temporary + os.sep):
+        exc.filename = os.path.join(directory, os.path.relpath(os.fspath(exc.filename), temporary))
+
+
 @contextlib.contextmanager
 def atomic_open(path, mode="w", **kwargs):
-    """Open a temp file next to `path`; on clean exit fsync and rename it over `path`."""
+    """Open a temp file next to `path`; on clean exit fsync and rename it over `path`. An OSError of
+    the writing (e.g. ENOSPC, which names no file) is re-raised naming `path`."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    except OSError as exc:  # it names its random temporary file
+        if exc.strerror is not None:
+            exc.filename = path
+        raise
     os.close(fd)
     # mkstemp creates 0600 files; give the final file the mode a plain open() would (umask applies).
     umask = os.umask(0)
@@ -148,9 +166,11 @@ def atomic_open(path, mode="w", **kwargs):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        if isinstance(exc, OSError) and exc.strerror is not None and exc.filename in (None, tmp):
+            exc.filename = path
         raise
 
 
@@ -180,7 +200,8 @@ def replace_dir_atomically(directory, write_fn):
     renamed to `<directory>.old` first and removed only after the new one is in place, and
     `recover_dir` puts it back if the kill fell between the two renames. The temporary folder
     (`.<name>.tmp-*` next to it) is removed if `write_fn` fails; `remove_stale_temporaries`
-    removes what a kill left."""
+    removes what a kill left. An OSError about a file in the temporary folder (a full disk) is
+    re-raised naming that file in `directory`, one that names no file names `directory`."""
     directory = os.path.abspath(directory)
     parent, name = os.path.split(directory)
     os.makedirs(parent, exist_ok=True)
@@ -197,8 +218,10 @@ def replace_dir_atomically(directory, write_fn):
             os.replace(directory, old)
         os.replace(tmp, directory)
         fsync_dir(parent)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            _name_the_file(exc, directory, tmp)
         raise
     shutil.rmtree(directory + ".old", ignore_errors=True)
 

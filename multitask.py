@@ -27,7 +27,8 @@ import os
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 import file_utils
 import modeling
@@ -553,13 +554,20 @@ def recover_output_dirs(output_dir):
             file_utils.recover_dir(os.path.join(per_task, name))
 
 
+def _write_safetensors(path, state):
+    """safetensors' save_file, through atomic_open: on a full disk save_file raises a SafetensorError
+    that names no file; this is an OSError naming `path`. The tensors are one task's (MBs)."""
+    with file_utils.atomic_open(path, "wb") as f:
+        f.write(safetensors_bytes(state))
+
+
 def save_task_parameters(model, task_id, task_name, directory, info):
     """Save ONLY task `task_id`'s parameters (its modules + head) and `info` (epoch, score)."""
     names = task_parameter_names(model, task_id)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items() if k in names}
 
     def write(tmp):
-        save_file(state, os.path.join(tmp, "task_parameters.safetensors"))
+        _write_safetensors(os.path.join(tmp, "task_parameters.safetensors"), state)
         atomic_write_json(os.path.join(tmp, "task_info.json"), dict(
             info, task=task_name, task_id=task_id, num_parameters=sum(v.numel() for v in state.values())))
     file_utils.replace_dir_atomically(directory, write)
@@ -657,27 +665,64 @@ def export_task_adapter(model_dir, task, out_dir, labels=None):
             "base_parameters": sum(p.numel() for p in model.shared_parameters())}
 
     def write(tmp):
-        save_file(state, os.path.join(tmp, ADAPTER_WEIGHTS))
+        _write_safetensors(os.path.join(tmp, ADAPTER_WEIGHTS), state)
         atomic_write_json(os.path.join(tmp, ADAPTER_INFO), info)
     file_utils.replace_dir_atomically(out_dir, write)
     return info
 
 
+def _check_adapter_info(info):
+    """Why the adapter.json object `info` is not one export_task_adapter writes, or None."""
+    if not isinstance(info, dict) or info.get("format") != ADAPTER_FORMAT:
+        return f"format {info.get('format') if isinstance(info, dict) else None!r}, expected {ADAPTER_FORMAT}"
+    for key in ("task", "head_type", "num_labels", "adapter_config", "base_model"):
+        if key not in info:
+            return f"no '{key}'"
+
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    base, config, labels = info["base_model"], info["adapter_config"], info.get("labels")
+    checks = [
+        ("task", isinstance(info["task"], str) and info["task"].strip() != "", "a task name"),
+        ("head_type", info["head_type"] in modeling.HEAD_TYPES, f"one of {', '.join(modeling.HEAD_TYPES)}"),
+        ("num_labels", is_int(info["num_labels"]), "an integer >= 0"),
+        ("num_parameters", is_int(info.get("num_parameters", 0)), "an integer >= 0"),
+        ("labels", labels is None or (isinstance(labels, list) and all(isinstance(x, str) for x in labels)),
+         "a list of label strings or null"),
+        ("adapter_config", isinstance(config, dict) and set(config) <= set(modeling.ADAPTER_KEYS) - {"num_tasks"},
+         f"an object of adapter keys ({', '.join(k for k in modeling.ADAPTER_KEYS if k != 'num_tasks')})"),
+        ("base_model", isinstance(base, dict) and isinstance(base.get("encoder_sha256"), str),
+         'an object with "encoder_sha256"'),
+    ]
+    for key, ok, expected in checks:
+        if not ok:
+            return f"'{key}' must be {expected}, got {json.dumps(info.get(key))[:80]}"
+    if labels is not None and info["head_type"] == "classification" and len(labels) != info["num_labels"]:
+        return f"{len(labels)} 'labels' for a head of 'num_labels' {info['num_labels']}"
+    return None
+
+
 def read_task_adapter(adapter_dir):
-    """(info, tensors) of an exported adapter folder; a missing or foreign file is a ConfigError."""
+    """(info, tensors) of an exported adapter folder; a missing, foreign or malformed file (wrongly
+    typed fields, a truncated or non-safetensors weights file) is a ConfigError naming it."""
     path = os.path.join(adapter_dir, ADAPTER_INFO)
     try:
         with open(path, encoding="utf-8") as f:
             info = json.load(f)
-        if not isinstance(info, dict) or info.get("format") != ADAPTER_FORMAT:
-            raise ValueError(f"format {info.get('format') if isinstance(info, dict) else None!r}, expected "
-                             f"{ADAPTER_FORMAT}")
-        for key in ("task", "head_type", "num_labels", "adapter_config", "base_model"):
-            if key not in info:
-                raise ValueError(f"no '{key}'")
-        tensors = load_file(os.path.join(adapter_dir, ADAPTER_WEIGHTS))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{adapter_dir}: not an adapter folder of export_adapter.py ({exc})") from None
+        problem = _check_adapter_info(info)
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        problem = str(exc)
+    if problem:
+        raise ConfigError(f"{path}: not an adapter file of export_adapter.py ({problem})")
+    weights = os.path.join(adapter_dir, ADAPTER_WEIGHTS)
+    try:
+        tensors = load_file(weights)
+    except Exception as exc:  # safetensors raises its own error types (SafetensorError) besides OSError
+        raise ConfigError(f"{weights}: not an adapter weights file of export_adapter.py "
+                          f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    if "num_parameters" in info and sum(t.numel() for t in tensors.values()) != info["num_parameters"]:
+        raise ConfigError(f"{weights}: holds {sum(t.numel() for t in tensors.values()):,} parameters but {path} "
+                          f"says {info['num_parameters']:,} (files of two different exports?)")
     return info, tensors
 
 
@@ -701,7 +746,12 @@ def import_task_adapter(model_dir, adapter_dir):
     merged.update(task_names=names + [task], task_num_labels=list(merged.get("task_num_labels") or []) +
                   [int(info["num_labels"])], task_types=list(merged.get("task_types") or []) + [info["head_type"]],
                   num_tasks=len(names) + 1)
-    model = modeling.BertForMultiTask(modeling.BertConfig.from_dict(merged))
+    try:
+        config = modeling.BertConfig.from_dict(merged)
+    except ConfigError as exc:  # a value of the adapter's adapter_config (its keys were checked on reading)
+        raise ConfigError(f"{os.path.join(adapter_dir, ADAPTER_INFO)}: 'adapter_config' does not fit {model_dir}: "
+                          f"{exc}") from None
+    model = modeling.BertForMultiTask(config)
     quiet = logging.getLogger(modeling.__name__)
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # its "newly initialised" note would name the modules filled in below

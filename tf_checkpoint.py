@@ -36,7 +36,10 @@ ConfigError naming the file: snappy-compressed blocks (TF's BundleWriter forces
 kNoCompression on the index table since TF 1.2, see TableBuilderOptions() in tensor_bundle.cc,
 so no checkpoint of the BERT era has one), big-endian bundles, string/variant/complex/quantised
 tensors, partitioned variables (entries with `slices`), a wrong magic, truncated or corrupt
-files, missing shards, and a tensor whose byte size does not match prod(shape) * itemsize.
+files, missing shards, a tensor whose byte size does not match prod(shape) * itemsize, and one whose
+bytes would lie outside its data shard (a negative offset, or more bytes than the shard has): each
+entry is checked before its buffer is allocated, so a corrupt index never makes the reader allocate
+what it claims.
 
 Integrity: every tensor's crc32c is verified. crc32c is computed here with numpy (many lanes of
 a slicing-by-4 table CRC, combined with GF(2) shift operators; about 170 MB/s on one core here,
@@ -419,11 +422,13 @@ class TFCheckpointReader:
             if entry.num_slices == 0 and not 0 <= entry.shard_id < self.num_shards:
                 raise ConfigError(f"{self.index_path}: tensor '{entry.name}' is in shard {entry.shard_id} "
                                   f"but the bundle has {self.num_shards}")
+        self._shard_sizes = {}
         for shard in range(self.num_shards):
             path = data_filename(self.prefix, shard, self.num_shards)
             if not os.path.isfile(path):
                 raise ConfigError(f"{path}: missing data shard {shard + 1} of {self.num_shards} of checkpoint "
                                   f"{self.prefix}")
+            self._shard_sizes[shard] = os.path.getsize(path)
         self._files = {}
 
     # -- listing --------------------------------------------------------------------------------
@@ -453,8 +458,11 @@ class TFCheckpointReader:
                 raise ConfigError(f"{path}: cannot open data shard: {exc.strerror or exc}") from None
         return self._files[shard_id]
 
-    def read_numpy(self, name, verify_crc=True):
-        """The tensor as a numpy array (bfloat16 comes back as its uint16 bit patterns)."""
+    def check(self, name):
+        """The numpy dtype of tensor `name`, once its entry is shown to be readable as it claims: a whole
+        tensor of a supported dtype whose byte size fits its shape and whose bytes lie inside its data
+        shard. Checked before any buffer is allocated, so an index that claims a 16 TiB tensor (or a
+        negative offset) is a one-line error, not an allocation or a seek error."""
         entry = self.entry(name)
         if entry.num_slices:
             raise ConfigError(f"{self.index_path}: tensor '{name}' is saved as {entry.num_slices} slices "
@@ -463,18 +471,30 @@ class TFCheckpointReader:
             raise ConfigError(f"{self.index_path}: tensor '{name}' has dtype {entry.dtype}, which is not supported "
                               f"(supported: {', '.join(sorted(d[0] for d in _DTYPES.values()))})")
         np_dtype = _DTYPES[entry.dtype_enum][1]
-        count = math.prod(entry.shape)
-        expected = count * np_dtype.itemsize
+        expected = math.prod(entry.shape) * np_dtype.itemsize
         if entry.size != expected:
             raise ConfigError(f"{self.index_path}: tensor '{name}' claims {entry.size} bytes but its shape "
                               f"{list(entry.shape)} of {entry.dtype} needs {expected} (corrupt index)")
         path = data_filename(self.prefix, entry.shard_id, self.num_shards)
-        array = np.empty(count, dtype=np_dtype)
+        available = self._shard_sizes[entry.shard_id]
+        if entry.offset < 0 or entry.offset + entry.size > available:
+            raise ConfigError(f"{self.index_path}: tensor '{name}' (shape {list(entry.shape)}, {entry.dtype}) claims "
+                              f"bytes [{entry.offset}, {entry.offset + entry.size}) of {path}, which has "
+                              f"{available} bytes (corrupt index, or a truncated shard)")
+        return np_dtype
+
+    def read_numpy(self, name, verify_crc=True):
+        """The tensor as a numpy array (bfloat16 comes back as its uint16 bit patterns)."""
+        entry = self.entry(name)
+        np_dtype = self.check(name)
+        expected = entry.size
+        path = data_filename(self.prefix, entry.shard_id, self.num_shards)
+        array = np.empty(math.prod(entry.shape), dtype=np_dtype)
         if expected:
             f = self._file(entry.shard_id)
             f.seek(entry.offset)
             got = f.readinto(memoryview(array).cast("B"))
-            if got != expected:
+            if got != expected:  # the shard shrank since the reader opened
                 raise ConfigError(f"{path}: tensor '{name}' needs bytes [{entry.offset}, {entry.offset + expected}) "
                                   f"but the file ends at byte {entry.offset + got} (truncated shard)")
         if verify_crc:
@@ -640,17 +660,19 @@ def hf_name(tf_name):
     return None
 
 
-def load_tf_checkpoint(path, verify_crc=True):
+def load_tf_checkpoint(path, verify_crc=True, expected_shapes=None, against="the config"):
     """Read a Google BERT TF checkpoint -> ({Hugging Face name: torch tensor}, [skipped TF names]).
 
     `path`: a checkpoint prefix (`.../bert_model.ckpt`) or a folder holding one. Dense kernels are
     transposed to torch's [out, in]; optimizer slots, `global_step` and unknown variables are not
-    read, only listed in the second return value for the caller to log.
+    read, only listed in the second return value for the caller to log. Every tensor to be read is
+    checked first (TFCheckpointReader.check, and its shape against `expected_shapes`, {Hugging Face
+    name: shape} as `against` describes it), so a bad entry is refused before any tensor is read.
     """
     prefix = find_tf_checkpoint(path)
     if prefix is None:
         raise ConfigError(f"{path}: no TensorFlow checkpoint (no *.index file or `checkpoint` file)")
-    state, skipped = {}, []
+    state, skipped, plan = {}, [], []
     with TFCheckpointReader(prefix) as reader:
         for name in reader.names():
             mapped = hf_name(name)
@@ -658,13 +680,20 @@ def load_tf_checkpoint(path, verify_crc=True):
                 skipped.append(name)
                 continue
             target, transpose = mapped
-            tensor = reader.read(name, verify_crc=verify_crc)
+            reader.check(name)
+            shape = reader.entry(name).shape
             if transpose:
-                if tensor.dim() != 2:
-                    raise ConfigError(f"{reader.index_path}: '{name}' should be a 2-d kernel, "
-                                      f"has shape {list(tensor.shape)}")
-                tensor = tensor.t().contiguous()
-            state[target] = tensor
+                if len(shape) != 2:
+                    raise ConfigError(f"{reader.index_path}: '{name}' should be a 2-d kernel, has shape {list(shape)}")
+                shape = shape[::-1]
+            want = (expected_shapes or {}).get(target)
+            if want is not None and tuple(want) != tuple(shape):
+                raise ConfigError(f"{reader.index_path}: '{name}' ({target}) has shape {list(shape)} but {against} "
+                                  f"implies {list(want)}")
+            plan.append((name, target, transpose))
+        for name, target, transpose in plan:
+            tensor = reader.read(name, verify_crc=verify_crc)
+            state[target] = tensor.t().contiguous() if transpose else tensor
     if not state:
         raise ConfigError(f"{prefix}.index: no Google BERT variables (bert/embeddings/..., bert/encoder/...) "
                           f"among its {len(skipped)} tensors")

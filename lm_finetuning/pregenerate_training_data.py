@@ -66,6 +66,8 @@ def check_args(args):
         raise ConfigError("--short_seq_prob must be in [0, 1] and --masked_lm_prob in (0, 1)")
     if args.max_predictions_per_seq < 1 or args.num_workers < 1:
         raise ConfigError("--max_predictions_per_seq and --num_workers must be at least 1")
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        raise ConfigError(f"--output_dir {args.output_dir} is a file, not a folder")
 
 
 def old_epochs(output_dir, overwrite):

@@ -154,7 +154,7 @@ def convert(src, out, overwrite=False):
         raise ConfigError(f"{out}: folder is not empty (pass --overwrite to replace its config.json, "
                           "model.safetensors and vocab.txt)")
 
-    state, skipped = load_tf_checkpoint(prefix)
+    state, skipped = load_tf_checkpoint(prefix, expected_shapes=expected_shapes(config), against=config_path)
     _check_shapes(state, config, config_path, prefix)
     if skipped:
         logger.info("skipped %d TF variables: %s", len(skipped), _summarise(skipped))

@@ -6,8 +6,10 @@
 writes what `download_glue_data.py` used to (and tasks/glue.py reads): CoLA/, SST-2/, MRPC/, STS-B/,
 QQP/, MNLI/, QNLI/, RTE/, WNLI/ with train.tsv, dev.tsv, test.tsv (MNLI: train.tsv,
 dev_matched.tsv, dev_mismatched.tsv, test_matched.tsv, test_mismatched.tsv) and
-diagnostic/diagnostic.tsv (AX). Needs pyarrow (`pip install pyarrow`). Each file is written
-atomically; existing files are replaced.
+diagnostic/diagnostic.tsv (AX). Needs pyarrow (`pip install pyarrow`). A task's files are
+written all or none: each goes to a temporary file beside its final name, and they replace the
+existing files only once every file of the task has been written and synced (a bad row in test.tsv
+never leaves new train/dev files beside an old test.tsv).
 
 Source layout (the dataset card of nyu-mll/glue: its `configs:` block and `dataset_info`):
 `<SRC>/<config>/<split>-NNNNN-of-NNNNN.parquet` for the configs cola, sst2, mrpc, qqp, stsb, mnli,
@@ -50,6 +52,7 @@ A task whose parquet files are missing is an error when it was named in --tasks,
 (the task is skipped) otherwise.
 """
 import argparse
+import contextlib
 import glob
 import logging
 import os
@@ -246,10 +249,21 @@ def _clean(text, path, row, column):
     return cleaned, cleaned != text
 
 
-def convert_file(task, out_file, parquet_files, out_path):
-    """Write one official TSV file from the Hub shards; returns the number of rows written."""
+def _score(raw, path, row, idx):
+    """An STS-B score as the Hub stores it (a number in 0..5), else a DataError."""
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0.0 <= raw <= 5.0:
+        raise DataError(path, None, f"row {row} (idx {idx}): score {raw!r} is not a number in 0..5")
+    return raw
+
+
+def convert_file(task, out_file, parquet_files, f, out_path):
+    """Write one official TSV file from the Hub shards into the open file `f` (which becomes
+    `out_path`); returns the number of rows written."""
     columns = list(task.columns) + ["label", "idx"]
-    rows, changed, empty = [], 0, 0
+    header = task.header(out_file.labelled, out_file.name)
+    if header is not None:
+        f.write("\t".join(header) + "\n")
+    count, changed, empty = 0, 0, 0
     for path in parquet_files:
         data = _read_columns(path, columns)
         for i in range(len(data["idx"])):
@@ -266,27 +280,48 @@ def convert_file(task, out_file, parquet_files, out_path):
             if out_file.labelled:
                 raw = data["label"][i]
                 if task.labels == "score":
-                    if raw is None or not 0.0 <= float(raw) <= 5.0:
-                        raise DataError(path, None, f"row {i} (idx {idx}): score {raw!r} outside 0..5")
-                    label = _format_score(raw, data["_label_type"])
+                    label = _format_score(_score(raw, path, i, idx), data["_label_type"])
                 else:
                     if not isinstance(raw, int) or not 0 <= raw < len(task.labels):
                         raise DataError(path, None, f"row {i} (idx {idx}): label {raw!r} is not one of the "
                                                     f"{len(task.labels)} {task.directory} class ids")
                     label = task.labels[raw]
-            rows.append(task.row(str(idx), texts, label, out_file.name))
-    header = task.header(out_file.labelled, out_file.name)
-    with atomic_open(out_path, "w", encoding="utf-8", newline="") as f:
-        if header is not None:
-            f.write("\t".join(header) + "\n")
-        for row in rows:
-            f.write("\t".join(row) + "\n")
+            f.write("\t".join(task.row(str(idx), texts, label, out_file.name)) + "\n")
+            count += 1
     if changed:
         logger.warning("%s: %d texts had tabs or line breaks, replaced by spaces", out_path, changed)
     if empty:
         logger.warning("%s: %d empty texts (tasks/glue.py refuses them in train/dev files except QQP's)",
                        out_path, empty)
-    return len(rows)
+    return count
+
+
+def convert_task(task, found, out):
+    """Write every file of `task`, or none: {file name: rows}. Each file goes to its own temporary
+    (atomic_open); all are written and synced before the first one is renamed into place."""
+    counts = {}
+    new_folders = [d for d in (out, os.path.join(out, task.directory)) if not os.path.isdir(d)]
+    try:
+        with contextlib.ExitStack() as stack:
+            files = []
+            for out_file in task.files:
+                path = os.path.join(out, task.directory, out_file.name)
+                f = stack.enter_context(atomic_open(path, "w", encoding="utf-8", newline=""))
+                counts[out_file.name] = convert_file(task, out_file, found[out_file.name], f, path)
+                files.append((f, path))
+            for f, path in files:  # a full disk shows here, before any file replaces an old one
+                try:
+                    f.flush()
+                    os.fsync(f.fileno())
+                except OSError as exc:
+                    exc.filename = exc.filename or path
+                    raise
+    except BaseException:
+        for folder in reversed(new_folders):  # made for this task: leave no empty folder behind
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+        raise
+    return counts
 
 
 def prepare(src, out, tasks=None):
@@ -317,12 +352,9 @@ def prepare(src, out, tasks=None):
     _pyarrow_parquet()  # fail before writing anything if pyarrow is missing
     result = {}
     for task, found in plan:
-        result[task.name] = {}
-        for out_file in task.files:
-            path = os.path.join(out, task.directory, out_file.name)
-            count = convert_file(task, out_file, found[out_file.name], path)
-            result[task.name][out_file.name] = count
-            logger.info("%s: %d rows", path, count)
+        result[task.name] = convert_task(task, found, out)
+        for name, count in result[task.name].items():
+            logger.info("%s: %d rows", os.path.join(out, task.directory, name), count)
     return result
 
 

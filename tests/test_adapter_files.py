@@ -102,7 +102,7 @@ def test_refusals(trained, tiny_mt, tmp_path, capsys):
     cases = [(import_adapter.main, [tiny_mt["other_model"], rte], "exported from another base model"),
              (import_adapter.main, [trained, rte], "already has a task 'rte'"),
              (import_adapter.main, [plain_task, rte], "other task modules"),
-             (import_adapter.main, [tiny_mt["model"], broken], "not an adapter folder"),
+             (import_adapter.main, [tiny_mt["model"], broken], "not an adapter file"),
              (export_adapter.main, [trained, "--task", "cola"], "no task 'cola'"),
              (export_adapter.main, [trained, "--task", "rte"], "not empty")]
     for i, (main, argv, message) in enumerate(cases):
@@ -111,6 +111,74 @@ def test_refusals(trained, tiny_mt, tmp_path, capsys):
         assert code == 2 and len(err) == 1 and message in err[0], (message, err)
         if target != rte:
             assert not os.path.exists(target)
+
+
+def _broken_copy(rte, folder, edit_info=None, weights=None):
+    shutil.copytree(rte, folder)
+    if edit_info is not None:
+        info = json.loads((folder / "adapter.json").read_text())
+        edit_info(info)
+        (folder / "adapter.json").write_text(json.dumps(info))
+    if weights is not None:
+        data = (folder / "adapter.safetensors").read_bytes()
+        (folder / "adapter.safetensors").write_bytes(weights(data))
+    return folder
+
+
+@pytest.mark.parametrize("case", ["truncated", "not_safetensors", "num_labels_text", "num_labels_float",
+                                  "base_model_text", "adapter_config_list", "adapter_config_foreign_key",
+                                  "adapter_config_bad_value", "labels_text", "labels_count"])
+def test_malformed_adapter_files_are_one_line(trained, tiny_mt, tmp_path, capsys, case):
+    """Issue 19 item 10: each used to be a traceback (SafetensorError, ValueError, TypeError,
+    AttributeError), or silently read (num_labels 2.5 -> 2, labels "ab" -> ["a", "b"])."""
+    rte = tmp_path / "rte_adapter"
+    assert _cli(export_adapter.main, [trained, "--task", "rte", "--output_dir", rte], capsys)[0] == 0
+    info_file, weights_file = "adapter.json", "adapter.safetensors"
+    edits = {
+        "truncated": (None, lambda data: data[:len(data) // 2], weights_file, "not an adapter weights file"),
+        "not_safetensors": (None, lambda data: b"PK\x03\x04 a zip, say", weights_file, "not an adapter weights"),
+        "num_labels_text": (lambda i: i.update(num_labels="two"), None, info_file, "'num_labels' must be"),
+        "num_labels_float": (lambda i: i.update(num_labels=2.5), None, info_file, "'num_labels' must be"),
+        "base_model_text": (lambda i: i.update(base_model="bert"), None, info_file, "'base_model' must be"),
+        "adapter_config_list": (lambda i: i.update(adapter_config=["pals"]), None, info_file,
+                                "'adapter_config' must be"),
+        "adapter_config_foreign_key": (lambda i: i["adapter_config"].update(hidden_size=8), None, info_file,
+                                       "'adapter_config' must be"),
+        "adapter_config_bad_value": (lambda i: i["adapter_config"].update(hidden_size_aug="x"), None, info_file,
+                                     "hidden_size_aug"),
+        "labels_text": (lambda i: i.update(labels="ab"), None, info_file, "'labels' must be"),
+        "labels_count": (lambda i: i.update(labels=["entailment"]), None, info_file, "1 'labels' for a head"),
+    }
+    edit_info, weights, named, message = edits[case]
+
+    def edit(info):
+        info["task"] = "mrpc"  # a task `trained` lacks, so that only the edited field can be wrong
+        edit_info(info)
+    broken = _broken_copy(rte, tmp_path / "broken", edit_info and edit, weights)
+    out = tmp_path / "out"
+    # a plain BERT, and a multi-task model (whose adapter keys are compared with the adapter's first)
+    for model in (tiny_mt["model"],) + (() if case == "adapter_config_bad_value" else (trained,)):
+        code, _, err = _cli(import_adapter.main, [model, broken, "--output_dir", out], capsys)
+        assert code == 2 and len(err) == 1, err
+        assert err[0].startswith(f"error: {broken / named}: ") and message in err[0], err
+        assert not os.path.exists(out)
+
+
+def test_full_disk_names_the_file(trained, tmp_path, capsys, monkeypatch):
+    """Issue 19 item 11: export_adapter.py and per_task_best/ on a full disk: one line naming the file
+    being written (was a SafetensorError traceback), and nothing left behind."""
+    from test_file_utils import simulate_full_disk
+    model = modeling.BertForMultiTask.from_pretrained(str(trained))
+    simulate_full_disk(monkeypatch)
+    out = tmp_path / "rte_adapter"
+    code, _, err = _cli(export_adapter.main, [trained, "--task", "rte", "--output_dir", out], capsys)
+    assert code == 2 and err == [f"error: {out / 'adapter.safetensors'}: {os.strerror(28)}"], err
+    assert os.listdir(tmp_path) == []
+    best = tmp_path / "per_task_best" / "rte"
+    with pytest.raises(OSError) as excinfo:
+        mt.save_task_parameters(model, 0, "rte", str(best), {"epoch": 1})
+    assert excinfo.value.filename == str(best / "task_parameters.safetensors")
+    assert os.listdir(tmp_path / "per_task_best") == []
 
 
 def test_bert_base_pals_task_size():

@@ -1,4 +1,6 @@
 """Tests for file_utils: model-name resolution, one-line user errors with exit 2, atomic writes."""
+import builtins
+import errno
 import json
 import os
 import subprocess
@@ -142,3 +144,72 @@ def test_remove_stale_temporaries_removes_only_what_killed_writes_left(tmp_path)
     open(leftover, "w").close()
     removed = file_utils.remove_stale_temporaries(str(tmp_path))
     assert os.path.basename(leftover) in [os.path.basename(p) for p in removed]
+
+
+class _FullDiskFile:
+    """A file opened for writing on a full disk: write() and flush() fail as the kernel's write(2) does
+    (ENOSPC, an OSError that names no file)."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def _full(self, *args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    write = flush = _full
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+
+def simulate_full_disk(monkeypatch):
+    """Every file our writers (file_utils.atomic_open) open for writing is on a full disk; so is the
+    file safetensors' own save_file writes (it raises a SafetensorError, as on a real full disk)."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def open_on_full_disk(file, mode="r", *args, **kwargs):
+        f = builtins.open(file, mode, *args, **kwargs)
+        return _FullDiskFile(f) if any(c in mode for c in "wax+") else f
+
+    def save_file(*args, **kwargs):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
+                              '"No space left on device" })')
+    monkeypatch.setattr(file_utils, "open", open_on_full_disk, raising=False)
+    real = safetensors.torch.save_file
+    for module in list(sys.modules.values()):  # also where it was imported by name
+        if getattr(module, "save_file", None) is real:
+            monkeypatch.setattr(module, "save_file", save_file)
+
+
+def test_full_disk_names_the_file_being_written(tmp_path, monkeypatch, capsys):
+    target = tmp_path / "out" / "results.json"
+    target.parent.mkdir()
+    target.write_text("old")
+    simulate_full_disk(monkeypatch)
+    with pytest.raises(OSError) as excinfo:
+        atomic_write_json(target, {"a": 1})
+    assert excinfo.value.errno == errno.ENOSPC and excinfo.value.filename == str(target)
+    assert target.read_text() == "old" and os.listdir(target.parent) == ["results.json"]
+    # a folder written by replace_dir_atomically: the file in the final folder, not in its temporary
+    folder = tmp_path / "best"
+
+    def write(tmp):
+        atomic_write_json(os.path.join(tmp, "config.json"), {})
+    with pytest.raises(SystemExit) as exc:
+        file_utils.run_cli(lambda argv: file_utils.replace_dir_atomically(str(folder), write))
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {folder / 'config.json'}: "
+                                                           f"{os.strerror(errno.ENOSPC)}"]
+    assert os.listdir(tmp_path) == ["out"]  # no folder, no temporary left
+
+    def write_unnamed(tmp):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    with pytest.raises(OSError) as excinfo:
+        file_utils.replace_dir_atomically(str(folder), write_unnamed)
+    assert excinfo.value.filename == str(folder)

@@ -145,6 +145,17 @@ def test_pregenerate_corpus_errors_exit_2(tmp_path, capsys, text, message):
     assert not os.path.exists(tmp_path / "o" / "epoch_0_metrics.json")
 
 
+def test_pregenerate_output_dir_that_is_a_file(tmp_path, capsys):
+    corpus = write_corpus(tmp_path / "c.txt", num_docs=3)
+    out = tmp_path / "out"
+    out.write_text("a file")
+    with pytest.raises(SystemExit) as exc:
+        run_cli(pregenerate_training_data.main, ["--train_corpus", corpus, "--output_dir", str(out)])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: --output_dir {out} is a file, not a folder"]
+    assert out.read_text() == "a file" and sorted(os.listdir(tmp_path)) == ["c.txt", "out"]
+
+
 def test_scripts_run_from_repo_root_and_fail_in_one_line(tmp_path):
     corpus = tmp_path / "one_doc.txt"
     corpus.write_text("just one document.\nwith two sentences.\n", encoding="utf-8")

@@ -78,8 +78,10 @@ def _rows(config, split, n):
     else:
         labels = [-1] * n if test else [i % len(HUB_CLASS_NAMES[config]) for i in range(n)]
     rows["label"] = labels
-    # train idx of MRPC on the Hub are positions in the MSR file (gaps); test idx are 0..n-1
-    rows["idx"] = list(range(n)) if test else [3 * i + 1 for i in range(n)]
+    # train idx of MRPC on the Hub are positions in the MSR file (gaps). Test idx on the Hub are the
+    # official files' index column; here they are neither the row number nor in row order, so that a
+    # converter writing the row number instead of `idx` is caught (118, 115, ..., 100 for n = 7).
+    rows["idx"] = [100 + 3 * (n - 1 - i) for i in range(n)] if test else [3 * i + 1 for i in range(n)]
     return rows
 
 
@@ -144,6 +146,19 @@ def test_every_file_reads_back_through_tasks_glue(converted):
                 assert ex.label == _expected_label(config, rows["label"][i]), (config, split, i)
             checked += 1
     assert checked == 7 * sum(len(s) for s in SPLITS.values())
+
+
+def test_test_index_column_is_the_hub_idx(converted):
+    """The index column of every test file holds the Hub `idx` values, written out by hand here."""
+    _, out, _ = converted
+    expected = ["118", "115", "112", "109", "106", "103", "100"]
+    for folder, name, column in [("SST-2", "test.tsv", 0), ("MRPC", "test.tsv", 0), ("QQP", "test.tsv", 0),
+                                 ("MNLI", "test_matched.tsv", 0), ("MNLI", "test_mismatched.tsv", 0),
+                                 ("STS-B", "test.tsv", 0), ("CoLA", "test.tsv", 0), ("RTE", "test.tsv", 0),
+                                 ("diagnostic", "diagnostic.tsv", 0)]:
+        with open(os.path.join(out, folder, name), encoding="utf-8", newline="") as f:
+            lines = f.read().split("\n")[1:-1]  # header, rows, final newline
+        assert [line.split("\t")[column] for line in lines] == expected, (folder, name)
 
 
 def test_texts_with_tabs_and_line_breaks_stay_one_row(converted):
@@ -300,3 +315,36 @@ def test_cli(tmp_path):
     assert bad.returncode == 2
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "RTE" in lines[0]
+
+
+def test_non_numeric_sts_b_score_is_a_data_error(tmp_path):
+    hub = tmp_path / "hub"
+    make_hub(hub, configs=["stsb"])
+    bad = hub / "stsb" / "validation-00000-of-00001.parquet"
+    rows = _rows("stsb", "validation", 3)
+    pq.write_table(pa.table([pa.array(rows["sentence1"]), pa.array(rows["sentence2"]),
+                             pa.array(["3.8", "high", "1"]), pa.array([0, 1, 2], type=pa.int32())],
+                            names=["sentence1", "sentence2", "label", "idx"]), str(bad))
+    with pytest.raises(DataError) as excinfo:
+        prepare_glue.prepare(str(hub), str(tmp_path / "out"), ["sts-b"])
+    message = str(excinfo.value)
+    assert message.startswith(f"{bad}: row 0 (idx 0): score '3.8'") and "\n" not in message
+    assert not os.path.exists(tmp_path / "out" / "STS-B")
+
+
+def test_a_task_is_written_all_or_none(tmp_path):
+    """A failure in the task's last file (test.tsv) leaves the previous train/dev/test files as they
+    were, and no temporary file."""
+    hub = tmp_path / "hub"
+    make_hub(hub, configs=["rte"])
+    out = tmp_path / "out"
+    prepare_glue.prepare(str(hub), str(out), ["rte"])
+    before = {name: (out / "RTE" / name).read_bytes() for name in os.listdir(out / "RTE")}
+    assert sorted(before) == ["dev.tsv", "test.tsv", "train.tsv"]
+    _write_parquet(str(hub / "rte" / "train-00000-of-00001.parquet"), _rows("rte", "train", 9), "rte")
+    rows = _rows("rte", "test", 7)
+    rows["sentence2"][4] = None  # a missing text: a DataError in the last file written
+    _write_parquet(str(hub / "rte" / "test-00000-of-00001.parquet"), rows, "rte")
+    with pytest.raises(DataError, match="row 4: column 'sentence2' is None"):
+        prepare_glue.prepare(str(hub), str(out), ["rte"])
+    assert {name: (out / "RTE" / name).read_bytes() for name in os.listdir(out / "RTE")} == before

@@ -7,6 +7,7 @@ from the converted folder (ours and Hugging Face's) must reproduce TensorFlow's 
 checks names, transposes and head layouts end to end. No TensorFlow is needed here.
 """
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -559,3 +560,131 @@ def test_cli_exit_codes(tmp_path):
     assert bad.returncode == 2
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "no TensorFlow checkpoint" in lines[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# an index whose entries lie: checked before any buffer is allocated or byte read (issue 19, item 9)
+# ---------------------------------------------------------------------------------------------
+
+def _pb_varint(v):
+    v &= (1 << 64) - 1  # a negative int64 is written as its 10-byte two's complement, as protobuf does
+    out = bytearray()
+    while True:
+        byte, v = v & 0x7F, v >> 7
+        out.append(byte | (0x80 if v else 0))
+        if not v:
+            return bytes(out)
+
+
+def _entry_proto(dtype, shape, offset, size):
+    """A BundleEntryProto written by hand (tensor_bundle.proto: dtype=1, shape=2 (TensorShapeProto,
+    dim=2 {size=1}), shard_id=3, offset=4, size=5, crc32c=6 fixed32)."""
+    dims = b"".join(b"\x12" + _pb_varint(len(d)) + d for d in (b"\x08" + _pb_varint(n) for n in shape))
+    return (b"\x08" + _pb_varint(dtype) + b"\x12" + _pb_varint(len(dims)) + dims + b"\x20" + _pb_varint(offset)
+            + b"\x28" + _pb_varint(size) + b"\x35" + bytes(4))
+
+
+def _write_index(path, entries):
+    """An SSTable (LevelDB table format) of sorted (key, value) pairs: one data block with one restart
+    point, an empty metaindex block, an index block, the 48-byte footer with TF's table magic."""
+    out = bytearray()
+
+    def block(pairs):
+        body = b"".join(_pb_varint(0) + _pb_varint(len(k)) + _pb_varint(len(v)) + k + v for k, v in pairs)
+        body += (0).to_bytes(4, "little") + (1).to_bytes(4, "little")  # restart offsets [0], count 1
+        offset = len(out)
+        out.extend(body + b"\x00")  # compression type: none
+        out.extend(tf_checkpoint.mask_crc(_reference_crc32c(body + b"\x00")).to_bytes(4, "little"))
+        return _pb_varint(offset) + _pb_varint(len(body))
+    data = block(entries)
+    footer = block([]) + block([(entries[-1][0], data)])
+    out.extend(footer + bytes(40 - len(footer)) + (0xDB4775248B80FB57).to_bytes(8, "little"))
+    with open(path, "wb") as f:
+        f.write(out)
+
+
+def _lying_release(tmp_path, name, dtype, shape, offset, size):
+    """A copy of the tiny release whose index entry for `name` is replaced by the given claim."""
+    prefix = _copy_release(tmp_path)
+    index = str(prefix) + ".index"
+    entries = [(bytes(k), bytes(v)) for k, v in tf_checkpoint._read_table(index)]
+    assert name.encode() in dict(entries)
+    _write_index(index, [(k, _entry_proto(dtype, shape, offset, size) if k == name.encode() else v)
+                         for k, v in entries])
+    return prefix, index
+
+
+@pytest.fixture
+def no_big_allocation(monkeypatch):
+    """Fail (instead of allocating) if numpy is asked for more than 64 MiB."""
+    real = np.empty
+
+    def guarded(shape, dtype=float, *args, **kwargs):
+        if np.dtype(dtype).itemsize * math.prod(np.atleast_1d(shape).tolist()) > 1 << 26:
+            pytest.fail(f"np.empty({shape}, {dtype}) allocated before the entry was checked")
+        return real(shape, dtype, *args, **kwargs)
+    monkeypatch.setattr(np, "empty", guarded)
+
+
+def test_rewritten_index_reads_back_unchanged(tmp_path, tf_values):
+    """The hand-written SSTable is a valid index: with no entry changed, every tensor reads as TF wrote it."""
+    prefix = _copy_release(tmp_path)
+    index = str(prefix) + ".index"
+    entries = [(bytes(k), bytes(v)) for k, v in tf_checkpoint._read_table(index)]
+    _write_index(index, entries)
+    with TFCheckpointReader(prefix) as reader:
+        for name in reader.names():
+            np.testing.assert_array_equal(reader.read_numpy(name), tf_values[name])
+
+
+def test_index_claiming_a_16_tib_tensor_is_refused_before_allocating(tmp_path, no_big_allocation):
+    # [2^20, 2^22] float32 = 2^44 bytes (16 TiB), byte size consistent with the shape
+    prefix, index = _lying_release(tmp_path, "bert/embeddings/word_embeddings", 1, (1 << 20, 1 << 22), 0, 1 << 44)
+    with TFCheckpointReader(prefix) as reader:
+        with pytest.raises(ConfigError) as excinfo:
+            reader.read_numpy("bert/embeddings/word_embeddings")
+    message = _one_line_error(excinfo, index)
+    assert "bert/embeddings/word_embeddings" in message and str(1 << 44) in message
+    assert str(prefix) + ".data-00000-of-00001" in message
+    import modeling  # --bert_model on the release folder
+    with pytest.raises(ConfigError) as excinfo:
+        modeling.BertForMultiTask.from_pretrained(str(prefix.parent), task_num_labels=[2])
+    _one_line_error(excinfo, index)
+
+
+def test_negative_offset_is_refused(tmp_path, no_big_allocation):
+    prefix, index = _lying_release(tmp_path, "bert/pooler/dense/bias", 1, (16,), -8, 64)
+    with pytest.raises(ConfigError) as excinfo:
+        load_tf_checkpoint(prefix)
+    assert "bert/pooler/dense/bias" in _one_line_error(excinfo, index) and "[-8, 56)" in str(excinfo.value)
+
+
+def test_convert_checks_shapes_against_the_config_before_reading(tmp_path, monkeypatch):
+    # pooler bias claims 8 floats (bytes inside the shard), bert_config.json says hidden 16
+    with TFCheckpointReader(os.path.join(TINY, "bert_model.ckpt")) as reader:
+        offset = reader.entry("bert/pooler/dense/bias").offset
+    prefix, index = _lying_release(tmp_path, "bert/pooler/dense/bias", 1, (8,), offset, 32)
+    reads = []
+    real = TFCheckpointReader.read_numpy
+    monkeypatch.setattr(TFCheckpointReader, "read_numpy", lambda self, name, **kw: reads.append(name) or real(
+        self, name, **kw))
+    with pytest.raises(ConfigError) as excinfo:
+        convert_tf_checkpoint.convert(str(prefix.parent), str(tmp_path / "out"))
+    message = _one_line_error(excinfo, index)
+    assert "[8]" in message and "[16]" in message and str(prefix.parent / "bert_config.json") in message
+    assert reads == [] and not os.path.exists(tmp_path / "out")
+
+
+def test_cli_on_a_huge_claim_is_one_line_under_a_memory_limit(tmp_path):
+    """The script end to end, in a process that cannot map more than 8 GiB: a reader that allocated
+    what the index claims would die of MemoryError (a traceback), not exit 2."""
+    prefix, index = _lying_release(tmp_path, "bert/encoder/layer_0/output/dense/kernel", 1, (1 << 21, 1 << 21), 0,
+                                   1 << 44)
+    limit = "import resource; resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30)); "
+    run = "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+    bad = subprocess.run([sys.executable, "-c", limit + run, CONVERT, str(prefix.parent), str(tmp_path / "out")],
+                         capture_output=True, text=True, cwd=tmp_path)
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode == 2, bad.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {index}: ") and "layer_0/output/dense/kernel" in lines[0]
+    assert not os.path.exists(tmp_path / "out")
