@@ -875,6 +875,39 @@ def save_with_task_labels(model, directory, tokenizer, tasks, carried_labels=Non
     atomic_write_json(os.path.join(directory, TASK_LABELS_FILE), dict(carried_labels or {}, **task_labels(tasks)))
 
 
+def check_saved_tasks(model, opts, tasks, saved_labels, reference_order, allow_random_heads,
+                      flag="--allow_random_heads"):
+    """After loading a fine-tuned model for the run's `tasks` by name (--no_train): refuse a task
+    whose head or task modules are fresh (unless `allow_random_heads`), naming the tasks the model
+    has (`reference_order`: the paper's, for a 2019 checkpoint); put each classification head's rows
+    in the task's label order when `saved_labels` ({task: labels}, task_labels.json) has them in
+    another (labels matched by name)."""
+    _, merged, weights_path = modeling.read_pretrained(opts.model_dir, opts.config)
+    saved_names = list(merged.get("task_names") or [])
+    fresh = modeling.fresh_task_parts(model, [t.name for t in tasks])
+    if fresh and not allow_random_heads:
+        has = modeling.saved_task_names(weights_path, saved_names, reference_order)
+        hint = " (a Hugging Face head has no task name: give exactly one task with --tasks)" \
+            if has and has[0].startswith("(") and len(tasks) > 1 else ""
+        raise ConfigError(f"{opts.model_dir}: no trained head or task modules for {', '.join(fresh)} (the model's "
+                          f"tasks: {', '.join(has) or 'none'}){hint}; pass {flag} to evaluate fresh, random ones")
+    saved = saved_labels if saved_names else {}
+    for task_id, task in enumerate(tasks):
+        theirs, ours = saved.get(task.name), task.labels
+        if theirs is None or ours is None or task.head_type != "classification" or task.name in fresh:
+            continue
+        theirs = [str(x) for x in theirs]
+        if sorted(theirs) != sorted(ours):
+            raise ConfigError(f"{opts.model_dir}: task {task.name}'s labels were {', '.join(theirs)} "
+                              f"({TASK_LABELS_FILE}), not {', '.join(ours)}")
+        if theirs != list(ours):
+            head = model.heads[task_id].classifier
+            order = [theirs.index(label) for label in ours]
+            with torch.no_grad():
+                head.weight.copy_(head.weight[order].clone())
+                head.bias.copy_(head.bias[order].clone())
+
+
 def predict_tasks(tasks, predict, out_dir, env, task_ids=None):
     """Official prediction files of every task into out_dir (each family's format; in a subfolder
     named after the task unless the task's files are made to sit together, as GLUE's submission

@@ -26,7 +26,7 @@ import multitask as mt
 import optimization
 import tasks as task_families
 import training
-from file_utils import ConfigError, make_parser, resolve_model_dir, run_cli
+from file_utils import ConfigError, UserError, make_parser, resolve_model_dir, run_cli
 from tasks.base import write_readable_predictions
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -95,6 +95,9 @@ def build_parser():
                    help="write every task's official test predictions (selected model) into predictions/")
     g.add_argument("--no_train", action="store_true",
                    help="no training: evaluate (and --do_predict) the fine-tuned multi-task --bert_model")
+    g.add_argument("--allow_random_heads", action="store_true",
+                   help="with --no_train: evaluate tasks the model has no trained head or modules for, with fresh "
+                        "random ones (else refused)")
     g.add_argument("--max_eval_examples", type=int, default=None, help="evaluate on the first N dev examples only")
     g.add_argument("--stop_after_steps", type=int, default=None,
                    help="stop (as if killed) after N optimizer steps, with a checkpoint; continue with --resume")
@@ -354,7 +357,11 @@ def main(argv=None):
     for task in tasks:  # every input file is read and checked before anything is written
         task.prepare(train=not args.no_train, dev=True, test=args.do_predict)
     model = training.load_model(opts, plan.carried_num_labels + [t.num_labels for t in tasks],
-                                plan.carried_types + [t.head_type for t in tasks], plan.all_names)
+                                plan.carried_types + [t.head_type for t in tasks], plan.all_names,
+                                match_tasks=task_families.glue.PAPER_TASKS if args.no_train else None)
+    if args.no_train:  # the model's own heads, matched by task name (docs/multitask.md#evaluating)
+        mt.check_saved_tasks(model, opts, tasks, task_families.saved_labels(opts.model_dir),
+                             task_families.glue.PAPER_TASKS, args.allow_random_heads)
     if args.reference_layernorm_init or args.reference_protocol:
         modeling.reference_layernorm_init(model)
     task_families.glue.reorder_reference_heads(model, plan.all_names)
@@ -389,7 +396,6 @@ def main(argv=None):
         selector.update(0, results_, task_scores, average)
         if env.is_main:
             print(mt.format_eval_table(0, results_, set_scores, average, plan.average_label), flush=True)
-        best_dir = opts.model_dir
     else:
         sizes = [t.train_size for t in tasks]
         groups = optimization.param_groups(model, opts.weight_decay, opts.learning_rate, task_lr=args.task_lr,
@@ -449,8 +455,17 @@ def main(argv=None):
         results["best_glue_average"] = selector.state["best_average"]
     if args.per_task_best and not args.no_train and env.is_main:
         results["per_task_best_combined"] = mt.write_per_task_combined(opts.output_dir, tasks, tokenizer)
-    if args.do_predict:
-        selected = modeling.BertForMultiTask.from_pretrained(best_dir).to(env.device)
+    refused = None
+    if args.do_predict and not args.no_train and selector.state["best_epoch"] is None:
+        # No epoch beat the start (e.g. every dev average NaN): best/ was never written. Predicting with
+        # the last epoch's model instead would pass off an unselected model as the selected one.
+        refused = (f"--do_predict: no epoch was selected (no dev {plan.average_label} better than the start; see "
+                   f"history in {os.path.join(opts.output_dir, 'results.json')}), so there is no selected model "
+                   "to predict with: no predictions written")
+        results.update(predictions=None, predictions_refused=refused)
+    elif args.do_predict:
+        # --no_train: the model in memory (its heads were matched by name; a 2019 folder has no task metadata)
+        selected = model if args.no_train else modeling.BertForMultiTask.from_pretrained(best_dir).to(env.device)
         written = mt.predict_tasks(tasks, lambda f, t: training.predict(selected, f, t, opts.eval_batch_size, env),
                                    os.path.join(opts.output_dir, "predictions"), env, task_ids=plan.task_ids)
         results["predictions"] = [os.path.relpath(p, opts.output_dir) for p in written]
@@ -463,6 +478,8 @@ def main(argv=None):
               f"{opts.output_dir}" if best is not None else f"outputs in {opts.output_dir}", flush=True)
         if not args.no_train and not args.no_plots:
             draw_pictures(opts.output_dir)
+    if refused:
+        raise UserError(refused)
     return 0
 
 
