@@ -622,8 +622,8 @@ def reference_selection_metric(dataset, logits, gold, label_scale=MULTITASK_REGR
     """The metric the 2019 run_multi_task.py summed over tasks to select its model, on one dev set in
     file order, in its eval batches of 8: CoLA's Matthews correlation and STS-B's Pearson correlation
     (predictions clipped to [0, 1] against score/5) computed per batch and averaged weighted by batch
-    size, everything else plain accuracy. A batch of constant STS-B predictions gives NaN, as in the
-    2019 code (and a NaN sum never beat the best). `gold` are label ids or 0..5 scores."""
+    size, everything else plain accuracy. A batch of constant STS-B predictions (or of one example)
+    gives NaN, as in the 2019 code (and a NaN sum never beat the best). `gold` are label ids or 0..5 scores."""
     from sklearn.metrics import matthews_corrcoef
     dataset = get_task(dataset)
     logits, gold = np.asarray(logits, dtype=np.float64), np.asarray(gold)
@@ -636,7 +636,9 @@ def reference_selection_metric(dataset, logits, gold, label_scale=MULTITASK_REGR
             preds = np.clip(out.reshape(-1), 0.0, 1.0)
             with np.errstate(all="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                total += pearsonr(preds, labels * label_scale)[0] * len(labels)
+                # one example (a short last batch): constant, so NaN as a constant batch (scipy now raises)
+                r = pearsonr(preds, labels * label_scale)[0] if len(labels) > 1 else float("nan")
+                total += r * len(labels)
         else:
             total += float((out.argmax(-1) == labels).sum())
     return float(total / n)

@@ -40,7 +40,6 @@ def _spread_heads(model, tokenizer, data, names):
 
 
 def _logits(model, tokenizer, data, name, task_id, split="test"):
-    dataset = glue.get_task(name)
     examples = glue.read_examples(name, data, split)
     feats = glue.convert_examples_to_features(examples, name, tokenizer, 32)
     model.eval()
@@ -184,3 +183,26 @@ def test_2019_checkpoint_heads_mapped_by_paper_order(tiny_mt, tmp_path):
     assert _no_train(tiny_mt, folder, tmp_path / "out", "--tasks", "sst-2,rte") == 0
     assert _predicted(tmp_path / "out", "sst-2") == _expected(source, tok, data, "sst-2", names.index("sst-2"))
     assert _predicted(tmp_path / "out", "rte") == _expected(source, tok, data, "rte", names.index("rte"), rte_2019)
+
+
+@pytest.mark.parametrize("task", ["sts-b", "cola"])
+def test_no_selected_epoch_refuses_predictions_after_writing_results(tiny_mt, tmp_path, capsys, task):
+    """One dev example under the 2019 selection rule, which starts from best = 0: STS-B's per-batch
+    Pearson is NaN and CoLA's MCC is 0 every epoch, so no epoch is ever selected and best/ is never
+    written. results.json is written (history, no best epoch) and --do_predict is refused with one
+    line instead of a traceback (or predictions from an unselected model)."""
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        run_cli(run_multi_task.main, tiny_multitask.argv(
+            tiny_mt, out, "--tasks", task, "--max_eval_examples", 1, "--num_train_epochs", 2,
+            "--steps_per_epoch", 2, "--selection", "reference_sum", "--do_predict", "--no_plots",
+            config="none"))
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "no epoch was selected" in err and len(err.strip().splitlines()) == 1
+    res = json.loads((out / "results.json").read_text())
+    assert res["best_epoch"] is None and res["predictions"] is None and "no epoch was selected" in \
+        res["predictions_refused"]
+    assert len(res["history"]) == 2
+    for entry in res["history"]:
+        assert np.isnan(entry["average"]) if task == "sts-b" else entry["average"] == 0.0
+    assert not (out / "predictions").exists() and not (out / "best").exists()
