@@ -814,8 +814,9 @@ def combination_plan(num_tasks, projection, tasks_per_step, combine_strategy):
     """Resolve --projection/--tasks_per_step/--combine_strategy into (tasks_per_step, strategy, method)."""
     if projection not in PROJECTIONS:
         raise ConfigError(f"unknown --projection '{projection}'")
-    if tasks_per_step is None:
-        tasks_per_step = num_tasks if projection != "none" else 1
+    given = tasks_per_step
+    if tasks_per_step is None:  # all tasks for a projection or for --combine_strategy all (which means it)
+        tasks_per_step = num_tasks if projection != "none" or combine_strategy == "all" else 1
     if not 1 <= tasks_per_step <= num_tasks:
         raise ConfigError(f"--tasks_per_step must be between 1 and the number of tasks ({num_tasks}), "
                           f"got {tasks_per_step}")
@@ -826,8 +827,9 @@ def combination_plan(num_tasks, projection, tasks_per_step, combine_strategy):
     if combine_strategy not in COMBINE_STRATEGIES:
         raise ConfigError(f"unknown --combine_strategy '{combine_strategy}'")
     if combine_strategy == "all" and tasks_per_step != num_tasks:
-        raise ConfigError("--combine_strategy all trains every task at every step: use it with "
-                          f"--tasks_per_step {num_tasks} (or leave --tasks_per_step out)")
+        raise ConfigError(f"--combine_strategy all trains every task at every step, but --tasks_per_step {given} "
+                          f"is not the number of tasks ({num_tasks}): leave --tasks_per_step out or give "
+                          f"{num_tasks}")
     method = {"none": "sum", "pcgrad": "pcgrad", "vaccine": "vaccine"}[projection]
     return tasks_per_step, combine_strategy, method
 

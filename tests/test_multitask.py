@@ -269,8 +269,11 @@ def test_combination_plan():
     assert mt.combination_plan(8, "vaccine", 3, None) == (3, "sampled", "vaccine")
     with pytest.raises(ConfigError):
         mt.combination_plan(8, "pcgrad", 1, None)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="--tasks_per_step 3 is not the number of tasks"):
         mt.combination_plan(8, "pcgrad", 3, "all")
+    # --combine_strategy all alone: every task at every step (the documented meaning), no projection needed
+    assert mt.combination_plan(8, "none", None, "all") == (8, "all", "sum")
+    assert mt.combination_plan(3, "none", 3, "all") == (3, "all", "sum")
     with pytest.raises(ConfigError):
         mt.combination_plan(8, "none", 9, None)
 
