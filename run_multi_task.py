@@ -27,7 +27,7 @@ import optimization
 import tasks as task_families
 import training
 from file_utils import ConfigError, UserError, make_parser, resolve_model_dir, run_cli
-from tasks.base import write_readable_predictions
+from tasks.base import read_stdin_lines, write_readable_predictions
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEMO_DATA_DIR = os.path.join(ROOT, "data", "glue_sample")
@@ -514,6 +514,9 @@ def dry_run(args, opts, plan):
     return 0
 
 
+PLAIN_PREFIX = "lines:"  # --predict TASK=lines:FILE
+
+
 def predict_files(args):
     """--predict TASK=FILE (repeatable): the fine-tuned --bert_model's predictions for a user's
     examples, no training and no data folder. Every input is read and checked before the model
@@ -536,12 +539,16 @@ def predict_files(args):
             raise ConfigError(f"--predict '{spec}' is not TASK=FILE (FILE '-' for stdin)")
         if task not in names:
             raise ConfigError(f"--predict: the model has no task '{task}' (its tasks: {', '.join(names)})")
+        plain = path.startswith(PLAIN_PREFIX)  # lines:FILE: one example per line, never the task's format
+        path = path[len(PLAIN_PREFIX):] if plain else path
+        if not path:
+            raise ConfigError(f"--predict '{spec}': no file after '{PLAIN_PREFIX}' ('-' for stdin)")
         if path != "-" and not os.path.isfile(path):
             raise ConfigError(f"--predict {task}: {path} does not exist")
-        specs.append((task, path))
-    if sum(path == "-" for _, path in specs) > 1:
+        specs.append((task, path, plain))
+    if sum(path == "-" for _, path, _ in specs) > 1:
         raise ConfigError("--predict: only one input can be stdin ('-')")
-    if len({task for task, _ in specs}) < len(specs):
+    if len({task for task, _, _ in specs}) < len(specs):
         raise ConfigError("--predict: a task is named twice (one output file per task)")
     lengths = dict(zip(names, task_max_lengths(args, names)))
     opts = training.EngineOptions.from_args(args)
@@ -550,12 +557,13 @@ def predict_files(args):
     tokenizer = training.load_tokenizer(opts)
     saved = task_families.saved_labels(model_dir)
     jobs = []
-    for task_name, path in specs:
+    for task_name, path, plain in specs:
         max_len = min(lengths[task_name], merged["max_position_embeddings"])
         task = task_families.build_task(task_name, tokenizer, None, max_len, labels=saved.get(task_name),
                                         doc_stride=args.doc_stride, max_query_length=args.max_query_length)
-        lines = sys.stdin.read().splitlines() if path == "-" else None
-        jobs.append((task, names.index(task_name), path, task.read_inputs(None if path == "-" else path, lines)))
+        lines = read_stdin_lines() if path == "-" else None
+        inputs = task.read_inputs(None if path == "-" else path, lines, plain=plain)
+        jobs.append((task, names.index(task_name), path, inputs))
     model = training.load_model(opts).to(env.device)
     training.prepare_output_dir(opts, env, training=False)
     for task, task_id, path, inputs in jobs:
