@@ -123,7 +123,8 @@ def build_parser():
                         "only their new modules and heads train; the encoder and the model's tasks stay as they are")
     d.add_argument("--predict", action="append", default=None, metavar="TASK=FILE",
                    help="no training: predict task TASK of the fine-tuned --bert_model for the examples in FILE "
-                        "(the task's own file format, or one example per line; '-' reads stdin) into "
+                        "(the task's own file format, or one example per line; '-' reads stdin; lines:FILE: "
+                        "every line one example; docs/multitask.md) into "
                         "<output_dir>/predictions_TASK.tsv (text, label, score); repeatable")
     c = p.add_argument_group("2019 command lines (Bert-n-Pals run_multi_task.py), accepted as written")
     c.add_argument("--bert_config_file", default=None,
