@@ -338,3 +338,17 @@ def test_task_parameters_saved_and_assembled(tmp_path):
         assert torch.equal(a, b)
     with pytest.raises(ConfigError):
         mt.assemble_per_task_best(dst, str(tmp_path), ["y", "x"])  # task ids do not match
+
+
+def test_selection_average_counts_mnli_once():
+    """The GLUE leaderboard's rule: MNLI is one task scored by the mean of -m and -mm, so with
+    MNLI-m 0.8, MNLI-mm 0.6 and RTE 0.5 the average is ((0.8 + 0.6) / 2 + 0.5) / 2 = 0.6 (not the
+    mean of three sets, 0.6333)."""
+    from tasks import glue
+    mnli, rte = glue.Glue("mnli", None, None, 32), glue.Glue("rte", None, None, 32)
+    mnli.evaluate = lambda predict: {"mnli": {"acc": 0.8}, "mnli-mm": {"acc": 0.6}}
+    rte.evaluate = lambda predict: {"rte": {"acc": 0.5}}
+    results, task_scores, set_scores, average = mt.evaluate_tasks([mnli, rte], predict=None)
+    assert average == pytest.approx(0.6)
+    assert task_scores == pytest.approx({"mnli": 0.7, "rte": 0.5})
+    assert set_scores == pytest.approx({"mnli": 0.8, "mnli-mm": 0.6, "rte": 0.5})

@@ -346,9 +346,13 @@ def test_e_reference_layernorm_init_draws_new_layernorms_only(tiny_dir):
                                                     hidden_size_aug=24)), task_num_labels=[2] * 8)
     loaded = {n: p.detach().clone() for n, p in model.named_parameters()}
     redrawn = modeling.reference_layernorm_init(model)
-    assert redrawn and all(".top." in n and ".LayerNorm." in n for n in redrawn)
-    values = torch.cat([dict(model.named_parameters())[n].detach().reshape(-1) for n in redrawn])
-    assert abs(values.mean().item()) < 0.005 and abs(values.std().item() - 0.02) < 0.003  # N(0, 0.02)
+    # every LayerNorm of the new top blocks, gamma AND beta (the checkpoint has no top blocks)
+    expected = {n for n, _ in model.named_parameters() if ".top." in n and ".LayerNorm." in n}
+    assert set(redrawn) == expected and any(n.endswith(".bias") for n in expected)
+    for kind in ("weight", "bias"):  # each drawn from N(0, 0.02): beta no longer 0, gamma no longer 1
+        values = torch.cat([dict(model.named_parameters())[n].detach().reshape(-1) for n in redrawn
+                            if n.endswith("." + kind)])
+        assert abs(values.mean().item()) < 0.005 and abs(values.std().item() - 0.02) < 0.004, kind
     for name, value in loaded.items():
         if name not in redrawn:
             assert torch.equal(dict(model.named_parameters())[name].detach(), value), name
