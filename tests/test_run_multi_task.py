@@ -339,6 +339,9 @@ def test_ddp_two_processes_match_one_process(setup):
     for ra, rb in zip(rows_a[1:], rows_b[1:]):
         ra, rb = ra.split(","), rb.split(",")
         assert ra[:4] == rb[:4] and float(ra[4]) == pytest.approx(float(rb[4]), abs=1e-4), (ra, rb)
+        # gradient norms and dot products too: a cosine cannot see a gradient scaled by the number of ranks
+        for col in (6, 7, 8):  # dot, norm_a, norm_b
+            assert float(rb[col]) == pytest.approx(float(ra[col]), rel=1e-3, abs=1e-9), (ra, rb)
 
 
 def test_patience_stops_on_glue_average(setup):
