@@ -154,7 +154,8 @@ def test_single_hugging_face_head_only_for_one_task(tiny_mt, trained, tmp_path, 
     assert exc.value.code == 2 and "exactly one task" in capsys.readouterr().err
 
 
-def test_2019_checkpoint_heads_mapped_by_paper_order(tiny_mt, tmp_path):
+@pytest.mark.parametrize("command", ["no_train", "2019_do_eval"])
+def test_2019_checkpoint_heads_mapped_by_paper_order(tiny_mt, tmp_path, command):
     """A Bert-n-Pals checkpoint (classifier.N, multi_layers.N: N is the position in the paper's order
     cola mrpc mnli rte sts-b sst-2 qqp qnli) evaluated with --tasks sst-2,rte --do_predict (item 19:
     the 2019 --do_eval alone predicts with the model in memory). Its RTE head lists
@@ -180,7 +181,15 @@ def test_2019_checkpoint_heads_mapped_by_paper_order(tiny_mt, tmp_path):
     data = tiny_mt["data"]
     rte_2019 = list(glue.REFERENCE_LABEL_ORDER["rte"])
     assert _expected(source, tok, data, "rte", 3, rte_2019) != _expected(source, tok, data, "rte", 3)
-    assert _no_train(tiny_mt, folder, tmp_path / "out", "--tasks", "sst-2,rte") == 0
+    if command == "no_train":
+        assert _no_train(tiny_mt, folder, tmp_path / "out", "--tasks", "sst-2,rte") == 0
+    else:  # the Bert-n-Pals README line with --do_eval alone (and --do_predict)
+        assert run_multi_task.main(["--data_dir", data, "--do_eval", "--do_predict", "--do_lower_case",
+                                    "--bert_config_file", str(folder / "bert_config.json"),
+                                    "--vocab_file", str(folder / "vocab.txt"),
+                                    "--init_checkpoint", str(folder / "pytorch_model.bin"), "--tasks", "sst-2,rte",
+                                    "--output_dir", str(tmp_path / "out"), "--max_seq_length", "32",
+                                    "--eval_batch_size", "16", "--cache_dir", "none"]) == 0
     assert _predicted(tmp_path / "out", "sst-2") == _expected(source, tok, data, "sst-2", names.index("sst-2"))
     assert _predicted(tmp_path / "out", "rte") == _expected(source, tok, data, "rte", names.index("rte"), rte_2019)
 
