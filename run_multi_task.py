@@ -270,6 +270,8 @@ class Plan:
                 raise ConfigError("the 2019 selection rule (--reference_protocol / --selection reference_sum) sums "
                                   "GLUE metrics: use it with GLUE tasks only")
             self.average_key, self.average_label = "reference_sum", "2019 sum"
+        if args.allow_random_heads and not args.no_train:
+            raise ConfigError("--allow_random_heads is for --no_train (training always starts new heads fresh)")
         if not 0.0 < args.vaccine_beta <= 1.0:
             raise ConfigError(f"--vaccine_beta must be in (0, 1], got {args.vaccine_beta}")
         if args.diagnose_every < 0:
@@ -360,7 +362,7 @@ def main(argv=None):
     model = training.load_model(opts, plan.carried_num_labels + [t.num_labels for t in tasks],
                                 plan.carried_types + [t.head_type for t in tasks], plan.all_names,
                                 match_tasks=task_families.glue.PAPER_TASKS if args.no_train else None)
-    if args.no_train:  # the model's own heads, matched by task name (docs/multitask.md#evaluating)
+    if args.no_train:  # the model's own heads, matched by task name (docs/multitask.md#evaluating-a-finished-model)
         mt.check_saved_tasks(model, opts, tasks, task_families.saved_labels(opts.model_dir),
                              task_families.glue.PAPER_TASKS, args.allow_random_heads)
     if args.reference_layernorm_init or args.reference_protocol:
@@ -522,8 +524,9 @@ def predict_files(args):
     """--predict TASK=FILE (repeatable): the fine-tuned --bert_model's predictions for a user's
     examples, no training and no data folder. Every input is read and checked before the model
     loads or anything is written; then <output_dir>/predictions_TASK.tsv (text, label, score)."""
-    if args.add_tasks or args.diagnose_every:
-        raise ConfigError("--predict runs no training: leave out --add_tasks and --diagnose_every")
+    if args.add_tasks or args.diagnose_every or args.allow_random_heads:
+        raise ConfigError("--predict runs no training and uses the model's own heads: leave out --add_tasks, "
+                          "--diagnose_every and --allow_random_heads")
     if args.config not in (None, "none") and "config" in args.explicit:
         raise ConfigError("--predict uses the model folder's own config: leave --config out")
     args.config = "none"

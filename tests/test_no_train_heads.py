@@ -130,6 +130,10 @@ def test_unknown_task_and_plain_bert_are_refused(tiny_mt, trained, tmp_path, cap
     assert not (tmp_path / "b").exists()
     code, _ = run(tiny_mt["model"], "c", "--tasks", "sst-2", "--allow_random_heads")
     assert code == 0 and (tmp_path / "c" / "results.json").exists()
+    with pytest.raises(SystemExit) as exc:  # the flag means nothing to a training run: refused, not ignored
+        run_cli(run_multi_task.main, ["--data_dir", tiny_mt["data"], "--bert_model", tiny_mt["model"],
+                                      "--tasks", "sst-2", "--allow_random_heads", "--dry_run"])
+    assert exc.value.code == 2 and "--allow_random_heads is for --no_train" in capsys.readouterr().err
 
 
 def test_single_hugging_face_head_only_for_one_task(tiny_mt, trained, tmp_path, capsys):
