@@ -19,6 +19,7 @@ Top to bottom:
 This module knows nothing about task file formats, tokenizers or the CLI (docs/model.md).
 """
 import atexit
+import functools
 import json
 import logging
 import math
@@ -910,20 +911,26 @@ class BertForMultiTask(nn.Module):
     # -- checkpoints ----------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, name_or_path, config=None, task_num_labels=None, task_types=None, task_names=None,
-                        allow_random_init=False):
+                        allow_random_init=False, match_tasks=None):
         """A BERT checkpoint (HF, Google TF, old pytorch-pretrained-BERT, or our own save) + adapter config.
 
         Heads come from `task_num_labels`/`task_types`/`task_names` when given (they replace the
         checkpoint's task metadata), else from the checkpoint's config. New adapters/heads keep
-        their fresh init; what was new or unused is logged once.
+        their fresh init; what was new or unused is logged once. `match_tasks` (the 2019 task order,
+        with `task_names`): load each task's modules and head from the checkpoint's task of that name
+        (match_saved_tasks) instead of the one at the same position.
         """
         _, merged, weights_path = read_pretrained(name_or_path, config)
+        saved_names = list(merged.get("task_names") or [])
         if task_num_labels is not None:
             for key in TASK_KEYS:
                 merged[key] = None
             merged["num_tasks"] = len(task_num_labels)
         model = cls(BertConfig.from_dict(merged), task_num_labels, task_types, task_names)
-        load_weights(model, weights_path, allow_random_init)
+        task_map = None
+        if match_tasks is not None:
+            task_map = functools.partial(match_saved_tasks, model.config.task_names, saved_names, match_tasks)
+        load_weights(model, weights_path, allow_random_init, task_map=task_map)
         return model
 
     def save_pretrained(self, directory, vocab_file=None, labels=None):
@@ -1173,14 +1180,15 @@ def _reference_name(name, own):
         if pattern.search(name):
             mapped = pattern.sub(replacement, name)
             # PAL layers repeat the shared V^E/V^D of their task: no parameter of ours has that name
-            if mapped.endswith((".down.weight", ".down.bias", ".up.weight", ".up.bias")) and mapped not in own \
-                    and ".adapters." in mapped:
+            # (task 0 stands for every task: a task map may move task N to another id)
+            if mapped.endswith((".down.weight", ".down.bias", ".up.weight", ".up.bias")) and ".adapters." in mapped \
+                    and re.sub(r"\.adapters\.\d+\.", ".adapters.0.", mapped) not in own:
                 return None
             return mapped
     return name
 
 
-def _our_name(key, model, own, pretrain_task):
+def _our_name(key, model, own, pretrain_task, hf_head_is_task_0=False):
     """A checkpoint key -> this model's state-dict name (None: skip it silently).
 
     Accepts Hugging Face names with or without the `bert.` prefix, the old `gamma`/`beta`
@@ -1209,7 +1217,7 @@ def _our_name(key, model, own, pretrain_task):
             name = name.replace("predictions.decoder.bias", "predictions.bias")
     if is_multitask and name.startswith(("classifier.", "qa_outputs.")):
         target = "heads.0." + name
-        if target in own:
+        if target in own or hf_head_is_task_0:  # hf_head_is_task_0: checkpoint task 0, moved by a task map
             name = target
     return name
 
@@ -1221,20 +1229,26 @@ def _encoder_names(model):
             if n not in specific and ".pooler." not in f".{n}" and not n.startswith("heads.")]
 
 
-def load_weights(model, weights_path, allow_random_init=False):
+def load_weights(model, weights_path, allow_random_init=False, task_map=None):
     """Copy checkpoint tensors into `model`; one warning lists what was new or unused.
 
     Every encoder weight (embeddings and layers) must come from the checkpoint: a file whose keys
     do not fit would otherwise train a random model without a word. `allow_random_init` permits
-    that for deliberate from-scratch runs."""
+    that for deliberate from-scratch runs. `task_map(keys)` -> {checkpoint task id: model task id}:
+    task modules and heads move to their task's id (those of other tasks are not loaded)."""
     state = load_state_dict_file(weights_path)
     own = model.state_dict()
+    if task_map is not None:
+        task_map = task_map(list(state))
+        prefixes = ["heads"] + [p for p, m in model.named_modules() if isinstance(m, TaskModuleList)]
     pretrain_task = None
     if isinstance(model, BertForMultiTask) and "pretraining" in model.task_types:
         pretrain_task = model.task_types.index("pretraining")
     mapped, unexpected, mismatched = {}, [], []
     for key, tensor in state.items():
-        name = _our_name(key, model, own, pretrain_task)
+        name = _our_name(key, model, own, pretrain_task, hf_head_is_task_0=task_map is not None)
+        if name is not None and task_map is not None:
+            name = _task_moved(name, prefixes, task_map)
         if name is None or name in mapped:
             continue
         if name not in own:
@@ -1272,7 +1286,63 @@ def load_weights(model, weights_path, allow_random_init=False):
     # the tasks fix what differs, e.g. tasks.glue.REFERENCE_LABEL_ORDER).
     model._reference_heads = sorted({int(match.group(2)) for match in (
         re.match(r"^(module\.)?classifier\.(\d+)\.", k) for k in state) if match})
+    if task_map is not None:
+        model._reference_heads = sorted(task_map[i] for i in model._reference_heads if i in task_map)
     return missing, unexpected
+
+
+def _task_moved(name, prefixes, task_map):
+    """`<prefix>.K.rest` of checkpoint task K -> `<prefix>.<its id here>.rest`; None: not a task here."""
+    for prefix in prefixes:
+        head, dot, rest = name[len(prefix) + 1:].partition(".")
+        if name.startswith(prefix + ".") and head.isdigit() and dot:
+            target = task_map.get(int(head))
+            return None if target is None else f"{prefix}.{target}.{rest}"
+    return name
+
+
+def match_saved_tasks(names, saved_names, reference_order, keys):
+    """{checkpoint task id: id in `names`} by task name: the checkpoint's own task_names; else the
+    heads of a Bert-n-Pals checkpoint (`classifier.N`), whose N is the position in `reference_order`
+    (the paper's); else a single-task Hugging Face head (`classifier.*`/`qa_outputs.*`), task 0 of
+    the checkpoint, only when one task is asked for. A task the checkpoint lacks is left out of the
+    map (its modules and head stay fresh: callers refuse or allow that, see fresh_task_parts)."""
+    keys = [k[len("module."):] if k.startswith("module.") else k for k in keys]
+    if saved_names:
+        return {saved_names.index(n): i for i, n in enumerate(names) if n in saved_names}
+    reference = sorted({int(m.group(1)) for m in (re.match(r"^classifier\.(\d+)\.", k) for k in keys) if m})
+    if reference:
+        saved = [reference_order[i] for i in reference if i < len(reference_order)]
+        return {reference_order.index(n): i for i, n in enumerate(names) if n in saved}
+    if len(names) == 1 and any(k.startswith(("classifier.", "qa_outputs.")) for k in keys):
+        return {0: 0}
+    return {}
+
+
+def saved_task_names(weights_path, saved_names, reference_order):
+    """The task names a checkpoint holds heads for (for messages): its task_names, the paper tasks of
+    a Bert-n-Pals checkpoint's heads, or ["(one unnamed Hugging Face head)"] / []."""
+    if saved_names:
+        return list(saved_names)
+    keys = [k[len("module."):] if k.startswith("module.") else k for k in load_state_dict_file(weights_path)]
+    reference = sorted({int(m.group(1)) for m in (re.match(r"^classifier\.(\d+)\.", k) for k in keys) if m})
+    if reference:
+        return [reference_order[i] if i < len(reference_order) else f"classifier.{i}" for i in reference]
+    return ["(one unnamed Hugging Face head)"] if any(k.startswith(("classifier.", "qa_outputs.")) for k in keys) \
+        else []
+
+
+def fresh_task_parts(model, names=None):
+    """{task name: newly initialised modules/head names} of each task whose head or task modules did
+    not come from the checkpoint (load_weights' record)."""
+    fresh = set(getattr(model, "_newly_initialised", []))
+    names = names or model.config.task_names or [str(t) for t in range(model.num_tasks)]
+    result = {}
+    for task_id, params in task_specific_parameter_names(model).items():
+        new = [p for p in params if p in fresh]
+        if new:
+            result[names[task_id]] = new
+    return result
 
 
 def reference_layernorm_init(model, names=None):

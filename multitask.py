@@ -864,8 +864,9 @@ def combination_plan(num_tasks, projection, tasks_per_step, combine_strategy):
     """Resolve --projection/--tasks_per_step/--combine_strategy into (tasks_per_step, strategy, method)."""
     if projection not in PROJECTIONS:
         raise ConfigError(f"unknown --projection '{projection}'")
-    if tasks_per_step is None:
-        tasks_per_step = num_tasks if projection != "none" else 1
+    given = tasks_per_step
+    if tasks_per_step is None:  # all tasks for a projection or for --combine_strategy all (which means it)
+        tasks_per_step = num_tasks if projection != "none" or combine_strategy == "all" else 1
     if not 1 <= tasks_per_step <= num_tasks:
         raise ConfigError(f"--tasks_per_step must be between 1 and the number of tasks ({num_tasks}), "
                           f"got {tasks_per_step}")
@@ -876,8 +877,9 @@ def combination_plan(num_tasks, projection, tasks_per_step, combine_strategy):
     if combine_strategy not in COMBINE_STRATEGIES:
         raise ConfigError(f"unknown --combine_strategy '{combine_strategy}'")
     if combine_strategy == "all" and tasks_per_step != num_tasks:
-        raise ConfigError("--combine_strategy all trains every task at every step: use it with "
-                          f"--tasks_per_step {num_tasks} (or leave --tasks_per_step out)")
+        raise ConfigError(f"--combine_strategy all trains every task at every step, but --tasks_per_step {given} "
+                          f"is not the number of tasks ({num_tasks}): leave --tasks_per_step out or give "
+                          f"{num_tasks}")
     method = {"none": "sum", "pcgrad": "pcgrad", "vaccine": "vaccine"}[projection]
     return tasks_per_step, combine_strategy, method
 
@@ -923,6 +925,39 @@ def save_with_task_labels(model, directory, tokenizer, tasks, carried_labels=Non
     `carried_labels`: {task: labels} of tasks the model holds but this run does not train."""
     training.save_model(model, directory, tokenizer)
     atomic_write_json(os.path.join(directory, TASK_LABELS_FILE), dict(carried_labels or {}, **task_labels(tasks)))
+
+
+def check_saved_tasks(model, opts, tasks, saved_labels, reference_order, allow_random_heads,
+                      flag="--allow_random_heads"):
+    """After loading a fine-tuned model for the run's `tasks` by name (--no_train): refuse a task
+    whose head or task modules are fresh (unless `allow_random_heads`), naming the tasks the model
+    has (`reference_order`: the paper's, for a 2019 checkpoint); put each classification head's rows
+    in the task's label order when `saved_labels` ({task: labels}, task_labels.json) has them in
+    another (labels matched by name)."""
+    _, merged, weights_path = modeling.read_pretrained(opts.model_dir, opts.config)
+    saved_names = list(merged.get("task_names") or [])
+    fresh = modeling.fresh_task_parts(model, [t.name for t in tasks])
+    if fresh and not allow_random_heads:
+        has = modeling.saved_task_names(weights_path, saved_names, reference_order)
+        hint = " (a Hugging Face head has no task name: give exactly one task with --tasks)" \
+            if has and has[0].startswith("(") and len(tasks) > 1 else ""
+        raise ConfigError(f"{opts.model_dir}: no trained head or task modules for {', '.join(fresh)} (the model's "
+                          f"tasks: {', '.join(has) or 'none'}){hint}; pass {flag} to evaluate fresh, random ones")
+    saved = saved_labels if saved_names else {}
+    for task_id, task in enumerate(tasks):
+        theirs, ours = saved.get(task.name), task.labels
+        if theirs is None or ours is None or task.head_type != "classification" or task.name in fresh:
+            continue
+        theirs = [str(x) for x in theirs]
+        if sorted(theirs) != sorted(ours):
+            raise ConfigError(f"{opts.model_dir}: task {task.name}'s labels were {', '.join(theirs)} "
+                              f"({TASK_LABELS_FILE}), not {', '.join(ours)}")
+        if theirs != list(ours):
+            head = model.heads[task_id].classifier
+            order = [theirs.index(label) for label in ours]
+            with torch.no_grad():
+                head.weight.copy_(head.weight[order].clone())
+                head.bias.copy_(head.bias[order].clone())
 
 
 def predict_tasks(tasks, predict, out_dir, env, task_ids=None):

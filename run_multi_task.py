@@ -26,8 +26,8 @@ import multitask as mt
 import optimization
 import tasks as task_families
 import training
-from file_utils import ConfigError, make_parser, resolve_model_dir, run_cli
-from tasks.base import write_readable_predictions
+from file_utils import ConfigError, UserError, make_parser, resolve_model_dir, run_cli
+from tasks.base import read_stdin_lines, write_readable_predictions
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEMO_DATA_DIR = os.path.join(ROOT, "data", "glue_sample")
@@ -95,6 +95,9 @@ def build_parser():
                    help="write every task's official test predictions (selected model) into predictions/")
     g.add_argument("--no_train", action="store_true",
                    help="no training: evaluate (and --do_predict) the fine-tuned multi-task --bert_model")
+    g.add_argument("--allow_random_heads", action="store_true",
+                   help="with --no_train: evaluate tasks the model has no trained head or modules for, with fresh "
+                        "random ones (else refused)")
     g.add_argument("--max_eval_examples", type=int, default=None, help="evaluate on the first N dev examples only")
     g.add_argument("--stop_after_steps", type=int, default=None,
                    help="stop (as if killed) after N optimizer steps, with a checkpoint; continue with --resume")
@@ -120,7 +123,8 @@ def build_parser():
                         "only their new modules and heads train; the encoder and the model's tasks stay as they are")
     d.add_argument("--predict", action="append", default=None, metavar="TASK=FILE",
                    help="no training: predict task TASK of the fine-tuned --bert_model for the examples in FILE "
-                        "(the task's own file format, or one example per line; '-' reads stdin) into "
+                        "(the task's own file format, or one example per line; '-' reads stdin; lines:FILE: "
+                        "every line one example; docs/multitask.md) into "
                         "<output_dir>/predictions_TASK.tsv (text, label, score); repeatable")
     c = p.add_argument_group("2019 command lines (Bert-n-Pals run_multi_task.py), accepted as written")
     c.add_argument("--bert_config_file", default=None,
@@ -266,6 +270,8 @@ class Plan:
                 raise ConfigError("the 2019 selection rule (--reference_protocol / --selection reference_sum) sums "
                                   "GLUE metrics: use it with GLUE tasks only")
             self.average_key, self.average_label = "reference_sum", "2019 sum"
+        if args.allow_random_heads and not args.no_train:
+            raise ConfigError("--allow_random_heads is for --no_train (training always starts new heads fresh)")
         if not 0.0 < args.vaccine_beta <= 1.0:
             raise ConfigError(f"--vaccine_beta must be in (0, 1], got {args.vaccine_beta}")
         if args.diagnose_every < 0:
@@ -354,7 +360,11 @@ def main(argv=None):
     for task in tasks:  # every input file is read and checked before anything is written
         task.prepare(train=not args.no_train, dev=True, test=args.do_predict)
     model = training.load_model(opts, plan.carried_num_labels + [t.num_labels for t in tasks],
-                                plan.carried_types + [t.head_type for t in tasks], plan.all_names)
+                                plan.carried_types + [t.head_type for t in tasks], plan.all_names,
+                                match_tasks=task_families.glue.PAPER_TASKS if args.no_train else None)
+    if args.no_train:  # the model's own heads, matched by task name (docs/multitask.md#evaluating-a-finished-model)
+        mt.check_saved_tasks(model, opts, tasks, task_families.saved_labels(opts.model_dir),
+                             task_families.glue.PAPER_TASKS, args.allow_random_heads)
     if args.reference_layernorm_init or args.reference_protocol:
         modeling.reference_layernorm_init(model)
     task_families.glue.reorder_reference_heads(model, plan.all_names)
@@ -389,7 +399,6 @@ def main(argv=None):
         selector.update(0, results_, task_scores, average)
         if env.is_main:
             print(mt.format_eval_table(0, results_, set_scores, average, plan.average_label), flush=True)
-        best_dir = opts.model_dir
     else:
         sizes = [t.train_size for t in tasks]
         groups = optimization.param_groups(model, opts.weight_decay, opts.learning_rate, task_lr=args.task_lr,
@@ -449,8 +458,17 @@ def main(argv=None):
         results["best_glue_average"] = selector.state["best_average"]
     if args.per_task_best and not args.no_train and env.is_main:
         results["per_task_best_combined"] = mt.write_per_task_combined(opts.output_dir, tasks, tokenizer)
-    if args.do_predict:
-        selected = modeling.BertForMultiTask.from_pretrained(best_dir).to(env.device)
+    refused = None
+    if args.do_predict and not args.no_train and selector.state["best_epoch"] is None:
+        # No epoch beat the start (e.g. every dev average NaN): best/ was never written. Predicting with
+        # the last epoch's model instead would pass off an unselected model as the selected one.
+        refused = (f"--do_predict: no epoch was selected (no dev {plan.average_label} better than the start; see "
+                   f"history in {os.path.join(opts.output_dir, 'results.json')}), so there is no selected model "
+                   "to predict with: no predictions written")
+        results.update(predictions=None, predictions_refused=refused)
+    elif args.do_predict:
+        # --no_train: the model in memory (its heads were matched by name; a 2019 folder has no task metadata)
+        selected = model if args.no_train else modeling.BertForMultiTask.from_pretrained(best_dir).to(env.device)
         written = mt.predict_tasks(tasks, lambda f, t: training.predict(selected, f, t, opts.eval_batch_size, env),
                                    os.path.join(opts.output_dir, "predictions"), env, task_ids=plan.task_ids)
         results["predictions"] = [os.path.relpath(p, opts.output_dir) for p in written]
@@ -463,6 +481,8 @@ def main(argv=None):
               f"{opts.output_dir}" if best is not None else f"outputs in {opts.output_dir}", flush=True)
         if not args.no_train and not args.no_plots:
             draw_pictures(opts.output_dir)
+    if refused:
+        raise UserError(refused)
     return 0
 
 
@@ -497,12 +517,16 @@ def dry_run(args, opts, plan):
     return 0
 
 
+PLAIN_PREFIX = "lines:"  # --predict TASK=lines:FILE
+
+
 def predict_files(args):
     """--predict TASK=FILE (repeatable): the fine-tuned --bert_model's predictions for a user's
     examples, no training and no data folder. Every input is read and checked before the model
     loads or anything is written; then <output_dir>/predictions_TASK.tsv (text, label, score)."""
-    if args.add_tasks or args.diagnose_every:
-        raise ConfigError("--predict runs no training: leave out --add_tasks and --diagnose_every")
+    if args.add_tasks or args.diagnose_every or args.allow_random_heads:
+        raise ConfigError("--predict runs no training and uses the model's own heads: leave out --add_tasks, "
+                          "--diagnose_every and --allow_random_heads")
     if args.config not in (None, "none") and "config" in args.explicit:
         raise ConfigError("--predict uses the model folder's own config: leave --config out")
     args.config = "none"
@@ -519,12 +543,16 @@ def predict_files(args):
             raise ConfigError(f"--predict '{spec}' is not TASK=FILE (FILE '-' for stdin)")
         if task not in names:
             raise ConfigError(f"--predict: the model has no task '{task}' (its tasks: {', '.join(names)})")
+        plain = path.startswith(PLAIN_PREFIX)  # lines:FILE: one example per line, never the task's format
+        path = path[len(PLAIN_PREFIX):] if plain else path
+        if not path:
+            raise ConfigError(f"--predict '{spec}': no file after '{PLAIN_PREFIX}' ('-' for stdin)")
         if path != "-" and not os.path.isfile(path):
             raise ConfigError(f"--predict {task}: {path} does not exist")
-        specs.append((task, path))
-    if sum(path == "-" for _, path in specs) > 1:
+        specs.append((task, path, plain))
+    if sum(path == "-" for _, path, _ in specs) > 1:
         raise ConfigError("--predict: only one input can be stdin ('-')")
-    if len({task for task, _ in specs}) < len(specs):
+    if len({task for task, _, _ in specs}) < len(specs):
         raise ConfigError("--predict: a task is named twice (one output file per task)")
     lengths = dict(zip(names, task_max_lengths(args, names)))
     opts = training.EngineOptions.from_args(args)
@@ -533,12 +561,13 @@ def predict_files(args):
     tokenizer = training.load_tokenizer(opts)
     saved = task_families.saved_labels(model_dir)
     jobs = []
-    for task_name, path in specs:
+    for task_name, path, plain in specs:
         max_len = min(lengths[task_name], merged["max_position_embeddings"])
         task = task_families.build_task(task_name, tokenizer, None, max_len, labels=saved.get(task_name),
                                         doc_stride=args.doc_stride, max_query_length=args.max_query_length)
-        lines = sys.stdin.read().splitlines() if path == "-" else None
-        jobs.append((task, names.index(task_name), path, task.read_inputs(None if path == "-" else path, lines)))
+        lines = read_stdin_lines() if path == "-" else None
+        inputs = task.read_inputs(None if path == "-" else path, lines, plain=plain)
+        jobs.append((task, names.index(task_name), path, inputs))
     model = training.load_model(opts).to(env.device)
     training.prepare_output_dir(opts, env, training=False)
     for task, task_id, path, inputs in jobs:

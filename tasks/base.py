@@ -24,6 +24,7 @@ Features are cached through `cache(key_parts, build)` (the engine's feature cach
 imports the engine), so everything cached is plain data: lists, dicts with string keys, numbers.
 """
 import logging
+import sys
 
 import numpy as np
 
@@ -101,9 +102,11 @@ class Task:
         raise NotImplementedError
 
     # -- a user's own examples --------------------------------------------------------------------
-    def read_inputs(self, path=None, lines=None):
-        """Examples to predict, read from `path` (the family's own format where it has one; see each
-        family) or from `lines` (one example per line). Bad input: DataError naming file and line."""
+    def read_inputs(self, path=None, lines=None, plain=False):
+        """Examples to predict, read from `path` in the family's own format (where it has one; see
+        each family) or from `lines` (stdin, one example per line). `plain`: one example per line from
+        `lines` or `path` (--predict TASK=lines:FILE), never the family's format. A file is never
+        read a second way after its format failed. Bad input: DataError naming file and line."""
         raise NotImplementedError(f"{type(self).__name__} cannot predict a user's file")
 
     def predict_rows(self, predict, inputs):
@@ -121,8 +124,31 @@ class Task:
         return f"{type(self).__name__}({self.name!r})"
 
 
+def read_stdin_lines(stream=None):
+    """The lines of standard input, decoded as UTF-8: other bytes are a DataError naming the line
+    (not a UnicodeEncodeError when the predictions are written)."""
+    stream = sys.stdin if stream is None else stream
+    buffer = getattr(stream, "buffer", None)
+    if buffer is not None:
+        data = buffer.read()
+        try:
+            return data.decode("utf-8-sig").splitlines()
+        except UnicodeDecodeError as exc:
+            line, start = data[:exc.start].count(b"\n") + 1, exc.start
+            raise DataError(STDIN, line, f"not valid UTF-8 text (byte 0x{data[start]:02x}); send UTF-8") from None
+    try:
+        text = stream.read()
+        text.encode("utf-8")  # a text stream that decodes with surrogateescape lets bad bytes through
+    except UnicodeDecodeError:
+        raise DataError(STDIN, None, "not valid UTF-8 text; send UTF-8") from None
+    except UnicodeEncodeError as exc:
+        raise DataError(STDIN, text[:exc.start].count("\n") + 1, "not valid UTF-8 text; send UTF-8") from None
+    return text.splitlines()
+
+
 def plain_lines(path=None, lines=None):
-    """[(line number, text)] of the non-blank lines of `lines` (stdin) or of the UTF-8 file `path`."""
+    """[(line number, text)] of the non-blank lines of `lines` (stdin, or a file already read) or of
+    the UTF-8 file `path`."""
     if lines is None:
         try:
             with open(path, encoding="utf-8-sig") as f:

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 
 from file_utils import ConfigError, DataError, atomic_open, file_fingerprint, utf8_error
-from tasks.base import Task, plain_lines, softmax
+from tasks.base import STDIN, Task, plain_lines, softmax
 
 logger = logging.getLogger(__name__)
 
@@ -49,16 +49,42 @@ def _iter_lines(path):
     with f:
         try:
             for lineno, raw in enumerate(f, 1):
-                line = raw.rstrip("\r\n")
-                # lstrip: " -DOCSTART- -X- -X- O" is a document line too, not a word tagged O
-                if line.lstrip().startswith("-DOCSTART-"):
-                    yield "doc", lineno, line
-                elif not line.strip():
-                    yield "blank", lineno, line
-                else:
-                    yield "token", lineno, line.split()
+                yield _line_kind(lineno, raw)
         except UnicodeDecodeError:
             raise utf8_error(path) from None
+
+
+def _line_kind(lineno, line):
+    """(kind, line number, payload) of one line, as _iter_lines yields them."""
+    line = line.rstrip("\r\n")
+    # lstrip: " -DOCSTART- -X- -X- O" is a document line too, not a word tagged O
+    if line.lstrip().startswith("-DOCSTART-"):
+        return "doc", lineno, line
+    if not line.strip():
+        return "blank", lineno, line
+    return "token", lineno, line.split()
+
+
+def conll_evidence(items):
+    """(line, reason) of the first sign that lines (_iter_lines items) are a CoNLL file, or None when
+    they are plainly not one: no -DOCSTART- line, no blank line between two sentences, no line
+    ending in an IOB tag, and not one word per line (docs/multitask.md#predicting-a-users-file)."""
+    tokens = [(lineno, payload) for kind, lineno, payload in items if kind == "token"]
+    seen_token, blank = False, None
+    for kind, lineno, payload in items:
+        if kind == "doc":
+            return lineno, "a -DOCSTART- line"
+        if kind == "blank" and seen_token:
+            blank = lineno
+        elif kind == "token":
+            if blank is not None:
+                return blank, "a blank line between sentences"
+            if len(payload) > 1 and TAG_RE.match(payload[-1]):
+                return lineno, f"a line ending in the IOB tag {payload[-1]!r}"
+            seen_token = True
+    if tokens and all(len(payload) == 1 for _, payload in tokens) and len(tokens) > 1:
+        return tokens[0][0], "one word per line"
+    return None
 
 
 def read_conll(path, labelled=True):
@@ -428,16 +454,26 @@ class Conll(Task):
             metrics["loss"] = float(out["loss"])
         return {self.name: metrics}
 
-    def read_inputs(self, path=None, lines=None):
-        """A CoNLL file (`word ... TAG` lines, or one word per line; blank lines between sentences),
-        else (and for stdin) one sentence per line, words separated by spaces."""
-        if path is not None:
-            try:
-                return read_conll(path, labelled=True)
-            except DataError:
-                pass
-            if all(kind != "token" or len(payload) == 1 for kind, _, payload in _iter_lines(path)):
-                sentences = read_conll(path, labelled=False)
+    def read_inputs(self, path=None, lines=None, plain=False):
+        """A CoNLL file (`word ... TAG` lines, or one word per line; blank lines between sentences)
+        when it looks like one (conll_evidence), else one sentence per line, words separated by
+        spaces. `plain`: every line a sentence. A CoNLL file with a bad line is an error."""
+        source = path or STDIN
+        if not plain:
+            items = list(_iter_lines(path)) if lines is None else [_line_kind(i, line) for i, line in
+                                                                   enumerate(lines, 1)]
+            evidence = conll_evidence(items)
+            if evidence is not None and lines is not None:
+                raise DataError(source, evidence[0], f"looks like a CoNLL file ({evidence[1]}): give its path, "
+                                                     "or lines:- to read one sentence per line")
+            if evidence is not None:
+                tokens = [payload for kind, _, payload in items if kind == "token"]
+                labelled = not all(len(payload) == 1 for payload in tokens)
+                try:
+                    sentences = read_conll(path, labelled=labelled)
+                except DataError as exc:
+                    raise DataError(exc.path, exc.line, f"{exc.message} (read as a CoNLL file: {evidence[1]} on "
+                                    f"line {evidence[0]}; one sentence per line: lines:{path})") from None
                 if not sentences:
                     raise DataError(path, None, "no sentences in this file")
                 return sentences

@@ -622,8 +622,8 @@ def reference_selection_metric(dataset, logits, gold, label_scale=MULTITASK_REGR
     """The metric the 2019 run_multi_task.py summed over tasks to select its model, on one dev set in
     file order, in its eval batches of 8: CoLA's Matthews correlation and STS-B's Pearson correlation
     (predictions clipped to [0, 1] against score/5) computed per batch and averaged weighted by batch
-    size, everything else plain accuracy. A batch of constant STS-B predictions gives NaN, as in the
-    2019 code (and a NaN sum never beat the best). `gold` are label ids or 0..5 scores."""
+    size, everything else plain accuracy. A batch of constant STS-B predictions (or of one example)
+    gives NaN, as in the 2019 code (and a NaN sum never beat the best). `gold` are label ids or 0..5 scores."""
     from sklearn.metrics import matthews_corrcoef
     dataset = get_task(dataset)
     logits, gold = np.asarray(logits, dtype=np.float64), np.asarray(gold)
@@ -636,7 +636,9 @@ def reference_selection_metric(dataset, logits, gold, label_scale=MULTITASK_REGR
             preds = np.clip(out.reshape(-1), 0.0, 1.0)
             with np.errstate(all="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                total += pearsonr(preds, labels * label_scale)[0] * len(labels)
+                # one example (a short last batch): constant, so NaN as a constant batch (scipy now raises)
+                r = pearsonr(preds, labels * label_scale)[0] if len(labels) > 1 else float("nan")
+                total += r * len(labels)
         else:
             total += float((out.argmax(-1) == labels).sum())
     return float(total / n)
@@ -742,27 +744,37 @@ class Glue(Task):
 
     PAIR_SEPARATOR = " ||| "  # between the two texts of a pair task in readable predictions
 
-    def read_inputs(self, path=None, lines=None):
-        """A file in the task's official layout (its test.tsv, or a dev/train file; tried in that
-        order), else (and for stdin) one example per line: the text, or for pair tasks the two texts
-        separated by a tab."""
+    def read_inputs(self, path=None, lines=None, plain=False):
+        """One example per line (the text; pair tasks: the two texts separated by a tab), unless the
+        first line has more tab-separated fields than that: then `path` is a file in the task's
+        official layout (docs/multitask.md#predicting-a-users-file), its test.tsv when the first
+        line is that file's header (`index`/`id` first, as many columns), else its train/dev
+        layout; any bad row is an error. `plain`: every line an example."""
         dataset = self.dataset
-        if path is not None:
-            for split in ("test", "dev"):
-                try:
-                    return read_examples(dataset, None, split, path=path)
-                except DataError:
-                    continue
         pair = dataset.layouts["train"].text_b is not None
+        fields = 2 if pair else 1
+        source = path or STDIN
+        rows = plain_lines(path, lines)
+        if not plain:
+            first = rows[0][1].split("\t")
+            if len(first) > fields:
+                if lines is not None:
+                    raise DataError(source, rows[0][0], f"{len(first)} tab-separated fields: a {dataset.display} "
+                                    f"file in its GLUE layout? give its path, or lines:{path or '-'} for one "
+                                    "example per line")
+                test = dataset.layouts["test"]
+                is_test = first[0].strip().lower() in ("index", "id") and len(first) == test.min_cols
+                return read_examples(dataset, None, "test" if is_test else "dev", path=path)
         examples = []
-        for line, text in plain_lines(path, lines):
+        for line, text in rows:
             parts = text.split("\t") if pair else [text]
-            if len(parts) != (2 if pair else 1) or not all(p.strip() for p in parts):
-                raise DataError(path or STDIN, line, f"expected {'two tab-separated texts' if pair else 'a text'} "
-                                f"for {dataset.display} (or a file in its GLUE layout)")
+            if len(parts) != fields or not all(p.strip() for p in parts):
+                raise DataError(source, line, f"expected {'two tab-separated texts' if pair else 'a text'} "
+                                f"for {dataset.display} (a file in its GLUE layout has its header on the first "
+                                f"line; every line an example: lines:{path or '-'})")
             examples.append(InputExample(guid=f"{dataset.name}-input-{line}", text_a=parts[0],
                                          text_b=parts[1] if pair else None, label=None, index=None, line=line,
-                                         path=path or STDIN))
+                                         path=source))
         return examples
 
     def predict_rows(self, predict, examples):

@@ -837,16 +837,16 @@ class Squad(Task):
 
     NO_ANSWER = "(no answer)"  # SQuAD v2.0's empty answer in readable predictions
 
-    def read_inputs(self, path=None, lines=None):
-        """A SQuAD JSON file (its questions; answers are not needed), or (stdin) one question per line:
-        the question and its context separated by a tab."""
-        if path is not None:
+    def read_inputs(self, path=None, lines=None, plain=False):
+        """A SQuAD JSON file (its questions; answers are not needed), or (stdin, `plain`) one question
+        per line: the question and its context separated by a tab."""
+        if path is not None and not plain:
             return read_squad_examples(path, False, self.v2)[0]
         examples = []
-        for line, text in plain_lines(None, lines):
+        for line, text in plain_lines(path, lines):
             parts = text.split("\t")
             if len(parts) != 2 or not all(p.strip() for p in parts):
-                raise DataError(STDIN, line, "expected a question and its context separated by a tab")
+                raise DataError(path or STDIN, line, "expected a question and its context separated by a tab")
             words = "".join(" " if _is_whitespace(c) else c for c in parts[1]).split()
             examples.append(SquadExample(f"line-{line}", parts[0], words))
         return examples

@@ -192,16 +192,16 @@ class Swag(Task):
             metrics["loss"] = float(out["loss"])
         return {self.name: metrics}
 
-    def read_inputs(self, path=None, lines=None):
-        """A SWAG CSV (val.csv or test.csv layout), or (stdin) one example per line, tab-separated:
+    def read_inputs(self, path=None, lines=None, plain=False):
+        """A SWAG CSV (val.csv or test.csv layout), or (stdin, `plain`) one example per line, tab-separated:
         the context, optionally the start of the ending, then the 4 endings."""
-        if path is not None:
+        if path is not None and not plain:
             return read_swag_examples(path, require_label=False)
         examples = []
-        for line, text in plain_lines(None, lines):
+        for line, text in plain_lines(path, lines):
             parts = text.split("\t")
             if len(parts) not in (NUM_CHOICES + 1, NUM_CHOICES + 2) or not all(p.strip() for p in parts):
-                raise DataError(STDIN, line, f"expected the context, optionally the start of the ending, and "
+                raise DataError(path or STDIN, line, f"expected the context, optionally the start of the ending, and "
                                              f"{NUM_CHOICES} endings, tab-separated")
             start = parts[1] if len(parts) == NUM_CHOICES + 2 else ""
             examples.append(SwagExample(str(line), "", "", parts[0], start, parts[-NUM_CHOICES:], None, line))

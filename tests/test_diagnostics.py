@@ -12,6 +12,7 @@ import csv
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -154,6 +155,8 @@ def test_run_with_diagnostics_trains_bit_identically_and_writes_files(tiny_mt, t
     rte_sts = [float(r["cos"]) for r in rows1 + rows2 if r["group"] == "all" and r["task_b"] == "sts-b"
                and r["task_a"] == "rte"]
     assert mean["rte~sts-b"] == pytest.approx(sum(rte_sts) / 5)
+    share = {p["pair"]: p["conflict_share"] for p in summary["pairs"]}
+    assert share["rte~sts-b"] == pytest.approx(sum(c < 0 for c in rte_sts) / 5)
     for name in ("task_cosines.png", "layers_rte~sts-b.png"):
         assert (diag / "diagnostics" / name).read_bytes()[:8] == PNG_MAGIC
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -192,3 +195,13 @@ def test_bad_diagnostics_flags_one_line_exit_2(tiny_mt, tmp_path, capsys, flags,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not os.path.exists(tmp_path / "runs")
+
+
+def test_summary_conflict_share_counts_negative_cosines():
+    """Two tasks with unit gradients: cosines 0.5, -0.5, -0.2 over three diagnoses -> conflict share
+    2/3 (cos < 0), mean cosine -0.2 / 3."""
+    grams = [np.array([[[1.0, c], [c, 1.0]]]) for c in (0.5, -0.5, -0.2)]  # [G=1, K=2, K=2] each
+    out = diagnostics.summary(["a", "b"], [1, 2, 3], grams)
+    (pair,) = out["pairs"]
+    assert pair["pair"] == "a~b" and pair["conflict_share"] == pytest.approx(2 / 3)
+    assert pair["mean_cos"] == pytest.approx(-0.2 / 3)

@@ -269,8 +269,11 @@ def test_combination_plan():
     assert mt.combination_plan(8, "vaccine", 3, None) == (3, "sampled", "vaccine")
     with pytest.raises(ConfigError):
         mt.combination_plan(8, "pcgrad", 1, None)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="--tasks_per_step 3 is not the number of tasks"):
         mt.combination_plan(8, "pcgrad", 3, "all")
+    # --combine_strategy all alone: every task at every step (the documented meaning), no projection needed
+    assert mt.combination_plan(8, "none", None, "all") == (8, "all", "sum")
+    assert mt.combination_plan(3, "none", 3, "all") == (3, "all", "sum")
     with pytest.raises(ConfigError):
         mt.combination_plan(8, "none", 9, None)
 
@@ -335,3 +338,17 @@ def test_task_parameters_saved_and_assembled(tmp_path):
         assert torch.equal(a, b)
     with pytest.raises(ConfigError):
         mt.assemble_per_task_best(dst, str(tmp_path), ["y", "x"])  # task ids do not match
+
+
+def test_selection_average_counts_mnli_once():
+    """The GLUE leaderboard's rule: MNLI is one task scored by the mean of -m and -mm, so with
+    MNLI-m 0.8, MNLI-mm 0.6 and RTE 0.5 the average is ((0.8 + 0.6) / 2 + 0.5) / 2 = 0.6 (not the
+    mean of three sets, 0.6333)."""
+    from tasks import glue
+    mnli, rte = glue.Glue("mnli", None, None, 32), glue.Glue("rte", None, None, 32)
+    mnli.evaluate = lambda predict: {"mnli": {"acc": 0.8}, "mnli-mm": {"acc": 0.6}}
+    rte.evaluate = lambda predict: {"rte": {"acc": 0.5}}
+    results, task_scores, set_scores, average = mt.evaluate_tasks([mnli, rte], predict=None)
+    assert average == pytest.approx(0.6)
+    assert task_scores == pytest.approx({"mnli": 0.7, "rte": 0.5})
+    assert set_scores == pytest.approx({"mnli": 0.8, "mnli-mm": 0.6, "rte": 0.5})

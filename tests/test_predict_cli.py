@@ -169,6 +169,10 @@ def test_stdin_for_squad_swag_conll(model_dir, tmp_path, monkeypatch):
     (["rte=-", "sst-2=-"], None, "only one input can be stdin"),
     (["rte=-"], "a premise\ta hypothesis\nonly one text\n", "<stdin>:2: expected two tab-separated texts"),
     (["squad2=-"], "no context here\n", "<stdin>:1: expected a question and its context"),
+    # stdin decoded with surrogateescape (a C locale): bad bytes are named, not a UnicodeEncodeError later
+    (["sst-2=-"], "a good film\nbad \udcff byte\n", "<stdin>:2: not valid UTF-8"),
+    (["sst-2=-"], "index\tsentence\n0\ta film\n", "<stdin>:1: 2 tab-separated fields"),
+    (["sst-2=lines:"], None, "no file after 'lines:'"),
 ])
 def test_bad_predict_inputs_one_line_nothing_written(model_dir, tmp_path, capsys, monkeypatch, specs, stdin, message):
     monkeypatch.setattr(sys, "stdin", io.StringIO(stdin or ""))
@@ -180,6 +184,26 @@ def test_bad_predict_inputs_one_line_nothing_written(model_dir, tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and len(err) == 1 and message in err[0], err
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_dev_file_texts_and_the_lines_prefix(model_dir, tmp_path):
+    """SST-2's dev.tsv (sentence, label: as many columns as test.tsv) is read in its dev layout, so
+    its sentences are predicted, not its labels; `lines:FILE` reads every line as one text."""
+    dev = os.path.join(DATA, "glue_sample", "SST-2", "dev.tsv")
+    with open(dev, encoding="utf-8") as f:
+        sentences = [row[0] for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)][1:]
+    assert _predict(model_dir, tmp_path / "dev", f"sst-2={dev}") == 0
+    assert [row[0] for row in _rows(tmp_path / "dev" / "predictions_sst-2.tsv")] == [" ".join(s.split())
+                                                                                     for s in sentences]
+    assert _predict(model_dir, tmp_path / "lines", f"sst-2=lines:{dev}") == 0
+    rows = _rows(tmp_path / "lines" / "predictions_sst-2.tsv")
+    assert [row[0] for row in rows] == ["sentence label"] + [" ".join(s.split()) + f" {s_label}" for s, s_label in
+                                                             zip(sentences, _labels(dev))]
+
+
+def _labels(path):
+    with open(path, encoding="utf-8") as f:
+        return [row[1] for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)][1:]
 
 
 def test_readable_writer_keeps_rows_on_one_line(tmp_path):

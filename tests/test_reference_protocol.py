@@ -294,12 +294,13 @@ def test_c_per_parameter_schedule_counts_each_parameters_own_steps(tiny_dir, tmp
 
 def test_d_reference_selection_metric_hand_computed():
     cola = glue.get_task("cola")
-    # 10 examples: batch 1 (8) has 4/4 classes, 3 mistakes; batch 2 (2) all right but one class only
-    gold = np.array([1, 1, 1, 1, 0, 0, 0, 0, 1, 1])
-    pred = np.array([1, 1, 0, 1, 0, 1, 1, 0, 1, 1])
+    # 11 examples: batch 1 (8) has 4/4 classes, 3 mistakes; the short batch 2 (3) one mistake
+    gold = np.array([1, 1, 1, 1, 0, 0, 0, 0, 1, 0, 1])
+    pred = np.array([1, 1, 0, 1, 0, 1, 1, 0, 1, 0, 0])
     logits = np.eye(2)[pred]
-    # batch 1: tp 3, tn 2, fp 2, fn 1 -> MCC = (3*2 - 2*1) / sqrt(5*4*4*3) = 4 / sqrt(240); batch 2: MCC 0
-    expected = (4 / np.sqrt(240) * 8 + 0.0 * 2) / 10
+    # batch 1: tp 3, tn 2, fp 2, fn 1 -> MCC = (3*2 - 2*1) / sqrt(5*4*4*3) = 4 / sqrt(240);
+    # batch 2: tp 1, tn 1, fp 0, fn 1 -> MCC = (1*1 - 0*1) / sqrt(1*2*1*2) = 0.5, weighted by its 3 examples
+    expected = (4 / np.sqrt(240) * 8 + 0.5 * 3) / 11
     assert glue.reference_selection_metric(cola, logits, gold) == pytest.approx(expected)
     sts = glue.get_task("sts-b")
     scores = np.array([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 2.5, 1.5, 4.5, 0.5])
@@ -310,12 +311,16 @@ def test_d_reference_selection_metric_hand_computed():
                                                                               nan_ok=True)  # constant batch: NaN
     assert np.isnan(glue.reference_selection_metric(sts, out, scores))
     assert glue.reference_selection_metric(sts, out[:8], scores[:8]) == pytest.approx(first)
+    assert np.isnan(glue.reference_selection_metric(sts, out[:9], scores[:9]))  # a 1-example batch: constant
     # the selected epoch follows the sum (starting from 0: NaN or <= 0 is never kept), not the average
     selector = mt.ModelSelector({}, ["a", "b"], average_key="reference_sum", initial_best=0.0)
     assert selector.update(1, {}, {"a": 0.9, "b": 0.9}, float("nan"))[0] is False
     assert selector.update(2, {}, {"a": 0.1, "b": 0.1}, 0.4)[0] is True
     assert selector.update(3, {}, {"a": 0.9, "b": 0.9}, 0.3)[0] is False   # a better average, a lower sum
     assert selector.state["best_epoch"] == 2 and selector.state["history"][2]["reference_sum"] == 0.3
+    below_start = mt.ModelSelector({}, ["a"], average_key="reference_sum", initial_best=0.0)
+    assert below_start.update(1, {}, {"a": -0.1}, -0.1)[0] is False  # the 2019 start is 0, not "anything"
+    assert below_start.state["best_epoch"] is None
 
 
 def test_d_reference_protocol_run_selects_on_the_per_batch_sum(folder_2019, tmp_path):
@@ -341,9 +346,13 @@ def test_e_reference_layernorm_init_draws_new_layernorms_only(tiny_dir):
                                                     hidden_size_aug=24)), task_num_labels=[2] * 8)
     loaded = {n: p.detach().clone() for n, p in model.named_parameters()}
     redrawn = modeling.reference_layernorm_init(model)
-    assert redrawn and all(".top." in n and ".LayerNorm." in n for n in redrawn)
-    values = torch.cat([dict(model.named_parameters())[n].detach().reshape(-1) for n in redrawn])
-    assert abs(values.mean().item()) < 0.005 and abs(values.std().item() - 0.02) < 0.003  # N(0, 0.02)
+    # every LayerNorm of the new top blocks, gamma AND beta (the checkpoint has no top blocks)
+    expected = {n for n, _ in model.named_parameters() if ".top." in n and ".LayerNorm." in n}
+    assert set(redrawn) == expected and any(n.endswith(".bias") for n in expected)
+    for kind in ("weight", "bias"):  # each drawn from N(0, 0.02): beta no longer 0, gamma no longer 1
+        values = torch.cat([dict(model.named_parameters())[n].detach().reshape(-1) for n in redrawn
+                            if n.endswith("." + kind)])
+        assert abs(values.mean().item()) < 0.005 and abs(values.std().item() - 0.02) < 0.004, kind
     for name, value in loaded.items():
         if name not in redrawn:
             assert torch.equal(dict(model.named_parameters())[name].detach(), value), name

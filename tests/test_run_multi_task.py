@@ -339,6 +339,9 @@ def test_ddp_two_processes_match_one_process(setup):
     for ra, rb in zip(rows_a[1:], rows_b[1:]):
         ra, rb = ra.split(","), rb.split(",")
         assert ra[:4] == rb[:4] and float(ra[4]) == pytest.approx(float(rb[4]), abs=1e-4), (ra, rb)
+        # gradient norms and dot products too: a cosine cannot see a gradient scaled by the number of ranks
+        for col in (6, 7, 8):  # dot, norm_a, norm_b
+            assert float(rb[col]) == pytest.approx(float(ra[col]), rel=1e-3, abs=1e-9), (ra, rb)
 
 
 def test_patience_stops_on_glue_average(setup):
@@ -349,3 +352,22 @@ def test_patience_stops_on_glue_average(setup):
     res = json.loads((out / "results.json").read_text())
     assert res["stopped_early"] and [h["epoch"] for h in res["history"]] == [1, 2] and res["best_epoch"] == 1
     assert res["steps"] == 4
+
+
+def test_vaccine_beta_reaches_the_ema(setup):
+    """--vaccine_beta is the EMA rate: from phi_hat = 0, step 1 leaves phi_hat = beta * cos(g_rte, g_sts)
+    with the same step-1 gradients whatever beta is (a target of 0 corrects the same), so beta 0.5
+    gives exactly twice the phi_hat of beta 0.25 (the default 0.01 would give the same for both)."""
+    phi = {}
+    for beta in (0.5, 0.25):
+        out = setup["base"] / f"vaccine-beta-{beta}"
+        assert _run(setup, out, "--tasks", "rte,sts-b", "--num_train_epochs", 1, "--steps_per_epoch", 3,
+                    "--projection", "vaccine", "--vaccine_beta", beta, "--stop_after_steps", 1,
+                    config="pals_nodrop") == 0
+        state = training.read_checkpoint(str(out / "checkpoint"))["state"]
+        combiner = state.get("grad_combiner") or state["stream"]["combiner"]
+        assert combiner["beta"] == beta
+        phi[beta] = np.array(combiner["phi_hat"])
+    assert abs(phi[0.25][0, 1]) > 1e-6
+    assert phi[0.5][0, 1] == pytest.approx(2 * phi[0.25][0, 1], rel=1e-9)
+    assert phi[0.5][1, 0] == pytest.approx(2 * phi[0.25][1, 0], rel=1e-9)
