@@ -245,8 +245,37 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class _NotGiven(list):
+    """Placeholder value of a flag in the second parse of ExplicitParser. A list, so that an
+    `append` flag copies and extends it (the copy is another object: given)."""
+
+
+class ExplicitParser(argparse.ArgumentParser):
+    """An ArgumentParser whose result also says which flags the command line gave: `args.explicit`,
+    the sorted dests given (a flag given with its default value counts). Explicit flags win over
+    values other flags imply (e.g. --reference_protocol's --optimizer).
+
+    Public argparse only: a second parse into a namespace whose every dest already holds a
+    placeholder (argparse fills in defaults only for missing attributes), so a dest that no longer
+    holds its placeholder was given."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, extras = super().parse_known_args(args, namespace)
+        if isinstance(parsed, argparse.Namespace) and "explicit" not in vars(parsed):
+            placeholders = {dest: _NotGiven() for dest in vars(parsed)}
+            probe, _ = super().parse_known_args(args, argparse.Namespace(**placeholders))
+            parsed.explicit = sorted(dest for dest, value in vars(probe).items()
+                                     if dest in placeholders and value is not placeholders[dest])
+        return parsed, extras
+
+
+def explicit(args, dest):
+    """Whether flag `dest` was given on the command line (False for args not made by ExplicitParser)."""
+    return dest in getattr(args, "explicit", ())
+
+
 def make_parser(description):
-    return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter, allow_abbrev=False)
+    return ExplicitParser(description=description, formatter_class=HelpFormatter, allow_abbrev=False)
 
 
 class Interrupted(Exception):

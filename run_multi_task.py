@@ -44,16 +44,13 @@ logger = logging.getLogger("run_multi_task")
 def build_parser():
     p = make_parser(__doc__.split("\n")[0])
     # Paper hyperparameters as defaults: batch 32, lr 2e-5, length 128, warmup 0.1, seed 42.
-    training.add_engine_args(p, learning_rate=2e-5, eval_batch_size=32, config="pals")
-    for action in p._actions:
-        if action.dest == "output_dir":
-            action.required, action.default = False, None
-            action.help = "output folder (default: runs/multi_task-<timestamp>; an existing non-empty one is refused)"
-        if action.dest == "config":
-            action.help = (f"adapter config: a JSON file, one of {', '.join(modeling.ADAPTER_CONFIGS)} (the configs/ "
-                           "file for the model's width), or 'none' (shared encoder + heads only)")
-        if action.dest == "max_seq_length":
-            action.help = "max tokens per sequence (a task's own --task_max_seq_length wins; SQuAD: 384)"
+    helps = {"output_dir": "output folder (default: runs/multi_task-<timestamp>; an existing non-empty one is "
+                           "refused)",
+             "config": f"adapter config: a JSON file, one of {', '.join(modeling.ADAPTER_CONFIGS)} (the configs/ "
+                       "file for the model's width), or 'none' (shared encoder + heads only)",
+             "max_seq_length": "max tokens per sequence (a task's own --task_max_seq_length wins; SQuAD: 384)"}
+    training.add_engine_args(p, helps=helps, output_dir_required=False, learning_rate=2e-5, eval_batch_size=32,
+                             config="pals")
     g = p.add_argument_group("multi-task")
     g.add_argument("--data_dir", default=None, help="GLUE data (<data_dir>/<TASK>/train.tsv ...); without it and "
                    "--task_data: the bundled sample data with a short demo profile")
@@ -151,9 +148,7 @@ def parse_args(argv):
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    by_option = {o: a.dest for a in parser._actions for o in a.option_strings}
-    explicit = {by_option.get(tok.split("=", 1)[0]) for tok in argv if tok.startswith("--")}
-    args.explicit = sorted(d for d in explicit if d)  # sorted: run_config.json is the same for the same flags
+    explicit = set(args.explicit)  # sorted by the parser: run_config.json is the same for the same flags
     apply_2019_flags(args)
     args.demo = args.data_dir is None and args.task_data is None
     if args.demo:

@@ -83,24 +83,28 @@ class NonFiniteLossError(UserError):
 # Flags -> EngineOptions
 # ----------------------------------------------------------------------------------------------
 
-def add_engine_args(parser, **defaults):
+def add_engine_args(parser, helps=None, output_dir_required=True, **defaults):
     """Add the flags every runner shares. `defaults` overrides per runner, e.g.
-    `add_engine_args(parser, max_seq_length=384, learning_rate=3e-5)`."""
+    `add_engine_args(parser, max_seq_length=384, learning_rate=3e-5)`; `helps` replaces a flag's help
+    text ({dest: text}); `output_dir_required=False` for runners that choose a default folder."""
+    helps = helps or {}
     g = parser.add_argument_group("engine")
     g.add_argument("--bert_model", default="minilm-l6",
                    help="model folder (config.json + model.safetensors/pytorch_model.bin + vocab.txt) "
                         "or a bundled name (minilm-l6)")
-    g.add_argument("--output_dir", required=True, help="where the model, results, checkpoints and logs go")
+    g.add_argument("--output_dir", required=output_dir_required,
+                   help=helps.get("output_dir", "where the model, results, checkpoints and logs go"))
     g.add_argument("--config", default=None,
-                   help="adapter config: a JSON file or a bundled name (" + ", ".join(modeling.ADAPTER_CONFIGS)
-                        + ": the configs/ file for the model's width); its BERT keys must match the model's. "
-                        "Default: none (plain BERT)")
+                   help=helps.get("config", "adapter config: a JSON file or a bundled name ("
+                                  + ", ".join(modeling.ADAPTER_CONFIGS) + ": the configs/ file for the model's width); "
+                                  "its BERT keys must match the model's. Default: none (plain BERT)"))
     g.add_argument("--do_lower_case", dest="do_lower_case", action="store_true", default=None,
                    help="lower-case input (uncased models). Default: taken from the model folder's "
                         "tokenizer_config.json or name, else guessed from the vocab")
     g.add_argument("--no_lower_case", dest="do_lower_case", action="store_false",
                    help="keep case (cased models)")
-    g.add_argument("--max_seq_length", type=int, default=128, help="max tokens per sequence after word pieces")
+    g.add_argument("--max_seq_length", type=int, default=128,
+                   help=helps.get("max_seq_length", "max tokens per sequence after word pieces"))
     g.add_argument("--train_batch_size", type=int, default=32,
                    help="EFFECTIVE global batch of one optimizer step (split by accumulation and ranks)")
     g.add_argument("--eval_batch_size", type=int, default=8, help="batch size for evaluation/prediction")
@@ -181,9 +185,34 @@ def add_engine_args(parser, **defaults):
                    help="2019: the model stays in eval mode after the first evaluation (no dropout from epoch 2)")
     g.add_argument("--replay_batch_cycle", action="store_true",
                    help="2019: every epoch replays the first epoch's batches in the same order")
+    g.add_argument("--reference_accumulation", action="store_true",
+                   help="2019: with --gradient_accumulation_steps N every step draws N full micro-batches (a step "
+                        "may cross the end of a data pass) and divides each loss by N")
     if defaults:
         parser.set_defaults(**defaults)
     return parser
+
+
+# What --reference_protocol sets unless the flag itself is given (an explicit flag wins, and is logged).
+REFERENCE_VALUES = {"optimizer": "bertadam", "schedule": "warmup_linear_legacy", "no_group_by_length": True}
+
+
+# The engine parts of the 2019 protocol, as EngineOptions fields (--reference_protocol sets them all).
+REFERENCE_PARTS = ("per_parameter_schedule", "zero_grad_in_place", "dropout_off_after_eval", "replay_batch_cycle",
+                   "reference_accumulation")
+
+
+def protocol_line(opts):
+    """One log line at the start of training: the protocol in use and the flag for the other one."""
+    parts = [name for name in REFERENCE_PARTS if getattr(opts, name)]
+    if opts.optimizer == "adamw" and not parts:
+        return ("training protocol: today's (AdamW with bias correction, dropout throughout, fresh batches every "
+                "pass); --reference_protocol trains as the 2019 code did (docs/reproducing.md)")
+    if len(parts) == len(REFERENCE_PARTS) and opts.optimizer == "bertadam":
+        return ("training protocol: the 2019 code's (--reference_protocol: BertAdam, " + ", ".join(parts)
+                + f", schedule {opts.schedule}); leave --reference_protocol out for today's (docs/reproducing.md)")
+    return (f"training protocol: mixed (--optimizer {opts.optimizer}, 2019 parts: {', '.join(parts) or 'none'}); "
+            "--reference_protocol for all of the 2019 code's, none of these flags for today's (docs/reproducing.md)")
 
 
 @dataclass(frozen=True)
@@ -232,7 +261,9 @@ class EngineOptions:
     zero_grad_in_place: bool = False        # zeroed, not freed, gradients: stale optimizer updates
     dropout_off_after_eval: bool = False    # eval mode sticks after the first evaluation
     replay_batch_cycle: bool = False        # every epoch reuses the first epoch's batch order
+    reference_accumulation: bool = False    # N micro-batches per step across pass ends, each loss / N
     run_flags: tuple = ()                   # a runner's own run-defining flags, as (name, value) pairs
+    notes: tuple = ()                       # lines for the log: explicit flags that won over --reference_protocol
 
     # The values that define a run: a checkpoint made with others is not resumed (paths, logging,
     # evaluation batch size and the like may change between the interrupted run and its resume).
@@ -292,8 +323,14 @@ class EngineOptions:
         if args.fp16 and args.bf16:
             raise ConfigError("--fp16 and --bf16 are exclusive; pick one")
         reference = getattr(args, "reference_protocol", False)
+        notes = []
         if reference:  # the 2019 scripts: BertAdam with its own (1 - x) schedule, random batches
-            args.optimizer, args.schedule, args.no_group_by_length = "bertadam", "warmup_linear_legacy", True
+            for dest, value in REFERENCE_VALUES.items():
+                if not file_utils.explicit(args, dest):
+                    setattr(args, dest, value)
+                elif getattr(args, dest) != value:
+                    notes.append(f"--reference_protocol: the explicit --{dest} {getattr(args, dest)} wins over the "
+                                 f"2019 protocol's {value}")
         model_dir = resolve_model_dir(args.bert_model)
         do_lower_case = args.do_lower_case
         if do_lower_case is None:
@@ -319,10 +356,12 @@ class EngineOptions:
             threads=args.threads, dist_timeout=args.dist_timeout, compile=args.compile,
             allow_random_init=args.allow_random_init, max_steps=args.max_steps, eval_steps=args.eval_steps,
             discard_checkpoint=args.discard_checkpoint,
-            per_parameter_schedule=reference or args.per_parameter_schedule,
+            per_parameter_schedule=(reference and args.optimizer == "bertadam") or args.per_parameter_schedule,
             zero_grad_in_place=reference or args.zero_grad_in_place,
             dropout_off_after_eval=reference or args.dropout_off_after_eval,
-            replay_batch_cycle=reference or args.replay_batch_cycle)
+            replay_batch_cycle=reference or args.replay_batch_cycle,
+            reference_accumulation=reference or getattr(args, "reference_accumulation", False),
+            notes=tuple(notes))
 
     @property
     def pad_to(self):
@@ -344,6 +383,8 @@ class EngineOptions:
         values["model_dir"] = os.path.abspath(self.model_dir)
         if self.pad_multiple != 1:  # other padded lengths: other rounding; only then a key (old checkpoints resume)
             values["pad_multiple"] = self.pad_multiple
+        if self.reference_accumulation and self.gradient_accumulation_steps > 1:  # likewise: a key only when it acts
+            values["reference_accumulation"] = True
         values.update(dict(self.run_flags))
         return json.loads(json.dumps(values, default=str))
 
@@ -901,7 +942,7 @@ class EpochStream:
 
     def __init__(self, features=None, batch_size=32, accumulation=1, seed=0, task_id=0, group_by_length=True,
                  pad_to=None, rank=0, world_size=1, shuffle=True, load_epoch=None, epoch_sizes=None,
-                 replay_first_epoch=False, pad_multiple=1):
+                 replay_first_epoch=False, pad_multiple=1, cross_pass_ends=False):
         if batch_size % accumulation:
             raise ConfigError(f"train batch size {batch_size} is not divisible by gradient accumulation {accumulation}")
         if (features is None) == (load_epoch is None):
@@ -925,6 +966,9 @@ class EpochStream:
         self.rank, self.world_size = rank, world_size
         # 2019 (itertools.cycle over one DataLoader pass): every epoch replays epoch 0's batches.
         self.replay_first_epoch = replay_first_epoch
+        # 2019 (--reference_accumulation): a step is always `accumulation` micro-batches, drawn across the
+        # end of a data pass; the position is then counted in micro-batches (step_in_epoch).
+        self.cross_pass_ends = bool(cross_pass_ends) and accumulation > 1
         sizes = self.epoch_sizes or [len(self._fixed.lengths)]
         # The batch count depends only on the example count, not on the lengths.
         self.steps = [math.ceil(len(make_batches(np.ones(n), self.micro_batch_size, seed, e, False, False,
@@ -975,6 +1019,8 @@ class EpochStream:
 
     def next_step(self):
         """The micro-batches of the next optimizer step: [(task_id, batch), ...]."""
+        if self.cross_pass_ends:
+            return self._next_step_across_passes()
         if self.step_in_epoch >= self._steps_in(self.epoch):
             if self.epoch_sizes is not None and self.epoch + 1 >= len(self.steps):
                 raise ConfigError(f"the stream has only {self.total_steps} steps")
@@ -984,6 +1030,24 @@ class EpochStream:
         chunk = self._batches[start:start + self.accumulation]
         self.step_in_epoch += 1
         return [(self.task_id, self._data.batch(idx, self._padded_length(idx))) for idx in chunk]
+
+    def _next_step_across_passes(self):
+        """`accumulation` micro-batches, continuing into the next data pass where this one ends (the
+        2019 loop's next() on a cycled DataLoader); only a finite stream's very last step may be short."""
+        out = []
+        for _ in range(self.accumulation):
+            self._ensure_epoch(self.epoch)
+            if self.step_in_epoch >= len(self._batches):
+                if self.epoch_sizes is not None and self.epoch + 1 >= len(self.steps):
+                    if out:
+                        break
+                    raise ConfigError(f"the stream has only {self.total_steps} steps")
+                self.epoch, self.step_in_epoch = self.epoch + 1, 0
+                self._ensure_epoch(self.epoch)
+            idx = self._batches[self.step_in_epoch]
+            self.step_in_epoch += 1
+            out.append((self.task_id, self._data.batch(idx, self._padded_length(idx))))
+        return out
 
     def _padded_length(self, indices):
         """pad_to for one micro-batch: rounded up to pad_multiple (a compiled model then sees few shapes)."""
@@ -995,6 +1059,8 @@ class EpochStream:
     def state_dict(self):
         state = {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
                  "micro_batch_size": self.micro_batch_size, "seed": self.seed}
+        if self.cross_pass_ends:  # step_in_epoch counts micro-batches
+            state["cross_pass_ends"] = True
         if self.epoch_sizes is None:
             state["num_features"] = len(self._fixed.lengths)
         else:
@@ -1003,7 +1069,7 @@ class EpochStream:
 
     def load_state_dict(self, state):
         ours = self.state_dict()
-        for key in ("num_features", "epoch_sizes", "micro_batch_size"):
+        for key in ("num_features", "epoch_sizes", "micro_batch_size", "cross_pass_ends"):
             if state.get(key) != ours.get(key):
                 raise ConfigError(
                     f"checkpoint data position does not fit this run: its {key} is {state.get(key)}, this run's "
@@ -1025,7 +1091,7 @@ def make_stream(opts, env, features=None, task_id=0, batch_size=None, seed=None,
                        opts.seed if seed is None else seed, task_id=task_id, group_by_length=opts.group_by_length,
                        pad_to=pad_to or opts.pad_to, rank=env.rank, world_size=env.world_size,
                        load_epoch=load_epoch, epoch_sizes=epoch_sizes, replay_first_epoch=opts.replay_batch_cycle,
-                       pad_multiple=opts.pad_multiple)
+                       pad_multiple=opts.pad_multiple, cross_pass_ends=opts.reference_accumulation)
 
 
 def num_training_steps(opts, steps_per_epoch):
@@ -1485,6 +1551,10 @@ class Trainer:
         torchrun the counts' all-reduce also carries a stop asked for by a signal, so that every
         rank stops after the same step (sets self._stop_signal)."""
         env = self.env
+        if self.opts.reference_accumulation and self.opts.gradient_accumulation_steps > 1:
+            # 2019: each micro-batch's mean loss / N, whatever its size
+            # (still collective under torchrun: the all-reduce carries a stop asked for by a signal)
+            return self._reference_loss_weights(micro)
         # Counted on the host, in numpy (batches are still CPU tensors here): nothing waits for the device.
         examples = [float(next(iter(b.values())).shape[0]) for _, b in micro]
         denominators = [float(np.count_nonzero(b["labels"].numpy() != IGNORE_INDEX)) if _is_token_labelled(b)
@@ -1508,6 +1578,21 @@ class Trainer:
             task_denominator = float(totals[[k + j for j in same]].sum())
             weights.append(task_share * float(local[k + i]) / max(task_denominator, 1.0) * env.world_size)
         return weights
+
+    def _reference_loss_weights(self, micro):
+        """--reference_accumulation: 1/N per micro-batch (N = --gradient_accumulation_steps); DDP's
+        average over ranks is the 2019 DataParallel mean. Sets self._stop_signal as _loss_weights."""
+        env = self.env
+        signum = file_utils.stop_requested()
+        examples = [float(next(iter(b.values())).shape[0]) for _, b in micro]
+        local = torch.tensor([sum(examples), 1.0 if signum else 0.0], dtype=torch.float64)
+        if env.distributed:
+            local = local.to(env.device)
+            dist.all_reduce(local)
+        totals = local.cpu().tolist()
+        self._stop_signal = (signum or int(signal.SIGTERM)) if totals[1] > 0 else None
+        self.examples_seen += totals[0]
+        return [1.0 / self.opts.gradient_accumulation_steps] * len(micro)
 
     def _combined_backward(self, micro, tasks, weights):
         """Gradient surgery: one flat gradient of the shared parameters per task -> grad_combiner ->
@@ -1747,6 +1832,8 @@ class Trainer:
         the whole run), "stopped_early"}."""
         opts, env = self.opts, self.env
         steps_per_epoch = steps_per_epoch or getattr(stream, "steps_per_epoch", None) or num_steps
+        for line in opts.notes + (protocol_line(opts),):
+            logger.info(line)
         if opts.resume:
             path = find_checkpoint(opts.output_dir)
             if env.distributed:
