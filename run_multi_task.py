@@ -12,12 +12,13 @@ swag (--task_data NAME=DIR). With no data flags, a short demo on the bundled sam
     python run_multi_task.py --data_dir glue_data --bert_model uncased_L-12_H-768_A-12 \
         --config pals --tasks all --sample anneal --num_train_epochs 25 --output_dir runs/pals
 """
+import json
 import logging
 import os
 import sys
 import time
 
-import file_utils  # noqa: F401 - before torch: sets OMP_WAIT_POLICY (file_utils)
+import file_utils  # before torch: sets OMP_WAIT_POLICY (file_utils)
 
 # isort: split
 import diagnostics
@@ -187,9 +188,29 @@ def apply_2019_flags(args):
         args.bert_model, config = modeling.assemble_model_folder(args.bert_model, args.bert_config_file,
                                                                  args.vocab_file, args.init_checkpoint)
         if config is not None:
+            if file_utils.explicit(args, "config"):
+                _check_same_config(args.config, config, args.bert_model)
             args.config = config
     if args.h_aug is not None:
         args.config = modeling.with_hidden_size_aug(args.config, args.bert_model, args.h_aug)
+
+
+def _check_same_config(config, bert_config_file, model_dir):
+    """An explicit --config must be the --bert_config_file's config (same file or same JSON)."""
+    path = modeling.resolve_adapter_config(config, model_dir)
+    same = path is not None and (os.path.realpath(path) == os.path.realpath(bert_config_file)
+                                 or _json_or_none(path) == _json_or_none(bert_config_file) is not None)
+    if not same:
+        raise ConfigError(f"--config {config} ({path or 'no adapters'}) and --bert_config_file {bert_config_file} are "
+                          "different configs: give one of them")
+
+
+def _json_or_none(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def task_max_lengths(args, names):

@@ -639,6 +639,10 @@ def prepare_output_dir(opts, env, training=True):
     out = opts.output_dir
     if env.is_main:
         check_output_dir(opts, training)
+        existed = os.path.isdir(out)
+        if training and not (existed and os.listdir(out)):
+            file_utils.remove_if_run_fails(out, existed, lambda: any(
+                os.path.exists(os.path.join(out, name)) for name in (CHECKPOINT_DIR, CHECKPOINT_DIR + ".old", "best")))
         if training and os.path.isdir(out) and os.listdir(out):
             if opts.resume:
                 for name in ("checkpoint", "best"):

@@ -160,6 +160,7 @@ def test_ddp_searches_unused_parameters_only_when_a_step_leaves_some(tmp_path, m
 NODE_WORKER = r'''
 import json, os, sys
 sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
+import torch.distributed as dist
 import training
 from file_utils import ConfigError
 from test_training_helpers import engine_options, synthetic_features
@@ -184,9 +185,11 @@ try:
 except ConfigError as exc:
     with open(os.path.join(marks, f"error-rank{{env.rank}}.txt"), "w") as f:
         f.write(str(exc))
+    dist.destroy_process_group()  # as file_utils.run_cli: a live gloo group at exit may abort the process
     sys.exit(0)
 if env.is_main:
     training.write_eval_results(os.path.join(out_dir, "eval_results.txt"), {{"loss": result["loss"]}})
+dist.destroy_process_group()
 '''
 
 
