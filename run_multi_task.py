@@ -196,10 +196,15 @@ def apply_2019_flags(args):
 
 
 def _check_same_config(config, bert_config_file, model_dir):
-    """An explicit --config must be the --bert_config_file's config (same file or same JSON)."""
+    """An explicit --config must be the --bert_config_file's config (same file or same JSON; 'none'
+    for a plain BERT config, one without adapter keys)."""
     path = modeling.resolve_adapter_config(config, model_dir)
-    same = path is not None and (os.path.realpath(path) == os.path.realpath(bert_config_file)
-                                 or _json_or_none(path) == _json_or_none(bert_config_file) is not None)
+    combined = _json_or_none(bert_config_file)
+    if path is None:
+        same = isinstance(combined, dict) and not set(combined) & set(modeling.ADAPTER_KEYS)
+    else:
+        same = (os.path.realpath(path) == os.path.realpath(bert_config_file)
+                or _json_or_none(path) == combined is not None)
     if not same:
         raise ConfigError(f"--config {config} ({path or 'no adapters'}) and --bert_config_file {bert_config_file} are "
                           "different configs: give one of them")

@@ -1277,6 +1277,51 @@ def _set_rng_state(state, device):
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def _check_trainer_state(state, path, param_names):
+    """Every field of a checkpoint's trainer_state before any is used: a hand-edited or damaged file is
+    one DataError naming it and the field (the optimizer's and RNG states are checked by loading them)."""
+    def bad(field, what):
+        raise DataError(path, None, f"'{field}' must be {what}; the checkpoint is damaged (start a new run, "
+                                    "or without --resume)")
+
+    def is_int(v, low=0):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+    if not isinstance(state, dict):
+        bad("(top level)", "an object")
+    for field in ("optimizer", "scheduler"):
+        if not isinstance(state.get(field), dict):
+            bad(field, "an object")
+    for field in ("global_step", "epoch"):
+        if not is_int(state.get(field)):
+            bad(field, "an integer >= 0")
+    for field in ("consecutive_skipped", "train_loss_steps"):
+        if field in state and not is_int(state[field]):
+            bad(field, "an integer >= 0")
+    if "train_loss_sum" in state and not (is_number(state["train_loss_sum"]) and not isinstance(
+            state["train_loss_sum"], bool)):
+        bad("train_loss_sum", "a number")
+    for field in ("stopped_early", "model_training"):
+        if field in state and not isinstance(state[field], bool):
+            bad(field, "true or false")
+    rng = state.get("rng")
+    if not (isinstance(rng, list) and rng and all(
+            isinstance(r, dict) and {"python", "numpy", "torch"} <= set(r) for r in rng)):
+        bad("rng", "a non-empty list of {python, numpy, torch} generator states")
+    for field in ("extra_state", "scaler"):
+        if state.get(field) is not None and not isinstance(state[field], dict):
+            bad(field, "an object")
+    if state.get("stream") is not None and not isinstance(state["stream"], dict):
+        bad("stream", "an object")
+    stream = state.get("stream") or {}
+    for field in ("epoch", "step_in_epoch"):
+        if stream and not is_int(stream.get(field)):
+            bad(f"stream.{field}", "an integer >= 0")
+    zeroed = state.get("zeroed_grads", [])
+    if not (isinstance(zeroed, list) and all(isinstance(n, str) and n in param_names for n in zeroed)):
+        bad("zeroed_grads", "a list of this model's parameter names")
+
+
 def find_checkpoint(output_dir):
     """Path of the last complete checkpoint folder in output_dir, or None."""
     for name in (CHECKPOINT_DIR, CHECKPOINT_DIR + ".old"):
@@ -1475,6 +1520,8 @@ class Trainer:
         self._pending_losses = []  # (step, task ids, loss tensor) not yet read back
         self._on_loss = None  # train(on_loss=...)
         self._resumed = False  # train() continued from a checkpoint
+        self._resumed_mode = True  # the checkpoint's model.training, for the train() that resumes it
+        self.applied_lr = 0.0  # the learning rate of the last step (logged)
         self._log_loss, self._log_n = 0.0, 0
 
     # -- logging ---------------------------------------------------------------------------------
@@ -1679,6 +1726,7 @@ class Trainer:
         self._pending_losses.append((self.global_step + 1, tasks, loss))
         if self.sync_every_step:
             self._flush_losses()  # a non-finite loss stops the run before its update (fp32/bf16)
+        self.applied_lr = self._learning_rate_now()
         if fp16 or self.engine_clips:
             self.scaler.unscale_(self.optimizer)
         if self.engine_clips:
@@ -1707,6 +1755,16 @@ class Trainer:
                 warnings.simplefilter("ignore", UserWarning)
                 self.scheduler.step()
         return loss
+
+    def _learning_rate_now(self):
+        """The rate this step applies to the first parameter group (the shared encoder): the engine's
+        schedule, or with --per_parameter_schedule BertAdam's own at that parameter's step count."""
+        group = self.optimizer.param_groups[0]
+        if not self.opts.per_parameter_schedule or not group["params"]:
+            return group["lr"]
+        p = next((p for p in group["params"] if p.grad is not None), group["params"][0])
+        step = self.optimizer.state[p].get("step", 0) if p in self.optimizer.state else 0
+        return group["lr"] * self.optimizer.lr_scale(group, step)
 
     def _found_inf(self):
         """Whether the GradScaler found an inf/NaN gradient this step (it then skipped the optimizer
@@ -1766,6 +1824,10 @@ class Trainer:
                 "world_size": self.env.world_size, "consecutive_skipped": self.consecutive_skipped,
                 "stopped_early": self.stopped_early,
                 "train_loss_sum": self.train_loss_sum, "train_loss_steps": self.train_loss_steps,
+                # dropout on or off (--dropout_off_after_eval), and which parameters hold a zeroed rather
+                # than freed gradient (--zero_grad_in_place: they move by stale optimizer state next step)
+                "model_training": self.model.training,
+                "zeroed_grads": [name for name, p in self.model.named_parameters() if p.grad is not None],
             }
             model_state = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.model.state_dict().items()}
 
@@ -1792,13 +1854,15 @@ class Trainer:
             raise ConfigError(f"--resume: {path} was made with other settings ({'; '.join(changed)}); resume with "
                               "the same flags, or start a new run in another --output_dir")
         state = ckpt["state"]
+        state_file = os.path.join(path, CHECKPOINT_STATE + ".json")
+        _check_trainer_state(state, state_file, {name for name, _ in self.model.named_parameters()})
         try:
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-        except (RuntimeError, ValueError, KeyError) as exc:
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
             raise ConfigError(f"{path}: the checkpoint does not fit this model/optimizer "
-                              f"({str(exc).splitlines()[0]})") from None
+                              f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
         if self.scaler.is_enabled() and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         if state.get("stream") is not None and hasattr(stream, "load_state_dict"):
@@ -1809,13 +1873,20 @@ class Trainer:
         if len(rng) != self.env.world_size:
             logger.warning("checkpoint was written by %d processes, resuming with %d: dropout RNG differs",
                            len(rng), self.env.world_size)
-        _set_rng_state(rng[self.env.rank] if self.env.rank < len(rng) else rng[0], self.env.device)
+        try:
+            _set_rng_state(rng[self.env.rank] if self.env.rank < len(rng) else rng[0], self.env.device)
+        except (TypeError, ValueError, RuntimeError, IndexError, KeyError, OverflowError) as exc:
+            raise DataError(state_file, None, f"'rng' is not a random-generator state ({exc})") from None
         self.global_step, self.epoch = state["global_step"], state["epoch"]
         self.extra_state = state.get("extra_state") or {}
         self.consecutive_skipped = state.get("consecutive_skipped", 0)
         self.stopped_early = state.get("stopped_early", False)
         self.train_loss_sum = state.get("train_loss_sum", 0.0)
         self.train_loss_steps = state.get("train_loss_steps", 0)
+        self._resumed_mode = state.get("model_training", True)
+        params = dict(self.model.named_parameters())
+        for name in state.get("zeroed_grads", []):  # the step that wrote the checkpoint ended with zero_grad
+            params[name].grad = torch.zeros_like(params[name])
         logger.info("resumed from %s at step %d (epoch %d)", path, self.global_step, self.epoch)
 
     # -- the loop --------------------------------------------------------------------------------
@@ -1854,7 +1925,8 @@ class Trainer:
                 self._resumed = True
             else:
                 logger.info("--resume: no checkpoint in %s, starting from scratch", opts.output_dir)
-        self.ddp_model.train()
+        self.ddp_model.train(self._resumed_mode)  # a resumed run's dropout state is the checkpoint's
+        self._resumed_mode = True
         bar = tqdm(total=num_steps, initial=self.global_step, desc=desc,
                    disable=not (env.is_main and sys.stderr.isatty()), dynamic_ncols=True)
         saved_at = self.global_step
@@ -1895,7 +1967,7 @@ class Trainer:
                     self._flush_losses()  # the one device read of these steps' losses (NaN check included)
                 if log_now:
                     if env.is_main:
-                        lr = self.scheduler.get_last_lr()[0]
+                        lr = self.applied_lr  # the rate of this step (BertAdam's own with its schedule)
                         avg = self._log_loss / max(self._log_n, 1)
                         bar.set_postfix(loss=f"{avg:.4f}", lr=f"{lr:.2e}")
                         self.log_scalars("train", {"loss": avg, "learning_rate": lr})
