@@ -1313,10 +1313,6 @@ def _check_trainer_state(state, path, param_names):
             bad(field, "an object")
     if state.get("stream") is not None and not isinstance(state["stream"], dict):
         bad("stream", "an object")
-    stream = state.get("stream") or {}
-    for field in ("epoch", "step_in_epoch"):
-        if stream and not is_int(stream.get(field)):
-            bad(f"stream.{field}", "an integer >= 0")
     zeroed = state.get("zeroed_grads", [])
     if not (isinstance(zeroed, list) and all(isinstance(n, str) and n in param_names for n in zeroed)):
         bad("zeroed_grads", "a list of this model's parameter names")
@@ -1866,7 +1862,10 @@ class Trainer:
         if self.scaler.is_enabled() and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         if state.get("stream") is not None and hasattr(stream, "load_state_dict"):
-            stream.load_state_dict(state["stream"])
+            try:
+                stream.load_state_dict(state["stream"])
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+                raise DataError(state_file, None, f"'stream' is not a data position of this run ({exc!r})") from None
         if state.get("grad_combiner") is not None and hasattr(self.grad_combiner, "load_state_dict"):
             self.grad_combiner.load_state_dict(state["grad_combiner"])  # after the stream's: this one is current
         rng = state["rng"]
