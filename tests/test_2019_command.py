@@ -127,7 +127,7 @@ def test_a_killed_2019_run_leaves_no_folder_and_resumes(folder_2019, tmp_path, u
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", TMPDIR=str(tmp),
                XDG_CACHE_HOME=str(user_cache))
     out = tmp_path / "killed"
-    argv = readme_command(folder_2019, out) + ["--num_train_epochs", "1", "--steps_per_epoch", "400",
+    argv = readme_command(folder_2019, out) + ["--num_train_epochs", "1", "--steps_per_epoch", "20",
                                                "--max_seq_length", "32", "--save_steps", "1", "--h_aug", "12",
                                                "--reference_protocol"]
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "run_multi_task.py"), *argv], env=env,
@@ -143,11 +143,13 @@ def test_a_killed_2019_run_leaves_no_folder_and_resumes(folder_2019, tmp_path, u
     models = user_cache / "bert-pals" / "2019-models"
     assert len(os.listdir(models)) == 2 and not [n for n in os.listdir(models) if ".tmp-" in n]
     # the identical command resumes (the fingerprint is the inputs', not a per-run folder's)
-    argv[argv.index("--steps_per_epoch") + 1] = str(json.loads(meta.read_text())["global_step"] + 2)
+    step = json.loads(meta.read_text())["global_step"]
     done = subprocess.run([sys.executable, os.path.join(ROOT, "run_multi_task.py"), *argv, "--resume"], env=env,
                           capture_output=True, text=True, timeout=300)
-    # another --steps_per_epoch is another run: refused by the fingerprint, not by the model folder
-    assert done.returncode == 2 and "steps_per_epoch" in done.stderr and "model_dir" not in done.stderr
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resumed from {out / training.CHECKPOINT_DIR} at step {step}" in done.stderr
+    assert json.loads(meta.read_text())["global_step"] == 20
+    assert len(os.listdir(models)) == 2 and not [n for n in os.listdir(tmp) if n.startswith("bert-pals")]
 
 
 # -- item 13: --h_aug with a bad config ------------------------------------------------------------
