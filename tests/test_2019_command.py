@@ -225,8 +225,8 @@ def test_a_run_failing_during_training_removes_its_new_output_folder(tmp_path, m
     assert (out / training.CHECKPOINT_DIR).is_dir()
 
 
-@pytest.mark.parametrize("name,hint", [("pals_config.json", os.path.join(modeling.CONFIGS_DIR, "minilm_pals_config.json")),
-                                       ("my_pals.json", None)])
+@pytest.mark.parametrize("name,hint", [
+    ("pals_config.json", os.path.join(modeling.CONFIGS_DIR, "minilm_pals_config.json")), ("my_pals.json", None)])
 def test_size_mismatch_hint_names_a_file_that_exists(tmp_path, name, hint):
     model_dir = write_tiny_model(str(tmp_path / "model"), hidden_size=384, num_attention_heads=12,
                                  intermediate_size=64)
