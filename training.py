@@ -175,7 +175,8 @@ def add_engine_args(parser, helps=None, output_dir_required=True, **defaults):
                    help="train as the 2019 scripts did: BertAdam with each parameter's own warmup_linear "
                         "(1 - x) schedule, unsampled tasks' modules moved by stale optimizer state, dropout off "
                         "after the first evaluation, each task's batches replayed in a fixed cycle, no length "
-                        "grouping (run_multi_task adds the 2019 model selection and LayerNorm init)")
+                        "grouping, accumulation across pass ends (run_multi_task adds the 2019 model selection and "
+                        "LayerNorm init); an explicit --optimizer/--schedule wins")
     g.add_argument("--per_parameter_schedule", action="store_true",
                    help="2019: BertAdam applies the schedule itself, at each parameter's own step count")
     g.add_argument("--zero_grad_in_place", action="store_true",
@@ -256,7 +257,7 @@ class EngineOptions:
     max_steps: int = 0                      # > 0: the number of optimizer steps, whatever the epochs
     eval_steps: int = 0                     # single-task runners: dev evaluation + best model every N steps
     discard_checkpoint: bool = False        # remove checkpoint/ after a successful run
-    # The 2019 training protocol, part by part (--reference_protocol sets all four)
+    # The 2019 training protocol, part by part (--reference_protocol sets them all: REFERENCE_PARTS)
     per_parameter_schedule: bool = False    # BertAdam's internal schedule at each parameter's own step count
     zero_grad_in_place: bool = False        # zeroed, not freed, gradients: stale optimizer updates
     dropout_off_after_eval: bool = False    # eval mode sticks after the first evaluation
