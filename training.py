@@ -976,9 +976,14 @@ class EpochStream:
         self.cross_pass_ends = bool(cross_pass_ends) and accumulation > 1
         sizes = self.epoch_sizes or [len(self._fixed.lengths)]
         # The batch count depends only on the example count, not on the lengths.
-        self.steps = [math.ceil(len(make_batches(np.ones(n), self.micro_batch_size, seed, e, False, False,
-                                                 rank, world_size)) / accumulation)
-                      for e, n in enumerate(sizes)]
+        micro = [len(make_batches(np.ones(n), self.micro_batch_size, seed, e, False, False, rank, world_size))
+                 for e, n in enumerate(sizes)]
+        if self.cross_pass_ends:  # steps ending in data epoch e, micro-batches counted across epochs
+            ends = np.cumsum(micro)
+            self.steps = [math.ceil(end / accumulation) - math.ceil((end - m) / accumulation)
+                          for end, m in zip(ends.tolist(), micro)]
+        else:
+            self.steps = [math.ceil(m / accumulation) for m in micro]
         # With data epochs of different sizes the engine's epoch counter (logs only) is approximate;
         # `steps` holds the exact count of every epoch.
         self.steps_per_epoch = self.steps[0]

@@ -136,3 +136,19 @@ def test_an_edited_trainer_state_is_one_line_naming_the_file(tiny_dir, tmp_path,
         _run(tiny_dir, tmp_path, 6, "--zero_grad_in_place", "--optimizer", "bertadam", "--resume")
     assert str(err.value).startswith(f"{path}: {says}") and "\n" not in str(err.value)
     assert os.path.isfile(path)  # the checkpoint is left as it was
+
+
+def test_reference_accumulation_over_pregenerated_epochs_uses_every_micro_batch_once():
+    """Data epochs of 10 and 10 examples, micro-batches of 4: 3 + 3 micro-batches, so 2 per step gives 3
+    full steps (not 2 + 2 with a short step at each epoch end), the second crossing into epoch 1."""
+    epochs = [synthetic_features(10, seed=1), synthetic_features(10, seed=2)]
+    stream = training.EpochStream(load_epoch=lambda e: epochs[e], epoch_sizes=[10, 10], batch_size=8,
+                                  accumulation=2, shuffle=False, group_by_length=False, cross_pass_ends=True)
+    assert stream.total_steps == 3
+    steps = [stream.next_step() for _ in range(3)]
+    assert [[len(b["labels"]) for _, b in step] for step in steps] == [[4, 4], [2, 4], [4, 2]]
+    seen = [row for step in steps for _, b in step for row in b["input_ids"].tolist()]
+    want = [f["input_ids"] for f in epochs[0] + epochs[1]]
+    assert [[t for t in row if t] for row in seen] == want
+    with pytest.raises(ConfigError, match="only 3 steps"):
+        stream.next_step()
