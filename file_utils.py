@@ -9,6 +9,7 @@ Every runner and module uses these so that:
 import argparse
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -258,6 +259,35 @@ def file_fingerprint(path):
     return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def user_cache_dir(*parts):
+    """A folder in the user's own cache ($XDG_CACHE_HOME/bert-pals/..., else ~/.cache/bert-pals/...):
+    never one others can write to."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "bert-pals", *parts)
+
+
+def content_addressed_dir(root, key, write_fn):
+    """The folder `root/<sha256 of key>`, written once by `write_fn(tmp_dir)` and reused after:
+    the same inputs give the same path (a run fingerprinted by it can be resumed), and a kill
+    leaves no per-run folder behind. Concurrent writers race harmlessly (the first rename wins)."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:24]
+    final = os.path.join(root, digest)
+    if os.path.isdir(final):
+        return final
+    os.makedirs(root, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{digest}.tmp-", dir=root)
+    try:
+        write_fn(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not os.path.isdir(final):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """--help with every default shown, except on on/off switches (their default is "off") and
     flags whose default is decided at run time (None; their help says how)."""
@@ -268,8 +298,37 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class _NotGiven(list):
+    """Placeholder value of a flag in the second parse of ExplicitParser. A list, so that an
+    `append` flag copies and extends it (the copy is another object: given)."""
+
+
+class ExplicitParser(argparse.ArgumentParser):
+    """An ArgumentParser whose result also says which flags the command line gave: `args.explicit`,
+    the sorted dests given (a flag given with its default value counts). Explicit flags win over
+    values other flags imply (e.g. --reference_protocol's --optimizer).
+
+    Public argparse only: a second parse into a namespace whose every dest already holds a
+    placeholder (argparse fills in defaults only for missing attributes), so a dest that no longer
+    holds its placeholder was given."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, extras = super().parse_known_args(args, namespace)
+        if isinstance(parsed, argparse.Namespace) and "explicit" not in vars(parsed):
+            placeholders = {dest: _NotGiven() for dest in vars(parsed)}
+            probe, _ = super().parse_known_args(args, argparse.Namespace(**placeholders))
+            parsed.explicit = sorted(dest for dest, value in vars(probe).items()
+                                     if dest in placeholders and value is not placeholders[dest])
+        return parsed, extras
+
+
+def explicit(args, dest):
+    """Whether flag `dest` was given on the command line (False for args not made by ExplicitParser)."""
+    return dest in getattr(args, "explicit", ())
+
+
 def make_parser(description):
-    return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter, allow_abbrev=False)
+    return ExplicitParser(description=description, formatter_class=HelpFormatter, allow_abbrev=False)
 
 
 class Interrupted(Exception):
@@ -318,28 +377,72 @@ _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, er
                        errno.EISDIR, errno.ENAMETOOLONG}
 
 
+# Output folders this run created, removed if it ends on a bad-input error (see remove_if_run_fails).
+_fresh_outputs = []
+
+
+def remove_if_run_fails(folder, existed, keep):
+    """Register an output folder this run starts to fill (absent or empty before): if the run ends on
+    a UserError (run_cli), what it wrote there is removed, so the corrected rerun is not refused as
+    "not empty", unless `keep()` says it holds something worth keeping (e.g. a checkpoint)."""
+    _fresh_outputs.append((os.path.abspath(folder), existed, keep))
+
+
+def _remove_failed_outputs():
+    while _fresh_outputs:
+        folder, existed, keep = _fresh_outputs.pop()
+        if not os.path.isdir(folder) or keep():
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        if existed:
+            with contextlib.suppress(OSError):
+                os.makedirs(folder, exist_ok=True)
+
+
+def _shutdown_process_group():
+    """Leave torch.distributed before exiting on an error: a gloo/NCCL group still alive at
+    interpreter exit may abort the process ("terminate called without an active exception")."""
+    dist = sys.modules.get("torch.distributed")
+    with contextlib.suppress(Exception):
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def run_cli(main, argv=None):
     """Run a runner's `main(argv)`: a UserError, or a full disk / unwritable path, becomes one stderr
-    line and exit code 2; Ctrl-C and SIGTERM stop training gracefully (exit 130 / 143)."""
+    line and exit code 2 (removing what the failed run started to write: remove_if_run_fails);
+    Ctrl-C and SIGTERM stop training gracefully (exit 130 / 143). A torch.distributed process group
+    is left before exiting, whatever the outcome."""
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, _Interrupts.handler)
+    _fresh_outputs.clear()
     try:
-        result = main(argv)
+        result = _run_main(main, argv)
+    finally:
+        _fresh_outputs.clear()
+        _shutdown_process_group()
+    sys.exit(result or 0)
+
+
+def _run_main(main, argv):
+    """main(argv)'s result, or the exit code of its error (printed as one line)."""
+    try:
+        return main(argv)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        _remove_failed_outputs()
+        return 2
     except OSError as exc:
         if exc.errno not in _ENVIRONMENT_ERRNOS:
             raise
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
-        sys.exit(2)
+        return 2
     except Interrupted as exc:
         print(f"interrupted: {exc}", file=sys.stderr)
-        sys.exit(128 + exc.signum)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         signum = _Interrupts.requested or signal.SIGINT
         print(f"interrupted ({signal.Signals(signum).name})", file=sys.stderr)
-        sys.exit(128 + signum)
-    sys.exit(result or 0)
+        return 128 + signum

@@ -18,7 +18,6 @@ Top to bottom:
 
 This module knows nothing about task file formats, tokenizers or the CLI (docs/model.md).
 """
-import atexit
 import functools
 import json
 import logging
@@ -26,7 +25,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import typing
 from collections import OrderedDict
 from dataclasses import dataclass, field, fields
@@ -38,8 +36,9 @@ from safetensors.torch import load_file as safetensors_load_file
 from safetensors.torch import save as safetensors_save
 from torch import nn
 
+import file_utils
 import tf_checkpoint
-from file_utils import ConfigError, atomic_open, atomic_write_json, resolve_model_dir, utf8_error
+from file_utils import ConfigError, DataError, atomic_open, atomic_write_json, resolve_model_dir, utf8_error
 
 logger = logging.getLogger(__name__)
 
@@ -1051,11 +1050,25 @@ def resolve_adapter_config(config, model_dir):
 
 
 def _config_hint(adapter_config, ckpt_config):
+    """The end of a size-mismatch error: a config file that exists and fits the checkpoint's width."""
     path = getattr(adapter_config, "_path", None)
-    prefix = _CONFIG_PREFIX_BY_HIDDEN.get(ckpt_config.hidden_size)
-    if path and prefix and not os.path.basename(path).startswith(prefix):
-        candidate = os.path.join(os.path.dirname(path) or ".", prefix + os.path.basename(path))
-        return f"; for a model of hidden size {ckpt_config.hidden_size} use {candidate}"
+    hidden = ckpt_config.hidden_size
+    if path:
+        stem = os.path.basename(path)
+        for prefix in _CONFIG_PREFIX_BY_HIDDEN.values():
+            if prefix and stem.startswith(prefix):
+                stem = stem[len(prefix):]
+        stem = stem[:-len("_config.json")] if stem.endswith("_config.json") else None
+        candidates = []
+        if stem in ADAPTER_CONFIGS and _CONFIG_PREFIX_BY_HIDDEN.get(hidden) is not None:
+            candidates.append(os.path.join(CONFIGS_DIR, f"{_CONFIG_PREFIX_BY_HIDDEN[hidden]}{stem}_config.json"))
+        prefix = _CONFIG_PREFIX_BY_HIDDEN.get(hidden)
+        if prefix:
+            candidates.append(os.path.join(os.path.dirname(path) or ".", prefix + os.path.basename(path)))
+        for candidate in candidates:
+            if os.path.isfile(candidate) and os.path.abspath(candidate) != os.path.abspath(path):
+                short = f" (or --config {stem})" if candidate.startswith(CONFIGS_DIR) else ""
+                return f"; for a model of hidden size {hidden} use {candidate}{short}"
     return (f"; use an adapter config written for this checkpoint's sizes "
             f"(or a short name: {', '.join(ADAPTER_CONFIGS)})")
 
@@ -1453,8 +1466,11 @@ def assemble_model_folder(base, bert_config_file=None, vocab_file=None, init_che
     """A model folder made of links to the 2019 command line's files, so that every loader here reads
     them: `bert_config_file` (the combined BERT + adapter config, also returned as the adapter
     config), `vocab_file` and `init_checkpoint` (a .bin / .safetensors state dict, or a TensorFlow
-    checkpoint prefix). Files not given come from `base` (a model folder or name). The folder is
-    temporary (removed at exit); nothing is copied."""
+    checkpoint prefix). Files not given come from `base` (a model folder or name). Nothing is copied.
+
+    The folder lives in the user's cache, named by the inputs' absolute paths, sizes and mtimes
+    (file_utils.content_addressed_dir): the identical command finds the same folder (its run can
+    be resumed), changed inputs give another, and no per-run folder is left behind by a kill."""
     base_dir = resolve_model_dir(base) if base else None
 
     def pick(path, names, what):
@@ -1468,13 +1484,11 @@ def assemble_model_folder(base, bert_config_file=None, vocab_file=None, init_che
 
     config = pick(bert_config_file, CONFIG_NAMES, "BERT config")
     vocab = pick(vocab_file, ("vocab.txt",), "vocab file")
-    folder = tempfile.mkdtemp(prefix="bert-pals-2019-")
-    atexit.register(shutil.rmtree, folder, True)
     if config is None:
         raise ConfigError(f"{base_dir}: no config.json / bert_config.json")
-    os.symlink(config, os.path.join(folder, "bert_config.json"))
+    links = {"bert_config.json": os.path.abspath(config)}
     if vocab is not None:
-        os.symlink(vocab, os.path.join(folder, "vocab.txt"))
+        links["vocab.txt"] = os.path.abspath(vocab)
     if init_checkpoint is None:
         weights = _find_file(base_dir, WEIGHTS_NAMES, "weights") if base_dir else None
         prefix = None if weights else tf_checkpoint.find_tf_checkpoint(base_dir or "")
@@ -1487,25 +1501,44 @@ def assemble_model_folder(base, bert_config_file=None, vocab_file=None, init_che
         directory, stem = os.path.split(os.path.abspath(prefix))
         for name in os.listdir(directory):
             if name.startswith(stem + ".index") or name.startswith(stem + ".data-"):
-                os.symlink(os.path.join(directory, name), os.path.join(folder, name))
+                links[name] = os.path.join(directory, name)
     else:
         target = "model.safetensors" if init_checkpoint.endswith(".safetensors") else "pytorch_model.bin"
-        os.symlink(os.path.abspath(init_checkpoint), os.path.join(folder, target))
+        links[target] = os.path.abspath(init_checkpoint)
+    key = {name: file_utils.file_fingerprint(path) for name, path in links.items()}
+
+    def write(folder):
+        for name, path in links.items():
+            os.symlink(path, os.path.join(folder, name))
+
+    folder = file_utils.content_addressed_dir(file_utils.user_cache_dir("2019-models"), key, write)
     return folder, (config if bert_config_file else None)
 
 
 def with_hidden_size_aug(config, model_dir, hidden_size_aug):
     """The adapter config `config` (a file or bundled name) with hidden_size_aug replaced (2019 --h_aug),
-    written to a temporary file (removed at exit); returns its path."""
+    written once into the user's cache under a name given by its content (as assemble_model_folder);
+    returns its path."""
     path = resolve_adapter_config(config, resolve_model_dir(model_dir))
     if path is None:
         raise ConfigError("--h_aug sets the adapters' size: give an adapter config (--config / --bert_config_file)")
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except UnicodeDecodeError:
+        raise utf8_error(path, universal_newlines=False) from None
+    except json.JSONDecodeError as exc:
+        raise DataError(path, exc.lineno, f"not valid JSON ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise DataError(path, None, f"a config must be a JSON object, not {type(data).__name__}")
     data["hidden_size_aug"] = int(hidden_size_aug)
-    BertConfig.from_dict(data)  # the changed config must still be valid (e.g. divisible by the PAL heads)
-    fd, out = tempfile.mkstemp(prefix="bert-pals-h_aug-", suffix=".json")
-    os.close(fd)
-    atexit.register(lambda: os.path.exists(out) and os.remove(out))
-    atomic_write_json(out, data)
-    return out
+    try:
+        BertConfig.from_dict(data)  # the changed config must still be valid (e.g. divisible by the PAL heads)
+    except (TypeError, ValueError, ConfigError) as exc:
+        raise ConfigError(f"{path}: with --h_aug {hidden_size_aug}: {exc}") from None
+
+    def write(folder):
+        atomic_write_json(os.path.join(folder, "adapter_config.json"), data)
+
+    folder = file_utils.content_addressed_dir(file_utils.user_cache_dir("2019-models"), {"h_aug_config": data}, write)
+    return os.path.join(folder, "adapter_config.json")

@@ -170,6 +170,10 @@ class BertAdam(Optimizer):
         self.foreach = foreach is None or bool(foreach)
         super().__init__(params, defaults)
 
+    def lr_scale(self, group, step):
+        """The internal schedule's factor for a parameter of `group` at its own `step` count."""
+        return self._lr_scale(group, step)
+
     def _lr_scale(self, group, step):
         if group["t_total"] is None or group["t_total"] <= 0:
             return 1.0

@@ -12,12 +12,13 @@ swag (--task_data NAME=DIR). With no data flags, a short demo on the bundled sam
     python run_multi_task.py --data_dir glue_data --bert_model uncased_L-12_H-768_A-12 \
         --config pals --tasks all --sample anneal --num_train_epochs 25 --output_dir runs/pals
 """
+import json
 import logging
 import os
 import sys
 import time
 
-import file_utils  # noqa: F401 - before torch: sets OMP_WAIT_POLICY (file_utils)
+import file_utils  # before torch: sets OMP_WAIT_POLICY (file_utils)
 
 # isort: split
 import diagnostics
@@ -44,16 +45,13 @@ logger = logging.getLogger("run_multi_task")
 def build_parser():
     p = make_parser(__doc__.split("\n")[0])
     # Paper hyperparameters as defaults: batch 32, lr 2e-5, length 128, warmup 0.1, seed 42.
-    training.add_engine_args(p, learning_rate=2e-5, eval_batch_size=32, config="pals")
-    for action in p._actions:
-        if action.dest == "output_dir":
-            action.required, action.default = False, None
-            action.help = "output folder (default: runs/multi_task-<timestamp>; an existing non-empty one is refused)"
-        if action.dest == "config":
-            action.help = (f"adapter config: a JSON file, one of {', '.join(modeling.ADAPTER_CONFIGS)} (the configs/ "
-                           "file for the model's width), or 'none' (shared encoder + heads only)")
-        if action.dest == "max_seq_length":
-            action.help = "max tokens per sequence (a task's own --task_max_seq_length wins; SQuAD: 384)"
+    helps = {"output_dir": "output folder (default: runs/multi_task-<timestamp>; an existing non-empty one is "
+                           "refused)",
+             "config": f"adapter config: a JSON file, one of {', '.join(modeling.ADAPTER_CONFIGS)} (the configs/ "
+                       "file for the model's width), or 'none' (shared encoder + heads only)",
+             "max_seq_length": "max tokens per sequence (a task's own --task_max_seq_length wins; SQuAD: 384)"}
+    training.add_engine_args(p, helps=helps, output_dir_required=False, learning_rate=2e-5, eval_batch_size=32,
+                             config="pals")
     g = p.add_argument_group("multi-task")
     g.add_argument("--data_dir", default=None, help="GLUE data (<data_dir>/<TASK>/train.tsv ...); without it and "
                    "--task_data: the bundled sample data with a short demo profile")
@@ -155,9 +153,7 @@ def parse_args(argv):
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    by_option = {o: a.dest for a in parser._actions for o in a.option_strings}
-    explicit = {by_option.get(tok.split("=", 1)[0]) for tok in argv if tok.startswith("--")}
-    args.explicit = sorted(d for d in explicit if d)  # sorted: run_config.json is the same for the same flags
+    explicit = set(args.explicit)  # sorted by the parser: run_config.json is the same for the same flags
     apply_2019_flags(args)
     args.demo = args.data_dir is None and args.task_data is None
     if args.demo:
@@ -196,9 +192,34 @@ def apply_2019_flags(args):
         args.bert_model, config = modeling.assemble_model_folder(args.bert_model, args.bert_config_file,
                                                                  args.vocab_file, args.init_checkpoint)
         if config is not None:
+            if file_utils.explicit(args, "config"):
+                _check_same_config(args.config, config, args.bert_model)
             args.config = config
     if args.h_aug is not None:
         args.config = modeling.with_hidden_size_aug(args.config, args.bert_model, args.h_aug)
+
+
+def _check_same_config(config, bert_config_file, model_dir):
+    """An explicit --config must be the --bert_config_file's config (same file or same JSON; 'none'
+    for a plain BERT config, one without adapter keys)."""
+    path = modeling.resolve_adapter_config(config, model_dir)
+    combined = _json_or_none(bert_config_file)
+    if path is None:
+        same = isinstance(combined, dict) and not set(combined) & set(modeling.ADAPTER_KEYS)
+    else:
+        same = (os.path.realpath(path) == os.path.realpath(bert_config_file)
+                or _json_or_none(path) == combined is not None)
+    if not same:
+        raise ConfigError(f"--config {config} ({path or 'no adapters'}) and --bert_config_file {bert_config_file} are "
+                          "different configs: give one of them")
+
+
+def _json_or_none(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def task_max_lengths(args, names):

@@ -83,24 +83,28 @@ class NonFiniteLossError(UserError):
 # Flags -> EngineOptions
 # ----------------------------------------------------------------------------------------------
 
-def add_engine_args(parser, **defaults):
+def add_engine_args(parser, helps=None, output_dir_required=True, **defaults):
     """Add the flags every runner shares. `defaults` overrides per runner, e.g.
-    `add_engine_args(parser, max_seq_length=384, learning_rate=3e-5)`."""
+    `add_engine_args(parser, max_seq_length=384, learning_rate=3e-5)`; `helps` replaces a flag's help
+    text ({dest: text}); `output_dir_required=False` for runners that choose a default folder."""
+    helps = helps or {}
     g = parser.add_argument_group("engine")
     g.add_argument("--bert_model", default="minilm-l6",
                    help="model folder (config.json + model.safetensors/pytorch_model.bin + vocab.txt) "
                         "or a bundled name (minilm-l6)")
-    g.add_argument("--output_dir", required=True, help="where the model, results, checkpoints and logs go")
+    g.add_argument("--output_dir", required=output_dir_required,
+                   help=helps.get("output_dir", "where the model, results, checkpoints and logs go"))
     g.add_argument("--config", default=None,
-                   help="adapter config: a JSON file or a bundled name (" + ", ".join(modeling.ADAPTER_CONFIGS)
-                        + ": the configs/ file for the model's width); its BERT keys must match the model's. "
-                        "Default: none (plain BERT)")
+                   help=helps.get("config", "adapter config: a JSON file or a bundled name ("
+                                  + ", ".join(modeling.ADAPTER_CONFIGS) + ": the configs/ file for the model's width); "
+                                  "its BERT keys must match the model's. Default: none (plain BERT)"))
     g.add_argument("--do_lower_case", dest="do_lower_case", action="store_true", default=None,
                    help="lower-case input (uncased models). Default: taken from the model folder's "
                         "tokenizer_config.json or name, else guessed from the vocab")
     g.add_argument("--no_lower_case", dest="do_lower_case", action="store_false",
                    help="keep case (cased models)")
-    g.add_argument("--max_seq_length", type=int, default=128, help="max tokens per sequence after word pieces")
+    g.add_argument("--max_seq_length", type=int, default=128,
+                   help=helps.get("max_seq_length", "max tokens per sequence after word pieces"))
     g.add_argument("--train_batch_size", type=int, default=32,
                    help="EFFECTIVE global batch of one optimizer step (split by accumulation and ranks)")
     g.add_argument("--eval_batch_size", type=int, default=8, help="batch size for evaluation/prediction")
@@ -171,7 +175,8 @@ def add_engine_args(parser, **defaults):
                    help="train as the 2019 scripts did: BertAdam with each parameter's own warmup_linear "
                         "(1 - x) schedule, unsampled tasks' modules moved by stale optimizer state, dropout off "
                         "after the first evaluation, each task's batches replayed in a fixed cycle, no length "
-                        "grouping (run_multi_task adds the 2019 model selection and LayerNorm init)")
+                        "grouping, accumulation across pass ends (run_multi_task adds the 2019 model selection and "
+                        "LayerNorm init); an explicit --optimizer/--schedule wins")
     g.add_argument("--per_parameter_schedule", action="store_true",
                    help="2019: BertAdam applies the schedule itself, at each parameter's own step count")
     g.add_argument("--zero_grad_in_place", action="store_true",
@@ -181,9 +186,34 @@ def add_engine_args(parser, **defaults):
                    help="2019: the model stays in eval mode after the first evaluation (no dropout from epoch 2)")
     g.add_argument("--replay_batch_cycle", action="store_true",
                    help="2019: every epoch replays the first epoch's batches in the same order")
+    g.add_argument("--reference_accumulation", action="store_true",
+                   help="2019: with --gradient_accumulation_steps N every step draws N full micro-batches (a step "
+                        "may cross the end of a data pass) and divides each loss by N")
     if defaults:
         parser.set_defaults(**defaults)
     return parser
+
+
+# What --reference_protocol sets unless the flag itself is given (an explicit flag wins, and is logged).
+REFERENCE_VALUES = {"optimizer": "bertadam", "schedule": "warmup_linear_legacy", "no_group_by_length": True}
+
+
+# The engine parts of the 2019 protocol, as EngineOptions fields (--reference_protocol sets them all).
+REFERENCE_PARTS = ("per_parameter_schedule", "zero_grad_in_place", "dropout_off_after_eval", "replay_batch_cycle",
+                   "reference_accumulation")
+
+
+def protocol_line(opts):
+    """One log line at the start of training: the protocol in use and the flag for the other one."""
+    parts = [name for name in REFERENCE_PARTS if getattr(opts, name)]
+    if opts.optimizer == "adamw" and not parts:
+        return ("training protocol: today's (AdamW with bias correction, dropout throughout, fresh batches every "
+                "pass); --reference_protocol trains as the 2019 code did (docs/reproducing.md)")
+    if len(parts) == len(REFERENCE_PARTS) and opts.optimizer == "bertadam":
+        return ("training protocol: the 2019 code's (--reference_protocol: BertAdam, " + ", ".join(parts)
+                + f", schedule {opts.schedule}); leave --reference_protocol out for today's (docs/reproducing.md)")
+    return (f"training protocol: mixed (--optimizer {opts.optimizer}, 2019 parts: {', '.join(parts) or 'none'}); "
+            "--reference_protocol for all of the 2019 code's, none of these flags for today's (docs/reproducing.md)")
 
 
 @dataclass(frozen=True)
@@ -227,12 +257,14 @@ class EngineOptions:
     max_steps: int = 0                      # > 0: the number of optimizer steps, whatever the epochs
     eval_steps: int = 0                     # single-task runners: dev evaluation + best model every N steps
     discard_checkpoint: bool = False        # remove checkpoint/ after a successful run
-    # The 2019 training protocol, part by part (--reference_protocol sets all four)
+    # The 2019 training protocol, part by part (--reference_protocol sets them all: REFERENCE_PARTS)
     per_parameter_schedule: bool = False    # BertAdam's internal schedule at each parameter's own step count
     zero_grad_in_place: bool = False        # zeroed, not freed, gradients: stale optimizer updates
     dropout_off_after_eval: bool = False    # eval mode sticks after the first evaluation
     replay_batch_cycle: bool = False        # every epoch reuses the first epoch's batch order
+    reference_accumulation: bool = False    # N micro-batches per step across pass ends, each loss / N
     run_flags: tuple = ()                   # a runner's own run-defining flags, as (name, value) pairs
+    notes: tuple = ()                       # lines for the log: explicit flags that won over --reference_protocol
 
     # The values that define a run: a checkpoint made with others is not resumed (paths, logging,
     # evaluation batch size and the like may change between the interrupted run and its resume).
@@ -292,8 +324,14 @@ class EngineOptions:
         if args.fp16 and args.bf16:
             raise ConfigError("--fp16 and --bf16 are exclusive; pick one")
         reference = getattr(args, "reference_protocol", False)
+        notes = []
         if reference:  # the 2019 scripts: BertAdam with its own (1 - x) schedule, random batches
-            args.optimizer, args.schedule, args.no_group_by_length = "bertadam", "warmup_linear_legacy", True
+            for dest, value in REFERENCE_VALUES.items():
+                if not file_utils.explicit(args, dest):
+                    setattr(args, dest, value)
+                elif getattr(args, dest) != value:
+                    notes.append(f"--reference_protocol: the explicit --{dest} {getattr(args, dest)} wins over the "
+                                 f"2019 protocol's {value}")
         model_dir = resolve_model_dir(args.bert_model)
         do_lower_case = args.do_lower_case
         if do_lower_case is None:
@@ -319,10 +357,12 @@ class EngineOptions:
             threads=args.threads, dist_timeout=args.dist_timeout, compile=args.compile,
             allow_random_init=args.allow_random_init, max_steps=args.max_steps, eval_steps=args.eval_steps,
             discard_checkpoint=args.discard_checkpoint,
-            per_parameter_schedule=reference or args.per_parameter_schedule,
+            per_parameter_schedule=(reference and args.optimizer == "bertadam") or args.per_parameter_schedule,
             zero_grad_in_place=reference or args.zero_grad_in_place,
             dropout_off_after_eval=reference or args.dropout_off_after_eval,
-            replay_batch_cycle=reference or args.replay_batch_cycle)
+            replay_batch_cycle=reference or args.replay_batch_cycle,
+            reference_accumulation=reference or getattr(args, "reference_accumulation", False),
+            notes=tuple(notes))
 
     @property
     def pad_to(self):
@@ -344,6 +384,8 @@ class EngineOptions:
         values["model_dir"] = os.path.abspath(self.model_dir)
         if self.pad_multiple != 1:  # other padded lengths: other rounding; only then a key (old checkpoints resume)
             values["pad_multiple"] = self.pad_multiple
+        if self.reference_accumulation and self.gradient_accumulation_steps > 1:  # likewise: a key only when it acts
+            values["reference_accumulation"] = True
         values.update(dict(self.run_flags))
         return json.loads(json.dumps(values, default=str))
 
@@ -599,6 +641,10 @@ def prepare_output_dir(opts, env, training=True):
     out = opts.output_dir
     if env.is_main:
         check_output_dir(opts, training)
+        existed = os.path.isdir(out)
+        if training and not (existed and os.listdir(out)):
+            file_utils.remove_if_run_fails(out, existed, lambda: any(
+                os.path.exists(os.path.join(out, name)) for name in (CHECKPOINT_DIR, CHECKPOINT_DIR + ".old", "best")))
         if training and os.path.isdir(out) and os.listdir(out):
             if opts.resume:
                 for name in ("checkpoint", "best"):
@@ -902,7 +948,7 @@ class EpochStream:
 
     def __init__(self, features=None, batch_size=32, accumulation=1, seed=0, task_id=0, group_by_length=True,
                  pad_to=None, rank=0, world_size=1, shuffle=True, load_epoch=None, epoch_sizes=None,
-                 replay_first_epoch=False, pad_multiple=1):
+                 replay_first_epoch=False, pad_multiple=1, cross_pass_ends=False):
         if batch_size % accumulation:
             raise ConfigError(f"train batch size {batch_size} is not divisible by gradient accumulation {accumulation}")
         if (features is None) == (load_epoch is None):
@@ -926,11 +972,19 @@ class EpochStream:
         self.rank, self.world_size = rank, world_size
         # 2019 (itertools.cycle over one DataLoader pass): every epoch replays epoch 0's batches.
         self.replay_first_epoch = replay_first_epoch
+        # 2019 (--reference_accumulation): a step is always `accumulation` micro-batches, drawn across the
+        # end of a data pass; the position is then counted in micro-batches (step_in_epoch).
+        self.cross_pass_ends = bool(cross_pass_ends) and accumulation > 1
         sizes = self.epoch_sizes or [len(self._fixed.lengths)]
         # The batch count depends only on the example count, not on the lengths.
-        self.steps = [math.ceil(len(make_batches(np.ones(n), self.micro_batch_size, seed, e, False, False,
-                                                 rank, world_size)) / accumulation)
-                      for e, n in enumerate(sizes)]
+        micro = [len(make_batches(np.ones(n), self.micro_batch_size, seed, e, False, False, rank, world_size))
+                 for e, n in enumerate(sizes)]
+        if self.cross_pass_ends:  # steps ending in data epoch e, micro-batches counted across epochs
+            ends = np.cumsum(micro)
+            self.steps = [math.ceil(end / accumulation) - math.ceil((end - m) / accumulation)
+                          for end, m in zip(ends.tolist(), micro)]
+        else:
+            self.steps = [math.ceil(m / accumulation) for m in micro]
         # With data epochs of different sizes the engine's epoch counter (logs only) is approximate;
         # `steps` holds the exact count of every epoch.
         self.steps_per_epoch = self.steps[0]
@@ -976,6 +1030,8 @@ class EpochStream:
 
     def next_step(self):
         """The micro-batches of the next optimizer step: [(task_id, batch), ...]."""
+        if self.cross_pass_ends:
+            return self._next_step_across_passes()
         if self.step_in_epoch >= self._steps_in(self.epoch):
             if self.epoch_sizes is not None and self.epoch + 1 >= len(self.steps):
                 raise ConfigError(f"the stream has only {self.total_steps} steps")
@@ -985,6 +1041,24 @@ class EpochStream:
         chunk = self._batches[start:start + self.accumulation]
         self.step_in_epoch += 1
         return [(self.task_id, self._data.batch(idx, self._padded_length(idx))) for idx in chunk]
+
+    def _next_step_across_passes(self):
+        """`accumulation` micro-batches, continuing into the next data pass where this one ends (the
+        2019 loop's next() on a cycled DataLoader); only a finite stream's very last step may be short."""
+        out = []
+        for _ in range(self.accumulation):
+            self._ensure_epoch(self.epoch)
+            if self.step_in_epoch >= len(self._batches):
+                if self.epoch_sizes is not None and self.epoch + 1 >= len(self.steps):
+                    if out:
+                        break
+                    raise ConfigError(f"the stream has only {self.total_steps} steps")
+                self.epoch, self.step_in_epoch = self.epoch + 1, 0
+                self._ensure_epoch(self.epoch)
+            idx = self._batches[self.step_in_epoch]
+            self.step_in_epoch += 1
+            out.append((self.task_id, self._data.batch(idx, self._padded_length(idx))))
+        return out
 
     def _padded_length(self, indices):
         """pad_to for one micro-batch: rounded up to pad_multiple (a compiled model then sees few shapes)."""
@@ -996,6 +1070,8 @@ class EpochStream:
     def state_dict(self):
         state = {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
                  "micro_batch_size": self.micro_batch_size, "seed": self.seed}
+        if self.cross_pass_ends:  # step_in_epoch counts micro-batches
+            state["cross_pass_ends"] = True
         if self.epoch_sizes is None:
             state["num_features"] = len(self._fixed.lengths)
         else:
@@ -1004,7 +1080,7 @@ class EpochStream:
 
     def load_state_dict(self, state):
         ours = self.state_dict()
-        for key in ("num_features", "epoch_sizes", "micro_batch_size"):
+        for key in ("num_features", "epoch_sizes", "micro_batch_size", "cross_pass_ends"):
             if state.get(key) != ours.get(key):
                 raise ConfigError(
                     f"checkpoint data position does not fit this run: its {key} is {state.get(key)}, this run's "
@@ -1026,7 +1102,7 @@ def make_stream(opts, env, features=None, task_id=0, batch_size=None, seed=None,
                        opts.seed if seed is None else seed, task_id=task_id, group_by_length=opts.group_by_length,
                        pad_to=pad_to or opts.pad_to, rank=env.rank, world_size=env.world_size,
                        load_epoch=load_epoch, epoch_sizes=epoch_sizes, replay_first_epoch=opts.replay_batch_cycle,
-                       pad_multiple=opts.pad_multiple)
+                       pad_multiple=opts.pad_multiple, cross_pass_ends=opts.reference_accumulation)
 
 
 def num_training_steps(opts, steps_per_epoch):
@@ -1206,6 +1282,47 @@ def _set_rng_state(state, device):
     torch.set_rng_state(state["torch"])
     if "cuda" in state and device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _check_trainer_state(state, path, param_names):
+    """Every field of a checkpoint's trainer_state before any is used: a hand-edited or damaged file is
+    one DataError naming it and the field (the optimizer's and RNG states are checked by loading them)."""
+    def bad(field, what):
+        raise DataError(path, None, f"'{field}' must be {what}; the checkpoint is damaged (start a new run, "
+                                    "or without --resume)")
+
+    def is_int(v, low=0):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+    if not isinstance(state, dict):
+        bad("(top level)", "an object")
+    for field in ("optimizer", "scheduler"):
+        if not isinstance(state.get(field), dict):
+            bad(field, "an object")
+    for field in ("global_step", "epoch"):
+        if not is_int(state.get(field)):
+            bad(field, "an integer >= 0")
+    for field in ("consecutive_skipped", "train_loss_steps"):
+        if field in state and not is_int(state[field]):
+            bad(field, "an integer >= 0")
+    if "train_loss_sum" in state and not (is_number(state["train_loss_sum"]) and not isinstance(
+            state["train_loss_sum"], bool)):
+        bad("train_loss_sum", "a number")
+    for field in ("stopped_early", "model_training"):
+        if field in state and not isinstance(state[field], bool):
+            bad(field, "true or false")
+    rng = state.get("rng")
+    if not (isinstance(rng, list) and rng and all(
+            isinstance(r, dict) and {"python", "numpy", "torch"} <= set(r) for r in rng)):
+        bad("rng", "a non-empty list of {python, numpy, torch} generator states")
+    for field in ("extra_state", "scaler"):
+        if state.get(field) is not None and not isinstance(state[field], dict):
+            bad(field, "an object")
+    if state.get("stream") is not None and not isinstance(state["stream"], dict):
+        bad("stream", "an object")
+    zeroed = state.get("zeroed_grads", [])
+    if not (isinstance(zeroed, list) and all(isinstance(n, str) and n in param_names for n in zeroed)):
+        bad("zeroed_grads", "a list of this model's parameter names")
 
 
 def find_checkpoint(output_dir):
@@ -1406,6 +1523,8 @@ class Trainer:
         self._pending_losses = []  # (step, task ids, loss tensor) not yet read back
         self._on_loss = None  # train(on_loss=...)
         self._resumed = False  # train() continued from a checkpoint
+        self._resumed_mode = True  # the checkpoint's model.training, for the train() that resumes it
+        self.applied_lr = 0.0  # the learning rate of the last step (logged)
         self._log_loss, self._log_n = 0.0, 0
 
     # -- logging ---------------------------------------------------------------------------------
@@ -1486,6 +1605,10 @@ class Trainer:
         torchrun the counts' all-reduce also carries a stop asked for by a signal, so that every
         rank stops after the same step (sets self._stop_signal)."""
         env = self.env
+        if self.opts.reference_accumulation and self.opts.gradient_accumulation_steps > 1:
+            # 2019: each micro-batch's mean loss / N, whatever its size
+            # (still collective under torchrun: the all-reduce carries a stop asked for by a signal)
+            return self._reference_loss_weights(micro)
         # Counted on the host, in numpy (batches are still CPU tensors here): nothing waits for the device.
         examples = [float(next(iter(b.values())).shape[0]) for _, b in micro]
         denominators = [float(np.count_nonzero(b["labels"].numpy() != IGNORE_INDEX)) if _is_token_labelled(b)
@@ -1509,6 +1632,21 @@ class Trainer:
             task_denominator = float(totals[[k + j for j in same]].sum())
             weights.append(task_share * float(local[k + i]) / max(task_denominator, 1.0) * env.world_size)
         return weights
+
+    def _reference_loss_weights(self, micro):
+        """--reference_accumulation: 1/N per micro-batch (N = --gradient_accumulation_steps); DDP's
+        average over ranks is the 2019 DataParallel mean. Sets self._stop_signal as _loss_weights."""
+        env = self.env
+        signum = file_utils.stop_requested()
+        examples = [float(next(iter(b.values())).shape[0]) for _, b in micro]
+        local = torch.tensor([sum(examples), 1.0 if signum else 0.0], dtype=torch.float64)
+        if env.distributed:
+            local = local.to(env.device)
+            dist.all_reduce(local)
+        totals = local.cpu().tolist()
+        self._stop_signal = (signum or int(signal.SIGTERM)) if totals[1] > 0 else None
+        self.examples_seen += totals[0]
+        return [1.0 / self.opts.gradient_accumulation_steps] * len(micro)
 
     def _combined_backward(self, micro, tasks, weights):
         """Gradient surgery: one flat gradient of the shared parameters per task -> grad_combiner ->
@@ -1591,6 +1729,7 @@ class Trainer:
         self._pending_losses.append((self.global_step + 1, tasks, loss))
         if self.sync_every_step:
             self._flush_losses()  # a non-finite loss stops the run before its update (fp32/bf16)
+        self.applied_lr = self._learning_rate_now()
         if fp16 or self.engine_clips:
             self.scaler.unscale_(self.optimizer)
         if self.engine_clips:
@@ -1619,6 +1758,16 @@ class Trainer:
                 warnings.simplefilter("ignore", UserWarning)
                 self.scheduler.step()
         return loss
+
+    def _learning_rate_now(self):
+        """The rate this step applies to the first parameter group (the shared encoder): the engine's
+        schedule, or with --per_parameter_schedule BertAdam's own at that parameter's step count."""
+        group = self.optimizer.param_groups[0]
+        if not self.opts.per_parameter_schedule or not group["params"]:
+            return group["lr"]
+        p = next((p for p in group["params"] if p.grad is not None), group["params"][0])
+        step = self.optimizer.state[p].get("step", 0) if p in self.optimizer.state else 0
+        return group["lr"] * self.optimizer.lr_scale(group, step)
 
     def _found_inf(self):
         """Whether the GradScaler found an inf/NaN gradient this step (it then skipped the optimizer
@@ -1678,6 +1827,10 @@ class Trainer:
                 "world_size": self.env.world_size, "consecutive_skipped": self.consecutive_skipped,
                 "stopped_early": self.stopped_early,
                 "train_loss_sum": self.train_loss_sum, "train_loss_steps": self.train_loss_steps,
+                # dropout on or off (--dropout_off_after_eval), and which parameters hold a zeroed rather
+                # than freed gradient (--zero_grad_in_place: they move by stale optimizer state next step)
+                "model_training": self.model.training,
+                "zeroed_grads": [name for name, p in self.model.named_parameters() if p.grad is not None],
             }
             model_state = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.model.state_dict().items()}
 
@@ -1704,30 +1857,42 @@ class Trainer:
             raise ConfigError(f"--resume: {path} was made with other settings ({'; '.join(changed)}); resume with "
                               "the same flags, or start a new run in another --output_dir")
         state = ckpt["state"]
+        state_file = os.path.join(path, CHECKPOINT_STATE + ".json")
+        _check_trainer_state(state, state_file, {name for name, _ in self.model.named_parameters()})
         try:
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-        except (RuntimeError, ValueError, KeyError) as exc:
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
             raise ConfigError(f"{path}: the checkpoint does not fit this model/optimizer "
-                              f"({str(exc).splitlines()[0]})") from None
+                              f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
         if self.scaler.is_enabled() and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         if state.get("stream") is not None and hasattr(stream, "load_state_dict"):
-            stream.load_state_dict(state["stream"])
+            try:
+                stream.load_state_dict(state["stream"])
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+                raise DataError(state_file, None, f"'stream' is not a data position of this run ({exc!r})") from None
         if state.get("grad_combiner") is not None and hasattr(self.grad_combiner, "load_state_dict"):
             self.grad_combiner.load_state_dict(state["grad_combiner"])  # after the stream's: this one is current
         rng = state["rng"]
         if len(rng) != self.env.world_size:
             logger.warning("checkpoint was written by %d processes, resuming with %d: dropout RNG differs",
                            len(rng), self.env.world_size)
-        _set_rng_state(rng[self.env.rank] if self.env.rank < len(rng) else rng[0], self.env.device)
+        try:
+            _set_rng_state(rng[self.env.rank] if self.env.rank < len(rng) else rng[0], self.env.device)
+        except (TypeError, ValueError, RuntimeError, IndexError, KeyError, OverflowError) as exc:
+            raise DataError(state_file, None, f"'rng' is not a random-generator state ({exc})") from None
         self.global_step, self.epoch = state["global_step"], state["epoch"]
         self.extra_state = state.get("extra_state") or {}
         self.consecutive_skipped = state.get("consecutive_skipped", 0)
         self.stopped_early = state.get("stopped_early", False)
         self.train_loss_sum = state.get("train_loss_sum", 0.0)
         self.train_loss_steps = state.get("train_loss_steps", 0)
+        self._resumed_mode = state.get("model_training", True)
+        params = dict(self.model.named_parameters())
+        for name in state.get("zeroed_grads", []):  # the step that wrote the checkpoint ended with zero_grad
+            params[name].grad = torch.zeros_like(params[name])
         logger.info("resumed from %s at step %d (epoch %d)", path, self.global_step, self.epoch)
 
     # -- the loop --------------------------------------------------------------------------------
@@ -1748,6 +1913,8 @@ class Trainer:
         the whole run), "stopped_early"}."""
         opts, env = self.opts, self.env
         steps_per_epoch = steps_per_epoch or getattr(stream, "steps_per_epoch", None) or num_steps
+        for line in opts.notes + (protocol_line(opts),):
+            logger.info(line)
         if opts.resume:
             path = find_checkpoint(opts.output_dir)
             if env.distributed:
@@ -1764,7 +1931,8 @@ class Trainer:
                 self._resumed = True
             else:
                 logger.info("--resume: no checkpoint in %s, starting from scratch", opts.output_dir)
-        self.ddp_model.train()
+        self.ddp_model.train(self._resumed_mode)  # a resumed run's dropout state is the checkpoint's
+        self._resumed_mode = True
         bar = tqdm(total=num_steps, initial=self.global_step, desc=desc,
                    disable=not (env.is_main and sys.stderr.isatty()), dynamic_ncols=True)
         saved_at = self.global_step
@@ -1805,7 +1973,7 @@ class Trainer:
                     self._flush_losses()  # the one device read of these steps' losses (NaN check included)
                 if log_now:
                     if env.is_main:
-                        lr = self.scheduler.get_last_lr()[0]
+                        lr = self.applied_lr  # the rate of this step (BertAdam's own with its schedule)
                         avg = self._log_loss / max(self._log_n, 1)
                         bar.set_postfix(loss=f"{avg:.4f}", lr=f"{lr:.2e}")
                         self.log_scalars("train", {"loss": avg, "learning_rate": lr})

@@ -42,10 +42,8 @@ def build_parser():
                    help="keep each data epoch in numpy memmap files on disk instead of RAM")
     p.add_argument("--memmap_dir", default=None,
                    help="folder for the --reduce_memory files (default: a temporary folder inside --output_dir)")
-    training.add_engine_args(p, learning_rate=3e-5)
-    for action in p._actions:
-        if action.dest == "max_seq_length":
-            action.help = "ignored: the length is the max_seq_len of the pregenerated data"
+    training.add_engine_args(p, helps={"max_seq_length": "ignored: the length is the max_seq_len of the pregenerated "
+                                                         "data"}, learning_rate=3e-5)
     return p
 
 

@@ -70,6 +70,13 @@ class Task:
         stops the run before training (DataError naming file and line). Returns self."""
         raise NotImplementedError
 
+    @staticmethod
+    def check_training_set(path, features):
+        """An empty training set is an error naming its file (before any output is written)."""
+        if not features:
+            raise DataError(path, None, "no training examples (an empty file, or only a header?)")
+        return features
+
     @property
     def train_size(self):
         """Training examples (questions, sentences, pairs): the N_i of the task sampler. A SQuAD

@@ -427,6 +427,8 @@ class Conll(Task):
         for split in splits:
             self._build(split)
         self.train_features = self.features.get("train")
+        if train:
+            self.check_training_set(self.paths["train"], self.train_features)
         return self
 
     def count_train_examples(self):

@@ -695,6 +695,7 @@ class Glue(Task):
     def prepare(self, train=True, dev=True, test=False):
         if train:
             _, self.train_features = self._split(self.train_dataset, "train")
+            self.check_training_set(task_file(self.train_dataset, self.data_dir, "train"), self.train_features)
             self.train_examples = len(self.train_features)
         if dev:
             evals = [(self.name, self.dataset, "dev")]

@@ -783,6 +783,7 @@ class Squad(Task):
             examples, self.dropped = read_squad_examples(path, True, self.v2)
             self.train_examples = len(examples)
             self.train_features, _ = self._features(path, True, examples)
+            self.check_training_set(path, self.train_features)
         if dev or test:
             path = self.file("dev")
             examples, _ = read_squad_examples(path, False, self.v2)

@@ -178,6 +178,8 @@ class Swag(Task):
             self.features[split] = self.cache(key, lambda ex=examples: convert_examples_to_features(
                 ex, self.tokenizer, self.max_seq_length)[0])
         self.train_features = self.features.get("train")
+        if train:
+            self.check_training_set(self.path("train"), self.train_features)
         if "train" in self.examples:
             self.train_examples = len(self.examples["train"])
         return self

@@ -160,6 +160,7 @@ def test_ddp_searches_unused_parameters_only_when_a_step_leaves_some(tmp_path, m
 NODE_WORKER = r'''
 import json, os, sys
 sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
+import torch.distributed as dist
 import training
 from file_utils import ConfigError
 from test_training_helpers import engine_options, synthetic_features
@@ -184,9 +185,11 @@ try:
 except ConfigError as exc:
     with open(os.path.join(marks, f"error-rank{{env.rank}}.txt"), "w") as f:
         f.write(str(exc))
+    dist.destroy_process_group()  # as file_utils.run_cli: a live gloo group at exit may abort the process
     sys.exit(0)
 if env.is_main:
     training.write_eval_results(os.path.join(out_dir, "eval_results.txt"), {{"loss": result["loss"]}})
+dist.destroy_process_group()
 '''
 
 
@@ -230,3 +233,30 @@ def test_two_nodes_build_their_own_caches_and_only_global_rank_0_writes(tmp_path
     # The same line on both nodes, naming the output folder as each sees it.
     errors = [(marks / f"error-rank{r}.txt").read_text().replace(f"node{r}", "nodeN") for r in (0, 1)]
     assert errors[0] == errors[1] and "1 of 2 processes see no checkpoint" in errors[0]
+
+
+@pytest.mark.parametrize("error", ["user", "ok"])
+def test_run_cli_leaves_the_process_group_before_exiting(monkeypatch, error):
+    """A gloo group still alive at interpreter exit may abort the process ("terminate called without an
+    active exception"): run_cli leaves it, on an error as after a normal end."""
+    import torch.distributed as dist
+
+    from file_utils import ConfigError, run_cli
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+
+    def main(argv):
+        assert dist.is_initialized()
+        if error == "user":
+            raise ConfigError("bad flag")
+        return 0
+
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            run_cli(main, [])
+        assert exit_.value.code == (2 if error == "user" else 0)
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
