@@ -27,10 +27,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+import glue_fixtures
 from file_utils import DataError
+from fixtures_qa import conll_sentences, squad_v1_data, squad_v2_data, swag_rows, write_conll, write_swag
 from tasks import conll, glue, squad, swag
-from tests import glue_fixtures
-from tests.fixtures_qa import conll_sentences, squad_v1_data, squad_v2_data, swag_rows, write_conll, write_swag
 
 SCALE = float(os.environ.get("FUZZ_SCALE", "1"))
 
