@@ -245,7 +245,7 @@ class EngineOptions:
     def __post_init__(self):
         self.check()
 
-    def check(self):
+    def check(self):  # noqa: C901
         """Values and combinations that cannot work: ConfigError (one line, exit 2)."""
         if self.gradient_accumulation_steps < 1:
             raise ConfigError(f"--gradient_accumulation_steps must be >= 1, got {self.gradient_accumulation_steps}")
@@ -1510,7 +1510,7 @@ class Trainer:
             weights.append(task_share * float(local[k + i]) / max(task_denominator, 1.0) * env.world_size)
         return weights
 
-    def _combined_backward(self, micro, tasks, weights):
+    def _combined_backward(self, micro, tasks, weights):  # noqa: C901
         """Gradient surgery: one flat gradient of the shared parameters per task -> grad_combiner ->
         written back; task-specific parameters keep their own gradients.
 
@@ -1778,7 +1778,7 @@ class Trainer:
                 if self._tb_writer is not None:
                     self._tb_writer.flush()
 
-    def _train_loop(self, stream, num_steps, steps_per_epoch, on_epoch_end, bar, saved_at, on_step=None):
+    def _train_loop(self, stream, num_steps, steps_per_epoch, on_epoch_end, bar, saved_at, on_step=None):  # noqa: C901
         opts, env = self.opts, self.env
         self._log_loss, self._log_n = 0.0, 0
         start_time, start_step, start_examples = time.time(), self.global_step, self.examples_seen

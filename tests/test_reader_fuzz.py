@@ -62,7 +62,7 @@ mutations = st.lists(st.tuples(st.sampled_from(OPS), st.integers(0, 1 << 20), st
                      min_size=1, max_size=4)
 
 
-def mutate(data, sep, ops):
+def mutate(data, sep, ops):  # noqa: C901
     """Apply (op, a, b, payload) edits to a file's bytes; `sep` is the field separator."""
     for op, a, b, payload in ops:
         lines = data.split(b"\n")
