@@ -180,7 +180,7 @@ class BertConfig:
         return new
 
     # -- checks ---------------------------------------------------------------------------------
-    def validate(self):
+    def validate(self):  # noqa: C901
         """Raise ConfigError for values/combinations that would crash or silently misbehave later."""
         for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                     "max_position_embeddings", "type_vocab_size", "hidden_size_aug", "num_tasks",

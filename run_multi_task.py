@@ -233,7 +233,7 @@ def task_max_lengths(args, names):
 class Plan:
     """The run's tasks and their per-task settings, from the flags (no file read yet)."""
 
-    def __init__(self, args):
+    def __init__(self, args):  # noqa: C901
         self.carried, self.carried_num_labels, self.carried_types = [], [], []
         if args.add_tasks:
             self._carry(args)
@@ -358,7 +358,7 @@ class Plan:
                 for name, data_dir, max_len in zip(self.names, self.data_dirs, self.max_lengths)]
 
 
-def main(argv=None):
+def main(argv=None):  # noqa: C901
     args = parse_args(argv)
     if args.predict:
         return predict_files(args)

@@ -277,7 +277,7 @@ class EngineOptions:
     def __post_init__(self):
         self.check()
 
-    def check(self):
+    def check(self):  # noqa: C901
         """Values and combinations that cannot work: ConfigError (one line, exit 2)."""
         if self.gradient_accumulation_steps < 1:
             raise ConfigError(f"--gradient_accumulation_steps must be >= 1, got {self.gradient_accumulation_steps}")
@@ -1284,7 +1284,7 @@ def _set_rng_state(state, device):
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _check_trainer_state(state, path, param_names):
+def _check_trainer_state(state, path, param_names):  # noqa: C901
     """Every field of a checkpoint's trainer_state before any is used: a hand-edited or damaged file is
     one DataError naming it and the field (the optimizer's and RNG states are checked by loading them)."""
     def bad(field, what):
@@ -1648,7 +1648,7 @@ class Trainer:
         self.examples_seen += totals[0]
         return [1.0 / self.opts.gradient_accumulation_steps] * len(micro)
 
-    def _combined_backward(self, micro, tasks, weights):
+    def _combined_backward(self, micro, tasks, weights):  # noqa: C901
         """Gradient surgery: one flat gradient of the shared parameters per task -> grad_combiner ->
         written back; task-specific parameters keep their own gradients.
 
@@ -1946,7 +1946,7 @@ class Trainer:
                 if self._tb_writer is not None:
                     self._tb_writer.flush()
 
-    def _train_loop(self, stream, num_steps, steps_per_epoch, on_epoch_end, bar, saved_at, on_step=None):
+    def _train_loop(self, stream, num_steps, steps_per_epoch, on_epoch_end, bar, saved_at, on_step=None):  # noqa: C901
         opts, env = self.opts, self.env
         self._log_loss, self._log_n = 0.0, 0
         start_time, start_step, start_examples = time.time(), self.global_step, self.examples_seen

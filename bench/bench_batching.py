@@ -16,19 +16,14 @@ first) so that a change in machine load affects them alike. Prints the timings a
     python bench/bench_batching.py [--examples 512] [--batch_size 32] [--threads 1]
 """
 import argparse
-import os
-import sys
 import tempfile
 import time
 
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import training  # noqa: E402
-from file_utils import resolve_model_dir  # noqa: E402
+import training
+from file_utils import resolve_model_dir
 
 
 def glue_like_features(n, seed, max_len=128, median=25, sigma=0.6, vocab=(1000, 30000)):

@@ -11,23 +11,17 @@ graph). The compiled model's first step is compared with eager's on the same bat
 """
 import argparse
 import copy
-import os
 import statistics
-import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "bench"))
-
-import file_utils  # noqa: E402, F401  (before torch: passive OpenMP waiting)
+import file_utils  # noqa: F401  (before torch: passive OpenMP waiting)
 
 # isort: split
-import bench_eval  # noqa: E402
-import torch  # noqa: E402
+import bench_eval
+import torch
 
-import training  # noqa: E402
+import training
 
 
 def trainer(model, out, *flags):

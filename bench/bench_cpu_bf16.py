@@ -10,23 +10,17 @@ dev score holds under bf16 needs a real-size run (docs/benchmarks.md#cpu-bf16).
 """
 import argparse
 import copy
-import os
 import statistics
-import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "bench"))
-
-import file_utils  # noqa: E402, F401  (before torch: passive OpenMP waiting)
+import file_utils  # noqa: F401  (before torch: passive OpenMP waiting)
 
 # isort: split
-import bench_eval  # noqa: E402
-import torch  # noqa: E402
+import bench_eval
+import torch
 
-import training  # noqa: E402
+import training
 
 FLAGS = ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx2")
 

@@ -18,15 +18,14 @@ import statistics
 import sys
 import time
 
+import torch
+
+import diagnostics
+import modeling
+import training
+from file_utils import resolve_model_dir
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import torch  # noqa: E402
-
-import diagnostics  # noqa: E402
-import modeling  # noqa: E402
-import training  # noqa: E402
-from file_utils import resolve_model_dir  # noqa: E402
 
 
 def batches(num_tasks, batch_size, seq_len, seed=0):

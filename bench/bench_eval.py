@@ -20,12 +20,11 @@ import time
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import modeling
+import training
+from file_utils import resolve_model_dir
 
-import modeling  # noqa: E402
-import training  # noqa: E402
-from file_utils import resolve_model_dir  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def glue_like_features(n, seed, max_len=128, median=25, sigma=0.6, vocab=(1000, 30000)):

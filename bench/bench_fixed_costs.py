@@ -28,8 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def worker(argv):
     """One run_multi_task.main in this process, its phases timed; prints a JSON line."""
-    sys.path.insert(0, ROOT)
-    import run_multi_task  # noqa: E402  (imports torch, transformers-free)
+    import run_multi_task
     imported = time.perf_counter()
     import multitask as mt
     import training

@@ -35,14 +35,14 @@ def _reset_peak():
 
 
 def worker(variant, k, n, method):
-    sys.path.insert(0, ROOT)
     import numpy as np
     import torch
+    from tree_modules import load_script
 
     import multitask as mt
     import training
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from test_training_helpers import reference_gradvac, reference_pcgrad  # the implementation replaced
+    helpers = load_script("tests/test_training_helpers.py")
+    reference_gradvac, reference_pcgrad = helpers.reference_gradvac, helpers.reference_pcgrad  # the ones replaced
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
     scale = 2.0 ** 16

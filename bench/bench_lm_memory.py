@@ -22,7 +22,6 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # run as `python bench/bench_lm_memory.py`: shared modules live in the repo root
 
 
 def write_corpus(path, num_sentences, vocab_words, seed=0):

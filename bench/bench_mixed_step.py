@@ -11,17 +11,13 @@ printed (process CPU time too: with --threads 1 it measures the work even on a b
     python bench/bench_mixed_step.py --threads 1 --steps 6
 """
 import argparse
-import os
 import statistics
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import torch
 
-import torch  # noqa: E402
-
-import training  # noqa: E402
+import training
 
 # (name, head type, outputs, sequence length of its batches)
 MIXED = [("sst-2", "classification", 2, 64), ("rte", "classification", 2, 64), ("squad2", "span", 2, 192),

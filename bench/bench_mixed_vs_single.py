@@ -18,10 +18,7 @@ import shutil
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import run_multi_task  # noqa: E402
+import run_multi_task
 
 TASKS = ["sst-2", "rte", "squad2", "conll", "swag"]
 

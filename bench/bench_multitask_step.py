@@ -18,14 +18,13 @@ import statistics
 import sys
 import time
 
+import torch
+
+import modeling
+import training
+from file_utils import resolve_model_dir
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import torch  # noqa: E402
-
-import modeling  # noqa: E402
-import training  # noqa: E402
-from file_utils import resolve_model_dir  # noqa: E402
 
 TASK_LABELS = [2, 2, 3, 2, 1, 2, 2, 2]  # cola mrpc mnli rte sts-b sst-2 qqp qnli
 

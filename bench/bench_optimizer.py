@@ -27,13 +27,12 @@ import statistics
 import sys
 import time
 
+import torch
+
+import modeling
+import optimization
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import torch  # noqa: E402
-
-import modeling  # noqa: E402
-import optimization  # noqa: E402
 
 
 def model_groups(config=None):

@@ -16,10 +16,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import run_classifier  # noqa: E402
+import run_classifier
 
 VARIANTS = {"adamw (default)": [], "--optimizer bertadam": ["--optimizer", "bertadam"],
             "--reference_protocol": ["--reference_protocol"]}
@@ -28,8 +25,8 @@ MAIN = {"sts-b": "corr", "rte": "acc", "mrpc": "acc_and_f1", "cola": "mcc", "sst
 
 def generate(tasks, train_size, dev_size):
     """GLUE-layout train/dev files of `tasks` made by the sample-data generator at the given sizes."""
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    import make_sample_data as sample
+    from tree_modules import load_script
+    sample = load_script("scripts/make_sample_data.py")
     out = tempfile.mkdtemp(prefix="bench-opt-data-")
     sample.SIZES.update({t: (train_size, dev_size, 10) for t in tasks})
     for rel, text in sample.build().items():

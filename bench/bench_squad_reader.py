@@ -22,11 +22,8 @@ import tempfile
 import time
 import tracemalloc
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from file_utils import DataError  # noqa: E402
-from tasks import squad  # noqa: E402
+from file_utils import DataError
+from tasks import squad
 
 
 def read_per_question(path, is_training, version_2_with_negative=False):

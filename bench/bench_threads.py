@@ -31,8 +31,6 @@ VARIANTS = ("default", "auto", "one")
 
 def worker(mode, steps, batch_size):
     """One run in this (fresh) process; prints a JSON line."""
-    sys.path.insert(0, ROOT)
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
     if mode == "default":
         import torch  # noqa: F401  before file_utils: libgomp keeps its default waiting
     import file_utils  # noqa: F401  (sets OMP_WAIT_POLICY=PASSIVE unless torch is already loaded)

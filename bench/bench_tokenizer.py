@@ -18,15 +18,12 @@ import csv
 import glob
 import os
 import random
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
+from file_utils import resolve_model_dir
+from tokenization import BertTokenizer, load_vocab
 
-from file_utils import resolve_model_dir  # noqa: E402
-from tokenization import BertTokenizer, load_vocab  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def english_corpus(vocab_tokens, n, seed=0):
@@ -88,8 +85,8 @@ def main():
     args = parser.parse_args()
 
     import transformers
-
-    from test_tokenization import make_corpus
+    from tree_modules import load_script
+    make_corpus = load_script("tests/test_tokenization.py").make_corpus
 
     vocab_file = os.path.join(resolve_model_dir(args.bert_model), "vocab.txt")
     vocab_tokens = load_vocab(vocab_file)

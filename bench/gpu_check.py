@@ -59,18 +59,16 @@ import tempfile
 import time
 import traceback
 
+import bench_eval
+import bench_multitask_step
+import bench_optimizer
+import torch
+
+import modeling
+import optimization
+import training
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "bench"))
-
-import bench_eval  # noqa: E402
-import bench_multitask_step  # noqa: E402
-import bench_optimizer  # noqa: E402
-import torch  # noqa: E402
-
-import modeling  # noqa: E402
-import optimization  # noqa: E402
-import training  # noqa: E402
 
 # Dense (no sparsity) peaks in TFLOP/s from NVIDIA's datasheets: (bf16/fp16, TF32, fp32 without TF32).
 # First match of the substring in torch.cuda.get_device_name() wins; NVL parts run at other clocks.

@@ -18,14 +18,10 @@ import os
 import sys
 import tempfile
 
-# Run as `python lm_finetuning/finetune_on_pregenerated.py`: the repo root (parent of this
-# folder) holds the shared modules, and Python only puts this script's own folder on sys.path.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import file_utils  # noqa: E402, F401 - before torch: sets OMP_WAIT_POLICY (file_utils)
-import training  # noqa: E402
-from file_utils import ConfigError, make_parser, run_cli  # noqa: E402
-from tasks import pretraining  # noqa: E402
+import file_utils  # noqa: F401 - before torch: sets OMP_WAIT_POLICY (file_utils)
+import training
+from file_utils import ConfigError, make_parser, run_cli
+from tasks import pretraining
 
 logger = logging.getLogger("finetune_on_pregenerated")
 

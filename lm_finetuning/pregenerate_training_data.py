@@ -16,13 +16,9 @@ import multiprocessing
 import os
 import sys
 
-# Run as `python lm_finetuning/pregenerate_training_data.py`: the repo root (parent of this
-# folder) holds the shared modules, and Python only puts this script's own folder on sys.path.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from file_utils import ConfigError, atomic_write_json, make_parser, resolve_model_dir, run_cli  # noqa: E402
-from tasks import pretraining  # noqa: E402
-from tokenization import BertTokenizer, guess_do_lower_case  # noqa: E402
+from file_utils import ConfigError, atomic_write_json, make_parser, resolve_model_dir, run_cli
+from tasks import pretraining
+from tokenization import BertTokenizer, guess_do_lower_case
 
 logger = logging.getLogger("pregenerate_training_data")
 

@@ -18,16 +18,11 @@ them (marked: they are GLUE TEST numbers; ours are dev).
 import argparse
 import json
 import os
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+from safetensors import safe_open
 
-from safetensors import safe_open  # noqa: E402
-
-from file_utils import ConfigError, DataError, atomic_write_json, atomic_write_text, run_cli  # noqa: E402
-from tasks import glue  # noqa: E402
+from file_utils import ConfigError, DataError, atomic_write_json, atomic_write_text, run_cli
+from tasks import glue
 
 # (column title, task, metric key); the 9 "paper" columns are marked True.
 COLUMNS = [

@@ -18,16 +18,11 @@ import json
 import logging
 import os
 import re
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+import torch
 
-import torch  # noqa: E402
-
-from file_utils import ConfigError, atomic_open, atomic_write_json, run_cli  # noqa: E402
-from tf_checkpoint import expected_shapes, find_tf_checkpoint, load_tf_checkpoint, optimizer_slot  # noqa: E402
+from file_utils import ConfigError, atomic_open, atomic_write_json, run_cli
+from tf_checkpoint import expected_shapes, find_tf_checkpoint, load_tf_checkpoint, optimizer_slot
 
 logger = logging.getLogger("convert_tf_checkpoint")
 

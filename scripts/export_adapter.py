@@ -8,15 +8,10 @@ weights), and prints the sizes. scripts/import_adapter.py adds it to a model wit
 """
 import argparse
 import os
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-import multitask as mt  # noqa: E402
-import tasks  # noqa: E402
-from file_utils import resolve_model_dir, run_cli  # noqa: E402
+import multitask as mt
+import tasks
+from file_utils import resolve_model_dir, run_cli
 
 
 def main(argv=None):

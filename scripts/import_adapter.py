@@ -10,16 +10,11 @@ and --predict take it as --bert_model.
 """
 import argparse
 import os
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-import multitask as mt  # noqa: E402
-import tasks  # noqa: E402
-import tokenization  # noqa: E402
-from file_utils import ConfigError, replace_dir_atomically, resolve_model_dir, run_cli  # noqa: E402
+import multitask as mt
+import tasks
+import tokenization
+from file_utils import ConfigError, replace_dir_atomically, resolve_model_dir, run_cli
 
 
 def main(argv=None):

@@ -41,11 +41,9 @@ import os
 import random
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+from file_utils import atomic_write_text
 
-from file_utils import atomic_write_text  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SEED = 2019
 DEFAULT_OUT = os.path.join(ROOT, "data")  # gets glue_sample/, squad_sample/, conll_sample/, swag_sample/
@@ -481,7 +479,6 @@ def build(seed=SEED):
                                               ["index", "sentence1", "sentence2"])
     files["README.md"] = README
     return files
-
 
 
 # ------------------------------------------------------------------------------------ other families

@@ -8,13 +8,8 @@ Reads only results.json and diagnostics/epoch_*.csv (no model, no data).
 """
 import argparse
 import os
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from file_utils import ConfigError, run_cli  # noqa: E402
+from file_utils import ConfigError, run_cli
 
 
 def main(argv=None):

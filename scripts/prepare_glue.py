@@ -57,14 +57,9 @@ import glob
 import logging
 import os
 import re
-import sys
 from dataclasses import dataclass
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from file_utils import ConfigError, DataError, atomic_open, run_cli  # noqa: E402
+from file_utils import ConfigError, DataError, atomic_open, run_cli
 
 logger = logging.getLogger("prepare_glue")
 

@@ -347,7 +347,7 @@ def _column(row, col):
     return row[col] if col is not None else None
 
 
-def read_examples(task, data_dir, split, path=None):
+def read_examples(task, data_dir, split, path=None):  # noqa: C901
     """Read one split of a task into `InputExample`s (see module docstring for the rules).
 
     `path` overrides the file location (the layout still comes from task + split).

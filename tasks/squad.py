@@ -107,7 +107,7 @@ def _valid_id(value):
     return isinstance(value, (str, int)) and not isinstance(value, bool)
 
 
-def _iter_qas(path, data, raw):
+def _iter_qas(path, data, raw):  # noqa: C901
     """Yield (where, paragraph_text, qa) for every question, validating the structure (answer
     offsets are checked where they are used: training). Question ids must be unique: predictions,
     null odds and the official scripts are all keyed by id, so a second question with the same id
@@ -175,7 +175,7 @@ def _iter_qas(path, data, raw):
                 yield where, context, qa
 
 
-def read_squad_examples(path, is_training, version_2_with_negative=False):
+def read_squad_examples(path, is_training, version_2_with_negative=False):  # noqa: C901
     """Read a SQuAD file into SquadExamples.
 
     Returns (examples, dropped) where `dropped` lists the question ids of training answers whose
@@ -435,7 +435,7 @@ def get_final_text(pred_text, orig_text, basic_tokenizer, verbose_logging=False)
     return orig_text[orig_start_position:orig_end_position + 1]
 
 
-def decode_predictions(examples, metas, start_logits, end_logits, n_best_size, max_answer_length,
+def decode_predictions(examples, metas, start_logits, end_logits, n_best_size, max_answer_length,  # noqa: C901
                        basic_tokenizer, version_2_with_negative=False, null_score_diff_threshold=0.0,
                        verbose_logging=False):
     """Turn per-window start/end logits into answers.

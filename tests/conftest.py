@@ -1,13 +1,10 @@
 """Shared pytest fixtures: the bundled MiniLM model, its vocab, tiny random BERT configs and a tiny
 multi-task setup (model folders, PALs configs, GLUE fixture)."""
 import os
-import sys
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ reference's 1,819,836 PAL parameters + the head.
 import json
 import os
 import shutil
-import sys
 
 import numpy as np
 import pytest
@@ -26,12 +25,12 @@ from file_utils import run_cli
 from tasks import glue
 from test_training_helpers import single_thread
 from tiny_multitask import AUG, HIDDEN, LAYERS, run
+from tree_scripts import load_script
 
 pytestmark = pytest.mark.usefixtures(single_thread.__name__)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-import export_adapter  # noqa: E402
-import import_adapter  # noqa: E402
+export_adapter = load_script("scripts/export_adapter.py")
+import_adapter = load_script("scripts/import_adapter.py")
 
 
 def _pal_task_params(num_labels):

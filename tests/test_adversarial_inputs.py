@@ -7,14 +7,12 @@ here as regression tests, one per crash.
 """
 import json
 import os
-import sys
 
 import pytest
 
+import glue_fixtures
 from file_utils import ConfigError, DataError, run_cli
-from tasks import conll, glue, pretraining, squad, swag
-from tests import glue_fixtures
-from tests.fixtures_qa import (
+from fixtures_qa import (
     conll_sentences,
     squad_v1_data,
     squad_v2_data,
@@ -23,10 +21,11 @@ from tests.fixtures_qa import (
     write_squad,
     write_swag,
 )
+from tasks import conll, glue, pretraining, squad, swag
+from tree_scripts import load_script
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lm_finetuning"))
-import finetune_on_pregenerated  # noqa: E402
-import pregenerate_training_data  # noqa: E402
+finetune_on_pregenerated = load_script("lm_finetuning/finetune_on_pregenerated.py")
+pregenerate_training_data = load_script("lm_finetuning/pregenerate_training_data.py")
 
 BOM = "\ufeff".encode("utf-8")
 

@@ -5,8 +5,8 @@ import pytest
 import seqeval.metrics as sm
 
 from file_utils import DataError
+from fixtures_qa import conll_sentences, make_tokenizer, write_conll, write_conll_dir
 from tasks import conll
-from tests.fixtures_qa import conll_sentences, make_tokenizer, write_conll, write_conll_dir
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,10 @@ import sys
 import pytest
 import torch
 
-from test_training_helpers import ROOT, state_dict_max_diff, write_tiny_model
+from test_training_helpers import state_dict_max_diff, worker_env, write_tiny_model
 
 WORKER = r'''
 import os, sys, json
-sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
 import torch
 import training
 from test_training_helpers import engine_options, synthetic_features
@@ -92,8 +91,8 @@ def setup(tmp_path_factory):
     base = tmp_path_factory.mktemp("dist")
     model_dir = write_tiny_model(str(base / "model"), dropout=0.0)
     worker = base / "worker.py"
-    worker.write_text(WORKER.format(root=ROOT, tests=os.path.join(ROOT, "tests")))
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    worker.write_text(WORKER.format())
+    env = worker_env()
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     return base, model_dir, worker, env
@@ -159,7 +158,6 @@ def test_ddp_searches_unused_parameters_only_when_a_step_leaves_some(tmp_path, m
 
 NODE_WORKER = r'''
 import json, os, sys
-sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
 import torch.distributed as dist
 import training
 from file_utils import ConfigError
@@ -200,10 +198,10 @@ def test_two_nodes_build_their_own_caches_and_only_global_rank_0_writes(tmp_path
     one node cannot see the checkpoint fails on both nodes with one line."""
     model_dir = write_tiny_model(str(tmp_path / "model"), dropout=0.0)
     worker = tmp_path / "node_worker.py"
-    worker.write_text(NODE_WORKER.format(root=ROOT, tests=os.path.join(ROOT, "tests")))
+    worker.write_text(NODE_WORKER.format())
     marks = tmp_path / "marks"
     marks.mkdir()
-    base = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    base = worker_env()
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK"):
         base.pop(key, None)
 

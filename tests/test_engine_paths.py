@@ -480,7 +480,6 @@ def test_runners_set_passive_openmp_waiting_before_torch_loads():
         first = next(m for m in modules if m not in sys.stdlib_module_names)
         assert first == "file_utils", (runner, modules)
     code = ("import os, sys\n"
-            f"sys.path.insert(0, {ROOT!r})\n"
             "import run_multi_task\n"
             "order = list(sys.modules)\n"
             "print(os.environ.get('OMP_WAIT_POLICY'), order.index('file_utils') < order.index('torch'))\n")

@@ -92,8 +92,6 @@ def test_atomic_write_json_round_trip(tmp_path):
 def test_run_cli_turns_user_error_into_one_line_and_exit_2(tmp_path):
     script = tmp_path / "cli.py"
     script.write_text(
-        "import sys\n"
-        f"sys.path.insert(0, {os.path.dirname(file_utils.__file__)!r})\n"
         "from file_utils import run_cli, DataError\n"
         "def main(argv):\n"
         "    raise DataError('train.tsv', 3, 'unknown label \"maybe\"')\n"

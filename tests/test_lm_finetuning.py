@@ -20,13 +20,13 @@ import training
 from file_utils import run_cli
 from tasks import pretraining as P
 from tokenization import BertTokenizer
+from tree_scripts import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LM = os.path.join(ROOT, "lm_finetuning")
-sys.path.insert(0, LM)
-import finetune_on_pregenerated  # noqa: E402
-import pregenerate_training_data  # noqa: E402
-import simple_lm_finetuning  # noqa: E402
+finetune_on_pregenerated = load_script("lm_finetuning/finetune_on_pregenerated.py")
+pregenerate_training_data = load_script("lm_finetuning/pregenerate_training_data.py")
+simple_lm_finetuning = load_script("lm_finetuning/simple_lm_finetuning.py")
 
 WORDS = ("river bank money water stone light house green market paper music field energy "
          "garden window letter station doctor memory weather").split()

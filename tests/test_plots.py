@@ -9,7 +9,6 @@ warning; a folder without results is a one-line error.
 """
 import json
 import os
-import sys
 
 import pytest
 
@@ -18,6 +17,7 @@ import run_multi_task
 from file_utils import run_cli
 from test_training_helpers import single_thread
 from tiny_multitask import run
+from tree_scripts import load_script
 
 pytestmark = pytest.mark.usefixtures(single_thread.__name__)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,9 +88,7 @@ def test_drawn_series_equal_results(finished_run, tmp_path):
 
 
 def _plot_run_script():
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    import plot_run
-    return plot_run
+    return load_script("scripts/plot_run.py")
 
 
 def test_plot_run_script_redraws_from_the_folder(finished_run, tmp_path, capsys):

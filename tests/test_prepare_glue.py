@@ -17,14 +17,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from file_utils import ConfigError, DataError  # noqa: E402
-from glue_fixtures import write_glue_fixture  # noqa: E402
-from tasks import glue  # noqa: E402
+from file_utils import ConfigError, DataError
+from glue_fixtures import write_glue_fixture
+from tasks import glue
+from tree_scripts import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "prepare_glue.py")
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-import prepare_glue  # noqa: E402
+prepare_glue = load_script("scripts/prepare_glue.py")
 
 # Hub ClassLabel names per config (dataset card `dataset_info.features.label.names`).
 HUB_CLASS_NAMES = {

@@ -27,10 +27,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+import glue_fixtures
 from file_utils import DataError
+from fixtures_qa import conll_sentences, squad_v1_data, squad_v2_data, swag_rows, write_conll, write_swag
 from tasks import conll, glue, squad, swag
-from tests import glue_fixtures
-from tests.fixtures_qa import conll_sentences, squad_v1_data, squad_v2_data, swag_rows, write_conll, write_swag
 
 SCALE = float(os.environ.get("FUZZ_SCALE", "1"))
 
@@ -62,7 +62,7 @@ mutations = st.lists(st.tuples(st.sampled_from(OPS), st.integers(0, 1 << 20), st
                      min_size=1, max_size=4)
 
 
-def mutate(data, sep, ops):
+def mutate(data, sep, ops):  # noqa: C901
     """Apply (op, a, b, payload) edits to a file's bytes; `sep` is the field separator."""
     for op, a, b, payload in ops:
         lines = data.split(b"\n")

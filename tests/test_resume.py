@@ -14,11 +14,11 @@ import torch
 
 import training
 from test_training_helpers import (
-    ROOT,
     engine_options,
     single_thread,
     state_dict_max_diff,
     synthetic_features,
+    worker_env,
     write_tiny_model,
 )
 
@@ -28,7 +28,6 @@ STEPS = 16  # 30 examples, batch 8 -> 4 steps per epoch, 4 epochs
 
 WORKER = r'''
 import os, sys, time
-sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
 import torch
 import training
 from test_training_helpers import engine_options, synthetic_features
@@ -94,8 +93,8 @@ def test_stop_and_resume_in_process_is_exact(model_dir, tmp_path):
 
 def test_sigkill_mid_run_then_resume_matches_uninterrupted_run(model_dir, tmp_path):
     worker = tmp_path / "worker.py"
-    worker.write_text(WORKER.format(root=ROOT, tests=os.path.join(ROOT, "tests")))
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    worker.write_text(WORKER.format())
+    env = worker_env()
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     out = tmp_path / "killed"

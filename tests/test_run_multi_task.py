@@ -17,15 +17,15 @@ import sys
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
+import modeling
+import run_multi_task
+import training
 from glue_fixtures import write_glue_fixture
+from tree_scripts import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-from safetensors.torch import load_file  # noqa: E402
-
-import modeling  # noqa: E402
-import run_multi_task  # noqa: E402
-import training  # noqa: E402
 
 HIDDEN, LAYERS, AUG = 24, 2, 12
 
@@ -194,8 +194,7 @@ def test_end_to_end_table_best_model_predictions(setup, capsys):
 
 def test_collect_results_table(setup, tmp_path, capsys):
     """Collector on a multi-task output and two run_classifier-style single-task outputs."""
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    import collect_results
+    collect_results = load_script("scripts/collect_results.py")
     runs = tmp_path / "runs"
     runs.mkdir()
     mt_run = runs / "pals"

@@ -6,8 +6,8 @@ import pytest
 
 import run_squad
 from file_utils import run_cli
+from fixtures_qa import squad_v1_data, squad_v2_data, write_squad
 from tasks import squad
-from tests.fixtures_qa import squad_v1_data, squad_v2_data, write_squad
 
 
 def train_losses(output_dir):

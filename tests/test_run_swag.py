@@ -7,7 +7,7 @@ import pytest
 
 import run_swag
 from file_utils import run_cli
-from tests.fixtures_qa import swag_rows, write_swag, write_swag_dir
+from fixtures_qa import swag_rows, write_swag, write_swag_dir
 from tests.test_run_squad import read_kv, train_losses
 
 

@@ -5,8 +5,8 @@ import os
 import pytest
 
 from file_utils import ConfigError, DataError
+from fixtures_qa import make_tokenizer, squad_v1_data, squad_v2_data, write_squad
 from tasks import squad
-from tests.fixtures_qa import make_tokenizer, squad_v1_data, squad_v2_data, write_squad
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import pytest
 from sklearn.metrics import accuracy_score
 
 from file_utils import DataError
+from fixtures_qa import SWAG_HEADER, make_tokenizer, swag_rows, write_swag, write_swag_dir
 from tasks import swag
-from tests.fixtures_qa import SWAG_HEADER, make_tokenizer, swag_rows, write_swag, write_swag_dir
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ import transformers
 import tf_checkpoint
 from file_utils import ConfigError
 from tf_checkpoint import TFCheckpointReader, crc32c, find_tf_checkpoint, load_tf_checkpoint
+from tree_scripts import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
@@ -28,8 +29,7 @@ TINY = os.path.join(FIXTURES, "tf_bert_tiny")
 SHARDED = os.path.join(FIXTURES, "tf_bert_tiny_sharded")
 DTYPES = os.path.join(FIXTURES, "tf_dtypes")
 CONVERT = os.path.join(ROOT, "scripts", "convert_tf_checkpoint.py")
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-import convert_tf_checkpoint  # noqa: E402
+convert_tf_checkpoint = load_script("scripts/convert_tf_checkpoint.py")
 
 
 @pytest.fixture(scope="module")

@@ -6,18 +6,25 @@ label is a simple function of the tokens (so a model can learn it).
 """
 import argparse
 import os
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+import modeling
+import training
 
-import modeling  # noqa: E402  (after the path set-up above, for subprocess workers)
-import training  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.join(ROOT, "tests")
+
+
+def worker_env(**extra):
+    """The environment for a worker script written to a temporary folder: this tests folder (for these
+    helpers) ahead of the inherited PYTHONPATH; the project itself comes from its install, or from the
+    tree root on PYTHONPATH where it is not installed (docs/testing.md#installing)."""
+    path = os.pathsep.join(p for p in (TESTS, os.environ.get("PYTHONPATH")) if p)
+    return dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", **extra)
+
 
 TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(95)]
 

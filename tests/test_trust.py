@@ -35,7 +35,7 @@ import training
 from file_utils import run_cli
 from glue_fixtures import write_glue_fixture
 from test_run_classifier import write_easy_sst2
-from test_training_helpers import ROOT, single_thread, write_tiny_model
+from test_training_helpers import single_thread, write_tiny_model
 
 pytestmark = pytest.mark.usefixtures(single_thread.__name__)  # tiny models: one thread
 
@@ -374,7 +374,6 @@ def test_eval_on_a_language_model_folder_says_what_is_missing(tiny, glue, tmp_pa
 
 SIGTERM_WORKER = r'''
 import sys, time
-sys.path.insert(0, {root!r})
 import file_utils, run_classifier, training
 import torch
 torch.set_num_threads(1)
@@ -395,7 +394,7 @@ def test_sigterm_checkpoints_exits_143_and_the_resumed_run_is_exact(tiny, glue, 
     assert run_classifier.main(classifier_argv(tiny, glue, reference, *flags)) == 0
     out = tmp_path / "out"
     script = tmp_path / "worker.py"
-    script.write_text(SIGTERM_WORKER.format(root=ROOT))
+    script.write_text(SIGTERM_WORKER)
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.Popen([sys.executable, str(script), *classifier_argv(tiny, glue, out, *flags)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
