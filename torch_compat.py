@@ -68,7 +68,8 @@ def python_files(root=ROOT):
                              capture_output=True, text=True, check=True).stdout.split()
     except (OSError, subprocess.CalledProcessError):  # not a git checkout (a copy): walk the tree
         out = [os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs
-               if f.endswith(".py") and "/." not in d]
+               if f.endswith(".py") and not any(part.startswith(".") for part in
+                                                os.path.relpath(d, root).split(os.sep) if part != ".")]
     return sorted(out)
 
 

@@ -121,6 +121,8 @@ def test_rehearsal_brings_back_table_and_json_with_every_check(machine, tmp_path
     assert model_row["result"] == "stored F16, parameters torch.float32"
     assert model_row["detail"] == str(fresh / ".gpu_bundle" / "minilm-l6")
     assert rows[("0. environment", "torch")]["status"] == "PASS"
+    names = rows[("0. environment", "torch names the code uses")]  # found without git, by walking the copy
+    assert names["status"] == "PASS" and int(names["result"].split()[0]) == len(torch_compat.used_torch_names())
     table = (out / "gpu_check_table.txt").read_text()
     for section in {s for _, s, _, _ in gpu_check.CHECKS}:
         assert section in table

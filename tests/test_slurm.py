@@ -28,8 +28,11 @@ rc=0
 for pid in "${pids[@]}"; do wait "$pid" || rc=$?; done
 exit $rc
 """
+# One name per node of a big job: more output than a pipe buffer holds, so a script that reads only the
+# first line through `| head` under pipefail dies of SIGPIPE here (as it would on a large cluster).
 STUB_SCONTROL = """#!/bin/bash
-[ "$1 $2" = "show hostnames" ] && echo 127.0.0.1 && echo 127.0.0.1
+[ "$1 $2" = "show hostnames" ] || exit 1
+for ((i = 0; i < 20000; i++)); do echo 127.0.0.1; done
 """
 
 
