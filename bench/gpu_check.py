@@ -616,6 +616,18 @@ def check_environment(table, smoke, cuda):
                       "bench/gpu_bundle.sh carries its wheel")
             continue
         table.add(section, f"{package} importable", "PASS" if found == pin else "FAIL", found, f"pinned {pin}")
+    carried = os.environ.get(gpu_bundle.MODEL_VARIABLE)
+    if carried:  # the bundle's manifest: every file as bench/gpu_bundle.sh wrote it
+        bundle = os.path.dirname(os.path.abspath(carried))
+        with open(os.path.join(bundle, "bundle.json"), encoding="utf-8") as f:
+            manifest = json.load(f)["sha256"]
+        changed = [name for name, digest in manifest.items() if not os.path.isfile(os.path.join(bundle, name))
+                   or gpu_bundle.sha256(os.path.join(bundle, name)) != digest]
+        table.add(section, "bundle files", "FAIL" if changed else "PASS",
+                  f"{len(changed)} missing or changed: {', '.join(changed)}" if changed else f"{len(manifest)} intact",
+                  os.path.join(bundle, "bundle.json"))
+    else:
+        table.add(section, "bundle files", "SKIP", f"{gpu_bundle.MODEL_VARIABLE} not set: no carried bundle")
     from safetensors import safe_open
 
     from file_utils import resolve_model_dir
