@@ -13,8 +13,9 @@ TOTAL_BUDGET_S); one that raises or runs over it is a FAIL row with its error, a
 
 0. The environment: Python, torch (FAIL below torch_compat.MIN_TORCH, the oldest torch we support),
    CUDA, cuDNN and GPU; every torch name the code uses resolves on this torch
-   (torch_compat.missing_torch_names); seqeval at its pinned version; `minilm-l6` resolves and loads
-   into fp32 parameters (the package, or the carried fp16 copy named by PALS_MINILM_L6_DIR).
+   (torch_compat.missing_torch_names); seqeval at its pinned version; the carried bundle's files
+   against its bundle.json; `minilm-l6` resolves and loads into fp32 parameters (the package, or the
+   carried fp16 copy named by PALS_MINILM_L6_DIR).
 
 a. `python -m pytest -m gpu -q tests`: every gpu-marked test passes (a skip on a GPU machine fails).
 b. `run_multi_task.py` on the bundled sample data (MiniLM + PALs): rte,mrpc,sts-b, 1 epoch of 40
