@@ -142,7 +142,7 @@ def command(bundle="."):
     """The one shell line to run in the repository root there (any arguments go after it, e.g. --smoke)."""
     b = bundle.rstrip("/")
     return (f'B={b}; S=$(mktemp -d) && python3 -m pip install -q --no-index --no-deps --no-compile --target "$S" '
-            f'$B/*.whl && export PYTHONPATH="$S:$PWD${{PYTHONPATH:+:$PYTHONPATH}}" '
+            f'$B/*.whl && export PYTHONPATH="$S${{PYTHONPATH:+:$PYTHONPATH}}" '
             f'{MODEL_VARIABLE}="$PWD/$B/{MODEL_SUBDIR}" && bash bench/gpu_check.sh')
 
 

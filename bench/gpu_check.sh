@@ -8,6 +8,8 @@
 # ./gpu_check_out). Pass --smoke to check the script itself on CPU (tiny sizes, no pytest, no MFU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The tree itself first on the path: on a borrowed machine the project is not installed (docs/testing.md#installing).
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export OUT="${OUT:-$PWD/gpu_check_out}"
 mkdir -p "$OUT"
 PYTHONUNBUFFERED=1 "${PYTHON:-$(command -v python3 || command -v python)}" bench/gpu_check.py --out "$OUT" "$@" 2>&1 \
