@@ -28,7 +28,7 @@ import string
 from dataclasses import dataclass, field
 
 from file_utils import ConfigError, DataError, atomic_open, file_fingerprint, utf8_error
-from tasks.base import STDIN, Task, plain_lines
+from tasks.base import STDIN, Family, Task, plain_lines, register
 
 logger = logging.getLogger(__name__)
 
@@ -727,7 +727,6 @@ class Squad(Task):
     file is both the evaluation set (EM/F1 by the official scripts' rules, in 0..1) and what
     `write_predictions` predicts (predictions.json, nbest_predictions.json, v2 null_odds.json):
     SQuAD has no public test set."""
-    family = "squad"
     head_type = "span"
     num_labels = 2
     main_metric = "f1"
@@ -873,3 +872,16 @@ class Squad(Task):
         write_prediction_files(out_dir, preds, nbest, null_odds if self.v2 else None)
         names = ["predictions.json", "nbest_predictions.json"] + (["null_odds.json"] if self.v2 else [])
         return [os.path.join(out_dir, n) for n in names]
+
+
+def _build(name, tokenizer, data_dir, max_seq_length, doc_stride=128, max_query_length=64, cache=None,
+           max_eval_examples=None, **_):
+    return Squad(tokenizer, version=int(name[-1]), data_dir=data_dir, name=name, max_seq_length=max_seq_length,
+                 doc_stride=doc_stride, max_query_length=max_query_length, cache=cache,
+                 max_eval_examples=max_eval_examples)
+
+
+FAMILY = register(Family(
+    name="squad", tasks={"squad1": "SQuAD v1.1", "squad2": "SQuAD v2.0"}, task_class=Squad, build=_build,
+    head_type="span", data_files="train-v*.json, dev-v*.json", max_seq_length=384,
+    output_names=("predictions.json", "nbest_predictions.json", "null_odds.json"), sample_data="squad_sample"))
