@@ -75,7 +75,10 @@ def parse_task_names(spec):
                 raise ConfigError(f"task '{name}' is listed twice in --tasks")
             names.append(name)
     for name in names:
-        glue.check_trainable(name)
+        evaluated_by = family_of(name).evaluated_by
+        if name in evaluated_by:
+            raise ConfigError(f"task '{name}' has no training set; it is evaluated with the "
+                              f"{evaluated_by[name]} head (give that task instead)")
     return names
 
 

@@ -64,6 +64,8 @@ class Family:
     sample_data     its bundled sample folder under data/ (scripts/make_sample_data.py), for the demo
     expand          `--tasks` item -> task names (sets, aliases), None when the item is none of its
                     own; default: the item itself when it is one of `tasks`
+    evaluated_by    {task without a training set: the task whose head evaluates it} (GLUE's mnli-mm
+                    and ax: mnli); such a task is refused in --tasks
     """
     name: str
     tasks: dict
@@ -76,6 +78,7 @@ class Family:
     padding: dict = field(default_factory=lambda: dict(INPUT_PADDING))
     sample_data: Optional[str] = None
     expand: Optional[Callable] = None
+    evaluated_by: dict = field(default_factory=dict)
 
     @property
     def uses_data_dir(self):

@@ -45,9 +45,7 @@ TASK_SETS = {
 STSB_MAX_SCORE = 5.0
 
 
-# --------------------------------------------------------------------------------------------
-# Metrics (corpus level, as GLUE reports them)
-# --------------------------------------------------------------------------------------------
+# ---- Metrics (corpus level, as GLUE reports them) ------------------------------------------------
 
 def _as_arrays(preds, labels):
     preds, labels = np.asarray(preds), np.asarray(labels)
@@ -99,9 +97,7 @@ def pearson_and_spearman(preds, labels):
     return {"pearson": pearson, "spearmanr": spearman, "corr": (pearson + spearman) / 2}
 
 
-# --------------------------------------------------------------------------------------------
-# Task registry
-# --------------------------------------------------------------------------------------------
+# ---- GLUE tasks -------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Layout:
@@ -284,9 +280,7 @@ def get_task(name):
     return TASKS[_ALIASES[key]]
 
 
-# --------------------------------------------------------------------------------------------
-# Reading files
-# --------------------------------------------------------------------------------------------
+# ---- Reading files -------------------------------------------------------------------------------
 
 @dataclass
 class InputExample:
@@ -423,9 +417,7 @@ def gold_labels(task, examples):
     return np.array([label_map[e.label] for e in examples], dtype=np.int64)
 
 
-# --------------------------------------------------------------------------------------------
-# Features
-# --------------------------------------------------------------------------------------------
+# ---- Features ------------------------------------------------------------------------------------
 
 def convert_examples_to_features(examples, task, tokenizer, max_seq_length, label_scale=1.0):
     """`[CLS] a [SEP] (b [SEP])` features, unpadded (the engine's collator pads).
@@ -465,9 +457,7 @@ def convert_examples_to_features(examples, task, tokenizer, max_seq_length, labe
     return features
 
 
-# --------------------------------------------------------------------------------------------
-# Metrics per task, GLUE score, predictions and submission files
-# --------------------------------------------------------------------------------------------
+# ---- Metrics per task, GLUE score, predictions and submission files ------------------------------
 
 def compute_metrics(task, preds, labels):
     """GLUE metrics on the whole set. preds/labels: label ids, or scores in 0..5 units (STS-B)."""
@@ -561,9 +551,7 @@ def write_predictions(task, path_or_dir, indices, predictions, split="test"):
     return path
 
 
-# --------------------------------------------------------------------------------------------
-# The GLUE family behind the task interface (tasks.base.Task)
-# --------------------------------------------------------------------------------------------
+# ---- The GLUE family behind the task interface (tasks.base.Task) ---------------------------------
 
 # Label orders of the PALs reference code where they differ from ours (its QNLI/RTE processors listed
 # not_entailment first): the rows of heads it saved are in this order.
@@ -782,14 +770,6 @@ class Glue(Task):
         return written
 
 
-def check_trainable(name):
-    """A GLUE task without its own training set (mnli-mm, ax) is refused as a `--tasks` entry."""
-    dataset = TASKS.get(name)
-    if dataset is not None and (dataset.head_task is not None or "train" not in dataset.files):
-        raise ConfigError(f"task '{name}' has no training set; it is evaluated with the "
-                          f"{dataset.head_task} head (give that task instead)")
-
-
 def _expand(item):
     """A `--tasks` item -> GLUE task names: a set (all, paper, glue, inf) or a name/alias; None if not GLUE."""
     if item in TASK_SETS:
@@ -807,4 +787,5 @@ def _build(name, tokenizer, data_dir, max_seq_length, regression_scale=MULTITASK
 FAMILY = register(Family(
     name="glue", tasks={t.name: t.display for t in _TASK_LIST}, task_class=Glue, build=_build,
     head_type="classification", data_files="", sample_data="glue_sample", expand=_expand,
-    output_names=tuple(name for t in _TASK_LIST for name in t.submissions.values())))
+    output_names=tuple(name for t in _TASK_LIST for name in t.submissions.values()),
+    evaluated_by={t.name: t.head_task for t in _TASK_LIST if t.head_task or "train" not in t.files}))
