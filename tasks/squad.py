@@ -19,6 +19,7 @@ Differences from the 2019 script, all deliberate:
   so padding positions are never scored).
 """
 import collections
+import dataclasses
 import json
 import logging
 import math
@@ -48,13 +49,34 @@ class SquadExample:
 
 @dataclass
 class SquadFeatureMeta:
-    """Everything decoding needs about one window; kept apart from the model inputs."""
+    """Everything decoding needs about one window; kept apart from the model inputs. Plain lists,
+    so the feature cache stores a meta as it is (`asdict`) and rebuilds it with `SquadFeatureMeta(**d)`."""
     unique_id: int
     example_index: int
     doc_span_index: int
     tokens: list
-    token_to_orig_map: dict = field(default_factory=dict)     # feature position -> word index
-    token_is_max_context: dict = field(default_factory=dict)  # feature position -> bool
+    doc_start: int = 0                                 # position of the window's first document piece
+    doc_words: list = field(default_factory=list)      # word index of each document piece of the window
+    max_context: list = field(default_factory=list)    # per document piece: this window is its max context
+
+    def word_of(self, position):
+        """The word index of the document piece at `position`, None outside the document part."""
+        k = position - self.doc_start
+        return self.doc_words[k] if 0 <= k < len(self.doc_words) else None
+
+    def is_max_context(self, position):
+        k = position - self.doc_start
+        return bool(self.max_context[k]) if 0 <= k < len(self.max_context) else False
+
+    @property
+    def token_to_orig_map(self):
+        """{feature position: word index} of the document pieces."""
+        return {self.doc_start + k: w for k, w in enumerate(self.doc_words)}
+
+    @property
+    def token_is_max_context(self):
+        """{feature position: bool} of the document pieces."""
+        return {self.doc_start + k: bool(m) for k, m in enumerate(self.max_context)}
 
 
 def _is_whitespace(c):
@@ -373,17 +395,11 @@ def convert_examples_to_features(examples, tokenizer, max_seq_length, doc_stride
 
         for doc_span_index, (span_start, span_length) in enumerate(doc_spans):
             tokens = [cls] + query_tokens + [sep]
-            segment_ids = [0] * len(tokens)
-            token_to_orig_map, token_is_max_context = {}, {}
-            for i in range(span_length):
-                split_token_index = span_start + i
-                token_to_orig_map[len(tokens)] = tok_to_orig_index[split_token_index]
-                token_is_max_context[len(tokens)] = _check_is_max_context(
-                    doc_spans, doc_span_index, split_token_index)
-                tokens.append(all_doc_tokens[split_token_index])
-                segment_ids.append(1)
-            tokens.append(sep)
-            segment_ids.append(1)
+            doc_start, span = len(tokens), range(span_start, span_start + span_length)
+            doc_words = [tok_to_orig_index[i] for i in span]
+            max_context = [_check_is_max_context(doc_spans, doc_span_index, i) for i in span]
+            tokens += [all_doc_tokens[i] for i in span] + [sep]
+            segment_ids = [0] * doc_start + [1] * (span_length + 1)
             input_ids = tokenizer.convert_tokens_to_ids(tokens)
             feature = {"input_ids": input_ids, "token_type_ids": segment_ids,
                        "attention_mask": [1] * len(input_ids)}
@@ -398,8 +414,8 @@ def convert_examples_to_features(examples, tokenizer, max_seq_length, doc_stride
                 feature["start_positions"] = start_position
                 feature["end_positions"] = end_position
             features.append(feature)
-            metas.append(SquadFeatureMeta(unique_id, example_index, doc_span_index, tokens,
-                                          token_to_orig_map, token_is_max_context))
+            metas.append(SquadFeatureMeta(unique_id, example_index, doc_span_index, tokens, doc_start, doc_words,
+                                          max_context))
             unique_id += 1
     return features, metas
 
@@ -474,10 +490,10 @@ def _window_spans(meta, feature_i, s_logits, e_logits, n_best_size, max_answer_l
     its maximum context, at most max_answer_length pieces long."""
     spans = []
     for start_index in _get_best_indexes(s_logits, n_best_size):
-        if start_index not in meta.token_to_orig_map or not meta.token_is_max_context.get(start_index, False):
+        if meta.word_of(start_index) is None or not meta.is_max_context(start_index):
             continue
         for end_index in _get_best_indexes(e_logits, n_best_size):
-            if end_index not in meta.token_to_orig_map or end_index < start_index:
+            if meta.word_of(end_index) is None or end_index < start_index:
                 continue
             if end_index - start_index + 1 > max_answer_length:
                 continue
@@ -491,8 +507,7 @@ def _span_text(meta, example, start_index, end_index, basic_tokenizer, verbose_l
     tok_text = " ".join(meta.tokens[start_index:end_index + 1])
     tok_text = tok_text.replace(" ##", "").replace("##", "")
     tok_text = " ".join(tok_text.strip().split())
-    orig_doc_start = meta.token_to_orig_map[start_index]
-    orig_doc_end = meta.token_to_orig_map[end_index]
+    orig_doc_start, orig_doc_end = meta.word_of(start_index), meta.word_of(end_index)
     orig_text = " ".join(example.doc_tokens[orig_doc_start:orig_doc_end + 1])
     return get_final_text(tok_text, orig_text, basic_tokenizer, verbose_logging)
 
@@ -597,18 +612,6 @@ SQUAD_FILES = {1: {"train": ("train-v1.1.json", "train.json"), "dev": ("dev-v1.1
 _V2_KEYS = ("exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1", "best_exact", "best_f1")
 
 
-def _meta_to_plain(meta):
-    return {"unique_id": meta.unique_id, "example_index": meta.example_index, "doc_span_index": meta.doc_span_index,
-            "tokens": meta.tokens, "token_to_orig_map": [[k, v] for k, v in meta.token_to_orig_map.items()],
-            "token_is_max_context": [[k, v] for k, v in meta.token_is_max_context.items()]}
-
-
-def _meta_from_plain(d):
-    return SquadFeatureMeta(d["unique_id"], d["example_index"], d["doc_span_index"], d["tokens"],
-                            {int(k): int(v) for k, v in d["token_to_orig_map"]},
-                            {int(k): bool(v) for k, v in d["token_is_max_context"]})
-
-
 def _gold_subset(data, qids):
     """The SQuAD `data` list cut to the questions `qids` (an evaluation on the first N questions)."""
     out = []
@@ -666,18 +669,18 @@ class Squad(Task):
         key = {"task": f"{self.name}-{'train' if is_training else 'predict'}", "file": file_fingerprint(path),
                "vocab": self.tokenizer.vocab_fingerprint, "lower": self.tokenizer.do_lower_case,
                "max_seq_length": self.max_seq_length, "doc_stride": self.doc_stride,
-               "max_query_length": self.max_query_length, "v2": self.v2, "count": len(examples), "format": 2}
+               "max_query_length": self.max_query_length, "v2": self.v2, "count": len(examples), "format": 3}
 
         def build():
             features, metas = convert_examples_to_features(examples, self.tokenizer, self.max_seq_length,
                                                            self.doc_stride, self.max_query_length, is_training)
             if not is_training:
                 for feature, meta in zip(features, metas):
-                    feature["meta"] = _meta_to_plain(meta)
+                    feature["meta"] = dataclasses.asdict(meta)
             return features
 
         features = self.cache(key, build)
-        metas = [_meta_from_plain(f.pop("meta")) for f in features] if not is_training else None
+        metas = [SquadFeatureMeta(**f.pop("meta")) for f in features] if not is_training else None
         return features, metas
 
     def prepare(self, train=True, dev=True, test=False):
