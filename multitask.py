@@ -33,11 +33,10 @@ from safetensors.torch import save as safetensors_bytes
 import file_utils
 import modeling
 import training
-from file_utils import ConfigError, atomic_write_json, atomic_write_text
+from file_utils import TASK_LABELS_FILE, ConfigError, atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 SAMPLING_MODES = ("prop", "sqrt", "anneal", "rr")
-TASK_LABELS_FILE = "task_labels.json"  # {task: label strings} saved beside a multi-task model (tasks reads it)
 PROJECTIONS = ("none", "pcgrad", "vaccine")
 COMBINE_STRATEGIES = ("all", "sampled")
 

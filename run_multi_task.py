@@ -33,10 +33,7 @@ from tasks.base import read_stdin_lines, write_readable_predictions
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEMO_DATA_DIR = os.path.join(ROOT, "data", "glue_sample")
 # The bundled sample data of the other families (scripts/make_sample_data.py), for the demo.
-DEMO_TASK_DATA = {"squad1": os.path.join(ROOT, "data", "squad_sample"),
-                  "squad2": os.path.join(ROOT, "data", "squad_sample"),
-                  "conll": os.path.join(ROOT, "data", "conll_sample"),
-                  "swag": os.path.join(ROOT, "data", "swag_sample")}
+DEMO_TASK_DATA = task_families.sample_data_dirs()
 # Without data flags: a CPU-sized demo instead of the paper's 25 x 2400 steps at lr 2e-5.
 DEMO_PROFILE = {"num_train_epochs": 3.0, "steps_per_task": 20, "learning_rate": 1e-4, "max_eval_examples": 200}
 logger = logging.getLogger("run_multi_task")
@@ -56,8 +53,7 @@ def build_parser():
     g.add_argument("--data_dir", default=None, help="GLUE data (<data_dir>/<TASK>/train.tsv ...); without it and "
                    "--task_data: the bundled sample data with a short demo profile")
     g.add_argument("--task_data", default=None,
-                   help="data folders of the non-GLUE tasks: squad1=DIR,squad2=DIR (train-v*.json, dev-v*.json), "
-                        "conll=DIR (train.txt, valid.txt, test.txt), swag=DIR (train.csv, val.csv, test.csv)")
+                   help=f"data folders of the non-GLUE tasks: {task_families.task_data_help()}")
     g.add_argument("--tasks", default="all",
                    help="'all' (the 8 paper tasks in reference order), 'glue' (+ WNLI), or a comma list of GLUE "
                         f"tasks and {', '.join(task_families.OTHER_TASKS)}; the position is the task id")

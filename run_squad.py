@@ -96,9 +96,8 @@ def main(argv=None):
             results = task.official_scores(preds, null_odds)
             if results is not None:
                 if not task.v2:
-                    version = squad.load_squad_json(args.predict_file)[2]
-                    if version not in (None, "1.1"):
-                        logger.warning("evaluation expects SQuAD v1.1, the file says version %s", version)
+                    if task.dev_version not in (None, "1.1"):
+                        logger.warning("evaluation expects SQuAD v1.1, the file says version %s", task.dev_version)
                 results.update(predict_questions=len(task.dev_examples), predict_features=len(task.dev_features))
                 if trainer is not None:
                     results.update(global_step=trainer.global_step, train_dropped_answers=len(task.dropped))

@@ -32,6 +32,9 @@ It also writes the samples of the other task families for the mixed multi-task d
   conll_sample  CoNLL-2003 columns (word POS chunk tag, -DOCSTART- lines, IOB1): names, places,
                 two-word organisations and nationality adjectives in template sentences
   swag_sample   SWAG CSV: someone picks up a thing; the right ending is done with that thing
+  pos_sample    Universal Dependencies CoNLL-U (UPOS tags): template sentences with "cannot" as a
+                multiword token (can + not), elided verbs as empty nodes (8.1), and words that are a
+                noun after "the" and a verb after "will" (paint, fish, ...)
 """
 import argparse
 import csv
@@ -46,7 +49,7 @@ from file_utils import atomic_write_text
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SEED = 2019
-DEFAULT_OUT = os.path.join(ROOT, "data")  # gets glue_sample/, squad_sample/, conll_sample/, swag_sample/
+DEFAULT_OUT = os.path.join(ROOT, "data")  # gets glue_sample/, squad_sample/, conll_sample/, swag_sample/, pos_sample/
 
 # task -> (train, dev, test) sizes; MNLI dev/test sizes are per matched/mismatched file.
 SIZES = {
@@ -485,7 +488,8 @@ def build(seed=SEED):
 # SQuAD v1.1/v2.0, CoNLL-2003 and SWAG samples for the mixed multi-task demo (data/squad_sample,
 # data/conll_sample, data/swag_sample), in the official layouts.
 
-OTHER_SIZES = {"squad": (80, 25), "conll": (600, 150, 150), "swag": (800, 200, 200)}  # squad: paragraphs
+OTHER_SIZES = {"squad": (80, 25), "conll": (600, 150, 150), "swag": (800, 200, 200),  # squad: paragraphs
+               "pos": (400, 100, 100)}
 SQUAD_QUESTIONS = [("Who {past} the {adj} {noun}?", "name"), ("Where did {name} {base} the {noun}?", "place"),
                    ("When did {name} {base} the {noun}?", "time"), ("Why did {name} {base} the {noun}?", "reason")]
 
@@ -600,8 +604,86 @@ def gen_swag(rng, n):
     return out
 
 
+# UPOS of the time phrases of TIMES, word by word.
+TIME_UPOS = {"on": "ADP", "Monday": "PROPN", "Friday": "PROPN", "last": "ADJ", "week": "NOUN", "year": "NOUN",
+             "in": "ADP", "May": "PROPN", "the": "DET", "morning": "NOUN", "yesterday": "ADV", "winter": "NOUN",
+             "2015": "NUM", "at": "ADP", "noon": "NOUN"}
+# Words that are a NOUN after "the" and a VERB after "will".
+POS_AMBIGUOUS = ["paint", "fish", "light", "plant", "water", "ship"]
+PRONOUNS = ["He", "She", "They", "We"]
+
+
+def _pos_time(rng):
+    return [(w, w.lower() if TIME_UPOS[w] != "PROPN" else w, TIME_UPOS[w]) for w in rng.choice(TIMES).split()]
+
+
+def gen_pos(rng, n):
+    """Sentences for UPOS tagging as lists of (ID kind, form, lemma, UPOS) with kind "word", "mwt"
+    (a multiword token over the next two words: "cannot" = can + not) or "empty" (an elided verb,
+    an empty node after the word before it)."""
+    out = []
+    for _ in range(n):
+        name, name2 = rng.sample(NAMES, 2)
+        base, past = rng.choice(VERBS)
+        noun, noun2 = rng.sample(NOUNS, 2)
+        kind = rng.randrange(6)
+        if kind == 0:
+            words = [(name, name, "PROPN"), (past, base, "VERB"), ("the", "the", "DET"),
+                     (rng.choice(ADJS), None, "ADJ"), (noun, None, "NOUN"), ("in", None, "ADP"),
+                     (rng.choice(PLACES), "=", "PROPN")] + _pos_time(rng)
+        elif kind == 1:
+            words = [(rng.choice(PRONOUNS), None, "PRON"), ("did", "do", "AUX"), ("not", None, "PART"),
+                     (base, None, "VERB"), ("the", None, "DET"), (noun, None, "NOUN")]
+        elif kind == 2:
+            words = [(name, "=", "PROPN"), ("cannot", "mwt", None), ("can", None, "AUX"), ("not", None, "PART"),
+                     (base, None, "VERB"), ("the", None, "DET"), (noun, None, "NOUN")]
+        elif kind == 3:
+            words = [(name, "=", "PROPN"), (past, base, "VERB"), ("a", None, "DET"), (noun, None, "NOUN"),
+                     ("and", None, "CCONJ"), (name2, "=", "PROPN"), (past, base, "empty"), ("a", None, "DET"),
+                     (noun2, None, "NOUN")]
+        elif kind == 4:
+            word = rng.choice(POS_AMBIGUOUS)
+            words = [(name, "=", "PROPN"), ("will", None, "AUX"), (word, None, "VERB"), ("the", None, "DET"),
+                     (noun, None, "NOUN")] if rng.random() < 0.5 else \
+                    [(name, "=", "PROPN"), (past, base, "VERB"), ("the", None, "DET"), (word, None, "NOUN")]
+        else:
+            number = rng.choice(["two", "three", "five", "ten"])
+            words = [(rng.choice(PRONOUNS), None, "PRON"), ("have", None, "VERB"), (number, None, "NUM"),
+                     (noun + "s", noun, "NOUN"), ("in", None, "ADP"), (rng.choice(PLACES), "=", "PROPN")]
+        words.append((".", None, "PUNCT"))
+        out.append([_pos_item(form, lemma, upos) for form, lemma, upos in words])
+    return out
+
+
+def _pos_item(form, lemma, upos):
+    """(kind, form, lemma, UPOS): lemma None = the lower-cased form, "=" = the form as written."""
+    if lemma == "mwt":
+        return "mwt", form, "_", "_"
+    lemma = form.lower() if lemma is None else form if lemma == "=" else lemma
+    return ("empty", form, lemma, "VERB") if upos == "empty" else ("word", form, lemma, upos)
+
+
+def conllu_lines(sentence, sent_id):
+    """A gen_pos sentence as CoNLL-U lines (sent_id and text comments; HEAD, DEPREL ... left `_`)."""
+    surface = [form for kind, form, _, _ in sentence if kind != "empty"]
+    skip = {i + 1 for i, (kind, _, _, _) in enumerate(sentence) if kind == "mwt"} | \
+        {i + 2 for i, (kind, _, _, _) in enumerate(sentence) if kind == "mwt"}
+    text = " ".join(form for i, form in enumerate(surface) if i not in skip).replace(" .", ".")
+    lines, word = [f"# sent_id = {sent_id}", f"# text = {text}"], 0
+    for kind, form, lemma, upos in sentence:
+        if kind == "mwt":
+            lines.append(f"{word + 1}-{word + 2}\t{form}" + "\t_" * 8)
+        elif kind == "empty":
+            lines.append(f"{word}.1\t{form}\t{lemma}\t{upos}" + "\t_" * 6)
+        else:
+            word += 1
+            lines.append(f"{word}\t{form}\t{lemma}\t{upos}" + "\t_" * 6)
+    return lines + [""]
+
+
 def build_others(seed=SEED):
-    """Files of data/squad_sample, data/conll_sample and data/swag_sample as {relative path: text}."""
+    """Files of data/squad_sample, data/conll_sample, data/swag_sample and data/pos_sample as
+    {relative path: text}."""
     files = {}
     for version, v2 in (("1.1", False), ("2.0", True)):
         for split, n in (("train", OTHER_SIZES["squad"][0]), ("dev", OTHER_SIZES["squad"][1])):
@@ -626,6 +708,10 @@ def build_others(seed=SEED):
             row = [j, f"synthetic_{j % 50:03d}", str(j), f"{sent1} {sent2}", sent1, sent2, "gold"] + endings
             writer.writerow(row + ([label] if split != "test" else []))
         files[f"swag_sample/{split}.csv"] = buffer.getvalue()
+    for split, n in zip(("train", "dev", "test"), OTHER_SIZES["pos"]):
+        sentences = gen_pos(random.Random(f"{seed}/pos/{split}"), n)
+        lines = [line for i, sentence in enumerate(sentences) for line in conllu_lines(sentence, f"{split}-{i + 1}")]
+        files[f"pos_sample/{split}.conllu"] = "\n".join(lines) + "\n"
     return files
 
 
@@ -654,7 +740,8 @@ exactly the generator's output).
 
 
 def write(out_dir=DEFAULT_OUT, seed=SEED):
-    """<out_dir>/glue_sample, squad_sample, conll_sample and swag_sample; returns {path under out_dir: text}."""
+    """<out_dir>/glue_sample, squad_sample, conll_sample, swag_sample and pos_sample; returns {path under
+    out_dir: text}."""
     files = {f"glue_sample/{rel}": text for rel, text in build(seed).items()}
     files.update(build_others(seed))
     for rel, text in files.items():
@@ -665,7 +752,7 @@ def write(out_dir=DEFAULT_OUT, seed=SEED):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=DEFAULT_OUT,
-                        help="folder that gets glue_sample/, squad_sample/, conll_sample/ and swag_sample/")
+                        help="folder that gets glue_sample/, squad_sample/, conll_sample/, swag_sample/, pos_sample/")
     parser.add_argument("--seed", type=int, default=SEED, help="generator seed (default %(default)s)")
     args = parser.parse_args(argv)
     files = write(args.out, args.seed)

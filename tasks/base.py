@@ -2,8 +2,11 @@
 (multitask.py, which imports no task module) handle any mix of families the same way.
 
 A `Task` is one task of a run, built from its files: a GLUE task (`tasks.glue.Glue`), SQuAD v1.1
-or v2.0 (`tasks.squad.Squad`), CoNLL-2003 NER (`tasks.conll.Conll`) or SWAG (`tasks.swag.Swag`).
-It knows its files, its head, its metrics and its official prediction format, never the model:
+or v2.0 (`tasks.squad.Squad`), CoNLL-2003 NER (`tasks.conll.Conll`), SWAG (`tasks.swag.Swag`) or
+UD part-of-speech tagging (`tasks.pos.Pos`). Each family module declares itself once with a
+`Family` and `register(...)`s it; tasks/__init__.py builds tasks from those declarations
+(docs/adding_a_family.md). A task knows its files, its head, its metrics and its official
+prediction format, never the model:
 
     task.prepare(train=True, dev=True, test=False)   # read + validate files, build features (cached)
     task.train_features                              # plain-list features for the engine
@@ -25,6 +28,8 @@ imports the engine), so everything cached is plain data: lists, dicts with strin
 """
 import logging
 import sys
+from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -32,6 +37,74 @@ from file_utils import DataError, atomic_open, utf8_error
 
 logger = logging.getLogger(__name__)
 STDIN = "<stdin>"  # the name of standard input in messages
+
+
+IGNORE_INDEX = -100  # a label the loss, predictions and scores skip (padding, non-first word pieces)
+# How a family's features pad in a batch ({feature key: pad value}; the dtype comes from the data):
+# every family pads its inputs with 0; a token-level family also pads its per-piece labels.
+INPUT_PADDING = {"input_ids": 0, "token_type_ids": 0, "attention_mask": 0}
+TOKEN_PADDING = dict(INPUT_PADDING, labels=IGNORE_INDEX)
+
+
+@dataclass(frozen=True)
+class Family:
+    """What the runners and the engine need to know about a task family, declared once in its module
+    and registered with `register` (tasks/__init__.py reads the registry, nothing keeps name lists).
+
+    name            the family ("glue", "squad", "conll", "swag", "pos")
+    tasks           {task name: what it is} the family provides, in order (`--tasks` names)
+    task_class      its Task subclass
+    build           build(name, tokenizer, data_dir, max_seq_length, **settings) -> Task; settings are
+                    the run's (cache, max_eval_examples, labels, doc_stride, ...): each takes what it uses
+    head_type       its modeling.HEAD_TYPES entry (GLUE: "classification"; STS-B's task says regression)
+    data_files      what its data folder holds, for --task_data's help ("" : read from --data_dir)
+    max_seq_length  its default max length where the run's --max_seq_length does not fit (SQuAD 384)
+    output_names    files its single-task runner writes into --output_dir (--overwrite_output_dir removes them)
+    padding         {feature key: pad value} for batching (INPUT_PADDING, TOKEN_PADDING)
+    sample_data     its bundled sample folder under data/ (scripts/make_sample_data.py), for the demo
+    expand          `--tasks` item -> task names (sets, aliases), None when the item is none of its
+                    own; default: the item itself when it is one of `tasks`
+    evaluated_by    {task without a training set: the task whose head evaluates it} (GLUE's mnli-mm
+                    and ax: mnli); such a task is refused in --tasks
+    """
+    name: str
+    tasks: dict
+    task_class: type
+    build: Callable
+    head_type: str
+    data_files: str = ""
+    max_seq_length: Optional[int] = None
+    output_names: tuple = ()
+    padding: dict = field(default_factory=lambda: dict(INPUT_PADDING))
+    sample_data: Optional[str] = None
+    expand: Optional[Callable] = None
+    evaluated_by: dict = field(default_factory=dict)
+
+    @property
+    def uses_data_dir(self):
+        """True: its tasks read the run's --data_dir (GLUE's root folder), not --task_data NAME=DIR."""
+        return not self.data_files
+
+    def task_names(self, item):
+        """The task names a `--tasks` item means in this family, or None."""
+        if self.expand is not None:
+            return self.expand(item)
+        return [item] if item in self.tasks else None
+
+
+REGISTRY = {}  # family name -> Family, in registration order (tasks/__init__.py imports the modules)
+
+
+def register(family):
+    """Add a family to the registry and link its Task class to the declaration. Returns it."""
+    if family.name in REGISTRY:
+        raise ValueError(f"task family {family.name!r} registered twice")
+    clash = [t for other in REGISTRY.values() for t in family.tasks if t in other.tasks]
+    if clash:
+        raise ValueError(f"task family {family.name!r}: task names {clash} belong to another family")
+    REGISTRY[family.name] = family
+    family.task_class.declaration = family
+    return family
 
 
 def no_cache(key_parts, build):
@@ -48,8 +121,11 @@ class Task:
     labels        label strings in id order, or None
     main_metric   the metric key of the main score
     max_seq_length
+
+    Its family's declaration (`declaration`, a Family set by `register`) gives `padding` and
+    `output_names`.
     """
-    family = None
+    declaration = None
     flat_predictions = False   # True: prediction files go straight into the run's predictions/ folder
     name = None
     head_type = None
@@ -63,6 +139,16 @@ class Task:
         self.max_eval_examples = max_eval_examples
         self.train_features = None
         self.train_examples = None   # number of training examples, set by prepare(train=True)
+
+    @property
+    def padding(self):
+        """{feature key: pad value} of this task's features (its family's declaration)."""
+        return dict(self.declaration.padding if self.declaration is not None else INPUT_PADDING)
+
+    @property
+    def output_names(self):
+        """Files this family's single-task runner writes into --output_dir."""
+        return tuple(self.declaration.output_names) if self.declaration is not None else ()
 
     # -- data ------------------------------------------------------------------------------------
     def prepare(self, train=True, dev=True, test=False):

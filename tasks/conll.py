@@ -22,11 +22,10 @@ import re
 from dataclasses import dataclass
 
 from file_utils import ConfigError, DataError, atomic_open, file_fingerprint, utf8_error
-from tasks.base import STDIN, Task, plain_lines, softmax
+from tasks.base import IGNORE_INDEX, STDIN, TOKEN_PADDING, Family, Task, plain_lines, register, softmax
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 TAG_RE = re.compile(r"^(O|[BIES](-.+)?)$")
 DEFAULT_DEV_NAMES = ("valid.txt", "dev.txt")
 
@@ -376,7 +375,6 @@ class Conll(Task):
     in `data_dir`. The tag list is `labels` when given (e.g. a fine-tuned model's), else read from
     the training file (O first, then sorted); every training tag must be in it. Metrics: entity-level
     micro precision/recall/F1 (seqeval's default mode); main score F1."""
-    family = "conll"
     head_type = "token"
     main_metric = "f1"
 
@@ -504,3 +502,14 @@ class Conll(Task):
         write_predictions(paths[0], self.paths["test"], predicted)
         write_results(paths[1], scores, {"loss": out["loss"]} if out.get("loss") is not None else {})
         return paths
+
+
+def _build(name, tokenizer, data_dir, max_seq_length, labels=None, cache=None, max_eval_examples=None, **_):
+    return Conll(data_dir, tokenizer, max_seq_length, labels=labels, name=name, cache=cache,
+                 max_eval_examples=max_eval_examples)
+
+
+FAMILY = register(Family(
+    name="conll", tasks={"conll": "CoNLL-2003 NER"}, task_class=Conll, build=_build, head_type="token",
+    data_files="train.txt, valid.txt, test.txt", output_names=(LABELS_FILE, "test_predictions.txt"),
+    padding=TOKEN_PADDING, sample_data="conll_sample"))

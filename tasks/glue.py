@@ -4,14 +4,9 @@ Covers CoLA, SST-2, MRPC, STS-B, QQP, MNLI (matched and mismatched), QNLI, RTE, 
 AX diagnostic set, for the train, dev and test files of the official GLUE release
 (`download_glue_data.py` layout: `<data_dir>/<TASK DIR>/train.tsv` ...).
 
-Flow used by the runners:
-    task = get_task("sts-b")
-    examples = read_examples(task, data_dir, "dev")
-    features = convert_examples_to_features(examples, task, tokenizer, 128, label_scale=0.2)
-    ... model ...
-    preds = logits_to_predictions(task, logits, label_scale=0.2)   # back in 0..5 units
-    metrics = compute_metrics(task, preds, gold_labels(task, examples))
-    write_predictions(task, out_dir, [e.index for e in test_examples], test_preds)
+A run's GLUE task is a `Glue` (tasks.base.Task) built from the `FAMILY` declaration at the end of
+this module: it reads the split files (`read_examples`), builds features, scores dev sets with the
+GLUE metrics (`compute_metrics`, `main_score`) and writes the leaderboard files (`write_predictions`).
 
 Files are read like the reference readers: `csv.reader`, tab delimiter, no quoting (double
 quotes are literal text). Each row must have as many fields as the file's header (or the fixed
@@ -28,10 +23,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
-from scipy.stats import pearsonr, spearmanr
 
 from file_utils import ConfigError, DataError, atomic_open, file_fingerprint, utf8_error
-from tasks.base import STDIN, Task, plain_lines, softmax
+from tasks.base import STDIN, Family, Task, plain_lines, register, softmax
 from tokenization import truncate_seq_pair
 
 logger = logging.getLogger(__name__)
@@ -40,7 +34,7 @@ logger = logging.getLogger(__name__)
 PAPER_TASKS = ["cola", "mrpc", "mnli", "rte", "sts-b", "sst-2", "qqp", "qnli"]
 # Every GLUE task that has a training set (the 8 paper tasks + WNLI), in leaderboard order.
 GLUE_TASKS = ["cola", "sst-2", "mrpc", "sts-b", "qqp", "mnli", "qnli", "rte", "wnli"]
-# Named task sets accepted by `parse_task_list`.
+# Named task sets accepted by `--tasks` (tasks.parse_task_names).
 TASK_SETS = {
     "all": PAPER_TASKS,
     "paper": PAPER_TASKS,
@@ -51,9 +45,7 @@ TASK_SETS = {
 STSB_MAX_SCORE = 5.0
 
 
-# --------------------------------------------------------------------------------------------
-# Metrics (corpus level, as GLUE reports them)
-# --------------------------------------------------------------------------------------------
+# ---- Metrics (corpus level, as GLUE reports them) ------------------------------------------------
 
 def _as_arrays(preds, labels):
     preds, labels = np.asarray(preds), np.asarray(labels)
@@ -69,8 +61,8 @@ def simple_accuracy(preds, labels):
     return {"acc": float((preds == labels).mean())}
 
 
-# sklearn.metrics is imported inside the two functions that use it: its import costs ~1.5 s,
-# which every runner (even `--help`) would otherwise pay at start-up.
+# scikit-learn and SciPy are imported inside the functions that use them: their imports cost
+# ~1.5 s, which every runner (even `--help`) would otherwise pay at start-up.
 
 def matthews(preds, labels):
     from sklearn.metrics import matthews_corrcoef
@@ -99,14 +91,13 @@ def pearson_and_spearman(preds, labels):
     if np.ptp(preds) == 0 or np.ptp(labels) == 0:
         pearson = spearman = 0.0
     else:
+        from scipy.stats import pearsonr, spearmanr
         pearson = float(pearsonr(preds, labels)[0])
         spearman = float(spearmanr(preds, labels)[0])
     return {"pearson": pearson, "spearmanr": spearman, "corr": (pearson + spearman) / 2}
 
 
-# --------------------------------------------------------------------------------------------
-# Task registry
-# --------------------------------------------------------------------------------------------
+# ---- GLUE tasks -------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Layout:
@@ -289,30 +280,7 @@ def get_task(name):
     return TASKS[_ALIASES[key]]
 
 
-def parse_task_list(spec):
-    """`all`/`paper` (the 8 paper tasks), `glue` (9 tasks incl. WNLI), `inf`, or a comma list.
-
-    Returns canonical names, duplicates removed, order kept.
-    """
-    items = spec if isinstance(spec, (list, tuple)) else str(spec).split(",")
-    names = []
-    for item in items:
-        item = str(item).strip()
-        if not item:
-            continue
-        expanded = TASK_SETS.get(item.lower(), [item])
-        for name in expanded:
-            canonical = get_task(name).name
-            if canonical not in names:
-                names.append(canonical)
-    if not names:
-        raise ConfigError(f"no tasks in '{spec}'")
-    return names
-
-
-# --------------------------------------------------------------------------------------------
-# Reading files
-# --------------------------------------------------------------------------------------------
+# ---- Reading files -------------------------------------------------------------------------------
 
 @dataclass
 class InputExample:
@@ -347,7 +315,58 @@ def _column(row, col):
     return row[col] if col is not None else None
 
 
-def read_examples(task, data_dir, split, path=None):  # noqa: C901
+def _tsv_rows(path):
+    """(line number, fields) of the non-blank rows of a GLUE TSV file; unreadable -> DataError."""
+    reader = None
+    try:
+        # utf-8-sig: the MRPC files of the GLUE download start with the BOM of the MSR corpus.
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            for row in reader:
+                if row and row != [""]:  # a blank line (e.g. a trailing newline) is not a record
+                    yield reader.line_num, row
+    except OSError as exc:   # a --data_dir file that is a folder, unreadable, or gone
+        raise DataError(path, None, f"cannot read file: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        # (the decoder's own offset is relative to a block of the file: find the line instead)
+        raise utf8_error(path) from None
+    except csv.Error as exc:   # e.g. a field over csv.field_size_limit() (no newline in 128 KiB)
+        raise DataError(path, reader.line_num if reader else None, f"unreadable TSV: {exc}") from None
+
+
+def _empty_text(task, layout, kind, text_a, text_b, path, line):
+    """True for a row with an empty text that is kept, False for a row with its texts; an empty
+    text anywhere else is a DataError."""
+    if text_a.strip() and (text_b is None or text_b.strip()):
+        return False
+    # Test rows cannot be dropped (the submission needs one line per index); QQP's reference
+    # reader keeps them too. Everywhere else an empty text is a broken row.
+    if kind == "test" or task.skip_bad_rows:
+        return True
+    which = "text" if layout.text_b is None else ("first sentence" if not text_a.strip() else "second sentence")
+    raise DataError(path, line, f"empty {which}")
+
+
+def _row_label(task, row, layout, path, line):
+    """The row's label (a label string, an STS-B score) or None for an unlabelled layout."""
+    if layout.label is None:
+        return None
+    raw = row[layout.label].strip()
+    if task.is_regression:
+        try:
+            label = float(raw)
+        except ValueError:
+            raise DataError(path, line, f"bad score {raw!r} (expected a number in 0..5)") from None
+        if not (math.isfinite(label) and 0.0 <= label <= STSB_MAX_SCORE):
+            raise DataError(path, line, f"score {raw!r} outside 0..5")
+        return label
+    if raw not in task.label_map:
+        raise DataError(path, line, f"unknown label {raw!r} for {task.display} "
+                        f"(expected one of {', '.join(task.labels)})")
+    return raw
+
+
+def read_examples(task, data_dir, split, path=None):
     """Read one split of a task into `InputExample`s (see module docstring for the rules).
 
     `path` overrides the file location (the layout still comes from task + split).
@@ -359,66 +378,26 @@ def read_examples(task, data_dir, split, path=None):  # noqa: C901
     if kind not in task.layouts:
         raise ConfigError(f"task {task.display} has no {kind} files")
     layout = task.layouts[kind]
-    label_map = task.label_map
     examples, skipped, empty_kept = [], 0, 0
     expected = layout.exact_cols
     header = None if layout.header else []
-    reader = None
-    try:
-        # utf-8-sig: the MRPC files of the GLUE download start with the BOM of the MSR corpus.
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-            for row in reader:
-                line = reader.line_num
-                if not row or row == [""]:
-                    continue  # blank line (e.g. a trailing newline), not a record
-                if header is None:
-                    header = row
-                    expected = len(row)
-                    if expected < layout.min_cols:
-                        raise DataError(path, line, f"header has {expected} columns, a {task.display} {kind} "
-                                        f"file needs at least {layout.min_cols} (is this the right file?)")
-                    continue
-                if len(row) != expected:
-                    if task.skip_bad_rows and kind == "train":
-                        skipped += 1
-                        continue
-                    raise DataError(path, line, f"expected {expected} tab-separated fields, found {len(row)}")
-                text_a, text_b = row[layout.text_a], _column(row, layout.text_b)
-                if not text_a.strip() or (text_b is not None and not text_b.strip()):
-                    # Test rows cannot be dropped (the submission needs one line per index); QQP's
-                    # reference reader keeps them too. Everywhere else an empty text is a broken row.
-                    if kind == "test" or task.skip_bad_rows:
-                        empty_kept += 1
-                    else:
-                        which = "text" if layout.text_b is None else (
-                            "first sentence" if not text_a.strip() else "second sentence")
-                        raise DataError(path, line, f"empty {which}")
-                label = None
-                if layout.label is not None:
-                    raw = row[layout.label].strip()
-                    if task.is_regression:
-                        try:
-                            label = float(raw)
-                        except ValueError:
-                            raise DataError(path, line, f"bad score {raw!r} (expected a number in 0..5)") from None
-                        if not (math.isfinite(label) and 0.0 <= label <= STSB_MAX_SCORE):
-                            raise DataError(path, line, f"score {raw!r} outside 0..5")
-                    else:
-                        if raw not in label_map:
-                            raise DataError(path, line, f"unknown label {raw!r} for {task.display} "
-                                            f"(expected one of {', '.join(task.labels)})")
-                        label = raw
-                index = _column(row, layout.index)
-                examples.append(InputExample(guid=f"{task.name}-{split}-{line}", text_a=text_a, text_b=text_b,
-                                             label=label, index=index, line=line, path=path))
-    except OSError as exc:   # a --data_dir file that is a folder, unreadable, or gone
-        raise DataError(path, None, f"cannot read file: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        # (the decoder's own offset is relative to a block of the file: find the line instead)
-        raise utf8_error(path) from None
-    except csv.Error as exc:   # e.g. a field over csv.field_size_limit() (no newline in 128 KiB)
-        raise DataError(path, reader.line_num if reader else None, f"unreadable TSV: {exc}") from None
+    for line, row in _tsv_rows(path):
+        if header is None:
+            header, expected = row, len(row)
+            if expected < layout.min_cols:
+                raise DataError(path, line, f"header has {expected} columns, a {task.display} {kind} "
+                                f"file needs at least {layout.min_cols} (is this the right file?)")
+            continue
+        if len(row) != expected:
+            if task.skip_bad_rows and kind == "train":
+                skipped += 1
+                continue
+            raise DataError(path, line, f"expected {expected} tab-separated fields, found {len(row)}")
+        text_a, text_b = row[layout.text_a], _column(row, layout.text_b)
+        empty_kept += _empty_text(task, layout, kind, text_a, text_b, path, line)
+        examples.append(InputExample(guid=f"{task.name}-{split}-{line}", text_a=text_a, text_b=text_b,
+                                     label=_row_label(task, row, layout, path, line),
+                                     index=_column(row, layout.index), line=line, path=path))
     if skipped:
         logger.warning("%s: skipped %d rows with a wrong number of fields (the reference QQP reader "
                        "skips them too); read %d examples", path, skipped, len(examples))
@@ -438,9 +417,7 @@ def gold_labels(task, examples):
     return np.array([label_map[e.label] for e in examples], dtype=np.int64)
 
 
-# --------------------------------------------------------------------------------------------
-# Features
-# --------------------------------------------------------------------------------------------
+# ---- Features ------------------------------------------------------------------------------------
 
 def convert_examples_to_features(examples, task, tokenizer, max_seq_length, label_scale=1.0):
     """`[CLS] a [SEP] (b [SEP])` features, unpadded (the engine's collator pads).
@@ -480,14 +457,7 @@ def convert_examples_to_features(examples, task, tokenizer, max_seq_length, labe
     return features
 
 
-def feature_lengths(features):
-    """Sequence lengths (for length-grouped batching)."""
-    return [len(f["input_ids"]) for f in features]
-
-
-# --------------------------------------------------------------------------------------------
-# Metrics per task, GLUE score, predictions and submission files
-# --------------------------------------------------------------------------------------------
+# ---- Metrics per task, GLUE score, predictions and submission files ------------------------------
 
 def compute_metrics(task, preds, labels):
     """GLUE metrics on the whole set. preds/labels: label ids, or scores in 0..5 units (STS-B)."""
@@ -581,9 +551,7 @@ def write_predictions(task, path_or_dir, indices, predictions, split="test"):
     return path
 
 
-# --------------------------------------------------------------------------------------------
-# The GLUE family behind the task interface (tasks.base.Task)
-# --------------------------------------------------------------------------------------------
+# ---- The GLUE family behind the task interface (tasks.base.Task) ---------------------------------
 
 # Label orders of the PALs reference code where they differ from ours (its QNLI/RTE processors listed
 # not_entailment first): the rows of heads it saved are in this order.
@@ -624,6 +592,7 @@ def reference_selection_metric(dataset, logits, gold, label_scale=MULTITASK_REGR
     (predictions clipped to [0, 1] against score/5) computed per batch and averaged weighted by batch
     size, everything else plain accuracy. A batch of constant STS-B predictions (or of one example)
     gives NaN, as in the 2019 code (and a NaN sum never beat the best). `gold` are label ids or 0..5 scores."""
+    from scipy.stats import pearsonr
     from sklearn.metrics import matthews_corrcoef
     dataset = get_task(dataset)
     logits, gold = np.asarray(logits, dtype=np.float64), np.asarray(gold)
@@ -648,7 +617,6 @@ class Glue(Task):
     """One GLUE task of a run. MNLI evaluates on dev_matched (`mnli`) and dev_mismatched
     (`mnli-mm`) and predicts MNLI-m, MNLI-mm and AX (the diagnostic set, when its file is there);
     `mnli-mm` alone trains on MNLI and evaluates/predicts the mismatched sets only."""
-    family = "glue"
     flat_predictions = True  # one folder of leaderboard files, zipped for the GLUE server
 
     def __init__(self, name, data_dir, tokenizer, max_seq_length=128, label_scale=1.0, cache=None,
@@ -800,3 +768,24 @@ class Glue(Task):
             written.append(write_predictions(dataset, os.path.join(out_dir, ""), [e.index for e in examples], preds,
                                              split=split))
         return written
+
+
+def _expand(item):
+    """A `--tasks` item -> GLUE task names: a set (all, paper, glue, inf) or a name/alias; None if not GLUE."""
+    if item in TASK_SETS:
+        return list(TASK_SETS[item])
+    key = item.strip().lower().replace("_", "-")
+    return [TASKS[_ALIASES[key]].name] if key in _ALIASES else None
+
+
+def _build(name, tokenizer, data_dir, max_seq_length, regression_scale=MULTITASK_REGRESSION_SCALE,
+           reference_selection=False, cache=None, max_eval_examples=None, **_):
+    return Glue(name, data_dir, tokenizer, max_seq_length, label_scale=regression_scale,
+                reference_selection=reference_selection, cache=cache, max_eval_examples=max_eval_examples)
+
+
+FAMILY = register(Family(
+    name="glue", tasks={t.name: t.display for t in _TASK_LIST}, task_class=Glue, build=_build,
+    head_type="classification", data_files="", sample_data="glue_sample", expand=_expand,
+    output_names=tuple(name for t in _TASK_LIST for name in t.submissions.values()),
+    evaluated_by={t.name: t.head_task for t in _TASK_LIST if t.head_task or "train" not in t.files}))

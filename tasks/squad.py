@@ -1,11 +1,11 @@
 """SQuAD v1.1 / v2.0: read the JSON files, cut contexts into sliding windows, decode answer spans,
-score them with the official EM/F1 definitions.
+score them with the official EM/F1 definitions (tasks/squad_eval.py).
 
 Pipeline (as in google-research/bert and pytorch-pretrained-BERT `run_squad.py`):
   read_squad_examples -> convert_examples_to_features (one feature per doc window; a parallel
   list of `SquadFeatureMeta` keeps what decoding needs) -> model start/end logits ->
   decode_predictions (n-best spans, get_final_text, v2 null answers) -> write_prediction_files ->
-  evaluate_v1 / evaluate_v2 (the official evaluate-v1.1.py / evaluate-v2.0.py logic).
+  evaluate_v1 / evaluate_v2 (tasks/squad_eval.py: the official evaluate-v1.1.py / evaluate-v2.0.py).
 
 Differences from the 2019 script, all deliberate:
 - `nbest_predictions.json` is filled for v1.1 too (the old script left it empty, issue #377).
@@ -19,16 +19,17 @@ Differences from the 2019 script, all deliberate:
   so padding positions are never scored).
 """
 import collections
+import dataclasses
 import json
 import logging
 import math
 import os
 import re
-import string
 from dataclasses import dataclass, field
 
 from file_utils import ConfigError, DataError, atomic_open, file_fingerprint, utf8_error
-from tasks.base import STDIN, Task, plain_lines
+from tasks.base import STDIN, Family, Task, plain_lines, register
+from tasks.squad_eval import evaluate_v1, evaluate_v2, iter_questions
 
 logger = logging.getLogger(__name__)
 
@@ -48,13 +49,34 @@ class SquadExample:
 
 @dataclass
 class SquadFeatureMeta:
-    """Everything decoding needs about one window; kept apart from the model inputs."""
+    """Everything decoding needs about one window; kept apart from the model inputs. Plain lists,
+    so the feature cache stores a meta as it is (`asdict`) and rebuilds it with `SquadFeatureMeta(**d)`."""
     unique_id: int
     example_index: int
     doc_span_index: int
     tokens: list
-    token_to_orig_map: dict = field(default_factory=dict)     # feature position -> word index
-    token_is_max_context: dict = field(default_factory=dict)  # feature position -> bool
+    doc_start: int = 0                                 # position of the window's first document piece
+    doc_words: list = field(default_factory=list)      # word index of each document piece of the window
+    max_context: list = field(default_factory=list)    # per document piece: this window is its max context
+
+    def word_of(self, position):
+        """The word index of the document piece at `position`, None outside the document part."""
+        k = position - self.doc_start
+        return self.doc_words[k] if 0 <= k < len(self.doc_words) else None
+
+    def is_max_context(self, position):
+        k = position - self.doc_start
+        return bool(self.max_context[k]) if 0 <= k < len(self.max_context) else False
+
+    @property
+    def token_to_orig_map(self):
+        """{feature position: word index} of the document pieces."""
+        return {self.doc_start + k: w for k, w in enumerate(self.doc_words)}
+
+    @property
+    def token_is_max_context(self):
+        """{feature position: bool} of the document pieces."""
+        return {self.doc_start + k: bool(m) for k, m in enumerate(self.max_context)}
 
 
 def _is_whitespace(c):
@@ -107,7 +129,79 @@ def _valid_id(value):
     return isinstance(value, (str, int)) and not isinstance(value, bool)
 
 
-def _iter_qas(path, data, raw):  # noqa: C901
+class _QaChecker:
+    """Checks the structure of a SQuAD `data` list as _iter_qas walks it: a problem is a DataError
+    naming the record (`data[i].paragraphs[j].qas[k] (title=..., id=...)`) and, where it can be
+    found, the line of the question id (else of the article's title)."""
+
+    def __init__(self, path, raw):
+        self.path, self.raw = path, raw
+        self.first_seen = {}                         # str(id) -> (record path, id) of its first question
+        self.same_literal = collections.Counter()    # (type, id) -> occurrences so far, to find the right line
+
+    def fail(self, where, message, qas_id=None, title=None, nth=1):
+        line = _line_of(self.raw, qas_id, nth=nth) if qas_id is not None else _line_of(self.raw, title, "title")
+        raise DataError(self.path, line, f"{where}: {message}")
+
+    @staticmethod
+    def first_id(paragraph):
+        """Best line for a broken paragraph: its first question's id (the context has no key of its own)."""
+        qas = paragraph.get("qas") if isinstance(paragraph, dict) else None
+        if isinstance(qas, list) and qas and isinstance(qas[0], dict) and _valid_id(qas[0].get("id")):
+            return qas[0]["id"]
+        return None
+
+    def article(self, i, article):
+        """The article's title (None if it has none) after checking its paragraph list."""
+        title = article.get("title") if isinstance(article, dict) else None
+        if not isinstance(article, dict) or not isinstance(article.get("paragraphs"), list):
+            self.fail(f"data[{i}]", 'missing "paragraphs" list', title=title if isinstance(title, str) else None)
+        return title
+
+    def paragraph(self, where, paragraph, title):
+        if not isinstance(paragraph, dict):
+            self.fail(where, "is not an object", title=title)
+        if not isinstance(paragraph.get("context"), str):
+            problem = "is not a string" if "context" in paragraph else "is missing"
+            self.fail(where, f'"context" {problem}', self.first_id(paragraph), title=title)
+        if not isinstance(paragraph.get("qas"), list):
+            self.fail(where, 'missing "qas" list', title=title)
+
+    def question(self, record, qa, title):
+        """`where` of a question (record and id) after checking its id, text and answers."""
+        if not isinstance(qa, dict) or not _valid_id(qa.get("id")):
+            self.fail(record + (f" (title={title!r})" if title else ""), 'missing question "id" (a string)',
+                      title=title)
+        qid = str(qa["id"])
+        where = f"{record} (id={qid!r})"
+        self.same_literal[type(qa["id"]), qa["id"]] += 1
+        if qid in self.first_seen:
+            first_record, first_id_value = self.first_seen[qid]
+            first_line = _line_of(self.raw, first_id_value)
+            self.fail(where, f"duplicate question id {qid!r}, first used by {first_record}"
+                             + (f" (line {first_line})" if first_line else "")
+                             + "; ids must be unique (predictions are keyed by id)",
+                      qa["id"], nth=self.same_literal[type(qa["id"]), qa["id"]])
+        self.first_seen[qid] = (record, qa["id"])
+        if not isinstance(qa.get("question"), str):
+            self.fail(where, 'missing "question" string', qa["id"])
+        self.answers(where, qa)
+        return where
+
+    def answers(self, where, qa):
+        answers = qa.get("answers", [])
+        if not isinstance(answers, list):
+            self.fail(where, '"answers" is not a list', qa["id"])
+        for n, answer in enumerate(answers):
+            if not isinstance(answer, dict) or not isinstance(answer.get("text"), str):
+                self.fail(where, f'answers[{n}] has no "text" string', qa["id"])
+            start = answer.get("answer_start")
+            # None: only used for training, checked there
+            if start is not None and (not isinstance(start, int) or isinstance(start, bool)):
+                self.fail(where, f"answers[{n}].answer_start is not an integer: {start!r}", qa["id"])
+
+
+def _iter_qas(path, data, raw):
     """Yield (where, paragraph_text, qa) for every question, validating the structure (answer
     offsets are checked where they are used: training). Question ids must be unique: predictions,
     null odds and the official scripts are all keyed by id, so a second question with the same id
@@ -115,73 +209,80 @@ def _iter_qas(path, data, raw):  # noqa: C901
 
     `where` names the record for error messages: `data[i].paragraphs[j].qas[k] (title=..., id=...)`.
     """
-    def fail(where, message, qas_id=None, title=None, nth=1):
-        # the question's id line, else the article's title line
-        line = _line_of(raw, qas_id, nth=nth) if qas_id is not None else _line_of(raw, title, "title")
-        raise DataError(path, line, f"{where}: {message}")
-
-    def first_id(paragraph):
-        # best line for a broken paragraph: its first question's id (the context has no key of its own)
-        qas = paragraph.get("qas") if isinstance(paragraph, dict) else None
-        if isinstance(qas, list) and qas and isinstance(qas[0], dict) and _valid_id(qas[0].get("id")):
-            return qas[0]["id"]
-        return None
-
-    first_seen = {}                         # str(id) -> (record path, id) of its first question
-    same_literal = collections.Counter()    # (type, id) -> occurrences so far, to find the right line
+    check = _QaChecker(path, raw)
     for i, article in enumerate(data):
-        title = article.get("title") if isinstance(article, dict) else None
-        if not isinstance(article, dict) or not isinstance(article.get("paragraphs"), list):
-            fail(f"data[{i}]", 'missing "paragraphs" list', title=title if isinstance(title, str) else None)
+        title = check.article(i, article)
         for j, paragraph in enumerate(article["paragraphs"]):
-            pwhere = f"data[{i}].paragraphs[{j}]" + (f" (title={title!r})" if title is not None else "")
-            if not isinstance(paragraph, dict):
-                fail(pwhere, "is not an object", title=title)
-            if not isinstance(paragraph.get("context"), str):
-                problem = "is not a string" if "context" in paragraph else "is missing"
-                fail(pwhere, f'"context" {problem}', first_id(paragraph), title=title)
-            if not isinstance(paragraph.get("qas"), list):
-                fail(pwhere, 'missing "qas" list', title=title)
+            check.paragraph(f"data[{i}].paragraphs[{j}]" + (f" (title={title!r})" if title is not None else ""),
+                            paragraph, title)
             for k, qa in enumerate(paragraph["qas"]):
-                if not isinstance(qa, dict) or not _valid_id(qa.get("id")):
-                    fail(f"data[{i}].paragraphs[{j}].qas[{k}]" + (f" (title={title!r})" if title else ""),
-                         'missing question "id" (a string)', title=title)
-                qid = str(qa["id"])
-                record = f"data[{i}].paragraphs[{j}].qas[{k}]"
-                where = f"{record} (id={qid!r})"
-                same_literal[type(qa["id"]), qa["id"]] += 1
-                if qid in first_seen:
-                    first_record, first_id_value = first_seen[qid]
-                    first_line = _line_of(raw, first_id_value)
-                    fail(where, f"duplicate question id {qid!r}, first used by {first_record}"
-                                + (f" (line {first_line})" if first_line else "")
-                                + "; ids must be unique (predictions are keyed by id)",
-                         qa["id"], nth=same_literal[type(qa["id"]), qa["id"]])
-                first_seen[qid] = (record, qa["id"])
-                if not isinstance(qa.get("question"), str):
-                    fail(where, 'missing "question" string', qa["id"])
-                answers = qa.get("answers", [])
-                if not isinstance(answers, list):
-                    fail(where, '"answers" is not a list', qa["id"])
-                context = paragraph["context"]
-                for n, answer in enumerate(answers):
-                    if not isinstance(answer, dict) or not isinstance(answer.get("text"), str):
-                        fail(where, f'answers[{n}] has no "text" string', qa["id"])
-                    start = answer.get("answer_start")
-                    if start is None:
-                        continue   # only used for training; checked there
-                    if not isinstance(start, int) or isinstance(start, bool):
-                        fail(where, f"answers[{n}].answer_start is not an integer: {start!r}", qa["id"])
-                yield where, context, qa
+                yield check.question(f"data[{i}].paragraphs[{j}].qas[{k}]", qa, title), paragraph["context"], qa
 
 
-def read_squad_examples(path, is_training, version_2_with_negative=False):  # noqa: C901
-    """Read a SQuAD file into SquadExamples.
+def _split_context(context):
+    """(words, character -> word index) of a context, words split at whitespace as the reference does;
+    a whitespace character maps to the word before it (-1 before the first word)."""
+    doc_tokens, char_to_word_offset = [], []
+    prev_is_whitespace = True
+    for c in context:
+        if _is_whitespace(c):
+            prev_is_whitespace = True
+        else:
+            if prev_is_whitespace:
+                doc_tokens.append(c)
+            else:
+                doc_tokens[-1] += c
+            prev_is_whitespace = False
+        char_to_word_offset.append(len(doc_tokens) - 1)
+    return doc_tokens, char_to_word_offset
+
+
+def _training_answer(path, raw, where, qa, v2, context, doc_tokens, char_to_word_offset):
+    """(start word, end word, answer text, is_impossible) of a training question; None when the answer
+    text is not found at answer_start (the reference drops the question)."""
+    answers = qa.get("answers", [])
+    is_impossible = False
+    if v2:
+        is_impossible = qa.get("is_impossible", len(answers) == 0)
+        if not isinstance(is_impossible, bool):
+            raise DataError(path, _line_of(raw, qa["id"]), f"{where}: is_impossible must be true or false")
+    if len(answers) != 1 and not is_impossible:
+        hint = "" if answers or v2 else "; SQuAD 2.0 files need --version_2_with_negative"
+        raise DataError(path, _line_of(raw, qa["id"]), f"{where}: for training each question needs exactly 1 "
+                                                       f"answer (found {len(answers)}){hint}")
+    if is_impossible:
+        return -1, -1, "", True
+    answer = answers[0]
+    orig_answer_text = answer["text"]
+    if answer.get("answer_start") is None:   # missing, or null
+        raise DataError(path, _line_of(raw, qa["id"]), f"{where}: answer has no answer_start")
+    if not orig_answer_text.strip():
+        raise DataError(path, _line_of(raw, qa["id"]), f"{where}: empty answer text")
+    answer_offset = answer["answer_start"]
+    if answer_offset < 0 or answer_offset + len(orig_answer_text) > len(context):
+        raise DataError(path, _line_of(raw, qa["id"]),
+                        f"{where}: answer_start {answer_offset} with answer length "
+                        f"{len(orig_answer_text)} is outside the context ({len(context)} characters)")
+    # -1 = whitespace before the first word: the answer's first word is word 0 (left at -1 it would
+    # index the last word of the context).
+    start_position = max(char_to_word_offset[answer_offset], 0)
+    end_position = char_to_word_offset[answer_offset + len(orig_answer_text) - 1]
+    actual_text = " ".join(doc_tokens[start_position:end_position + 1])
+    cleaned_answer_text = " ".join(whitespace_tokenize(orig_answer_text))
+    if actual_text.find(cleaned_answer_text) == -1:
+        logger.warning("%s: %s: could not find answer %r in %r; question dropped",
+                       path, where, cleaned_answer_text, actual_text)
+        return None
+    return start_position, end_position, orig_answer_text, False
+
+
+def read_squad_examples(path, is_training, version_2_with_negative=False, loaded=None):
+    """Read a SQuAD file into SquadExamples (`loaded`: load_squad_json(path) when already read).
 
     Returns (examples, dropped) where `dropped` lists the question ids of training answers whose
     text was not found at answer_start (dropped with a warning, as the reference does).
     """
-    data, raw, version = load_squad_json(path)
+    data, raw, _ = loaded if loaded is not None else load_squad_json(path)
     examples, dropped, unanswered, answered = [], [], [], 0
     split_context = None
     for where, context, qa in _iter_qas(path, data, raw):
@@ -189,67 +290,21 @@ def read_squad_examples(path, is_training, version_2_with_negative=False):  # no
         # (one str object) is split once, not once per question (v1.1 train: ~5 per paragraph).
         if context is not split_context:
             split_context = context
-            doc_tokens, char_to_word_offset = [], []
-            prev_is_whitespace = True
-            for c in context:
-                if _is_whitespace(c):
-                    prev_is_whitespace = True
-                else:
-                    if prev_is_whitespace:
-                        doc_tokens.append(c)
-                    else:
-                        doc_tokens[-1] += c
-                    prev_is_whitespace = False
-                char_to_word_offset.append(len(doc_tokens) - 1)
-
-        qas_id = str(qa["id"])
-        start_position = end_position = orig_answer_text = None
-        is_impossible = False
+            doc_tokens, char_to_word_offset = _split_context(context)
+        answer = (None, None, None, False)
         if is_training:
-            answers = qa.get("answers", [])
-            if version_2_with_negative:
-                is_impossible = qa.get("is_impossible", len(answers) == 0)
-                if not isinstance(is_impossible, bool):
-                    raise DataError(path, _line_of(raw, qa["id"]),
-                                    f"{where}: is_impossible must be true or false")
-            if len(answers) != 1 and not is_impossible:
-                hint = "" if answers or version_2_with_negative else \
-                    "; SQuAD 2.0 files need --version_2_with_negative"
-                raise DataError(path, _line_of(raw, qa["id"]),
-                                f"{where}: for training each question needs exactly 1 answer "
-                                f"(found {len(answers)}){hint}")
-            if not is_impossible:
-                answer = answers[0]
-                orig_answer_text = answer["text"]
-                if answer.get("answer_start") is None:   # missing, or null
-                    raise DataError(path, _line_of(raw, qa["id"]), f"{where}: answer has no answer_start")
-                if not orig_answer_text.strip():
-                    raise DataError(path, _line_of(raw, qa["id"]), f"{where}: empty answer text")
-                answer_offset = answer["answer_start"]
-                if answer_offset < 0 or answer_offset + len(orig_answer_text) > len(context):
-                    raise DataError(path, _line_of(raw, qa["id"]),
-                                    f"{where}: answer_start {answer_offset} with answer length "
-                                    f"{len(orig_answer_text)} is outside the context ({len(context)} characters)")
-                # -1 = whitespace before the first word: the answer's first word is word 0 (left at
-                # -1 it would index the last word of the context).
-                start_position = max(char_to_word_offset[answer_offset], 0)
-                end_position = char_to_word_offset[answer_offset + len(orig_answer_text) - 1]
-                actual_text = " ".join(doc_tokens[start_position:end_position + 1])
-                cleaned_answer_text = " ".join(whitespace_tokenize(orig_answer_text))
-                if actual_text.find(cleaned_answer_text) == -1:
-                    logger.warning("%s: %s: could not find answer %r in %r; question dropped",
-                                   path, where, cleaned_answer_text, actual_text)
-                    dropped.append(qas_id)
-                    continue
-            else:
-                start_position = end_position = -1
-                orig_answer_text = ""
-        if not is_training and not version_2_with_negative and "answers" in qa:
+            answer = _training_answer(path, raw, where, qa, version_2_with_negative, context, doc_tokens,
+                                      char_to_word_offset)
+            if answer is None:
+                dropped.append(str(qa["id"]))
+                continue
+        elif not version_2_with_negative and "answers" in qa:
             if qa["answers"]:
                 answered += 1
             else:
                 unanswered.append((where, qa["id"]))
-        examples.append(SquadExample(qas_id, qa["question"], doc_tokens, orig_answer_text,
+        start_position, end_position, orig_answer_text, is_impossible = answer
+        examples.append(SquadExample(str(qa["id"]), qa["question"], doc_tokens, orig_answer_text,
                                      start_position, end_position, is_impossible))
     if unanswered and answered:
         # Some questions have gold answers, some an empty list: a SQuAD 2.0 file read as v1.1, which
@@ -340,17 +395,11 @@ def convert_examples_to_features(examples, tokenizer, max_seq_length, doc_stride
 
         for doc_span_index, (span_start, span_length) in enumerate(doc_spans):
             tokens = [cls] + query_tokens + [sep]
-            segment_ids = [0] * len(tokens)
-            token_to_orig_map, token_is_max_context = {}, {}
-            for i in range(span_length):
-                split_token_index = span_start + i
-                token_to_orig_map[len(tokens)] = tok_to_orig_index[split_token_index]
-                token_is_max_context[len(tokens)] = _check_is_max_context(
-                    doc_spans, doc_span_index, split_token_index)
-                tokens.append(all_doc_tokens[split_token_index])
-                segment_ids.append(1)
-            tokens.append(sep)
-            segment_ids.append(1)
+            doc_start, span = len(tokens), range(span_start, span_start + span_length)
+            doc_words = [tok_to_orig_index[i] for i in span]
+            max_context = [_check_is_max_context(doc_spans, doc_span_index, i) for i in span]
+            tokens += [all_doc_tokens[i] for i in span] + [sep]
+            segment_ids = [0] * doc_start + [1] * (span_length + 1)
             input_ids = tokenizer.convert_tokens_to_ids(tokens)
             feature = {"input_ids": input_ids, "token_type_ids": segment_ids,
                        "attention_mask": [1] * len(input_ids)}
@@ -365,8 +414,8 @@ def convert_examples_to_features(examples, tokenizer, max_seq_length, doc_stride
                 feature["start_positions"] = start_position
                 feature["end_positions"] = end_position
             features.append(feature)
-            metas.append(SquadFeatureMeta(unique_id, example_index, doc_span_index, tokens,
-                                          token_to_orig_map, token_is_max_context))
+            metas.append(SquadFeatureMeta(unique_id, example_index, doc_span_index, tokens, doc_start, doc_words,
+                                          max_context))
             unique_id += 1
     return features, metas
 
@@ -435,7 +484,81 @@ def get_final_text(pred_text, orig_text, basic_tokenizer, verbose_logging=False)
     return orig_text[orig_start_position:orig_end_position + 1]
 
 
-def decode_predictions(examples, metas, start_logits, end_logits, n_best_size, max_answer_length,  # noqa: C901
+def _window_spans(meta, feature_i, s_logits, e_logits, n_best_size, max_answer_length):
+    """Candidate spans of one window: (score, feature_i, start, end, start_logit, end_logit) for the
+    n_best start x end positions inside the document part, in the window where the start word has
+    its maximum context, at most max_answer_length pieces long."""
+    spans = []
+    for start_index in _get_best_indexes(s_logits, n_best_size):
+        if meta.word_of(start_index) is None or not meta.is_max_context(start_index):
+            continue
+        for end_index in _get_best_indexes(e_logits, n_best_size):
+            if meta.word_of(end_index) is None or end_index < start_index:
+                continue
+            if end_index - start_index + 1 > max_answer_length:
+                continue
+            spans.append((s_logits[start_index] + e_logits[end_index], feature_i,
+                          start_index, end_index, s_logits[start_index], e_logits[end_index]))
+    return spans
+
+
+def _span_text(meta, example, start_index, end_index, basic_tokenizer, verbose_logging):
+    """The answer text of a span: its word pieces mapped back onto the original words."""
+    tok_text = " ".join(meta.tokens[start_index:end_index + 1])
+    tok_text = tok_text.replace(" ##", "").replace("##", "")
+    tok_text = " ".join(tok_text.strip().split())
+    orig_doc_start, orig_doc_end = meta.word_of(start_index), meta.word_of(end_index)
+    orig_text = " ".join(example.doc_tokens[orig_doc_start:orig_doc_end + 1])
+    return get_final_text(tok_text, orig_text, basic_tokenizer, verbose_logging)
+
+
+def _nbest_answers(prelim, metas, example, n_best_size, basic_tokenizer, verbose_logging):
+    """The n best distinct answers [(text, start_logit, end_logit)] of the sorted candidate spans."""
+    seen, nbest = set(), []
+    for _, feature_i, start_index, end_index, start_logit, end_logit in prelim:
+        if len(nbest) >= n_best_size:
+            break
+        if start_index > 0:   # a real span (index 0 is [CLS], the null answer)
+            final_text = _span_text(metas[feature_i], example, start_index, end_index, basic_tokenizer,
+                                    verbose_logging)
+            if final_text in seen:
+                continue
+        else:
+            final_text = ""
+        seen.add(final_text)
+        nbest.append((final_text, start_logit, end_logit))
+    return nbest, seen
+
+
+def _decode_example(example, feature_ids, metas, start_logits, end_logits, n_best_size, max_answer_length,
+                    basic_tokenizer, v2, verbose_logging):
+    """(n best answers [(text, start_logit, end_logit)], null score) of one question."""
+    prelim = []
+    score_null, null_feature_i, null_start_logit, null_end_logit = 1000000, None, 0.0, 0.0
+    for feature_i in feature_ids:
+        n = len(metas[feature_i].tokens)
+        s_logits = [float(x) for x in start_logits[feature_i][:n]]
+        e_logits = [float(x) for x in end_logits[feature_i][:n]]
+        if v2 and s_logits[0] + e_logits[0] < score_null:
+            score_null, null_feature_i = s_logits[0] + e_logits[0], feature_i
+            null_start_logit, null_end_logit = s_logits[0], e_logits[0]
+        prelim.extend(_window_spans(metas[feature_i], feature_i, s_logits, e_logits, n_best_size,
+                                    max_answer_length))
+    if v2 and null_feature_i is not None:
+        prelim.append((null_start_logit + null_end_logit, null_feature_i, 0, 0, null_start_logit, null_end_logit))
+    prelim.sort(key=lambda p: p[0], reverse=True)   # stable, like the reference's sorted()
+    nbest, seen = _nbest_answers(prelim, metas, example, n_best_size, basic_tokenizer, verbose_logging)
+    if v2:
+        if "" not in seen:
+            nbest.append(("", null_start_logit, null_end_logit))
+        if len(nbest) == 1:   # only the null answer: add a nonce so a non-null entry exists
+            nbest.insert(0, ("empty", 0.0, 0.0))
+    if not nbest:
+        nbest.append(("empty", 0.0, 0.0))
+    return nbest, score_null
+
+
+def decode_predictions(examples, metas, start_logits, end_logits, n_best_size, max_answer_length,
                        basic_tokenizer, version_2_with_negative=False, null_score_diff_threshold=0.0,
                        verbose_logging=False):
     """Turn per-window start/end logits into answers.
@@ -451,63 +574,9 @@ def decode_predictions(examples, metas, start_logits, end_logits, n_best_size, m
 
     predictions, all_nbest, null_odds = (collections.OrderedDict() for _ in range(3))
     for example_index, example in enumerate(examples):
-        prelim = []   # (score, feature_i, start, end, start_logit, end_logit)
-        score_null, null_feature_i, null_start_logit, null_end_logit = 1000000, None, 0.0, 0.0
-        for feature_i in by_example[example_index]:
-            meta = metas[feature_i]
-            n = len(meta.tokens)
-            s_logits = [float(x) for x in start_logits[feature_i][:n]]
-            e_logits = [float(x) for x in end_logits[feature_i][:n]]
-            if version_2_with_negative:
-                feature_null_score = s_logits[0] + e_logits[0]
-                if feature_null_score < score_null:
-                    score_null, null_feature_i = feature_null_score, feature_i
-                    null_start_logit, null_end_logit = s_logits[0], e_logits[0]
-            for start_index in _get_best_indexes(s_logits, n_best_size):
-                if start_index not in meta.token_to_orig_map:
-                    continue
-                if not meta.token_is_max_context.get(start_index, False):
-                    continue
-                for end_index in _get_best_indexes(e_logits, n_best_size):
-                    if end_index not in meta.token_to_orig_map or end_index < start_index:
-                        continue
-                    if end_index - start_index + 1 > max_answer_length:
-                        continue
-                    prelim.append((s_logits[start_index] + e_logits[end_index], feature_i,
-                                   start_index, end_index, s_logits[start_index], e_logits[end_index]))
-        if version_2_with_negative and null_feature_i is not None:
-            prelim.append((null_start_logit + null_end_logit, null_feature_i, 0, 0,
-                           null_start_logit, null_end_logit))
-        prelim.sort(key=lambda p: p[0], reverse=True)   # stable, like the reference's sorted()
-
-        seen, nbest = set(), []
-        for _, feature_i, start_index, end_index, start_logit, end_logit in prelim:
-            if len(nbest) >= n_best_size:
-                break
-            meta = metas[feature_i]
-            if start_index > 0:   # a real span (index 0 is [CLS], the null answer)
-                tok_text = " ".join(meta.tokens[start_index:end_index + 1])
-                tok_text = tok_text.replace(" ##", "").replace("##", "")
-                tok_text = " ".join(tok_text.strip().split())
-                orig_doc_start = meta.token_to_orig_map[start_index]
-                orig_doc_end = meta.token_to_orig_map[end_index]
-                orig_text = " ".join(example.doc_tokens[orig_doc_start:orig_doc_end + 1])
-                final_text = get_final_text(tok_text, orig_text, basic_tokenizer, verbose_logging)
-                if final_text in seen:
-                    continue
-            else:
-                final_text = ""
-            seen.add(final_text)
-            nbest.append((final_text, start_logit, end_logit))
-
-        if version_2_with_negative:
-            if "" not in seen:
-                nbest.append(("", null_start_logit, null_end_logit))
-            if len(nbest) == 1:   # only the null answer: add a nonce so a non-null entry exists
-                nbest.insert(0, ("empty", 0.0, 0.0))
-        if not nbest:
-            nbest.append(("empty", 0.0, 0.0))
-
+        nbest, score_null = _decode_example(example, by_example[example_index], metas, start_logits, end_logits,
+                                            n_best_size, max_answer_length, basic_tokenizer,
+                                            version_2_with_negative, verbose_logging)
         probs = _compute_softmax([s + e for _, s, e in nbest])
         all_nbest[example.qas_id] = [
             collections.OrderedDict([("text", text), ("probability", p),
@@ -534,157 +603,6 @@ def write_prediction_files(output_dir, predictions, nbest, null_odds=None):
 
 
 # ----------------------------------------------------------------------------------------------
-# Official evaluation (evaluate-v1.1.py and evaluate-v2.0.py, same definitions)
-
-
-def normalize_answer(s):
-    """Lower text and remove punctuation, articles and extra whitespace."""
-    s = s.lower()
-    exclude = set(string.punctuation)
-    s = "".join(ch for ch in s if ch not in exclude)
-    s = re.sub(r"\b(a|an|the)\b", " ", s)
-    return " ".join(s.split())
-
-
-def f1_score_v1(prediction, ground_truth):
-    prediction_tokens = normalize_answer(prediction).split()
-    ground_truth_tokens = normalize_answer(ground_truth).split()
-    common = collections.Counter(prediction_tokens) & collections.Counter(ground_truth_tokens)
-    num_same = sum(common.values())
-    if num_same == 0:
-        return 0
-    precision = num_same / len(prediction_tokens)
-    recall = num_same / len(ground_truth_tokens)
-    return 2 * precision * recall / (precision + recall)
-
-
-def exact_match_score(prediction, ground_truth):
-    return normalize_answer(prediction) == normalize_answer(ground_truth)
-
-
-def _iter_eval_qas(dataset):
-    for article in dataset:
-        for paragraph in article["paragraphs"]:
-            for qa in paragraph["qas"]:
-                yield qa
-
-
-def evaluate_v1(dataset, predictions, path="<dataset>"):
-    """evaluate-v1.1.py: {'exact_match', 'f1'} in percent; a missing prediction scores 0."""
-    f1 = exact_match = total = 0
-    missing = 0
-    for qa in _iter_eval_qas(dataset):
-        total += 1
-        qid = str(qa["id"])
-        if qid not in predictions:
-            missing += 1
-            continue
-        ground_truths = [a["text"] for a in qa.get("answers", [])]
-        if not ground_truths:
-            raise DataError(path, None, f"question id={qid!r} has no answers; a SQuAD 2.0 file needs "
-                                        "--version_2_with_negative")
-        prediction = predictions[qid]
-        exact_match += max(exact_match_score(prediction, gt) for gt in ground_truths)
-        f1 += max(f1_score_v1(prediction, gt) for gt in ground_truths)
-    if missing:
-        logger.warning("%d unanswered questions will receive score 0", missing)
-    if total == 0:
-        return {"exact_match": 0.0, "f1": 0.0}
-    return {"exact_match": 100.0 * exact_match / total, "f1": 100.0 * f1 / total}
-
-
-def _get_tokens(s):
-    return normalize_answer(s).split() if s else []
-
-
-def compute_exact(a_gold, a_pred):
-    return int(normalize_answer(a_gold) == normalize_answer(a_pred))
-
-
-def compute_f1(a_gold, a_pred):
-    gold_toks, pred_toks = _get_tokens(a_gold), _get_tokens(a_pred)
-    common = collections.Counter(gold_toks) & collections.Counter(pred_toks)
-    num_same = sum(common.values())
-    if len(gold_toks) == 0 or len(pred_toks) == 0:
-        return int(gold_toks == pred_toks)   # no-answer: 1 iff both are empty
-    if num_same == 0:
-        return 0
-    precision = num_same / len(pred_toks)
-    recall = num_same / len(gold_toks)
-    return 2 * precision * recall / (precision + recall)
-
-
-def _make_eval_dict(exact_scores, f1_scores, qid_list=None):
-    qids = list(exact_scores) if qid_list is None else qid_list
-    total = len(qids)
-    if total == 0:
-        return collections.OrderedDict([("exact", 0.0), ("f1", 0.0), ("total", 0)])
-    return collections.OrderedDict([
-        ("exact", 100.0 * sum(exact_scores[k] for k in qids) / total),
-        ("f1", 100.0 * sum(f1_scores[k] for k in qids) / total),
-        ("total", total)])
-
-
-def _find_best_thresh(preds, scores, na_probs, qid_to_has_ans):
-    num_no_ans = sum(1 for k in qid_to_has_ans if not qid_to_has_ans[k])
-    cur_score = best_score = num_no_ans
-    best_thresh = 0.0
-    for qid in sorted(na_probs, key=lambda k: na_probs[k]):
-        if qid not in scores:
-            continue
-        if qid_to_has_ans[qid]:
-            diff = scores[qid]
-        else:
-            diff = -1 if preds[qid] else 0
-        cur_score += diff
-        if cur_score > best_score:
-            best_score, best_thresh = cur_score, na_probs[qid]
-    return 100.0 * best_score / max(len(scores), 1), best_thresh
-
-
-def evaluate_v2(dataset, predictions, na_probs=None, na_prob_thresh=1.0):
-    """evaluate-v2.0.py: exact, f1, total, HasAns_*, NoAns_* and, given na_probs (null_odds.json),
-    best_exact(_thresh) / best_f1(_thresh). Missing predictions are skipped, as the script does."""
-    qid_to_has_ans = {str(qa["id"]): bool(qa.get("answers")) for qa in _iter_eval_qas(dataset)}
-    exact_raw, f1_raw = {}, {}
-    for qa in _iter_eval_qas(dataset):
-        qid = str(qa["id"])
-        gold_answers = [a["text"] for a in qa.get("answers", []) if normalize_answer(a["text"])]
-        if not gold_answers:
-            gold_answers = [""]   # unanswerable: the only correct prediction is the empty string
-        if qid not in predictions:
-            logger.warning("Missing prediction for %s", qid)
-            continue
-        a_pred = predictions[qid]
-        exact_raw[qid] = max(compute_exact(a, a_pred) for a in gold_answers)
-        f1_raw[qid] = max(compute_f1(a, a_pred) for a in gold_answers)
-
-    probs = na_probs if na_probs is not None else {k: 0.0 for k in predictions}
-
-    def apply_thresh(scores):
-        out = {}
-        for qid, s in scores.items():
-            pred_na = probs[qid] > na_prob_thresh
-            out[qid] = float(not qid_to_has_ans[qid]) if pred_na else s
-        return out
-
-    exact_thresh, f1_thresh = apply_thresh(exact_raw), apply_thresh(f1_raw)
-    out = _make_eval_dict(exact_thresh, f1_thresh)
-    has_ans = [k for k, v in qid_to_has_ans.items() if v and k in exact_thresh]
-    no_ans = [k for k, v in qid_to_has_ans.items() if not v and k in exact_thresh]
-    for prefix, qids in (("HasAns", has_ans), ("NoAns", no_ans)):
-        if qids:
-            for k, v in _make_eval_dict(exact_thresh, f1_thresh, qids).items():
-                out[f"{prefix}_{k}"] = v
-    if na_probs is not None:
-        out["best_exact"], out["best_exact_thresh"] = _find_best_thresh(
-            predictions, exact_raw, na_probs, qid_to_has_ans)
-        out["best_f1"], out["best_f1_thresh"] = _find_best_thresh(
-            predictions, f1_raw, na_probs, qid_to_has_ans)
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
 # The SQuAD family behind the task interface (tasks.base.Task)
 
 # File names looked for in a data folder (--task_data squad2=DIR), per version; the first is official.
@@ -692,18 +610,6 @@ SQUAD_FILES = {1: {"train": ("train-v1.1.json", "train.json"), "dev": ("dev-v1.1
                2: {"train": ("train-v2.0.json", "train.json"), "dev": ("dev-v2.0.json", "dev.json")}}
 # Metrics kept for tables and model selection (0..1; counts and thresholds are not scores).
 _V2_KEYS = ("exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1", "best_exact", "best_f1")
-
-
-def _meta_to_plain(meta):
-    return {"unique_id": meta.unique_id, "example_index": meta.example_index, "doc_span_index": meta.doc_span_index,
-            "tokens": meta.tokens, "token_to_orig_map": [[k, v] for k, v in meta.token_to_orig_map.items()],
-            "token_is_max_context": [[k, v] for k, v in meta.token_is_max_context.items()]}
-
-
-def _meta_from_plain(d):
-    return SquadFeatureMeta(d["unique_id"], d["example_index"], d["doc_span_index"], d["tokens"],
-                            {int(k): int(v) for k, v in d["token_to_orig_map"]},
-                            {int(k): bool(v) for k, v in d["token_is_max_context"]})
 
 
 def _gold_subset(data, qids):
@@ -727,7 +633,6 @@ class Squad(Task):
     file is both the evaluation set (EM/F1 by the official scripts' rules, in 0..1) and what
     `write_predictions` predicts (predictions.json, nbest_predictions.json, v2 null_odds.json):
     SQuAD has no public test set."""
-    family = "squad"
     head_type = "span"
     num_labels = 2
     main_metric = "f1"
@@ -747,6 +652,7 @@ class Squad(Task):
         self.null_score_diff_threshold, self.verbose_logging = null_score_diff_threshold, verbose_logging
         self.train_examples, self.dropped = 0, []
         self.dev_examples, self.dev_features, self.dev_metas, self.gold = None, None, None, None
+        self.dev_version = None   # the dev file's "version" field
 
     def file(self, split):
         if self.files.get(split):
@@ -763,18 +669,18 @@ class Squad(Task):
         key = {"task": f"{self.name}-{'train' if is_training else 'predict'}", "file": file_fingerprint(path),
                "vocab": self.tokenizer.vocab_fingerprint, "lower": self.tokenizer.do_lower_case,
                "max_seq_length": self.max_seq_length, "doc_stride": self.doc_stride,
-               "max_query_length": self.max_query_length, "v2": self.v2, "count": len(examples), "format": 2}
+               "max_query_length": self.max_query_length, "v2": self.v2, "count": len(examples), "format": 3}
 
         def build():
             features, metas = convert_examples_to_features(examples, self.tokenizer, self.max_seq_length,
                                                            self.doc_stride, self.max_query_length, is_training)
             if not is_training:
                 for feature, meta in zip(features, metas):
-                    feature["meta"] = _meta_to_plain(meta)
+                    feature["meta"] = dataclasses.asdict(meta)
             return features
 
         features = self.cache(key, build)
-        metas = [_meta_from_plain(f.pop("meta")) for f in features] if not is_training else None
+        metas = [SquadFeatureMeta(**f.pop("meta")) for f in features] if not is_training else None
         return features, metas
 
     def prepare(self, train=True, dev=True, test=False):
@@ -786,13 +692,14 @@ class Squad(Task):
             self.check_training_set(path, self.train_features)
         if dev or test:
             path = self.file("dev")
-            examples, _ = read_squad_examples(path, False, self.v2)
+            loaded = load_squad_json(path)   # read once: the examples and the gold answers
+            data, self.dev_version = loaded[0], loaded[2]
+            examples, _ = read_squad_examples(path, False, self.v2, loaded)
             self.dev_examples = self._limit(examples)
             self.dev_features, self.dev_metas = self._features(path, False, self.dev_examples)
-            data, _, _ = load_squad_json(path)
             qids = {e.qas_id for e in self.dev_examples}
             # A file with gold answers is scored; one without any (a test file) is only predicted.
-            has_answers = any(qa.get("answers") for qa in _iter_eval_qas(data))
+            has_answers = any(qa.get("answers") for qa in iter_questions(data))
             self.gold = _gold_subset(data, qids) if has_answers else None
         return self
 
@@ -808,24 +715,24 @@ class Squad(Task):
             self.verbose_logging)
         return preds, nbest, null_odds, out.get("loss")
 
-    def official_scores(self, preds, null_odds):
+    def official_scores(self, preds, null_odds, scale=100.0):
         """What the official evaluate-v1.1.py / evaluate-v2.0.py print for `preds` (percent, with
-        counts and thresholds), or None when the dev file has no gold answers."""
+        counts and thresholds; scale 1: scores in 0..1), or None when the dev file has no gold answers."""
         if self.gold is None:
             return None
         if self.v2:
             # na-prob threshold = the decoding threshold, so the scores describe predictions.json
-            return dict(evaluate_v2(self.gold, preds, null_odds, self.null_score_diff_threshold))
-        return dict(evaluate_v1(self.gold, preds, self.file("dev")))
+            return dict(evaluate_v2(self.gold, preds, null_odds, self.null_score_diff_threshold, scale))
+        return dict(evaluate_v1(self.gold, preds, self.file("dev"), scale))
 
     def score(self, preds, null_odds):
         """Official EM/F1 of `preds` on the dev questions, in 0..1 (None without gold answers)."""
-        raw = self.official_scores(preds, null_odds)
+        raw = self.official_scores(preds, null_odds, scale=1.0)
         if raw is None:
             return None
         if self.v2:
-            return {k: raw[k] / 100.0 for k in _V2_KEYS if k in raw}
-        return {"exact": raw["exact_match"] / 100.0, "f1": raw["f1"] / 100.0}
+            return {k: raw[k] for k in _V2_KEYS if k in raw}
+        return {"exact": raw["exact_match"], "f1": raw["f1"]}
 
     def evaluate(self, predict):
         preds, _, null_odds, loss = self.decode(predict)
@@ -873,3 +780,16 @@ class Squad(Task):
         write_prediction_files(out_dir, preds, nbest, null_odds if self.v2 else None)
         names = ["predictions.json", "nbest_predictions.json"] + (["null_odds.json"] if self.v2 else [])
         return [os.path.join(out_dir, n) for n in names]
+
+
+def _build(name, tokenizer, data_dir, max_seq_length, doc_stride=128, max_query_length=64, cache=None,
+           max_eval_examples=None, **_):
+    return Squad(tokenizer, version=int(name[-1]), data_dir=data_dir, name=name, max_seq_length=max_seq_length,
+                 doc_stride=doc_stride, max_query_length=max_query_length, cache=cache,
+                 max_eval_examples=max_eval_examples)
+
+
+FAMILY = register(Family(
+    name="squad", tasks={"squad1": "SQuAD v1.1", "squad2": "SQuAD v2.0"}, task_class=Squad, build=_build,
+    head_type="span", data_files="train-v*.json, dev-v*.json", max_seq_length=384,
+    output_names=("predictions.json", "nbest_predictions.json", "null_odds.json"), sample_data="squad_sample"))

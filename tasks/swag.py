@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 
 from file_utils import DataError, atomic_open, file_fingerprint, utf8_error
-from tasks.base import STDIN, Task, plain_lines, softmax
+from tasks.base import STDIN, Family, Task, plain_lines, register, softmax
 from tokenization import truncate_seq_pair
 
 logger = logging.getLogger(__name__)
@@ -152,7 +152,6 @@ def write_predictions(path, examples, logits):
 class Swag(Task):
     """SWAG multiple choice as a task of a run: `train.csv`, `val.csv` and (for predictions, without
     labels) `test.csv` in `data_dir`. Metric: accuracy (main score); predictions: test_predictions.csv."""
-    family = "swag"
     head_type = "choice"
     num_labels = NUM_CHOICES
     main_metric = "acc"
@@ -226,3 +225,12 @@ class Swag(Task):
         path = os.path.join(out_dir, "test_predictions.csv")
         write_predictions(path, self.examples["test"], out["logits"])
         return [path]
+
+
+def _build(name, tokenizer, data_dir, max_seq_length, cache=None, max_eval_examples=None, **_):
+    return Swag(data_dir, tokenizer, max_seq_length, name=name, cache=cache, max_eval_examples=max_eval_examples)
+
+
+FAMILY = register(Family(
+    name="swag", tasks={"swag": "SWAG"}, task_class=Swag, build=_build, head_type="choice",
+    data_files="train.csv, val.csv, test.csv", output_names=("test_predictions.csv",), sample_data="swag_sample"))

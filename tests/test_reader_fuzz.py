@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 import glue_fixtures
 from file_utils import DataError
 from fixtures_qa import conll_sentences, squad_v1_data, squad_v2_data, swag_rows, write_conll, write_swag
-from tasks import conll, glue, squad, swag
+from tasks import conll, glue, squad, squad_eval, swag
 
 SCALE = float(os.environ.get("FUZZ_SCALE", "1"))
 
@@ -279,15 +279,15 @@ def squad_run(path, v2):
         if is_training:
             continue
         data, _, _ = squad.load_squad_json(str(path))
-        qas = list(squad._iter_eval_qas(data))
+        qas = list(squad_eval.iter_questions(data))
         if not all("answers" in qa for qa in qas):
             continue
         preds = {e.qas_id: " ".join(e.doc_tokens[:2]) for e in examples}
         if v2:
-            scores = squad.evaluate_v2(data, preds, {k: 0.0 for k in preds}, 0.0)
+            scores = squad_eval.evaluate_v2(data, preds, {k: 0.0 for k in preds}, 0.0)
             assert 0.0 <= scores["exact"] <= scores["f1"] <= 100.0
         elif any(qa["answers"] for qa in qas):
-            scores = squad.evaluate_v1(data, preds, str(path))
+            scores = squad_eval.evaluate_v1(data, preds, str(path))
             assert 0.0 <= scores["exact_match"] <= scores["f1"] <= 100.0
         # else: a v1.1 run on a file whose questions all have empty answer lists: evaluate_v1
         # refuses it (DataError), and run_squad.py would only find out after training.

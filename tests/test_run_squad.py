@@ -7,7 +7,7 @@ import pytest
 import run_squad
 from file_utils import run_cli
 from fixtures_qa import squad_v1_data, squad_v2_data, write_squad
-from tasks import squad
+from tasks import squad, squad_eval
 
 
 def train_losses(output_dir):
@@ -67,7 +67,7 @@ def test_train_and_predict_v1(tmp_path, capsys):
     assert not (out / "null_odds.json").exists()
     results = read_kv(out / "eval_results.txt")
     data, _, _ = squad.load_squad_json(str(dev_file))
-    expected = squad.evaluate_v1(data, preds)
+    expected = squad_eval.evaluate_v1(data, preds)
     assert float(results["exact_match"]) == pytest.approx(expected["exact_match"])
     assert float(results["f1"]) == pytest.approx(expected["f1"])
     assert results["train_dropped_answers"] == "1"
@@ -88,7 +88,7 @@ def test_predict_v2_writes_null_odds_and_scores(tmp_path, capsys):
         assert (preds[qid] == "") == (diff > 0.5)
     results = read_kv(out / "eval_results.txt")
     data, _, _ = squad.load_squad_json(str(dev_file))
-    expected = squad.evaluate_v2(data, preds, null_odds, 0.5)
+    expected = squad_eval.evaluate_v2(data, preds, null_odds, 0.5)
     for key in ("exact", "f1", "HasAns_exact", "NoAns_f1", "best_f1", "best_f1_thresh"):
         assert float(results[key]) == pytest.approx(expected[key])
     assert results["HasAns_total"] == "11" and results["NoAns_total"] == "3"

@@ -6,7 +6,7 @@ import pytest
 
 from file_utils import ConfigError, DataError
 from fixtures_qa import make_tokenizer, squad_v1_data, squad_v2_data, write_squad
-from tasks import squad
+from tasks import squad, squad_eval
 
 
 @pytest.fixture(scope="module")
@@ -19,10 +19,10 @@ def tokenizer(vocab_file):
 
 
 def test_normalize_answer():
-    assert squad.normalize_answer("The  Eiffel-Tower!") == "eiffeltower"
-    assert squad.normalize_answer("an apple, a pear and THE plum") == "apple pear and plum"
+    assert squad_eval.normalize_answer("The  Eiffel-Tower!") == "eiffeltower"
+    assert squad_eval.normalize_answer("an apple, a pear and THE plum") == "apple pear and plum"
     # article removal is word-bounded: "theater" keeps its "the"
-    assert squad.normalize_answer("Theater") == "theater"
+    assert squad_eval.normalize_answer("Theater") == "theater"
 
 
 def _dataset(qas):
@@ -37,7 +37,7 @@ def test_evaluate_v1_hand_worked():
     ])
     preds = {"a": "eiffel tower!", "b": "in Paris"}   # "c" missing -> scores 0 but counts
     # a: EM 1, F1 1.  b: pred [in, paris] vs gold [paris, france]: 1 common, P = R = 1/2, F1 = 1/2.
-    out = squad.evaluate_v1(data, preds)
+    out = squad_eval.evaluate_v1(data, preds)
     assert out["exact_match"] == pytest.approx(100 * 1 / 3)
     assert out["f1"] == pytest.approx(100 * 1.5 / 3)
 
@@ -45,9 +45,9 @@ def test_evaluate_v1_hand_worked():
 def test_evaluate_v1_takes_max_over_gold_answers():
     data = _dataset([{"id": "a", "answers": [{"text": "red blue green"}, {"text": "blue"}]}])
     # vs gold 1: common 1, P 1, R 1/3 -> F1 0.5; vs gold 2: exact -> 1
-    assert squad.evaluate_v1(data, {"a": "blue"}) == {"exact_match": 100.0, "f1": 100.0}
+    assert squad_eval.evaluate_v1(data, {"a": "blue"}) == {"exact_match": 100.0, "f1": 100.0}
     # "blue green yellow" vs gold 1: common 2, P 2/3, R 2/3 -> 2/3; vs gold 2: P 1/3, R 1 -> 0.5
-    out = squad.evaluate_v1(data, {"a": "blue green yellow"})
+    out = squad_eval.evaluate_v1(data, {"a": "blue green yellow"})
     assert out == {"exact_match": 0.0, "f1": pytest.approx(100 * 2 / 3)}
 
 
@@ -66,7 +66,7 @@ V2_PREDS = {"q1": "Broncos", "q2": "", "q3": "Santa Clara", "q4": "Levi's Stadiu
 def test_evaluate_v2_hand_worked_without_null_odds():
     # q1: pred [broncos] vs [denver, broncos]: P 1, R 1/2 -> F1 2/3, EM 0.  q2: "" vs no answer: 1/1.
     # q3: text for an unanswerable question: 0/0.  q4: exact: 1/1.
-    out = squad.evaluate_v2(_v2_data(), V2_PREDS)
+    out = squad_eval.evaluate_v2(_v2_data(), V2_PREDS)
     assert out["total"] == 4
     assert out["exact"] == pytest.approx(50.0)
     assert out["f1"] == pytest.approx(100 * (2 / 3 + 1 + 0 + 1) / 4)
@@ -78,7 +78,7 @@ def test_evaluate_v2_hand_worked_without_null_odds():
 
 def test_evaluate_v2_hand_worked_with_null_odds():
     na = {"q1": 1.5, "q2": 2.0, "q3": -4.0, "q4": -3.0}
-    out = squad.evaluate_v2(_v2_data(), V2_PREDS, na_probs=na, na_prob_thresh=1.0)
+    out = squad_eval.evaluate_v2(_v2_data(), V2_PREDS, na_probs=na, na_prob_thresh=1.0)
     # thresh 1.0: q1 (1.5) and q2 (2.0) count as "no answer": q1 -> 0 (has an answer), q2 -> 1.
     assert out["exact"] == pytest.approx(50.0)
     assert out["f1"] == pytest.approx(50.0)
@@ -95,17 +95,17 @@ def test_evaluate_v2_hand_worked_with_null_odds():
 def test_evaluate_v2_missing_prediction_is_skipped():
     preds = dict(V2_PREDS)
     del preds["q3"]
-    out = squad.evaluate_v2(_v2_data(), preds)
+    out = squad_eval.evaluate_v2(_v2_data(), preds)
     assert out["total"] == 3
     assert out["exact"] == pytest.approx(100 * 2 / 3)
     assert out["NoAns_total"] == 1
 
 
 def test_compute_f1_empty_cases():
-    assert squad.compute_f1("", "") == 1
-    assert squad.compute_f1("the", "") == 1      # gold normalizes to nothing -> both empty
-    assert squad.compute_f1("Paris", "") == 0
-    assert squad.f1_score_v1("", "") == 0        # v1.1 script: no overlap -> 0
+    assert squad_eval.compute_f1("", "") == 1
+    assert squad_eval.compute_f1("the", "") == 1      # gold normalizes to nothing -> both empty
+    assert squad_eval.compute_f1("Paris", "") == 0
+    assert squad_eval.f1_score_v1("", "") == 0        # v1.1 script: no overlap -> 0
 
 
 # ---------------------------------------------------------------------------------------------

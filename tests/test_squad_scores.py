@@ -16,7 +16,7 @@ import json
 
 import pytest
 
-from tasks import squad
+from tasks import squad, squad_eval
 
 CONTEXT = ("Super Bowl 50 was played on February 7, 2016, at Levi's Stadium in Santa Clara, California. "
            "The Denver Broncos defeated the Carolina Panthers 24\u201310.")
@@ -91,7 +91,7 @@ V2_EXPECTED = {
 def test_v2_scores_by_hand_without_null_odds(tmp_path):
     path = _write(tmp_path, V2_QAS, "v2.0", V2_PREDS)
     data, _, _ = squad.load_squad_json(path)
-    out = squad.evaluate_v2(data, _load(tmp_path, "predictions.json"))
+    out = squad_eval.evaluate_v2(data, _load(tmp_path, "predictions.json"))
     assert out == pytest.approx(V2_EXPECTED)
     assert "best_f1" not in out
     # The file is a valid v2.0 predict file for the runner (several golds, plausible_answers).
@@ -104,7 +104,7 @@ def test_v2_scores_by_hand_with_null_odds_and_best_threshold(tmp_path):
     data, _, _ = squad.load_squad_json(path)
     preds, odds = _load(tmp_path, "predictions.json"), _load(tmp_path, "null_odds.json")
     # Threshold 0.0: only q4 and q6 (odds 2.0, 1.0) count as "no answer", and they are "" already.
-    out = squad.evaluate_v2(data, preds, odds, 0.0)
+    out = squad_eval.evaluate_v2(data, preds, odds, 0.0)
     expected = dict(V2_EXPECTED)
     # Best-threshold sweep, questions by odds: q7 -4, q1 -3, q5 -2, q2 -1, q3 -0.5, q6 1, q4 2.
     # Start at the NoAns count, 2 (everything answered ""); each step answers one more question:
@@ -117,13 +117,13 @@ def test_v2_scores_by_hand_with_null_odds_and_best_threshold(tmp_path):
     # Threshold -1.5 (--null_score_diff_threshold -1.5): odds above it (q2, q3, q4, q6) count as "".
     #   q1 1/1, q2 0/0, q3 0/0, q4 1/1, q5 0/0 (odds -2: its text stands), q6 0/0, q7 0/1
     #   EM 2/7, F1 3/7; HasAns EM 1/5, F1 2/5; NoAns 1/2, 1/2
-    out = squad.evaluate_v2(data, preds, odds, -1.5)
+    out = squad_eval.evaluate_v2(data, preds, odds, -1.5)
     assert {k: out[k] for k in V2_EXPECTED} == pytest.approx({
         "exact": 100 * 2 / 7, "f1": 100 * 3 / 7, "total": 7, "HasAns_exact": 20.0, "HasAns_f1": 40.0,
         "HasAns_total": 5, "NoAns_exact": 50.0, "NoAns_f1": 50.0, "NoAns_total": 2})
     # Threshold -1.0, q2's own odds: only odds strictly above count, so q2 keeps its answer (4/5).
     #   F1: 1 + 4/5 + 0 + 1 + 0 + 0 + 1 = 19/5 -> 19/35; HasAns F1 (1 + 4/5 + 0 + 0 + 1)/5 = 14/25
-    out = squad.evaluate_v2(data, preds, odds, -1.0)
+    out = squad_eval.evaluate_v2(data, preds, odds, -1.0)
     assert (out["exact"], out["f1"], out["HasAns_f1"]) == pytest.approx((100 * 2 / 7, 100 * 19 / 35, 56.0))
 
 
@@ -153,7 +153,7 @@ def test_v1_scores_by_hand(tmp_path, caplog):
     data, _, version = squad.load_squad_json(path)
     assert version == "1.1"
     with caplog.at_level("WARNING"):
-        out = squad.evaluate_v1(data, _load(tmp_path, "predictions.json"), path)
+        out = squad_eval.evaluate_v1(data, _load(tmp_path, "predictions.json"), path)
     assert "1 unanswered questions will receive score 0" in caplog.text
     # EM: 1 0 0 0 0 1 0 -> 2/7.  F1: 1 + 4/5 + 2/3 + 1 + 0 + 0 + 0 = 52/15 -> 52/105.
     assert out == pytest.approx({"exact_match": 100 * 2 / 7, "f1": 100 * 52 / 105})

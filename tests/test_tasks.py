@@ -35,11 +35,6 @@ def test_multitask_imports_no_task_module():
     assert not {m for m in imported if m == "tasks" or m.startswith("tasks.")}, imported
 
 
-def test_task_labels_file_name_is_the_same_on_both_sides():
-    import multitask
-    assert multitask.TASK_LABELS_FILE == tasks.TASK_LABELS_FILE
-
-
 # ----------------------------------------------------------------------------------------------
 # Each family through the interface, with a fake model whose outputs are chosen by the test
 # ----------------------------------------------------------------------------------------------
