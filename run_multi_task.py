@@ -378,13 +378,13 @@ def main(argv=None):  # noqa: C901
         task.prepare(train=not args.no_train, dev=True, test=args.do_predict)
     model = training.load_model(opts, plan.carried_num_labels + [t.num_labels for t in tasks],
                                 plan.carried_types + [t.head_type for t in tasks], plan.all_names,
-                                match_tasks=task_families.glue.PAPER_TASKS if args.no_train else None)
+                                match_tasks=task_families.glue.PAPER_TASKS if args.no_train else None,
+                                reference_head_rows=task_families.glue.reference_head_rows())
     if args.no_train:  # the model's own heads, matched by task name (docs/multitask.md#evaluating-a-finished-model)
         mt.check_saved_tasks(model, opts, tasks, task_families.saved_labels(opts.model_dir),
                              task_families.glue.PAPER_TASKS, args.allow_random_heads)
     if args.reference_layernorm_init or args.reference_protocol:
         modeling.reference_layernorm_init(model)
-    task_families.glue.reorder_reference_heads(model, plan.all_names)
     longest = max(plan.max_lengths)
     if longest > model.config.max_position_embeddings:
         raise ConfigError(f"a task's max length {longest} exceeds the model's max_position_embeddings "

@@ -564,12 +564,14 @@ def load_tokenizer(opts):
     return tokenizer
 
 
-def load_model(opts, task_num_labels=None, task_types=None, task_names=None, match_tasks=None):
-    """BertForMultiTask from the model folder + adapter config, with the given heads (`match_tasks`:
-    loaded from the checkpoint's tasks of the same names, modeling.match_saved_tasks)."""
+def load_model(opts, task_num_labels=None, task_types=None, task_names=None, match_tasks=None,
+               reference_head_rows=None):
+    """BertForMultiTask from the model folder + adapter config, with the given heads (`match_tasks`,
+    `reference_head_rows`: modeling.BertForMultiTask.from_pretrained)."""
     model = modeling.BertForMultiTask.from_pretrained(
         opts.model_dir, config=opts.config, task_num_labels=task_num_labels, task_types=task_types,
-        task_names=task_names, allow_random_init=opts.allow_random_init, match_tasks=match_tasks)
+        task_names=task_names, allow_random_init=opts.allow_random_init, match_tasks=match_tasks,
+        reference_head_rows=reference_head_rows)
     max_pos = getattr(model.config, "max_position_embeddings", None)
     if max_pos is not None and opts.max_seq_length > max_pos:
         raise ConfigError(f"--max_seq_length {opts.max_seq_length} exceeds the model's "

@@ -564,21 +564,11 @@ def reference_head_order(name):
     return None if order is None else [order.index(label) for label in get_task(name).labels]
 
 
-def reorder_reference_heads(model, names):
-    """Heads loaded from a Bert-n-Pals checkpoint keep its label order; QNLI's and RTE's differ from
-    ours, so their rows are put in our order (else every prediction of those tasks is flipped)."""
-    import torch  # only here: reading GLUE files needs no torch
-
-    with torch.no_grad():
-        for task_id in getattr(model, "_reference_heads", []):
-            if task_id < len(names) and names[task_id] in TASKS:
-                order = reference_head_order(names[task_id])
-                if order is not None:
-                    head = model.heads[task_id].classifier
-                    head.weight.copy_(head.weight[order].clone())
-                    head.bias.copy_(head.bias[order].clone())
-                    logger.info("%s: head rows put in our label order (the 2019 checkpoint's was %s)",
-                                names[task_id], REFERENCE_LABEL_ORDER[names[task_id]])
+def reference_head_rows():
+    """{task name: row order} for the checkpoint loader (modeling.BertForMultiTask.from_pretrained's
+    `reference_head_rows`): heads loaded from a Bert-n-Pals checkpoint get their rows put in our label
+    order (QNLI's and RTE's differ from ours: else every prediction of those tasks is flipped)."""
+    return {name: reference_head_order(name) for name in REFERENCE_LABEL_ORDER}
 
 
 # The PALs reference trains STS-B on score/5 in multi-task runs (targets in [0, 1]); the

@@ -8,6 +8,9 @@ import os
 import pytest
 import torch
 
+import model_io
+import task_adapters
+from file_utils import ConfigError
 from modeling import BertConfig, BertForMultiTask, BertModel, count_parameters, task_specific_parameter_names
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -309,3 +312,50 @@ def test_parameter_groups_partition_the_model():
     assert "bert.embeddings.word_embeddings.weight" in shared and "bert.pooler.dense.weight" in shared
     assert len(model.task_parameters(1)) == len(per_task[1]) and len(model.shared_parameters()) == len(shared)
     assert count_parameters(model) == sum(p.numel() for p in model.parameters())
+
+
+class Scale(torch.nn.Module):
+    """A toy method for the registry tests: y * (1 + s_t), s_t = 0 at init."""
+
+    def __init__(self, size):
+        super().__init__()
+        self.s = torch.nn.Parameter(torch.zeros(size))
+
+    def forward(self, x, mask=None):
+        return x * self.s  # added to the FFN output by the after_ffn slot: y + y * s
+
+
+def test_a_method_added_to_the_registry_is_built_routed_and_saved_as_ours(monkeypatch, tmp_path):
+    """docs/model.md#adding-an-adapter: a module class and one METHODS entry (here keyed on an existing
+    switch) are enough for the model to build it in its slot, route it by task, count it as the task's,
+    and save it under our model type (never the Hugging Face layout, which would drop it)."""
+    toy = task_adapters.Method("lhuc", slots={"after_ffn": lambda build, t: Scale(build.config.hidden_size)})
+    monkeypatch.setattr(task_adapters, "METHODS", task_adapters.METHODS + (toy,))
+    torch.manual_seed(0)
+    model = BertForMultiTask(BertConfig(**TINY, lhuc=True), task_num_labels=[2, 2]).eval()
+    assert isinstance(model.bert.encoder.layer[1].output.adapters[0], Scale)
+    assert "bert.encoder.layer.1.output.adapters.1.s" in task_specific_parameter_names(model)[1]
+    with torch.no_grad():
+        model.bert.encoder.layer[1].output.adapters[1].s.fill_(0.5)
+    ids = torch.randint(1, 99, (2, 7))
+    layer = model.bert.encoder.layer[1]
+    with torch.no_grad():
+        h = model.bert.embeddings(ids)
+        h = model.bert.encoder.layer[0](h, None, task_id=1)
+        a = layer.attention(h, None, task_id=1)
+        y = layer.output.dense(layer.intermediate(a))
+        by_hand = layer.lhuc[1](layer.output.LayerNorm(y * 1.5 + a))
+        seq1, seq0 = model.bert(ids, task_id=1)[0], model.bert(ids, task_id=0)[0]
+    torch.testing.assert_close(seq1, by_hand)
+    assert not torch.allclose(seq0, seq1)
+    one = BertForMultiTask(BertConfig(**TINY, lhuc=True), task_num_labels=[2]).eval()
+    assert model_io.hf_layout(one) is None
+    one.save_pretrained(str(tmp_path), vocab_file=None)
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "bert-pals"
+
+
+def test_two_methods_filling_one_place_are_refused(monkeypatch):
+    toy = task_adapters.Method("lhuc", slots={"beside_layer": lambda build, t: Scale(build.config.hidden_size)})
+    monkeypatch.setattr(task_adapters, "METHODS", task_adapters.METHODS + (toy,))
+    with pytest.raises(ConfigError, match="config keys 'mult' and 'lhuc' both put adapters at adapters"):
+        BertForMultiTask(BertConfig(**TINY, mult=True, lhuc=True), task_num_labels=[2])

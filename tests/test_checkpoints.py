@@ -26,7 +26,7 @@ def batch(seed=0, vocab=30000):
 
 
 def modeling_warnings(caplog):
-    return [r for r in caplog.records if r.name == "modeling" and r.levelno >= logging.WARNING]
+    return [r for r in caplog.records if r.name == "model_io" and r.levelno >= logging.WARNING]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ NOT_PRODUCT = {"tests", "bench", "scripts", "data", "docs", "configs", "runs"}
 
 # Offenders when the limit came in (lines then). Functions are `file:Class.method` (nested: `outer.inner`).
 ALLOWED = {
-    "modeling.py": 1511,
     "multitask.py": 1103,
     "training.py": 1993,
     "run_multi_task.py:build_parser": 106,

@@ -392,9 +392,8 @@ def test_2019_qnli_and_rte_heads_are_put_in_our_label_order(tmp_path):
     (tmp_path / "ref" / "bert_config.json").write_text(json.dumps(config.to_dict()))
     names = glue.PAPER_TASKS  # cola mrpc mnli rte sts-b sst-2 qqp qnli
     model = modeling.BertForMultiTask.from_pretrained(str(tmp_path / "ref"),
-                                                      task_num_labels=[2, 2, 3, 2, 1, 2, 2, 2])
-    assert model._reference_heads == list(range(8))
-    glue.reorder_reference_heads(model, names)
+                                                      task_num_labels=[2, 2, 3, 2, 1, 2, 2, 2], task_names=names,
+                                                      reference_head_rows=glue.reference_head_rows())
     for t, name in enumerate(names):
         saved_w, saved_b = source.heads[t].classifier.weight, source.heads[t].classifier.bias
         got_w, got_b = model.heads[t].classifier.weight, model.heads[t].classifier.bias

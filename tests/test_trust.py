@@ -28,6 +28,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import model_io
 import modeling
 import run_classifier
 import run_multi_task
@@ -357,7 +358,7 @@ def test_output_dir_that_is_not_writable(tiny, glue, tmp_path, capsys):
 def test_full_disk_is_one_line(tiny, glue, tmp_path, capsys, monkeypatch):
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "out" / "model.safetensors"))
-    monkeypatch.setattr(modeling, "write_pretrained", no_space)
+    monkeypatch.setattr(model_io, "write_pretrained", no_space)
     line = fails(capsys, run_classifier.main, classifier_argv(tiny, glue, tmp_path / "out", "--do_train",
                                                               "--max_steps", 1))
     assert line == f"error: {tmp_path / 'out' / 'model.safetensors'}: {os.strerror(errno.ENOSPC)}"

@@ -1,0 +1,289 @@
+"""Per-task adapter modules and where a transformer layer puts them (docs/model.md#adapters).
+
+- `AdapterKeys`: the adapter keys of a config (those of the PALs reference, Stickland & Murray,
+  ICML 2019), a base of `modeling.BertConfig`, with their checks.
+- The modules, each written once, each taking `(x, mask)` so a slot can hold any of them: `PAL`
+  (projected attention layer), `LowRankAdapter` (also the Houlsby bottleneck), `LHUC`,
+  `TopProjectedAttention`. One copy per task in a `TaskModuleList` (index = task id).
+- `SLOTS`: the places a layer (modeling.BertLayer) or the encoder holds per-task modules, and
+  `METHODS`: which config key fills which slot with what. `Build` turns a config into the modules.
+
+Adding a method: its module class, its config key(s) in `AdapterKeys`, one `Method` entry in
+`METHODS` (docs/model.md#adding-an-adapter). This module imports nothing from modeling: the
+transformer blocks an adapter is made of (attention, a whole layer) are handed in as `Blocks`.
+"""
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from file_utils import ConfigError
+
+TOP_NUM_BLOCKS = 6  # stacked attention blocks in the top projected-attention module (reference constant)
+
+
+def config_key(default, group):
+    """A config field; `group` says which keys an adapter config may set (model_io._merge_configs)."""
+    return field(default=default, metadata={"group": group})
+
+
+# ----------------------------------------------------------------------------------------------
+# Config keys
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class AdapterKeys:
+    """The adapter keys of BertConfig (docs/model.md#config-keys shows where each module sits)."""
+    hidden_size_aug: int = config_key(204, "adapter")      # d_s, the small dimension of PALs/low-rank/top
+    pals: bool = config_key(False, "adapter")              # adapters are PALs (else low-rank MLPs)
+    mult: bool = config_key(False, "adapter")              # one adapter per layer, parallel to the layer
+    houlsby: bool = config_key(False, "adapter")           # reference Houlsby-style: serial + FFN-parallel
+    houlsby_original: bool = config_key(False, "adapter")  # Houlsby et al. 2019: serial after attn and FFN
+    top: bool = config_key(False, "adapter")               # a per-task module on top of the encoder
+    bert_lay_top: bool = config_key(False, "adapter")      # with top: a full BERT layer instead of projected attention
+    lhuc: bool = config_key(False, "adapter")              # per-task LHUC scaling of each layer
+    extra_dim: Optional[int] = config_key(None, "adapter")  # low-rank bottleneck if not hidden_size_aug
+    num_tasks: Optional[int] = config_key(None, "adapter")  # adapter copies; None: len(task lists) or 1
+    pal_num_heads: int = config_key(6, "adapter")          # heads of the PAL attention (reference: 6)
+    top_num_heads: int = config_key(12, "adapter")         # heads of the top projected attention (12)
+
+    def validate_adapters(self):
+        """Raise ConfigError for adapter settings that would crash or silently misbehave later."""
+        for key in ("hidden_size_aug", "num_tasks", "pal_num_heads", "top_num_heads"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"config key '{key}' must be >= 1, got {getattr(self, key)}")
+        if self.extra_dim is not None and self.extra_dim < 1:
+            raise ConfigError(f"config key 'extra_dim' must be >= 1 or null, got {self.extra_dim}")
+        if self.houlsby and self.mult:
+            raise ConfigError("config keys 'houlsby' and 'mult' are both true: choose one adapter placement")
+        if self.houlsby and self.houlsby_original:
+            raise ConfigError("config keys 'houlsby' (reference placement) and 'houlsby_original' are both true")
+        if self.pals and not (self.mult or self.houlsby):
+            raise ConfigError("config key 'pals' needs 'mult' (PALs in parallel to each layer) or 'houlsby'")
+        if self.pals and self.hidden_size_aug % self.pal_num_heads:
+            raise ConfigError(f"hidden_size_aug ({self.hidden_size_aug}) must be divisible by "
+                              f"pal_num_heads ({self.pal_num_heads}) for PALs")
+        if self.bert_lay_top and not self.top:
+            raise ConfigError("config key 'bert_lay_top' needs 'top': true")
+        if self.top and not self.bert_lay_top and self.hidden_size_aug % self.top_num_heads:
+            raise ConfigError(f"hidden_size_aug ({self.hidden_size_aug}) must be divisible by "
+                              f"top_num_heads ({self.top_num_heads}) for top projected attention")
+
+
+# ----------------------------------------------------------------------------------------------
+# Modules (each written once; all take (x, mask) so a slot can hold any of them)
+# ----------------------------------------------------------------------------------------------
+
+class TaskModuleList(nn.ModuleList):
+    """One module per task; index = task id. Marks its parameters as task-specific."""
+
+
+class LowRankAdapter(nn.Module):
+    """TS(x) = V^D GELU(V^E x): the reference low-rank adapter and the Houlsby bottleneck.
+
+    `near_identity=True` (Houlsby et al. 2019): weights ~ N(0, 1e-2) truncated at 2 std, biases 0,
+    so x + TS(x) ~ x at init. Otherwise the BERT init N(0, initializer_range) of the reference.
+    """
+
+    def __init__(self, size, bottleneck, near_identity=False):
+        super().__init__()
+        self.down = nn.Linear(size, bottleneck)
+        self.up = nn.Linear(bottleneck, size)
+        self.near_identity = near_identity
+
+    def init_weights(self):
+        """Called by modeling's init after the BERT init of the Linear layers."""
+        if self.near_identity:
+            for lin in (self.down, self.up):
+                nn.init.trunc_normal_(lin.weight, 0.0, 1e-2, -2e-2, 2e-2)
+                nn.init.zeros_(lin.bias)
+
+    def forward(self, x, mask=None):
+        return self.up(F.gelu(self.down(x)))
+
+
+class PAL(nn.Module):
+    """Projected attention layer: TS(h) = GELU(V^D MHA(V^E h)).
+
+    Only the multi-head attention in the small dimension (`attention`, a modeling.BertSelfAttention)
+    is per layer. V^E / V^D are per task and shared by every layer: they are registered once on the
+    encoder (`pal_encoders.T`, `pal_decoders.T`) and held here by plain reference, so the state dict
+    has no aliases.
+    """
+
+    def __init__(self, attention, encoder, decoder):
+        super().__init__()
+        self.attention = attention
+        self._shared = (encoder, decoder)  # a tuple is not registered as submodules on purpose
+
+    @property
+    def encoder(self):
+        return self._shared[0]
+
+    @property
+    def decoder(self):
+        return self._shared[1]
+
+    def forward(self, x, mask=None):
+        enc, dec = self._shared
+        return F.gelu(dec(self.attention(enc(x), mask)))
+
+
+class LHUC(nn.Module):
+    """Learning hidden unit contributions: x * 2 sigmoid(v), v = 0 at init (identity)."""
+
+    def __init__(self, size):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(size))
+
+    def init_weights(self):
+        nn.init.zeros_(self.weight)
+
+    def forward(self, x, mask=None):
+        return x * (2.0 * torch.sigmoid(self.weight))
+
+
+class TopProjectedAttention(nn.Module):
+    """Per-task top module: V^E -> 6 x (attention block in d_s with dense+dropout+residual+LN) -> V^D.
+
+    `block()` makes one attention block (a modeling.BertAttention in d_s). Its output replaces the
+    last layer's hidden states (no residual, no nonlinearity: reference).
+    """
+
+    def __init__(self, config, block):
+        super().__init__()
+        a = config.hidden_size_aug
+        self.down = nn.Linear(config.hidden_size, a)
+        self.blocks = nn.ModuleList(block() for _ in range(TOP_NUM_BLOCKS))
+        self.up = nn.Linear(a, config.hidden_size)
+
+    def forward(self, h, mask, task_id=0):
+        x = self.down(h)
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.up(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# Where they go: slots, methods, and building them from a config
+# ----------------------------------------------------------------------------------------------
+
+# Slot -> the state-dict place of its TaskModuleList (in a layer, `encoder.layer.N.` before it).
+# modeling.BertLayer / BertEncoder apply them:
+#   after_attention  serial: x + A_t(x) after the attention output dense, before its LayerNorm
+#   beside_ffn       parallel to the FFN: FFN(a) + A_t(a), reads the FFN input a
+#   after_ffn        serial after the FFN: y + A_t(y), reads the FFN output y
+#   beside_layer     parallel to the whole layer: LN2(F(a) + a + A_t(h)), reads the layer input h
+#   scale            multiplies the beside_layer output if there is one, else the layer output
+#   top              on top of the encoder: replaces the last layer's hidden states
+SLOTS = {
+    "after_attention": "attention.output.adapters",
+    "beside_ffn": "output.adapters",
+    "after_ffn": "output.adapters",
+    "beside_layer": "adapters",
+    "scale": "lhuc",
+    "top": "top",
+}
+ENCODER_SLOTS = ("top",)
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """The transformer blocks of modeling.py an adapter may be made of (handed in by BertEncoder)."""
+    self_attention: Callable  # (size, num_heads, dropout) -> attention without output projection
+    attention: Callable       # (size, num_heads, attn_dropout, hidden_dropout, eps) -> attention block
+    layer: Callable           # (config) -> a transformer layer without adapters
+
+
+@dataclass
+class Build:
+    """A config + the blocks, from which METHODS' builders make one task's module."""
+    config: object
+    blocks: Blocks
+    shared: Dict[str, TaskModuleList] = field(default_factory=dict)  # encoder-level modules by name
+
+    def low_rank(self, near_identity=False):
+        c = self.config
+        return LowRankAdapter(c.hidden_size, c.extra_dim or c.hidden_size_aug, near_identity)
+
+    def pal_or_low_rank(self, task_id):
+        """A PAL when the config says `pals`, else the reference low-rank adapter."""
+        c = self.config
+        if not c.pals:
+            return self.low_rank()
+        attention = self.blocks.self_attention(c.hidden_size_aug, c.pal_num_heads, c.attention_probs_dropout_prob)
+        return PAL(attention, self.shared["pal_encoders"][task_id], self.shared["pal_decoders"][task_id])
+
+    def top(self, task_id):
+        c = self.config
+        if c.bert_lay_top:
+            return self.blocks.layer(c)
+        return TopProjectedAttention(c, lambda: self.blocks.attention(
+            c.hidden_size_aug, c.top_num_heads, c.attention_probs_dropout_prob, c.hidden_dropout_prob,
+            c.layer_norm_eps))
+
+    # -- what the encoder asks for ----------------------------------------------------------------
+    def shared_modules(self):
+        """{attribute name: TaskModuleList} registered once on the encoder, before its layers."""
+        for method in active_methods(self.config):
+            for name, make in method.shared.items():
+                self.shared[name] = self._per_task(lambda t, make=make: make(self.config))
+        return dict(self.shared)
+
+    def slots(self, where):
+        """{slot: TaskModuleList} of one layer (`where="layer"`) or of the encoder (`"encoder"`)."""
+        filled, places = {}, {}
+        for method in active_methods(self.config):
+            for slot, make in method.slots.items():
+                if (slot in ENCODER_SLOTS) != (where == "encoder"):
+                    continue
+                place = SLOTS[slot]
+                if place in places:
+                    raise ConfigError(f"config keys '{places[place]}' and '{method.key}' both put adapters "
+                                      f"at {place}: choose one")
+                places[place] = method.key
+                filled[slot] = self._per_task(lambda t, make=make: make(self, t))
+        return filled
+
+    def _per_task(self, make):
+        return TaskModuleList(make(t) for t in range(self.config.num_tasks))
+
+
+@dataclass(frozen=True)
+class Method:
+    """An adapter method: the boolean config key that turns it on, the per-task module it puts in
+    each slot (`builder(build, task_id)`), and per-task modules it registers once on the encoder
+    (`shared`: name -> `maker(config)`, built before the layers)."""
+    key: str
+    slots: Dict[str, Callable] = field(default_factory=dict)
+    shared: Dict[str, Callable] = field(default_factory=dict)
+
+
+# In build order (the order fixes the random init of a seed; append new methods at the end).
+METHODS = (
+    # PALs' V^E / V^D, one pair per task shared by all layers (the reference's mult_aug_dense / dense2);
+    # the PAL modules themselves go where `mult` / `houlsby` put their adapters.
+    Method("pals", shared={"pal_encoders": lambda c: nn.Linear(c.hidden_size, c.hidden_size_aug),
+                           "pal_decoders": lambda c: nn.Linear(c.hidden_size_aug, c.hidden_size)}),
+    Method("mult", slots={"beside_layer": Build.pal_or_low_rank}),
+    # reference Houlsby-style: A1 serial after the attention dense, A2 parallel to the FFN
+    Method("houlsby", slots={"after_attention": lambda b, t: b.low_rank(),
+                             "beside_ffn": Build.pal_or_low_rank}),
+    # Houlsby et al. 2019: near-identity bottlenecks serial after the attention and after the FFN
+    Method("houlsby_original", slots={"after_attention": lambda b, t: b.low_rank(near_identity=True),
+                                      "after_ffn": lambda b, t: b.low_rank(near_identity=True)}),
+    Method("lhuc", slots={"scale": lambda b, t: LHUC(b.config.hidden_size)}),
+    Method("top", slots={"top": Build.top}),
+)
+
+
+def active_methods(config):
+    """The METHODS a config turns on."""
+    return [m for m in METHODS if getattr(config, m.key)]
+
+
+def has_adapters(config):
+    """Whether the config puts any per-task module into the encoder (then no Hugging Face class runs it)."""
+    return any(m.slots for m in active_methods(config))
