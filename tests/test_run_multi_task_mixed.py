@@ -60,7 +60,7 @@ def test_mixed_run_end_to_end(setup, capsys, monkeypatch):
         batch = collate(features, pad_to)
         shapes.append((len(features[0]["input_ids"]) > 0, tuple(batch["input_ids"].shape), set(batch)))
         return batch
-    monkeypatch.setattr(training.trainer, "collate", recording)
+    monkeypatch.setattr(training.data, "collate", recording)
     out = setup["base"] / "e2e"
     assert run_multi_task.main(_argv(setup, out, "--num_train_epochs", 2, "--steps_per_epoch", 8, "--per_task_best",
                                      "--do_predict", "--sample", "rr")) == 0
