@@ -93,18 +93,29 @@ def _set_rng_state(state, device):
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _check_trainer_state(state, path, param_names):  # noqa: C901
+def _bad_state(path, field, what):
+    raise DataError(path, None, f"'{field}' must be {what}; the checkpoint is damaged (start a new run, "
+                                "or without --resume)")
+
+
+def _is_count(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _check_trainer_state(state, path, param_names):
     """Every field of a checkpoint's trainer_state before any is used: a hand-edited or damaged file is
     one DataError naming it and the field (the optimizer's and RNG states are checked by loading them)."""
-    def bad(field, what):
-        raise DataError(path, None, f"'{field}' must be {what}; the checkpoint is damaged (start a new run, "
-                                    "or without --resume)")
-
-    def is_int(v, low=0):
-        return isinstance(v, int) and not isinstance(v, bool) and v >= low
-
     if not isinstance(state, dict):
-        bad("(top level)", "an object")
+        _bad_state(path, "(top level)", "an object")
+    _check_state_numbers(state, path)
+    _check_state_parts(state, path, param_names)
+
+
+def _check_state_numbers(state, path):
+    def bad(field, what):
+        _bad_state(path, field, what)
+
+    is_int = _is_count
     for field in ("optimizer", "scheduler"):
         if not isinstance(state.get(field), dict):
             bad(field, "an object")
@@ -120,6 +131,12 @@ def _check_trainer_state(state, path, param_names):  # noqa: C901
     for field in ("stopped_early", "model_training"):
         if field in state and not isinstance(state[field], bool):
             bad(field, "true or false")
+
+
+def _check_state_parts(state, path, param_names):
+    def bad(field, what):
+        _bad_state(path, field, what)
+
     rng = state.get("rng")
     if not (isinstance(rng, list) and rng and all(
             isinstance(r, dict) and {"python", "numpy", "torch"} <= set(r) for r in rng)):

@@ -344,7 +344,7 @@ class Trainer:
         self.examples_seen += totals[0]
         return [1.0 / self.opts.gradient_accumulation_steps] * len(micro)
 
-    def _combined_backward(self, micro, tasks, weights):  # noqa: C901
+    def _combined_backward(self, micro, tasks, weights):
         """Gradient surgery: one flat gradient of the shared parameters per task -> grad_combiner ->
         written back; task-specific parameters keep their own gradients.
 
@@ -362,9 +362,26 @@ class Trainer:
         parameters is consumed (a manual-only reduction would leave it stale and break the next
         step). Earlier tasks' shared gradients are zeroed in place, not set to None, for the same
         reason."""
-        env = self.env
         shared = self.shared_parameters()
         sizes = [p.numel() for p in shared]
+        grads, loss_acc = self._task_gradients(micro, tasks, weights, shared, sizes)
+        coefficients, combined = self._combination(grads, tasks)
+        if combined is None:
+            w = torch.as_tensor(coefficients, dtype=grads.dtype, device=grads.device)
+        offset = 0
+        for p, numel in zip(shared, sizes):
+            if p.grad is not None:  # None: no task of this step used the parameter
+                if combined is None:
+                    weighted_rows_into(p.grad.view(-1), grads, w, offset)
+                else:
+                    p.grad.copy_(combined[offset:offset + numel].view_as(p.grad))
+            offset += numel
+        return loss_acc
+
+    def _task_gradients(self, micro, tasks, weights, shared, sizes):
+        """Backward every task's micro-batches; returns ([tasks, shared size] float32 rows of the task
+        gradients of the shared parameters, all-reduced under DDP; the step's loss as a device tensor)."""
+        env = self.env
         grads = torch.empty(len(tasks), sum(sizes), dtype=torch.float32, device=env.device)
         loss_acc = torch.zeros((), dtype=torch.float64, device=env.device)
         for t_index, task in enumerate(tasks):
@@ -387,34 +404,28 @@ class Trainer:
             for row in grads[:-1]:
                 dist.all_reduce(row)
                 row /= env.world_size
+        return grads, loss_acc
+
+    def _combination(self, grads, tasks):
+        """(coefficients of the task rows, None), or (None, the combined flat gradient) for a combiner
+        that is a plain function of the flat gradients."""
         gram = gram_matrix(grads).cpu().numpy()
-        combined = None
         if not np.isfinite(gram).all():
             if not self.scaler.is_enabled():
                 raise NonFiniteLossError(
                     f"non-finite gradient at step {self.global_step + 1} (tasks {','.join(map(str, tasks))}); "
                     "lower --learning_rate, check the input data, or try --bf16/fp32")
-            coefficients = np.ones(len(tasks))  # the plain sum: the scaler sees the inf and skips this step
-        elif hasattr(self.grad_combiner, "weights"):
-            coefficients = np.asarray(self.grad_combiner.weights(gram, task_ids=tasks), dtype=np.float64)
-        else:  # a plain function of the flat gradients: it sees them at true scale
-            scale = float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
-            if scale != 1.0:
-                grads.div_(scale)
-            combined = self.grad_combiner(list(grads)).reshape(-1)
-            if scale != 1.0:
-                combined = combined * scale
-        if combined is None:
-            w = torch.as_tensor(coefficients, dtype=grads.dtype, device=grads.device)
-        offset = 0
-        for p, numel in zip(shared, sizes):
-            if p.grad is not None:  # None: no task of this step used the parameter
-                if combined is None:
-                    weighted_rows_into(p.grad.view(-1), grads, w, offset)
-                else:
-                    p.grad.copy_(combined[offset:offset + numel].view_as(p.grad))
-            offset += numel
-        return loss_acc
+            return np.ones(len(tasks)), None  # the plain sum: the scaler sees the inf and skips this step
+        if hasattr(self.grad_combiner, "weights"):
+            return np.asarray(self.grad_combiner.weights(gram, task_ids=tasks), dtype=np.float64), None
+        # a plain function of the flat gradients: it sees them at true scale
+        scale = float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
+        if scale != 1.0:
+            grads.div_(scale)
+        combined = self.grad_combiner(list(grads)).reshape(-1)
+        if scale != 1.0:
+            combined = combined * scale
+        return None, combined
 
     def training_step(self, micro):
         """One optimizer step over the given micro-batches; returns the step's mean loss (a float64
@@ -642,7 +653,7 @@ class Trainer:
                 if self._tb_writer is not None:
                     self._tb_writer.flush()
 
-    def _train_loop(self, stream, num_steps, steps_per_epoch, on_epoch_end, bar, saved_at, on_step=None):  # noqa: C901
+    def _train_loop(self, stream, num_steps, steps_per_epoch, on_epoch_end, bar, saved_at, on_step=None):
         opts, env = self.opts, self.env
         self._log_loss, self._log_n = 0.0, 0
         start_time, start_step, start_examples = time.time(), self.global_step, self.examples_seen
@@ -662,30 +673,7 @@ class Trainer:
                 bar.update(1)
                 if on_step is not None:
                     on_step(self, step_loss)
-                log_now = self.global_step % max(1, opts.logging_steps) == 0 or self.global_step == num_steps
-                epoch_end = self.global_step % steps_per_epoch == 0
-                save_now = opts.save_steps > 0 and self.global_step % opts.save_steps == 0
-                if log_now or epoch_end or save_now or self._stop_signal:
-                    self._flush_losses()  # the one device read of these steps' losses (NaN check included)
-                if log_now:
-                    if env.is_main:
-                        lr = self.applied_lr  # the rate of this step (BertAdam's own with its schedule)
-                        avg = self._log_loss / max(self._log_n, 1)
-                        bar.set_postfix(loss=f"{avg:.4f}", lr=f"{lr:.2e}")
-                        self.log_scalars("train", {"loss": avg, "learning_rate": lr})
-                        if not sys.stderr.isatty():
-                            logger.info("step %d/%d loss %.4f lr %.3e", self.global_step, num_steps, avg, lr)
-                    self._log_loss, self._log_n = 0.0, 0
-                if epoch_end:
-                    self.epoch += 1
-                    if on_epoch_end is not None:
-                        stop = on_epoch_end(self.epoch - 1, self)
-                        # The 2019 code's evaluation left the model in eval mode: no dropout from then on.
-                        self.ddp_model.train(not opts.dropout_off_after_eval)
-                        if stop:
-                            self.stopped_early = True
-                if save_now:
-                    self.save_checkpoint(source)
+                if self._after_step(source, num_steps, steps_per_epoch, on_epoch_end, bar):
                     saved_at = self.global_step
                 if self.stopped_early:
                     logger.info("early stop after epoch %d (step %d)", self.epoch, self.global_step)
@@ -709,6 +697,39 @@ class Trainer:
                 "train_runtime": runtime,
                 "train_samples_per_second": (self.examples_seen - start_examples) / max(runtime, 1e-9),
                 "train_steps_per_second": (self.global_step - start_step) / max(runtime, 1e-9)}
+
+    def _after_step(self, source, num_steps, steps_per_epoch, on_epoch_end, bar):
+        """Logging, the epoch end and a --save_steps checkpoint after one optimizer step; returns
+        whether a checkpoint was written."""
+        opts = self.opts
+        log_now = self.global_step % max(1, opts.logging_steps) == 0 or self.global_step == num_steps
+        epoch_end = self.global_step % steps_per_epoch == 0
+        save_now = opts.save_steps > 0 and self.global_step % opts.save_steps == 0
+        if log_now or epoch_end or save_now or self._stop_signal:
+            self._flush_losses()  # the one device read of these steps' losses (NaN check included)
+        if log_now:
+            self._log_step(bar, num_steps)
+        if epoch_end:
+            self.epoch += 1
+            if on_epoch_end is not None:
+                stop = on_epoch_end(self.epoch - 1, self)
+                # The 2019 code's evaluation left the model in eval mode: no dropout from then on.
+                self.ddp_model.train(not opts.dropout_off_after_eval)
+                if stop:
+                    self.stopped_early = True
+        if save_now:
+            self.save_checkpoint(source)
+        return save_now
+
+    def _log_step(self, bar, num_steps):
+        if self.env.is_main:
+            lr = self.applied_lr  # the rate of this step (BertAdam's own with its schedule)
+            avg = self._log_loss / max(self._log_n, 1)
+            bar.set_postfix(loss=f"{avg:.4f}", lr=f"{lr:.2e}")
+            self.log_scalars("train", {"loss": avg, "learning_rate": lr})
+            if not sys.stderr.isatty():
+                logger.info("step %d/%d loss %.4f lr %.3e", self.global_step, num_steps, avg, lr)
+        self._log_loss, self._log_n = 0.0, 0
 
     def _close_feed(self, feed):
         """Stop the prefetch thread; a step fetched but not trained (early stop, a signal, an error)
