@@ -92,17 +92,18 @@ def main(argv=None):
         was = f" (fine-tuned for {names[task_id]})" if task_id < len(names) else ""
         raise ConfigError(f"the model's head {task_id}{was} has {head_labels} outputs, "
                           f"{task.dataset.display} needs {task.num_labels}")
-    training.prepare_output_dir(opts, env, training=args.do_train)
+    training.prepare_output_dir(opts, env, training=args.do_train, output_names=task.output_names)
     results, train_summary = {"global_step": 0}, None
     trainer = None
     if args.do_train:
         training.write_run_config(args, opts.output_dir, env)
         trainer, summary = training.train_and_save(opts, env, model, task.train_features, tokenizer,
                                                    labels=task.labels if task.labels is not None else ["score"],
-                                                   evaluate=training.dev_evaluator(task, task_id))
+                                                   evaluate=training.dev_evaluator(task, task_id),
+                                                   padding=task.padding)
         train_summary = training.run_summary(summary)
         results.update({k: v for k, v in train_summary.items() if k != "eval_history"})
-    predict = training.predictor(opts, env, model, task_id)
+    predict = training.predictor(opts, env, model, task_id, padding=task.padding)
     if args.do_eval:
         eval_results = task.evaluate(predict)
         results.update(flat_results(task, eval_results))

@@ -393,7 +393,8 @@ def main(argv=None):  # noqa: C901
     if longest > model.config.max_position_embeddings:
         raise ConfigError(f"a task's max length {longest} exceeds the model's max_position_embeddings "
                           f"{model.config.max_position_embeddings} (--task_max_seq_length)")
-    training.prepare_output_dir(opts, env, training=not args.no_train)
+    training.prepare_output_dir(opts, env, training=not args.no_train,
+                                output_names=[name for t in tasks for name in t.output_names])
     if opts.resume and env.is_main:
         mt.recover_output_dirs(opts.output_dir)
     training.write_run_config(args, opts.output_dir, env)
@@ -430,7 +431,7 @@ def main(argv=None):  # noqa: C901
         def task_streams(seed_offset):
             return [training.make_stream(opts, env, t.train_features, task_id=tid, batch_size=bs,
                                          seed=opts.seed + seed_offset + i,
-                                         pad_to=max_len if opts.pad_to_max_length else None)
+                                         pad_to=max_len if opts.pad_to_max_length else None, padding=t.padding)
                     for i, (t, tid, bs, max_len) in enumerate(zip(tasks, plan.task_ids, plan.batch_sizes,
                                                                   plan.max_lengths))]
         streams = task_streams(0)
@@ -490,8 +491,11 @@ def main(argv=None):  # noqa: C901
     elif args.do_predict:
         # --no_train: the model in memory (its heads were matched by name; a 2019 folder has no task metadata)
         selected = model if args.no_train else modeling.BertForMultiTask.from_pretrained(best_dir).to(env.device)
-        written = mt.predict_tasks(tasks, lambda f, t: training.predict(selected, f, t, opts.eval_batch_size, env),
-                                   os.path.join(opts.output_dir, "predictions"), env, task_ids=plan.task_ids)
+
+        def predict_selected(f, t, padding=None):
+            return training.predict(selected, f, t, opts.eval_batch_size, env, padding=padding)
+        written = mt.predict_tasks(tasks, predict_selected, os.path.join(opts.output_dir, "predictions"), env,
+                                   task_ids=plan.task_ids)
         results["predictions"] = [os.path.relpath(p, opts.output_dir) for p in written]
     trainer.close()
     if env.is_main:
@@ -592,7 +596,8 @@ def predict_files(args):
     model = training.load_model(opts).to(env.device)
     training.prepare_output_dir(opts, env, training=False)
     for task, task_id, path, inputs in jobs:
-        rows = task.predict_rows(lambda f, t=task_id: training.predict(model, f, t, opts.eval_batch_size, env), inputs)
+        rows = task.predict_rows(lambda f, t=task_id, p=task.padding: training.predict(
+            model, f, t, opts.eval_batch_size, env, padding=p), inputs)
         if env.is_main:
             target = os.path.join(opts.output_dir, f"predictions_{task.name}.tsv")
             count = write_readable_predictions(target, rows)

@@ -54,21 +54,21 @@ def main(argv=None):
     task.prepare(train=args.do_train, dev=args.do_eval or opts.eval_steps > 0, test=args.do_predict)
     logger.info("labels: %s", " ".join(task.labels))
     model = training.load_model(opts, task_num_labels=[len(task.labels)], task_types=["token"], task_names=["ner"])
-    training.prepare_output_dir(opts, env, training=args.do_train)
+    training.prepare_output_dir(opts, env, training=args.do_train, output_names=task.output_names)
     training.write_run_config(args, opts.output_dir, env)   # after the data checks: a failed run leaves no files
 
     trainer = None
     if args.do_train:
         logger.info("training on %d sentences -> %d windows", task.train_examples, len(task.train_features))
         trainer, result = training.train_and_save(opts, env, model, task.train_features, tokenizer, labels=task.labels,
-                                                  evaluate=training.dev_evaluator(task))
+                                                  evaluate=training.dev_evaluator(task), padding=task.padding)
         if env.is_main:
             atomic_write_text(os.path.join(opts.output_dir, LABELS_FILE), "\n".join(task.labels) + "\n")
             training.write_eval_results(os.path.join(opts.output_dir, "train_results.txt"), {
                 **training.run_summary(result),
                 "train_sentences": task.train_examples, "train_features": len(task.train_features)})
 
-    predict = training.predictor(opts, env, model)
+    predict = training.predictor(opts, env, model, padding=task.padding)
     for split, results_file in (("dev", "eval_results.txt"), ("test", "test_results.txt")):
         if split not in task.sentences:
             continue

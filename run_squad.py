@@ -73,7 +73,7 @@ def main(argv=None):
     # Read and window the data before loading the model, so that a bad file fails fast.
     task.prepare(train=args.do_train, dev=False, test=args.do_predict or opts.eval_steps > 0)
     model = training.load_model(opts, task_num_labels=[2], task_types=["span"], task_names=["squad"])
-    training.prepare_output_dir(opts, env, training=args.do_train)
+    training.prepare_output_dir(opts, env, training=args.do_train, output_names=task.output_names)
     training.write_run_config(args, opts.output_dir, env)
 
     trainer = None
@@ -81,7 +81,7 @@ def main(argv=None):
         logger.info("training on %d questions -> %d windows (%d dropped: answer not found in context)",
                     task.train_examples, len(task.train_features), len(task.dropped))
         trainer, result = training.train_and_save(opts, env, model, task.train_features, tokenizer,
-                                                  evaluate=training.dev_evaluator(task))
+                                                  evaluate=training.dev_evaluator(task), padding=task.padding)
         if env.is_main:
             training.write_eval_results(os.path.join(opts.output_dir, "train_results.txt"), {
                 **training.run_summary(result),
@@ -89,7 +89,7 @@ def main(argv=None):
                 "train_dropped_answers": len(task.dropped)})
 
     if args.do_predict:
-        predict = training.predictor(opts, env, model, batch_size=args.predict_batch_size)
+        predict = training.predictor(opts, env, model, batch_size=args.predict_batch_size, padding=task.padding)
         preds, nbest, null_odds, _ = task.decode(predict)
         if env.is_main:
             squad.write_prediction_files(opts.output_dir, preds, nbest, null_odds if task.v2 else None)

@@ -44,18 +44,18 @@ def main(argv=None):
     task.prepare(train=args.do_train, dev=args.do_eval or opts.eval_steps > 0, test=args.do_predict)
     model = training.load_model(opts, task_num_labels=[swag.NUM_CHOICES], task_types=["choice"],
                                 task_names=["swag"])
-    training.prepare_output_dir(opts, env, training=args.do_train)
+    training.prepare_output_dir(opts, env, training=args.do_train, output_names=task.output_names)
     training.write_run_config(args, opts.output_dir, env)   # after the data checks: a failed run leaves no files
 
     trainer = None
     if args.do_train:
         trainer, result = training.train_and_save(opts, env, model, task.train_features, tokenizer,
-                                                  evaluate=training.dev_evaluator(task))
+                                                  evaluate=training.dev_evaluator(task), padding=task.padding)
         if env.is_main:
             training.write_eval_results(os.path.join(opts.output_dir, "train_results.txt"), {
                 **training.run_summary(result), "train_examples": task.train_examples})
 
-    predict = training.predictor(opts, env, model)
+    predict = training.predictor(opts, env, model, padding=task.padding)
     if args.do_eval:
         metrics = task.evaluate(predict)[task.name]
         if env.is_main:

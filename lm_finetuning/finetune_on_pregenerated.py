@@ -22,6 +22,7 @@ import file_utils  # noqa: F401 - before torch: sets OMP_WAIT_POLICY (file_utils
 import training
 from file_utils import ConfigError, make_parser, run_cli
 from tasks import pretraining
+from tasks.base import OUTPUT_NAMES
 
 logger = logging.getLogger("finetune_on_pregenerated")
 
@@ -80,7 +81,7 @@ def main(argv=None):
     args.max_seq_length = max(max_len for _, _, max_len in plan)
     opts = training.EngineOptions.from_args(args)
     env = training.setup_env(opts)
-    training.prepare_output_dir(opts, env)
+    training.prepare_output_dir(opts, env, output_names=OUTPUT_NAMES)
     tokenizer = training.load_tokenizer(opts)
     training.write_run_config(args, opts.output_dir, env)
     check_pregenerate_config(args.pregenerated_data, opts.do_lower_case)

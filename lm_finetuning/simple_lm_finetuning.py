@@ -20,6 +20,7 @@ import file_utils  # noqa: F401 - before torch: sets OMP_WAIT_POLICY (file_utils
 import training
 from file_utils import ConfigError, DataError, make_parser, run_cli
 from tasks import pretraining
+from tasks.base import OUTPUT_NAMES, PADDING
 
 logger = logging.getLogger("simple_lm_finetuning")
 
@@ -54,7 +55,7 @@ def main(argv=None):
     if num_pairs < 1:
         raise DataError(args.train_corpus, None, "no document has two sentences, so there is no sentence pair")
     logger.info("%d documents, %d sentences, %d sentence pairs per epoch", len(db), db.num_sentences, num_pairs)
-    training.prepare_output_dir(opts, env)
+    training.prepare_output_dir(opts, env, output_names=OUTPUT_NAMES)
     training.write_run_config(args, opts.output_dir, env)
     model = training.load_model(opts, task_num_labels=[2], task_types=["pretraining"], task_names=[TASK_NAME])
 
@@ -68,7 +69,8 @@ def main(argv=None):
                                               mask_prob=args.masked_lm_prob)
 
     num_epochs = max(1, int(-(-opts.num_train_epochs // 1)))
-    stream = training.make_stream(opts, env, load_epoch=load_epoch, epoch_sizes=[num_pairs] * num_epochs)
+    stream = training.make_stream(opts, env, load_epoch=load_epoch, epoch_sizes=[num_pairs] * num_epochs,
+                                  padding=PADDING)
     num_steps = training.num_training_steps(opts, stream.steps_per_epoch)
     logger.info("%d optimizer steps over %s epoch(s) (batch %d, accumulation %d)", num_steps,
                 opts.num_train_epochs, opts.train_batch_size, opts.gradient_accumulation_steps)

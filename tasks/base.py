@@ -25,6 +25,7 @@ imports the engine), so everything cached is plain data: lists, dicts with strin
 """
 import logging
 import sys
+import types
 
 import numpy as np
 
@@ -32,6 +33,19 @@ from file_utils import DataError, atomic_open, utf8_error
 
 logger = logging.getLogger(__name__)
 STDIN = "<stdin>"  # the name of standard input in messages
+IGNORE_INDEX = -100  # a per-token label the loss does not score
+# How the features of today's families pad ({feature key: pad value}; token ids and masks with 0, per-token
+# labels with IGNORE_INDEX): the base default of Task.padding, passed to the engine's collate/make_stream/predict.
+PADDING = types.MappingProxyType({"input_ids": 0, "token_type_ids": 0, "attention_mask": 0, "input_mask": 0,
+                                  "segment_ids": 0, "labels": IGNORE_INDEX, "masked_lm_labels": IGNORE_INDEX})
+# The files and folders today's families and runners write into --output_dir besides the engine's own
+# (training.OUTPUT_NAMES): --overwrite_output_dir removes them (prepare_output_dir's output_names). The base
+# default of Task.output_names.
+OUTPUT_NAMES = ("per_task_best", "predictions", "plots", "diagnostics", "results.json", "eval_results.txt",
+                "test_results.txt", "train_results.txt", "labels.txt", "task_labels.json", "predictions.json",
+                "nbest_predictions.json", "null_odds.json", "test_predictions.txt", "test_predictions.csv",
+                "selection.json", "CoLA.tsv", "SST-2.tsv", "MRPC.tsv", "STS-B.tsv", "QQP.tsv", "MNLI-m.tsv",
+                "MNLI-mm.tsv", "QNLI.tsv", "RTE.tsv", "WNLI.tsv", "AX.tsv")
 
 
 def no_cache(key_parts, build):
@@ -48,6 +62,11 @@ class Task:
     labels        label strings in id order, or None
     main_metric   the metric key of the main score
     max_seq_length
+
+    and may override (class attributes):
+
+    padding       {feature key: pad value} of its features (the engine's collate)
+    output_names  files and folders it writes into --output_dir (removed by --overwrite_output_dir)
     """
     family = None
     flat_predictions = False   # True: prediction files go straight into the run's predictions/ folder
@@ -57,6 +76,8 @@ class Task:
     labels = None
     main_metric = None
     max_seq_length = None
+    padding = PADDING
+    output_names = OUTPUT_NAMES
 
     def __init__(self, cache=None, max_eval_examples=None):
         self.cache = cache or no_cache

@@ -56,8 +56,8 @@ def test_mixed_run_end_to_end(setup, capsys, monkeypatch):
     shapes = []
     collate = training.collate
 
-    def recording(features, pad_to=None):
-        batch = collate(features, pad_to)
+    def recording(features, pad_to=None, padding=None):
+        batch = collate(features, pad_to, padding)
         shapes.append((len(features[0]["input_ids"]) > 0, tuple(batch["input_ids"].shape), set(batch)))
         return batch
     monkeypatch.setattr(training.data, "collate", recording)

@@ -45,8 +45,8 @@ from training.checkpoints import (
                               write_state,
 )
 from training.data import (
+                              DEFAULT_PADDING,
                               IGNORE_INDEX,
-                              ZERO_PAD_KEYS,
                               EpochStream,
                               FeatureList,
                               _is_token_labelled,
@@ -57,6 +57,7 @@ from training.data import (
                               make_batches,
                               make_stream,
                               num_training_steps,
+                              pad_values,
 )
 from training.environment import (
                               Env,
@@ -71,6 +72,8 @@ from training.environment import (
                               usable_cores,
 )
 from training.options import (
+                              ENGINE,
+                              PROTOCOL_2019,
                               REFERENCE_PARTS,
                               REFERENCE_VALUES,
                               EngineOptions,
@@ -104,14 +107,14 @@ from training.trainer import (
 )
 
 __all__ = ['CHECKPOINT_DIR', 'CHECKPOINT_FORMAT', 'CHECKPOINT_META', 'CHECKPOINT_MODEL', 'CHECKPOINT_STATE',
-           'ConfigError', 'DataError', 'EVAL_HISTORY', 'EngineOptions', 'Env', 'EpochStream', 'FeatureList',
-           'GRAM_CHUNK', 'IGNORE_INDEX', 'MAX_CONSECUTIVE_SKIPPED_STEPS', 'NonFiniteLossError', 'OUTPUT_NAMES',
-           'Prefetcher', 'REFERENCE_PARTS', 'REFERENCE_VALUES', 'TENSORBOARD_DIR', 'Trainer', 'UserError',
-           'ZERO_PAD_KEYS', '_autocast', '_cgroup_cpu_quota', '_is_token_labelled', '_move', '_rng_state',
-           '_set_rng_state', 'add_engine_args', 'auto_threads', 'cached_features', 'check_output_dir', 'collate',
-           'compile_model', 'configure_threads', 'cpu_has_native_bf16', 'default_cache_dir', 'dev_evaluator',
-           'feature_length', 'find_checkpoint', 'gram_matrix', 'is_number', 'load_model', 'load_tokenizer',
-           'make_batches', 'make_stream', 'num_training_steps', 'output_dir_of_rank', 'predict', 'predictor',
-           'prefetches', 'prepare_output_dir', 'protocol_line', 'read_checkpoint', 'read_state', 'run_summary',
-           'save_model', 'set_seed', 'setup_env', 'train_and_save', 'usable_cores', 'weighted_rows_into',
-           'write_eval_results', 'write_run_config', 'write_state']
+           'ConfigError', 'DEFAULT_PADDING', 'DataError', 'ENGINE', 'EVAL_HISTORY', 'EngineOptions', 'Env',
+           'EpochStream', 'FeatureList', 'GRAM_CHUNK', 'IGNORE_INDEX', 'MAX_CONSECUTIVE_SKIPPED_STEPS',
+           'NonFiniteLossError', 'OUTPUT_NAMES', 'PROTOCOL_2019', 'Prefetcher', 'REFERENCE_PARTS', 'REFERENCE_VALUES',
+           'TENSORBOARD_DIR', 'Trainer', 'UserError', '_autocast', '_cgroup_cpu_quota', '_is_token_labelled', '_move',
+           '_rng_state', '_set_rng_state', 'add_engine_args', 'auto_threads', 'cached_features', 'check_output_dir',
+           'collate', 'compile_model', 'configure_threads', 'cpu_has_native_bf16', 'default_cache_dir',
+           'dev_evaluator', 'feature_length', 'find_checkpoint', 'gram_matrix', 'is_number', 'load_model',
+           'load_tokenizer', 'make_batches', 'make_stream', 'num_training_steps', 'output_dir_of_rank', 'pad_values',
+           'predict', 'predictor', 'prefetches', 'prepare_output_dir', 'protocol_line', 'read_checkpoint',
+           'read_state', 'run_summary', 'save_model', 'set_seed', 'setup_env', 'train_and_save', 'usable_cores',
+           'weighted_rows_into', 'write_eval_results', 'write_run_config', 'write_state']

@@ -14,8 +14,12 @@ from file_utils import ConfigError, DataError, atomic_open
 
 logger = logging.getLogger(__name__)
 
-ZERO_PAD_KEYS = ("input_ids", "token_type_ids", "attention_mask", "input_mask", "segment_ids")
+# A per-token label the loss does not score (the model's ignore_index).
 IGNORE_INDEX = -100
+# Padding when the caller passes none: the model's inputs with 0, any other per-token key (a label) with
+# IGNORE_INDEX. A family declares its own `padding` ({feature key: pad value}, tasks.base.Task.padding) and the
+# runner passes it to collate, FeatureList, EpochStream, make_stream and predict.
+DEFAULT_PADDING = {"input_ids": 0, "token_type_ids": 0, "attention_mask": 0}
 
 
 def cached_features(cache_dir, key_parts, build_fn):
@@ -146,12 +150,31 @@ def _is_token_labelled(batch):
     return labels is not None and labels.dim() == 2 and labels.shape == batch["input_ids"].shape
 
 
-def collate(features, pad_to=None):
+def pad_values(padding):
+    """key -> pad value: `padding` ({feature key: pad value}) or, without one, DEFAULT_PADDING; a built
+    attention_mask pads with 0."""
+    if padding is None:
+        return lambda key: DEFAULT_PADDING.get(key, IGNORE_INDEX)
+    padding = dict(padding)
+
+    def value(key):
+        if key == "attention_mask":
+            return padding.get(key, 0)
+        if key not in padding:
+            raise ValueError(f"feature key '{key}' is a per-token sequence but the padding declared for these "
+                             f"features ({', '.join(sorted(padding))}) has no pad value for it")
+        return padding[key]
+    return value
+
+
+def collate(features, pad_to=None, padding=None):
     """List of feature dicts (plain lists, unpadded) -> dict of tensors.
 
-    Sequences are padded to the longest in the batch (or to max(pad_to, longest)): input_ids,
-    token_type_ids and attention_mask with 0, every other per-token key (token labels, MLM
-    labels) with -100. `attention_mask` is built from the lengths when a feature has none.
+    Sequences are padded to the longest in the batch (or to max(pad_to, longest)) with the value
+    `padding` gives each key ({feature key: pad value}, the family's declaration: a per-token key it
+    does not name is a ValueError); without `padding`, DEFAULT_PADDING (the model's inputs with 0,
+    any other per-token key, a label, with IGNORE_INDEX). The dtype comes from the data.
+    `attention_mask` is built from the lengths when a feature has none (padded with 0).
     Multiple choice (`input_ids` a list of K lists) gives [B, K, S]. Scalar keys become [B]
     tensors (float if any value is float). Keys whose values are not numbers or lists of numbers
     (metadata such as token maps or example ids) are left out."""
@@ -165,6 +188,7 @@ def collate(features, pad_to=None):
     longest = max(feature_length(f) for f in features) if "input_ids" in first else \
         max(_nested_len(f[seq_keys[0]]) for f in features) if seq_keys else 0
     seq_len = max(longest, pad_to or 0)
+    pad_value = pad_values(padding)
     batch = {}
     for key in keys:
         if key in seq_keys:
@@ -173,7 +197,7 @@ def collate(features, pad_to=None):
         is_float = any(isinstance(v, (float, np.floating)) for v in values)
         batch[key] = torch.tensor(values, dtype=torch.float32 if is_float else torch.long)
     for key in seq_keys:
-        pad = 0 if key in ZERO_PAD_KEYS else IGNORE_INDEX
+        pad = pad_value(key)
         if key == "attention_mask" and key not in first:
             rows = [[[1] * len(s) for s in f["input_ids"]] if _depth(f["input_ids"]) == 2
                     else [1] * len(f["input_ids"]) for f in features]
@@ -248,15 +272,15 @@ class FeatureList:
     """One data epoch held as a list of feature dicts (plain lists), in the data-epoch protocol of
     EpochStream: `lengths`, `batch(indices, pad_to)` (collated tensors) and `close()`."""
 
-    def __init__(self, features):
-        self.features = features
+    def __init__(self, features, padding=None):
+        self.features, self.padding = features, padding
         self.lengths = np.array([feature_length(f) for f in features], dtype=np.int64)
 
     def __len__(self):
         return len(self.features)
 
     def batch(self, indices, pad_to=None):
-        return collate([self.features[i] for i in indices], pad_to)
+        return collate([self.features[i] for i in indices], pad_to, self.padding)
 
     def close(self):
         pass
@@ -270,7 +294,7 @@ class EpochStream:
     MLM epochs or freshly sampled pairs; only one is held at a time; the stream ends after the
     last epoch). A data source has `lengths`, `batch(indices, pad_to)` and `close()`
     (`FeatureList`; `tasks.pretraining.PregeneratedEpoch`); `load_epoch` may also return a plain
-    list of features.
+    list of features, collated with `padding` ({feature key: pad value}, see collate).
 
     `batch_size` is the effective global batch of one optimizer step; a step is `accumulation`
     micro-batches of batch_size/accumulation examples (the last step of an epoch may have fewer).
@@ -280,7 +304,7 @@ class EpochStream:
 
     def __init__(self, features=None, batch_size=32, accumulation=1, seed=0, task_id=0, group_by_length=True,
                  pad_to=None, rank=0, world_size=1, shuffle=True, load_epoch=None, epoch_sizes=None,
-                 replay_first_epoch=False, pad_multiple=1, cross_pass_ends=False):
+                 replay_first_epoch=False, pad_multiple=1, cross_pass_ends=False, padding=None):
         if batch_size % accumulation:
             raise ConfigError(f"train batch size {batch_size} is not divisible by gradient accumulation {accumulation}")
         if (features is None) == (load_epoch is None):
@@ -288,7 +312,7 @@ class EpochStream:
         if features is not None:
             if not features:
                 raise ConfigError("no training features (empty training set?)")
-            self._fixed = features if hasattr(features, "batch") else FeatureList(features)
+            self._fixed = features if hasattr(features, "batch") else FeatureList(features, padding)
             self.epoch_sizes = None
         else:
             if not epoch_sizes or min(epoch_sizes) < 1:
@@ -296,6 +320,7 @@ class EpochStream:
             self._fixed = None
             self.epoch_sizes = [int(n) for n in epoch_sizes]
         self.load_epoch = load_epoch
+        self.padding = padding  # {feature key: pad value} of plain feature lists (collate)
         self.micro_batch_size = batch_size // accumulation
         self.accumulation = accumulation
         self.seed, self.task_id = seed, task_id
@@ -351,7 +376,7 @@ class EpochStream:
             self.close()
             data = self.load_epoch(epoch)
             if not hasattr(data, "batch"):
-                data = FeatureList(data)
+                data = FeatureList(data, self.padding)
             if len(data.lengths) != self.epoch_sizes[epoch]:
                 raise DataError(getattr(data, "path", f"epoch {epoch}"), None,
                                 f"holds {len(data.lengths)} examples, expected {self.epoch_sizes[epoch]}")
@@ -427,14 +452,15 @@ class EpochStream:
 
 
 def make_stream(opts, env, features=None, task_id=0, batch_size=None, seed=None, load_epoch=None,
-                epoch_sizes=None, pad_to=None):
+                epoch_sizes=None, pad_to=None, padding=None):
     """EpochStream configured from the options (batch size, accumulation, padding, ranks); the
-    keyword arguments override the options for one task of a multi-task run."""
+    keyword arguments override the options for one task of a multi-task run. `padding`: the task
+    family's {feature key: pad value} (collate)."""
     return EpochStream(features, batch_size or opts.train_batch_size, opts.gradient_accumulation_steps,
                        opts.seed if seed is None else seed, task_id=task_id, group_by_length=opts.group_by_length,
                        pad_to=pad_to or opts.pad_to, rank=env.rank, world_size=env.world_size,
                        load_epoch=load_epoch, epoch_sizes=epoch_sizes, replay_first_epoch=opts.replay_batch_cycle,
-                       pad_multiple=opts.pad_multiple, cross_pass_ends=opts.reference_accumulation)
+                       pad_multiple=opts.pad_multiple, cross_pass_ends=opts.reference_accumulation, padding=padding)
 
 
 def num_training_steps(opts, steps_per_epoch):

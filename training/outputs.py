@@ -17,14 +17,11 @@ from training.checkpoints import CHECKPOINT_DIR, _fingerprint_differences, find_
 logger = logging.getLogger(__name__)
 
 EVAL_HISTORY = "eval_history.json"  # --eval_steps: [{step, score, metrics}] of the single-task runners
-# Files and folders our runners write into --output_dir; --overwrite_output_dir removes only these.
-OUTPUT_NAMES = ("checkpoint", "checkpoint.old", "best", "best.old", "per_task_best", "predictions", "runs", "plots",
-                "diagnostics", "results.json", "eval_results.txt", "test_results.txt", "train_results.txt",
-                "run_config.json", "config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json",
-                "special_tokens_map.json", "labels.txt", "task_labels.json", "predictions.json",
-                "nbest_predictions.json", "null_odds.json", "test_predictions.txt", "test_predictions.csv",
-                "selection.json", EVAL_HISTORY, "CoLA.tsv", "SST-2.tsv", "MRPC.tsv", "STS-B.tsv", "QQP.tsv",
-                "MNLI-m.tsv", "MNLI-mm.tsv", "QNLI.tsv", "RTE.tsv", "WNLI.tsv", "AX.tsv")
+# Files and folders the engine itself writes into --output_dir (checkpoints, the best model, TensorBoard logs,
+# run_config.json, the saved model). --overwrite_output_dir removes only these and the `output_names` a runner
+# passes to prepare_output_dir (its task families' declarations, tasks.base.Task.output_names).
+OUTPUT_NAMES = ("checkpoint", "checkpoint.old", "best", "best.old", "runs", "run_config.json", "config.json",
+                "model.safetensors", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json", EVAL_HISTORY)
 
 
 def check_output_dir(opts, training=True):
@@ -67,12 +64,13 @@ def _parents(path):
         path = parent
 
 
-def prepare_output_dir(opts, env, training=True):
+def prepare_output_dir(opts, env, training=True, output_names=()):
     """Create --output_dir once the inputs are validated (so a run that fails on its inputs leaves no
     folder). A training run refuses a non-empty folder unless --resume (then stale temporaries of a
     killed save are removed and interrupted folder swaps repaired) or --overwrite_output_dir (then
-    the outputs of the previous run are removed first: a new run never sits beside, or resumes,
-    an old one). An evaluation-only run (training=False) may write next to a model there."""
+    the outputs of the previous run are removed first: the engine's OUTPUT_NAMES and the runner's
+    `output_names`, what its task families declare; a new run never sits beside, or resumes, an old
+    one). An evaluation-only run (training=False) may write next to a model there."""
     out = opts.output_dir
     if env.is_main:
         check_output_dir(opts, training)
@@ -87,7 +85,7 @@ def prepare_output_dir(opts, env, training=True):
                 for path in file_utils.remove_stale_temporaries(out):
                     logger.info("removed %s, left by an interrupted save", path)
             else:
-                for name in OUTPUT_NAMES:
+                for name in dict.fromkeys(OUTPUT_NAMES + tuple(output_names)):
                     path = os.path.join(out, name)
                     if os.path.isdir(path) and not os.path.islink(path):
                         shutil.rmtree(path)

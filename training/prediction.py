@@ -37,14 +37,15 @@ def _autocast(device, amp_dtype):
 
 
 def predict(model, features, task_id, batch_size, env=None, pad_to=None, pad_value=-10000.0,
-            desc="predict"):
+            desc="predict", padding=None):
     """Run `model` over features (sorted by length for speed) -> outputs in INPUT order.
 
     Returns {output name: numpy array} for every tensor the model returns except `loss`, plus
     `loss` = example-weighted mean loss (None when the features carry no labels). Token-level
     outputs of different batches are padded to a common length with `pad_value`. Under
     torch.distributed every rank must call this (batches are shared out and gathered): every
-    rank gets the full outputs. The model's train/eval mode is restored afterwards.
+    rank gets the full outputs. The model's train/eval mode is restored afterwards. `padding`: the
+    features' {feature key: pad value} (collate).
 
     Runs under torch.inference_mode() (no autograd bookkeeping at all, unlike no_grad): safe
     because nothing computed here reaches autograd later; the outputs leave as numpy arrays and
@@ -64,7 +65,7 @@ def predict(model, features, task_id, batch_size, env=None, pad_to=None, pad_val
     iterator = tqdm(mine, desc=desc, disable=not show, leave=False)
     with torch.inference_mode():
         for idx in iterator:
-            batch = _move(collate([features[i] for i in idx], pad_to), device)
+            batch = _move(collate([features[i] for i in idx], pad_to, padding), device)
             with _autocast(device, amp_dtype):
                 out = model(**batch, task_id=task_id)
             if "loss" in out and out["loss"] is not None:
@@ -92,8 +93,8 @@ def predict(model, features, task_id, batch_size, env=None, pad_to=None, pad_val
     return result
 
 
-def predictor(opts, env, model, task_id=0, batch_size=None):
+def predictor(opts, env, model, task_id=0, batch_size=None, padding=None):
     """predict(features) -> the engine's prediction dict, for one task of `model` (collective under DDP)."""
     model.to(env.device)
     return lambda features: predict(model, features, task_id, batch_size or opts.eval_batch_size, env,
-                                    pad_to=opts.pad_to)
+                                    pad_to=opts.pad_to, padding=padding)

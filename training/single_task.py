@@ -14,9 +14,10 @@ from training.trainer import Trainer
 
 logger = logging.getLogger(__name__)
 
-def train_and_save(opts, env, model, features, tokenizer, desc="train", labels=None, evaluate=None):
+def train_and_save(opts, env, model, features, tokenizer, desc="train", labels=None, evaluate=None, padding=None):
     """Train `model` on one task's features for --num_train_epochs / --max_steps (resumable) and save
-    it into --output_dir (`labels`: the head's label strings, for the saved config's id2label).
+    it into --output_dir (`labels`: the head's label strings, for the saved config's id2label; `padding`:
+    the features' {feature key: pad value}, collate).
 
     With --eval_steps N and `evaluate(trainer) -> (main score, {eval set: metrics})` (`dev_evaluator`),
     the dev set is evaluated
@@ -25,7 +26,7 @@ def train_and_save(opts, env, model, features, tokenizer, desc="train", labels=N
     --discard_checkpoint removes checkpoint/ after a successful run. Returns (trainer, summary):
     global_step, loss, runtime and samples/s, and with --eval_steps best_step, best_score (every
     evaluation's step, main score and metrics go to <output_dir>/eval_history.json)."""
-    stream = make_stream(opts, env, features)
+    stream = make_stream(opts, env, features, padding=padding)
     num_steps = num_training_steps(opts, stream.steps_per_epoch)
     logger.info("%d training features, %d optimizer steps of %d examples (%d per epoch)", len(features), num_steps,
                 opts.train_batch_size, stream.steps_per_epoch)
@@ -69,7 +70,7 @@ def train_and_save(opts, env, model, features, tokenizer, desc="train", labels=N
 def dev_evaluator(task, task_id=0):
     """train_and_save's `evaluate` for a tasks/ Task: its dev results through the trainer's predict."""
     def evaluate(trainer):
-        results = task.evaluate(lambda features: trainer.predict(features, task_id))
+        results = task.evaluate(lambda features: trainer.predict(features, task_id, padding=task.padding))
         return task.main_score(results), results
     return evaluate
 

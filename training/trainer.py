@@ -743,12 +743,12 @@ class Trainer:
 
     # -- outputs ---------------------------------------------------------------------------------
 
-    def predict(self, features, task_id, batch_size=None, pad_to=None):
+    def predict(self, features, task_id, batch_size=None, pad_to=None, padding=None):
         """See module-level predict(); collective under torch.distributed."""
         if pad_to is None:
             pad_to = self.opts.pad_to
         return predict(self.model, features, task_id, batch_size or self.opts.eval_batch_size, self.env,
-                       pad_to=pad_to)
+                       pad_to=pad_to, padding=padding)
 
     def save_model(self, directory, tokenizer=None, labels=None):
         """Rank 0: save_model() into directory."""
