@@ -49,6 +49,7 @@ class Flag:
     type: object = None         # the argparse type where the default cannot tell (a None default)
     required: bool = False
     metavar: str = None
+    action: str = None          # another argparse action, e.g. "append" (a repeatable flag)
     doc: str = None             # the docs table's text where it says more than --help
     doc_default: str = None     # the docs table's default column where the value says too little
 
@@ -115,7 +116,7 @@ def add_flags(parser, cls, helps=None, required=None, groups=None):
             target.add_argument(*names, action="store_true", default=default, **kwargs)
             target.add_argument(spec.off[0], dest=kwargs["dest"], action="store_false", help=spec.off[1])
         else:
-            for key in ("choices", "metavar"):
+            for key in ("choices", "metavar", "action"):
                 if getattr(spec, key) is not None:
                     kwargs[key] = getattr(spec, key)
             kind = _kind(field, spec)

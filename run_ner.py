@@ -10,28 +10,34 @@ test_results.txt and test_predictions.txt (test) into --output_dir.
 """
 import logging
 import os
+from dataclasses import dataclass
 
 import file_utils  # noqa: F401 - before torch: sets OMP_WAIT_POLICY (file_utils)
 import tasks
 import training
 from file_utils import ConfigError, atomic_write_text, make_parser, run_cli
+from flags import add_flags, flag
 from tasks import conll
 
 logger = logging.getLogger("run_ner")
 LABELS_FILE = conll.LABELS_FILE
 
 
+@dataclass(frozen=True)
+class NerFlags:
+    """This runner's own flags (flags.py); the engine's come from training.add_engine_args."""
+    data_dir: str = flag(help="folder with train.txt, valid.txt (or dev.txt), test.txt", group="ner", required=True)
+    labels: str = flag(None, "file with one tag per line (default: labels.txt of --bert_model, else the train file's "
+                             "tags)", group="ner", type=str)
+    do_train: bool = flag(False, "train on train.txt", group="ner")
+    do_eval: bool = flag(False, "score the dev file into eval_results.txt", group="ner")
+    do_predict: bool = flag(False, "score test.txt into test_results.txt and write test_predictions.txt", group="ner")
+
+
 def build_parser():
     parser = make_parser(__doc__.split("\n\n")[0])
     training.add_engine_args(parser, max_seq_length=128)
-    g = parser.add_argument_group("ner")
-    g.add_argument("--data_dir", required=True, help="folder with train.txt, valid.txt (or dev.txt), test.txt")
-    g.add_argument("--labels", default=None,
-                   help="file with one tag per line (default: labels.txt of --bert_model, else the train file's tags)")
-    g.add_argument("--do_train", action="store_true", help="train on train.txt")
-    g.add_argument("--do_eval", action="store_true", help="score the dev file into eval_results.txt")
-    g.add_argument("--do_predict", action="store_true",
-                   help="score test.txt into test_results.txt and write test_predictions.txt")
+    add_flags(parser, NerFlags)
     return parser
 
 

@@ -10,23 +10,30 @@ test_predictions.csv into --output_dir.
 """
 import logging
 import os
+from dataclasses import dataclass
 
 import file_utils  # noqa: F401 - before torch: sets OMP_WAIT_POLICY (file_utils)
 import training
 from file_utils import ConfigError, make_parser, run_cli
+from flags import add_flags, flag
 from tasks import swag
 
 logger = logging.getLogger("run_swag")
 
 
+@dataclass(frozen=True)
+class SwagFlags:
+    """This runner's own flags (flags.py); the engine's come from training.add_engine_args."""
+    data_dir: str = flag(help="folder with train.csv, val.csv and (optional) test.csv", group="swag", required=True)
+    do_train: bool = flag(False, "train on train.csv", group="swag")
+    do_eval: bool = flag(False, "accuracy on val.csv into eval_results.txt", group="swag")
+    do_predict: bool = flag(False, "predict test.csv into test_predictions.csv", group="swag")
+
+
 def build_parser():
     parser = make_parser(__doc__.split("\n\n")[0])
     training.add_engine_args(parser, max_seq_length=128)
-    g = parser.add_argument_group("swag")
-    g.add_argument("--data_dir", required=True, help="folder with train.csv, val.csv and (optional) test.csv")
-    g.add_argument("--do_train", action="store_true", help="train on train.csv")
-    g.add_argument("--do_eval", action="store_true", help="accuracy on val.csv into eval_results.txt")
-    g.add_argument("--do_predict", action="store_true", help="predict test.csv into test_predictions.csv")
+    add_flags(parser, SwagFlags)
     return parser
 
 
