@@ -894,14 +894,15 @@ def evaluate_tasks(tasks, predict, selection="average", task_ids=None):
     """Dev metrics of every task -> (results {eval set: metrics}, {task: main score},
     {eval set: main score}, selection score).
 
-    `predict(features, task_id)` runs the model; task i of `tasks` is task id i (or `task_ids[i]`,
+    `predict(features, task_id, padding=...)` runs the model (`padding`: the task's own, Task.padding,
+    passed on to the engine's collate); task i of `tasks` is task id i (or `task_ids[i]`,
     when a run trains only some tasks of its model, as --add_tasks does). The selection
     score is the unweighted mean of the tasks' main scores (for GLUE tasks the leaderboard's GLUE
     score: MNLI counts once, as the mean of -m and -mm), or with "reference_sum" the 2019 rule: the
     sum of each task's `selection_score` (GLUE: per-batch metrics, MNLI-m only)."""
     results, task_scores, set_scores, parts = {}, {}, {}, []
     for task_id, task in zip(task_ids or range(len(tasks)), tasks):
-        task_results = task.evaluate(lambda features, t=task_id: predict(features, t))
+        task_results = task.evaluate(lambda features, t=task_id, p=task.padding: predict(features, t, padding=p))
         results.update(task_results)
         task_scores[task.name] = float(task.main_score(task_results))
         parts.append(float(task.selection_score(task_results)))
@@ -962,12 +963,14 @@ def check_saved_tasks(model, opts, tasks, saved_labels, reference_order, allow_r
 def predict_tasks(tasks, predict, out_dir, env, task_ids=None):
     """Official prediction files of every task into out_dir (each family's format; in a subfolder
     named after the task unless the task's files are made to sit together, as GLUE's submission
-    files). Collective under DDP: every rank calls it; rank 0 writes."""
+    files). `predict(features, task_id, padding=...)` as in evaluate_tasks. Collective under DDP: every
+    rank calls it; rank 0 writes."""
     written = []
     with training.output_dir_of_rank(env, out_dir) as folder:
         for task_id, task in zip(task_ids or range(len(tasks)), tasks):
             target = folder if task.flat_predictions else os.path.join(folder, task.name)
-            written.extend(task.write_predictions(lambda features, t=task_id: predict(features, t), target))
+            written.extend(task.write_predictions(
+                lambda features, t=task_id, p=task.padding: predict(features, t, padding=p), target))
     return written
 
 

@@ -1,9 +1,9 @@
 """Fine-tune and evaluate BERT (optionally with PALs/adapters) on ONE GLUE task.
 
 The command line of the 2019 pytorch-pretrained-BERT `run_classifier.py`, on top of the shared
-engine (training.py). This file only holds flags and wiring: reading, metrics and submission files
+engine (training/). This file only holds flags and wiring: reading, metrics and submission files
 come from tasks/glue.py (`Glue`, the task interface), the model from modeling.py, the loop from
-training.py.
+training/.
 
     python run_classifier.py --task_name mrpc --data_dir glue_data --bert_model minilm-l6 \
         --do_train --do_eval --output_dir out/mrpc
@@ -17,26 +17,34 @@ runs/, and a resumable checkpoint/.
 """
 import logging
 import os
+from dataclasses import dataclass
 
 import file_utils  # noqa: F401 - before torch: sets OMP_WAIT_POLICY (file_utils)
 import training
 from file_utils import ConfigError, atomic_write_json, make_parser, run_cli
+from flags import add_flags, flag
 from tasks import glue
+from tasks.base import RUNNER_OUTPUT_NAMES
 
 logger = logging.getLogger("run_classifier")
 
 TASK_NAMES = ("cola", "sst-2", "mrpc", "sts-b", "qqp", "mnli", "mnli-mm", "qnli", "rte", "wnli")
 
 
+@dataclass(frozen=True)
+class ClassifierFlags:
+    """This runner's own flags (flags.py); the engine's come from training.add_engine_args."""
+    task_name: str = flag(help=f"GLUE task: {', '.join(TASK_NAMES)} (case-insensitive)", required=True, type=str.lower)
+    data_dir: str = flag(help="GLUE data folder (<data_dir>/<TASK>/train.tsv ...) or the task folder itself",
+                         required=True)
+    do_train: bool = flag(False, "fine-tune on train.tsv")
+    do_eval: bool = flag(False, "evaluate on the dev set -> eval_results.txt")
+    do_predict: bool = flag(False, "predict the test set -> GLUE submission file(s)")
+
+
 def build_parser():
     parser = make_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--task_name", required=True, type=str.lower,
-                        help=f"GLUE task: {', '.join(TASK_NAMES)} (case-insensitive)")
-    parser.add_argument("--data_dir", required=True,
-                        help="GLUE data folder (<data_dir>/<TASK>/train.tsv ...) or the task folder itself")
-    parser.add_argument("--do_train", action="store_true", help="fine-tune on train.tsv")
-    parser.add_argument("--do_eval", action="store_true", help="evaluate on the dev set -> eval_results.txt")
-    parser.add_argument("--do_predict", action="store_true", help="predict the test set -> GLUE submission file(s)")
+    add_flags(parser, ClassifierFlags)
     training.add_engine_args(parser)
     return parser
 
@@ -92,17 +100,18 @@ def main(argv=None):
         was = f" (fine-tuned for {names[task_id]})" if task_id < len(names) else ""
         raise ConfigError(f"the model's head {task_id}{was} has {head_labels} outputs, "
                           f"{task.dataset.display} needs {task.num_labels}")
-    training.prepare_output_dir(opts, env, training=args.do_train)
+    training.prepare_output_dir(opts, env, training=args.do_train, output_names=RUNNER_OUTPUT_NAMES + task.output_names)
     results, train_summary = {"global_step": 0}, None
     trainer = None
     if args.do_train:
         training.write_run_config(args, opts.output_dir, env)
         trainer, summary = training.train_and_save(opts, env, model, task.train_features, tokenizer,
                                                    labels=task.labels if task.labels is not None else ["score"],
-                                                   evaluate=training.dev_evaluator(task, task_id))
+                                                   evaluate=training.dev_evaluator(task, task_id),
+                                                   padding=task.padding)
         train_summary = training.run_summary(summary)
         results.update({k: v for k, v in train_summary.items() if k != "eval_history"})
-    predict = training.predictor(opts, env, model, task_id)
+    predict = training.predictor(opts, env, model, task_id, padding=task.padding)
     if args.do_eval:
         eval_results = task.evaluate(predict)
         results.update(flat_results(task, eval_results))

@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 
 import file_utils  # before torch: sets OMP_WAIT_POLICY (file_utils)
 
@@ -28,7 +29,9 @@ import optimization
 import tasks as task_families
 import training
 from file_utils import ConfigError, UserError, make_parser, resolve_model_dir, run_cli
-from tasks.base import read_stdin_lines, write_readable_predictions
+from flags import add_flags
+from flags import flag as opt
+from tasks.base import RUNNER_OUTPUT_NAMES, read_stdin_lines, write_readable_predictions
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEMO_DATA_DIR = os.path.join(ROOT, "data", "glue_sample")
@@ -37,6 +40,94 @@ DEMO_TASK_DATA = task_families.sample_data_dirs()
 # Without data flags: a CPU-sized demo instead of the paper's 25 x 2400 steps at lr 2e-5.
 DEMO_PROFILE = {"num_train_epochs": 3.0, "steps_per_task": 20, "learning_rate": 1e-4, "max_eval_examples": 200}
 logger = logging.getLogger("run_multi_task")
+
+
+MT = "multi-task"
+DIAG = "diagnostics, pictures, adding tasks, predicting (docs/multitask.md)"
+OLD = "2019 command lines (Bert-n-Pals run_multi_task.py), accepted as written"
+
+
+@dataclass(frozen=True)
+class MultiTaskFlags:
+    """This runner's own flags (flags.py), declared once; the engine's come from training.add_engine_args.
+    The per-task batch-size flags (--batch_size_<task>) are added by build_parser, one per known task."""
+    data_dir: str = opt(None, "GLUE data (<data_dir>/<TASK>/train.tsv ...); without it and --task_data: the bundled "
+                              "sample data with a short demo profile", group=MT, type=str)
+    task_data: str = opt(None, f"data folders of the non-GLUE tasks: {task_families.task_data_help()}", group=MT,
+                         type=str)
+    tasks: str = opt("all", "'all' (the 8 paper tasks in reference order), 'glue' (+ WNLI), or a comma list of GLUE "
+                            f"tasks and {', '.join(task_families.OTHER_TASKS)}; the position is the task id", group=MT)
+    sample: str = opt("anneal", "task sampling: p_i ~ N_i^alpha (N_i: training examples), prop alpha=1, sqrt 0.5, "
+                                "anneal 1-0.8(e-1)/(E-1); rr cycles", group=MT, choices=mt.SAMPLING_MODES)
+    steps_per_epoch: int = opt(None, "optimizer steps per epoch (default 300 x number of tasks, as in the paper)",
+                               group=MT, type=int)
+    dry_run: bool = opt(False, "print probabilities, expected steps/passes and parameter counts, then exit without "
+                               "training", group=MT)
+    freeze: bool = opt(False, "train only task modules and heads (shared BERT frozen)", group=MT)
+    task_lr: float = opt(None, "learning rate of task-specific parameters", group=MT, type=float)
+    task_batch_sizes: str = opt(None, "per-task effective batch sizes, e.g. cola=16,mnli=64", group=MT, type=str)
+    task_max_seq_length: str = opt(None, "per-task max lengths, e.g. squad2=384,conll=128 (default: "
+                                         "--max_seq_length; SQuAD 384)", group=MT, type=str)
+    doc_stride: int = opt(128, "SQuAD: stride between windows over a context", group=MT)
+    max_query_length: int = opt(64, "SQuAD: question word pieces kept", group=MT)
+    projection: str = opt("none", "gradient surgery on the shared parameters for multi-task steps: pcgrad or vaccine",
+                          group=MT, choices=mt.PROJECTIONS)
+    tasks_per_step: int = opt(None, "tasks trained together per step (default: 1; all tasks when --projection is "
+                                    "set)", group=MT, type=int)
+    combine_strategy: str = opt(None, "all: every step trains every task; sampled: the step's tasks are drawn without "
+                                      "replacement from the sampler's p_i (default: all if tasks_per_step = number of "
+                                      "tasks)", group=MT, choices=mt.COMBINE_STRATEGIES, type=str)
+    vaccine_beta: float = opt(0.01, "EMA rate of the Gradient Vaccine targets", group=MT)
+    patience: int = opt(0, "stop after N epochs without a better average (0: never stop early)", group=MT)
+    per_task_best: bool = opt(False, "also keep each task's modules + head at its own best epoch "
+                                     "(per_task_best/<task>/)", group=MT)
+    do_predict: bool = opt(False, "write every task's official test predictions (selected model) into predictions/",
+                           group=MT)
+    no_train: bool = opt(False, "no training: evaluate (and --do_predict) the fine-tuned multi-task --bert_model",
+                         group=MT)
+    allow_random_heads: bool = opt(False, "with --no_train: evaluate tasks the model has no trained head or modules "
+                                          "for, with fresh random ones (else refused)", group=MT)
+    max_eval_examples: int = opt(None, "evaluate on the first N dev examples only", group=MT, type=int)
+    stop_after_steps: int = opt(None, "stop (as if killed) after N optimizer steps, with a checkpoint; continue with "
+                                      "--resume", group=MT, type=int)
+    pal_attention_lr: float = opt(None, "learning rate of the PALs' attention weights (Q/K/V), as the 2019 --optim "
+                                        "option", group=MT, type=float)
+    selection: str = opt(None, "model selection: average of the tasks' main scores (default), or the 2019 rule "
+                               "reference_sum (sum of per-batch dev metrics, MNLI-m only; set by "
+                               "--reference_protocol)",
+                         group=MT, choices=mt.SELECTIONS, type=str)
+    reference_layernorm_init: bool = opt(False, "2019: LayerNorms not in the checkpoint start with gamma and beta ~ "
+                                                "N(0, 0.02) (set by --reference_protocol)", group=MT)
+    diagnose_every: int = opt(0, "every N steps: each task's gradient on the shared parameters from one batch per "
+                                 "task, cosine per task pair (overall and per layer group) to TensorBoard and "
+                                 "diagnostics/epoch_E.csv; costs K forward+backward passes per diagnosis (0: off)",
+                              group=DIAG)
+    diagnose_pairs: str = opt(None, "task pairs drawn per layer x step at the end, e.g. rte:mrpc,cola:sst-2 "
+                                    "(default: the most conflicting pairs)", group=DIAG, type=str)
+    no_plots: bool = opt(False, "do not draw the PNG pictures at the end of training", group=DIAG)
+    add_tasks: str = opt(None, "add these tasks (comma list, as --tasks) to the fine-tuned multi-task --bert_model: "
+                               "only their new modules and heads train; the encoder and the model's tasks stay as "
+                               "they are", group=DIAG, type=str)
+    predict: list = opt(None, "no training: predict task TASK of the fine-tuned --bert_model for the examples in FILE "
+                              "(the task's own file format, or one example per line; '-' reads stdin; lines:FILE: "
+                              "every line one example; docs/multitask.md) into <output_dir>/predictions_TASK.tsv "
+                              "(text, label, score); repeatable", group=DIAG, action="append", metavar="TASK=FILE")
+    bert_config_file: str = opt(None, "the combined BERT + adapter config of the 2019 scripts (e.g. pals_config.json)",
+                                group=OLD, type=str)
+    vocab_file: str = opt(None, "the model's vocab.txt", group=OLD, type=str)
+    init_checkpoint: str = opt(None, "weights: a converted pytorch_model.bin (2019 or Hugging Face names), a "
+                                     "safetensors file, or a TensorFlow checkpoint prefix (.../bert_model.ckpt)",
+                               group=OLD, type=str)
+    multi: bool = opt(False, "accepted: adapters missing from the checkpoint always keep their fresh init", group=OLD)
+    do_train: bool = opt(False, "accepted: training is the default", group=OLD)
+    do_eval: bool = opt(False, "accepted: every epoch is evaluated; without --do_train it means --no_train", group=OLD)
+    h_aug: int = opt(None, "the adapters' small dimension (hidden_size_aug)", group=OLD, type=int)
+    optim: str = opt("normal", "'normal', or anything else for the 2019 second optimizer: lr 3e-4 for the PALs' "
+                               "attention weights (--pal_attention_lr)", group=OLD)
+    task_id: int = opt(1, "with --tasks single: the task's position in the paper order (0 cola, 1 mrpc, ...)",
+                       group=OLD)
+    save_checkpoints_steps: int = opt(None, "accepted: a checkpoint every N steps (--save_steps)", group=OLD,
+                                      aliases=("--save",), type=int)
 
 
 def build_parser():
@@ -49,97 +140,10 @@ def build_parser():
              "max_seq_length": "max tokens per sequence (a task's own --task_max_seq_length wins; SQuAD: 384)"}
     training.add_engine_args(p, helps=helps, output_dir_required=False, learning_rate=2e-5, eval_batch_size=32,
                              config="pals")
-    g = p.add_argument_group("multi-task")
-    g.add_argument("--data_dir", default=None, help="GLUE data (<data_dir>/<TASK>/train.tsv ...); without it and "
-                   "--task_data: the bundled sample data with a short demo profile")
-    g.add_argument("--task_data", default=None,
-                   help=f"data folders of the non-GLUE tasks: {task_families.task_data_help()}")
-    g.add_argument("--tasks", default="all",
-                   help="'all' (the 8 paper tasks in reference order), 'glue' (+ WNLI), or a comma list of GLUE "
-                        f"tasks and {', '.join(task_families.OTHER_TASKS)}; the position is the task id")
-    g.add_argument("--sample", choices=mt.SAMPLING_MODES, default="anneal",
-                   help="task sampling: p_i ~ N_i^alpha (N_i: training examples), prop alpha=1, sqrt 0.5, "
-                        "anneal 1-0.8(e-1)/(E-1); rr cycles")
-    g.add_argument("--steps_per_epoch", type=int, default=None,
-                   help="optimizer steps per epoch (default 300 x number of tasks, as in the paper)")
-    g.add_argument("--dry_run", action="store_true", help="print probabilities, expected steps/passes and "
-                   "parameter counts, then exit without training")
-    g.add_argument("--freeze", action="store_true", help="train only task modules and heads (shared BERT frozen)")
-    g.add_argument("--task_lr", type=float, default=None, help="learning rate of task-specific parameters")
-    g.add_argument("--task_batch_sizes", default=None, help="per-task effective batch sizes, e.g. cola=16,mnli=64")
+    groups = {}
+    add_flags(p, MultiTaskFlags, groups=groups)
     for name in task_families.glue.GLUE_TASKS + list(task_families.OTHER_TASKS):
-        g.add_argument("--" + mt.batch_size_flag(name), type=int, default=None, help=f"batch size for {name}")
-    g.add_argument("--task_max_seq_length", default=None,
-                   help="per-task max lengths, e.g. squad2=384,conll=128 (default: --max_seq_length; SQuAD 384)")
-    g.add_argument("--doc_stride", type=int, default=128, help="SQuAD: stride between windows over a context")
-    g.add_argument("--max_query_length", type=int, default=64, help="SQuAD: question word pieces kept")
-    g.add_argument("--projection", choices=mt.PROJECTIONS, default="none",
-                   help="gradient surgery on the shared parameters for multi-task steps: pcgrad or vaccine")
-    g.add_argument("--tasks_per_step", type=int, default=None,
-                   help="tasks trained together per step (default: 1; all tasks when --projection is set)")
-    g.add_argument("--combine_strategy", choices=mt.COMBINE_STRATEGIES, default=None,
-                   help="all: every step trains every task; sampled: the step's tasks are drawn without "
-                   "replacement from the sampler's p_i (default: all if tasks_per_step = number of tasks)")
-    g.add_argument("--vaccine_beta", type=float, default=0.01, help="EMA rate of the Gradient Vaccine targets")
-    g.add_argument("--patience", type=int, default=0,
-                   help="stop after N epochs without a better average (0: never stop early)")
-    g.add_argument("--per_task_best", action="store_true",
-                   help="also keep each task's modules + head at its own best epoch (per_task_best/<task>/)")
-    g.add_argument("--do_predict", action="store_true",
-                   help="write every task's official test predictions (selected model) into predictions/")
-    g.add_argument("--no_train", action="store_true",
-                   help="no training: evaluate (and --do_predict) the fine-tuned multi-task --bert_model")
-    g.add_argument("--allow_random_heads", action="store_true",
-                   help="with --no_train: evaluate tasks the model has no trained head or modules for, with fresh "
-                        "random ones (else refused)")
-    g.add_argument("--max_eval_examples", type=int, default=None, help="evaluate on the first N dev examples only")
-    g.add_argument("--stop_after_steps", type=int, default=None,
-                   help="stop (as if killed) after N optimizer steps, with a checkpoint; continue with --resume")
-    g.add_argument("--pal_attention_lr", type=float, default=None,
-                   help="learning rate of the PALs' attention weights (Q/K/V), as the 2019 --optim option")
-    g.add_argument("--selection", choices=mt.SELECTIONS, default=None,
-                   help="model selection: average of the tasks' main scores (default), or the 2019 rule "
-                        "reference_sum (sum of per-batch dev metrics, MNLI-m only; set by --reference_protocol)")
-    g.add_argument("--reference_layernorm_init", action="store_true",
-                   help="2019: LayerNorms not in the checkpoint start with gamma and beta ~ N(0, 0.02) "
-                        "(set by --reference_protocol)")
-    d = p.add_argument_group("diagnostics, pictures, adding tasks, predicting (docs/multitask.md)")
-    d.add_argument("--diagnose_every", type=int, default=0,
-                   help="every N steps: each task's gradient on the shared parameters from one batch per task, "
-                        "cosine per task pair (overall and per layer group) to TensorBoard and "
-                        "diagnostics/epoch_E.csv; costs K forward+backward passes per diagnosis (0: off)")
-    d.add_argument("--diagnose_pairs", default=None,
-                   help="task pairs drawn per layer x step at the end, e.g. rte:mrpc,cola:sst-2 "
-                        "(default: the most conflicting pairs)")
-    d.add_argument("--no_plots", action="store_true", help="do not draw the PNG pictures at the end of training")
-    d.add_argument("--add_tasks", default=None,
-                   help="add these tasks (comma list, as --tasks) to the fine-tuned multi-task --bert_model: "
-                        "only their new modules and heads train; the encoder and the model's tasks stay as they are")
-    d.add_argument("--predict", action="append", default=None, metavar="TASK=FILE",
-                   help="no training: predict task TASK of the fine-tuned --bert_model for the examples in FILE "
-                        "(the task's own file format, or one example per line; '-' reads stdin; lines:FILE: "
-                        "every line one example; docs/multitask.md) into "
-                        "<output_dir>/predictions_TASK.tsv (text, label, score); repeatable")
-    c = p.add_argument_group("2019 command lines (Bert-n-Pals run_multi_task.py), accepted as written")
-    c.add_argument("--bert_config_file", default=None,
-                   help="the combined BERT + adapter config of the 2019 scripts (e.g. pals_config.json)")
-    c.add_argument("--vocab_file", default=None, help="the model's vocab.txt")
-    c.add_argument("--init_checkpoint", default=None,
-                   help="weights: a converted pytorch_model.bin (2019 or Hugging Face names), a safetensors file, "
-                        "or a TensorFlow checkpoint prefix (.../bert_model.ckpt)")
-    c.add_argument("--multi", action="store_true",
-                   help="accepted: adapters missing from the checkpoint always keep their fresh init")
-    c.add_argument("--do_train", action="store_true", help="accepted: training is the default")
-    c.add_argument("--do_eval", action="store_true",
-                   help="accepted: every epoch is evaluated; without --do_train it means --no_train")
-    c.add_argument("--h_aug", type=int, default=None, help="the adapters' small dimension (hidden_size_aug)")
-    c.add_argument("--optim", default="normal",
-                   help="'normal', or anything else for the 2019 second optimizer: lr 3e-4 for the PALs' "
-                        "attention weights (--pal_attention_lr)")
-    c.add_argument("--task_id", type=int, default=1,
-                   help="with --tasks single: the task's position in the paper order (0 cola, 1 mrpc, ...)")
-    c.add_argument("--save_checkpoints_steps", "--save", dest="save_checkpoints_steps", type=int, default=None,
-                   help="accepted: a checkpoint every N steps (--save_steps)")
+        groups[MT].add_argument("--" + mt.batch_size_flag(name), type=int, default=None, help=f"batch size for {name}")
     return p
 
 
@@ -389,7 +393,8 @@ def main(argv=None):  # noqa: C901
     if longest > model.config.max_position_embeddings:
         raise ConfigError(f"a task's max length {longest} exceeds the model's max_position_embeddings "
                           f"{model.config.max_position_embeddings} (--task_max_seq_length)")
-    training.prepare_output_dir(opts, env, training=not args.no_train)
+    training.prepare_output_dir(opts, env, training=not args.no_train,
+                                output_names=RUNNER_OUTPUT_NAMES + tuple(n for t in tasks for n in t.output_names))
     if opts.resume and env.is_main:
         mt.recover_output_dirs(opts.output_dir)
     training.write_run_config(args, opts.output_dir, env)
@@ -426,7 +431,7 @@ def main(argv=None):  # noqa: C901
         def task_streams(seed_offset):
             return [training.make_stream(opts, env, t.train_features, task_id=tid, batch_size=bs,
                                          seed=opts.seed + seed_offset + i,
-                                         pad_to=max_len if opts.pad_to_max_length else None)
+                                         pad_to=max_len if opts.pad_to_max_length else None, padding=t.padding)
                     for i, (t, tid, bs, max_len) in enumerate(zip(tasks, plan.task_ids, plan.batch_sizes,
                                                                   plan.max_lengths))]
         streams = task_streams(0)
@@ -486,8 +491,11 @@ def main(argv=None):  # noqa: C901
     elif args.do_predict:
         # --no_train: the model in memory (its heads were matched by name; a 2019 folder has no task metadata)
         selected = model if args.no_train else modeling.BertForMultiTask.from_pretrained(best_dir).to(env.device)
-        written = mt.predict_tasks(tasks, lambda f, t: training.predict(selected, f, t, opts.eval_batch_size, env),
-                                   os.path.join(opts.output_dir, "predictions"), env, task_ids=plan.task_ids)
+
+        def predict_selected(f, t, padding=None):
+            return training.predict(selected, f, t, opts.eval_batch_size, env, padding=padding)
+        written = mt.predict_tasks(tasks, predict_selected, os.path.join(opts.output_dir, "predictions"), env,
+                                   task_ids=plan.task_ids)
         results["predictions"] = [os.path.relpath(p, opts.output_dir) for p in written]
     trainer.close()
     if env.is_main:
@@ -588,7 +596,8 @@ def predict_files(args):
     model = training.load_model(opts).to(env.device)
     training.prepare_output_dir(opts, env, training=False)
     for task, task_id, path, inputs in jobs:
-        rows = task.predict_rows(lambda f, t=task_id: training.predict(model, f, t, opts.eval_batch_size, env), inputs)
+        rows = task.predict_rows(lambda f, t=task_id, p=task.padding: training.predict(
+            model, f, t, opts.eval_batch_size, env, padding=p), inputs)
         if env.is_main:
             target = os.path.join(opts.output_dir, f"predictions_{task.name}.tsv")
             count = write_readable_predictions(target, rows)

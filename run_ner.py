@@ -10,28 +10,35 @@ test_results.txt and test_predictions.txt (test) into --output_dir.
 """
 import logging
 import os
+from dataclasses import dataclass
 
 import file_utils  # noqa: F401 - before torch: sets OMP_WAIT_POLICY (file_utils)
 import tasks
 import training
 from file_utils import ConfigError, atomic_write_text, make_parser, run_cli
+from flags import add_flags, flag
 from tasks import conll
+from tasks.base import RUNNER_OUTPUT_NAMES
 
 logger = logging.getLogger("run_ner")
 LABELS_FILE = conll.LABELS_FILE
 
 
+@dataclass(frozen=True)
+class NerFlags:
+    """This runner's own flags (flags.py); the engine's come from training.add_engine_args."""
+    data_dir: str = flag(help="folder with train.txt, valid.txt (or dev.txt), test.txt", group="ner", required=True)
+    labels: str = flag(None, "file with one tag per line (default: labels.txt of --bert_model, else the train file's "
+                             "tags)", group="ner", type=str)
+    do_train: bool = flag(False, "train on train.txt", group="ner")
+    do_eval: bool = flag(False, "score the dev file into eval_results.txt", group="ner")
+    do_predict: bool = flag(False, "score test.txt into test_results.txt and write test_predictions.txt", group="ner")
+
+
 def build_parser():
     parser = make_parser(__doc__.split("\n\n")[0])
     training.add_engine_args(parser, max_seq_length=128)
-    g = parser.add_argument_group("ner")
-    g.add_argument("--data_dir", required=True, help="folder with train.txt, valid.txt (or dev.txt), test.txt")
-    g.add_argument("--labels", default=None,
-                   help="file with one tag per line (default: labels.txt of --bert_model, else the train file's tags)")
-    g.add_argument("--do_train", action="store_true", help="train on train.txt")
-    g.add_argument("--do_eval", action="store_true", help="score the dev file into eval_results.txt")
-    g.add_argument("--do_predict", action="store_true",
-                   help="score test.txt into test_results.txt and write test_predictions.txt")
+    add_flags(parser, NerFlags)
     return parser
 
 
@@ -54,21 +61,21 @@ def main(argv=None):
     task.prepare(train=args.do_train, dev=args.do_eval or opts.eval_steps > 0, test=args.do_predict)
     logger.info("labels: %s", " ".join(task.labels))
     model = training.load_model(opts, task_num_labels=[len(task.labels)], task_types=["token"], task_names=["ner"])
-    training.prepare_output_dir(opts, env, training=args.do_train)
+    training.prepare_output_dir(opts, env, training=args.do_train, output_names=RUNNER_OUTPUT_NAMES + task.output_names)
     training.write_run_config(args, opts.output_dir, env)   # after the data checks: a failed run leaves no files
 
     trainer = None
     if args.do_train:
         logger.info("training on %d sentences -> %d windows", task.train_examples, len(task.train_features))
         trainer, result = training.train_and_save(opts, env, model, task.train_features, tokenizer, labels=task.labels,
-                                                  evaluate=training.dev_evaluator(task))
+                                                  evaluate=training.dev_evaluator(task), padding=task.padding)
         if env.is_main:
             atomic_write_text(os.path.join(opts.output_dir, LABELS_FILE), "\n".join(task.labels) + "\n")
             training.write_eval_results(os.path.join(opts.output_dir, "train_results.txt"), {
                 **training.run_summary(result),
                 "train_sentences": task.train_examples, "train_features": len(task.train_features)})
 
-    predict = training.predictor(opts, env, model)
+    predict = training.predictor(opts, env, model, padding=task.padding)
     for split, results_file in (("dev", "eval_results.txt"), ("test", "test_results.txt")):
         if split not in task.sentences:
             continue

@@ -10,33 +10,41 @@ null_odds.json (v2) and eval_results.txt (when the predict file has gold answers
 """
 import logging
 import os
+from dataclasses import dataclass
 
 import file_utils  # noqa: F401 - before torch: sets OMP_WAIT_POLICY (file_utils)
 import training
 from file_utils import ConfigError, make_parser, run_cli
+from flags import add_flags, flag
 from tasks import squad
+from tasks.base import RUNNER_OUTPUT_NAMES
 
 logger = logging.getLogger("run_squad")
+
+
+@dataclass(frozen=True)
+class SquadFlags:
+    """This runner's own flags (flags.py); the engine's come from training.add_engine_args."""
+    train_file: str = flag(None, "SQuAD JSON for training (e.g. train-v1.1.json)", group="squad", type=str)
+    predict_file: str = flag(None, "SQuAD JSON to predict (e.g. dev-v1.1.json); scored if it has answers",
+                             group="squad", type=str)
+    do_train: bool = flag(False, "train on --train_file", group="squad")
+    do_predict: bool = flag(False, "predict (and score) --predict_file", group="squad")
+    doc_stride: int = flag(128, "stride between sliding windows over a context", group="squad")
+    max_query_length: int = flag(64, "question word pieces kept", group="squad")
+    predict_batch_size: int = flag(None, "prediction batch size; unset: --eval_batch_size", group="squad", type=int)
+    n_best_size: int = flag(20, "n-best candidates kept per question", group="squad")
+    max_answer_length: int = flag(30, "longest answer, in word pieces", group="squad")
+    verbose_logging: bool = flag(False, "log failed answer/text alignments", group="squad")
+    version_2_with_negative: bool = flag(False, "SQuAD 2.0: questions may have no answer", group="squad")
+    null_score_diff_threshold: float = flag(0.0, "v2: predict no answer when null score - best span score > this",
+                                            group="squad")
 
 
 def build_parser():
     parser = make_parser(__doc__.split("\n\n")[0])
     training.add_engine_args(parser, max_seq_length=384)
-    g = parser.add_argument_group("squad")
-    g.add_argument("--train_file", help="SQuAD JSON for training (e.g. train-v1.1.json)")
-    g.add_argument("--predict_file", help="SQuAD JSON to predict (e.g. dev-v1.1.json); scored if it has answers")
-    g.add_argument("--do_train", action="store_true", help="train on --train_file")
-    g.add_argument("--do_predict", action="store_true", help="predict (and score) --predict_file")
-    g.add_argument("--doc_stride", type=int, default=128, help="stride between sliding windows over a context")
-    g.add_argument("--max_query_length", type=int, default=64, help="question word pieces kept")
-    g.add_argument("--predict_batch_size", type=int, default=None,
-                   help="prediction batch size; unset: --eval_batch_size")
-    g.add_argument("--n_best_size", type=int, default=20, help="n-best candidates kept per question")
-    g.add_argument("--max_answer_length", type=int, default=30, help="longest answer, in word pieces")
-    g.add_argument("--verbose_logging", action="store_true", help="log failed answer/text alignments")
-    g.add_argument("--version_2_with_negative", action="store_true", help="SQuAD 2.0: questions may have no answer")
-    g.add_argument("--null_score_diff_threshold", type=float, default=0.0,
-                   help="v2: predict no answer when null score - best span score > this")
+    add_flags(parser, SquadFlags)
     return parser
 
 
@@ -73,7 +81,7 @@ def main(argv=None):
     # Read and window the data before loading the model, so that a bad file fails fast.
     task.prepare(train=args.do_train, dev=False, test=args.do_predict or opts.eval_steps > 0)
     model = training.load_model(opts, task_num_labels=[2], task_types=["span"], task_names=["squad"])
-    training.prepare_output_dir(opts, env, training=args.do_train)
+    training.prepare_output_dir(opts, env, training=args.do_train, output_names=RUNNER_OUTPUT_NAMES + task.output_names)
     training.write_run_config(args, opts.output_dir, env)
 
     trainer = None
@@ -81,7 +89,7 @@ def main(argv=None):
         logger.info("training on %d questions -> %d windows (%d dropped: answer not found in context)",
                     task.train_examples, len(task.train_features), len(task.dropped))
         trainer, result = training.train_and_save(opts, env, model, task.train_features, tokenizer,
-                                                  evaluate=training.dev_evaluator(task))
+                                                  evaluate=training.dev_evaluator(task), padding=task.padding)
         if env.is_main:
             training.write_eval_results(os.path.join(opts.output_dir, "train_results.txt"), {
                 **training.run_summary(result),
@@ -89,7 +97,7 @@ def main(argv=None):
                 "train_dropped_answers": len(task.dropped)})
 
     if args.do_predict:
-        predict = training.predictor(opts, env, model, batch_size=args.predict_batch_size)
+        predict = training.predictor(opts, env, model, batch_size=args.predict_batch_size, padding=task.padding)
         preds, nbest, null_odds, _ = task.decode(predict)
         if env.is_main:
             squad.write_prediction_files(opts.output_dir, preds, nbest, null_odds if task.v2 else None)

@@ -10,23 +10,31 @@ test_predictions.csv into --output_dir.
 """
 import logging
 import os
+from dataclasses import dataclass
 
 import file_utils  # noqa: F401 - before torch: sets OMP_WAIT_POLICY (file_utils)
 import training
 from file_utils import ConfigError, make_parser, run_cli
+from flags import add_flags, flag
 from tasks import swag
+from tasks.base import RUNNER_OUTPUT_NAMES
 
 logger = logging.getLogger("run_swag")
+
+
+@dataclass(frozen=True)
+class SwagFlags:
+    """This runner's own flags (flags.py); the engine's come from training.add_engine_args."""
+    data_dir: str = flag(help="folder with train.csv, val.csv and (optional) test.csv", group="swag", required=True)
+    do_train: bool = flag(False, "train on train.csv", group="swag")
+    do_eval: bool = flag(False, "accuracy on val.csv into eval_results.txt", group="swag")
+    do_predict: bool = flag(False, "predict test.csv into test_predictions.csv", group="swag")
 
 
 def build_parser():
     parser = make_parser(__doc__.split("\n\n")[0])
     training.add_engine_args(parser, max_seq_length=128)
-    g = parser.add_argument_group("swag")
-    g.add_argument("--data_dir", required=True, help="folder with train.csv, val.csv and (optional) test.csv")
-    g.add_argument("--do_train", action="store_true", help="train on train.csv")
-    g.add_argument("--do_eval", action="store_true", help="accuracy on val.csv into eval_results.txt")
-    g.add_argument("--do_predict", action="store_true", help="predict test.csv into test_predictions.csv")
+    add_flags(parser, SwagFlags)
     return parser
 
 
@@ -44,18 +52,18 @@ def main(argv=None):
     task.prepare(train=args.do_train, dev=args.do_eval or opts.eval_steps > 0, test=args.do_predict)
     model = training.load_model(opts, task_num_labels=[swag.NUM_CHOICES], task_types=["choice"],
                                 task_names=["swag"])
-    training.prepare_output_dir(opts, env, training=args.do_train)
+    training.prepare_output_dir(opts, env, training=args.do_train, output_names=RUNNER_OUTPUT_NAMES + task.output_names)
     training.write_run_config(args, opts.output_dir, env)   # after the data checks: a failed run leaves no files
 
     trainer = None
     if args.do_train:
         trainer, result = training.train_and_save(opts, env, model, task.train_features, tokenizer,
-                                                  evaluate=training.dev_evaluator(task))
+                                                  evaluate=training.dev_evaluator(task), padding=task.padding)
         if env.is_main:
             training.write_eval_results(os.path.join(opts.output_dir, "train_results.txt"), {
                 **training.run_summary(result), "train_examples": task.train_examples})
 
-    predict = training.predictor(opts, env, model)
+    predict = training.predictor(opts, env, model, padding=task.padding)
     if args.do_eval:
         metrics = task.evaluate(predict)[task.name]
         if env.is_main:

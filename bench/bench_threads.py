@@ -18,6 +18,7 @@ the same phase.
     python bench/bench_threads.py [--steps 30] [--repeats 2] [--batch_size 32]
 """
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -52,7 +53,7 @@ def worker(mode, steps, batch_size):
             ["--output_dir", out, "--train_batch_size", str(batch_size), "--cache_dir", "none", "--no_cuda",
              "--optimizer", "adamw", *threads]))
         if mode == "default":
-            opts = training.dataclasses.replace(opts, threads=torch.get_num_threads())  # leave torch's count
+            opts = dataclasses.replace(opts, threads=torch.get_num_threads())  # leave torch's count
         env = training.setup_env(opts)
         model = training.load_model(opts, [2])
         stream = training.make_stream(opts, env, bench_eval.glue_like_features(batch_size * steps, seed=0))

@@ -17,27 +17,35 @@ import math
 import os
 import sys
 import tempfile
+from dataclasses import dataclass
 
 import file_utils  # noqa: F401 - before torch: sets OMP_WAIT_POLICY (file_utils)
 import training
 from file_utils import ConfigError, make_parser, run_cli
+from flags import add_flags, flag
 from tasks import pretraining
+from tasks.base import RUNNER_OUTPUT_NAMES
 
 logger = logging.getLogger("finetune_on_pregenerated")
 
 TASK_NAME = "lm"
 
 
+@dataclass(frozen=True)
+class PregeneratedFlags:
+    """This script's own flags (flags.py); the engine's come from training.add_engine_args."""
+    pregenerated_data: str = flag(help="folder with epoch_N.json + epoch_N_metrics.json from "
+                                       "pregenerate_training_data.py", required=True)
+    epochs: float = flag(None, "training epochs (default: --num_train_epochs, 3); may exceed the data epochs",
+                         type=float)
+    reduce_memory: bool = flag(False, "keep each data epoch in numpy memmap files on disk instead of RAM")
+    memmap_dir: str = flag(None, "folder for the --reduce_memory files (default: a temporary folder inside "
+                                 "--output_dir)", type=str)
+
+
 def build_parser():
     p = make_parser(__doc__.split("\n")[0])
-    p.add_argument("--pregenerated_data", required=True,
-                   help="folder with epoch_N.json + epoch_N_metrics.json from pregenerate_training_data.py")
-    p.add_argument("--epochs", type=float, default=None,
-                   help="training epochs (default: --num_train_epochs, 3); may exceed the data epochs")
-    p.add_argument("--reduce_memory", action="store_true",
-                   help="keep each data epoch in numpy memmap files on disk instead of RAM")
-    p.add_argument("--memmap_dir", default=None,
-                   help="folder for the --reduce_memory files (default: a temporary folder inside --output_dir)")
+    add_flags(p, PregeneratedFlags)
     training.add_engine_args(p, helps={"max_seq_length": "ignored: the length is the max_seq_len of the pregenerated "
                                                          "data"}, learning_rate=3e-5)
     return p
@@ -80,7 +88,7 @@ def main(argv=None):
     args.max_seq_length = max(max_len for _, _, max_len in plan)
     opts = training.EngineOptions.from_args(args)
     env = training.setup_env(opts)
-    training.prepare_output_dir(opts, env)
+    training.prepare_output_dir(opts, env, output_names=RUNNER_OUTPUT_NAMES)
     tokenizer = training.load_tokenizer(opts)
     training.write_run_config(args, opts.output_dir, env)
     check_pregenerate_config(args.pregenerated_data, opts.do_lower_case)

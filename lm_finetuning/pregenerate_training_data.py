@@ -15,42 +15,41 @@ import logging
 import multiprocessing
 import os
 import sys
+from dataclasses import dataclass
 
 from file_utils import ConfigError, atomic_write_json, make_parser, resolve_model_dir, run_cli
+from flags import add_flags, flag
 from tasks import pretraining
 from tokenization import BertTokenizer, guess_do_lower_case
 
 logger = logging.getLogger("pregenerate_training_data")
 
 
+@dataclass(frozen=True)
+class PregenerateFlags:
+    """This script's flags (flags.py)."""
+    train_corpus: str = flag(help="text file: one sentence per line, blank line between documents", required=True)
+    output_dir: str = flag(help="folder for epoch_N.json / epoch_N_metrics.json", required=True)
+    bert_model: str = flag("minilm-l6", "model folder with vocab.txt, or a bundled name (minilm-l6); only its "
+                                        "vocabulary is used")
+    do_lower_case: bool = flag(True, "lower-case and strip accents (uncased models). Default: as the model folder "
+                                     "says (tokenizer_config.json, else guessed from the vocab), like the training "
+                                     "scripts", cli_default=None, off=("--no_lower_case", "keep case (cased models)"))
+    do_whole_word_mask: bool = flag(False, "mask all word pieces of a word together instead of single pieces")
+    reduce_memory: bool = flag(False, "keep the tokenized corpus in a file on disk (in a temporary folder inside "
+                                      "--output_dir) instead of RAM")
+    epochs_to_generate: int = flag(3, "data epochs to write, each freshly sampled")
+    max_seq_len: int = flag(128, "length of an instance in word pieces, specials included")
+    short_seq_prob: float = flag(0.1, "probability of an instance with a random shorter target length")
+    masked_lm_prob: float = flag(0.15, "share of tokens to mask")
+    max_predictions_per_seq: int = flag(20, "most masked tokens per instance")
+    seed: int = flag(42, "random seed (epoch N uses its own stream from it)")
+    num_workers: int = flag(1, "write this many epochs in parallel (processes)")
+    overwrite_output_dir: bool = flag(False, "replace pregenerated data already in --output_dir")
+
+
 def build_parser():
-    p = make_parser(__doc__.split("\n")[0])
-    p.add_argument("--train_corpus", required=True,
-                   help="text file: one sentence per line, blank line between documents")
-    p.add_argument("--output_dir", required=True, help="folder for epoch_N.json / epoch_N_metrics.json")
-    p.add_argument("--bert_model", default="minilm-l6",
-                   help="model folder with vocab.txt, or a bundled name (minilm-l6); only its vocabulary is used")
-    p.add_argument("--do_lower_case", dest="do_lower_case", action="store_true", default=None,
-                   help="lower-case and strip accents (uncased models). Default: as the model folder says "
-                        "(tokenizer_config.json, else guessed from the vocab), like the training scripts")
-    p.add_argument("--no_lower_case", dest="do_lower_case", action="store_false", help="keep case (cased models)")
-    p.add_argument("--do_whole_word_mask", action="store_true",
-                   help="mask all word pieces of a word together instead of single pieces")
-    p.add_argument("--reduce_memory", action="store_true",
-                   help="keep the tokenized corpus in a file on disk (in a temporary folder inside "
-                        "--output_dir) instead of RAM")
-    p.add_argument("--epochs_to_generate", type=int, default=3, help="data epochs to write, each freshly sampled")
-    p.add_argument("--max_seq_len", type=int, default=128,
-                   help="length of an instance in word pieces, specials included")
-    p.add_argument("--short_seq_prob", type=float, default=0.1,
-                   help="probability of an instance with a random shorter target length")
-    p.add_argument("--masked_lm_prob", type=float, default=0.15, help="share of tokens to mask")
-    p.add_argument("--max_predictions_per_seq", type=int, default=20, help="most masked tokens per instance")
-    p.add_argument("--seed", type=int, default=42, help="random seed (epoch N uses its own stream from it)")
-    p.add_argument("--num_workers", type=int, default=1, help="write this many epochs in parallel (processes)")
-    p.add_argument("--overwrite_output_dir", action="store_true",
-                   help="replace pregenerated data already in --output_dir")
-    return p
+    return add_flags(make_parser(__doc__.split("\n")[0]), PregenerateFlags)
 
 
 def check_args(args):

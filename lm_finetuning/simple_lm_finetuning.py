@@ -15,27 +15,33 @@ import logging
 import os
 import random
 import sys
+from dataclasses import dataclass
 
 import file_utils  # noqa: F401 - before torch: sets OMP_WAIT_POLICY (file_utils)
 import training
 from file_utils import ConfigError, DataError, make_parser, run_cli
+from flags import add_flags, flag
 from tasks import pretraining
+from tasks.base import RUNNER_OUTPUT_NAMES
 
 logger = logging.getLogger("simple_lm_finetuning")
 
 TASK_NAME = "lm"
 
 
+@dataclass(frozen=True)
+class SimpleLmFlags:
+    """This script's own flags (flags.py); the engine's come from training.add_engine_args."""
+    train_corpus: str = flag(help="text file: one sentence per line, blank line between documents", required=True)
+    do_train: bool = flag(False, "accepted for compatibility: training is this script's only mode")
+    on_memory: bool = flag(False, "accepted for compatibility: the tokenized corpus is always held in RAM (4 bytes "
+                                  "per word piece); use the pregenerate path for corpora that do not fit")
+    masked_lm_prob: float = flag(0.15, "probability of masking each word piece")
+
+
 def build_parser():
     p = make_parser(__doc__.split("\n")[0])
-    p.add_argument("--train_corpus", required=True,
-                   help="text file: one sentence per line, blank line between documents")
-    p.add_argument("--do_train", action="store_true",
-                   help="accepted for compatibility: training is this script's only mode")
-    p.add_argument("--on_memory", action="store_true",
-                   help="accepted for compatibility: the tokenized corpus is always held in RAM "
-                        "(4 bytes per word piece); use the pregenerate path for corpora that do not fit")
-    p.add_argument("--masked_lm_prob", type=float, default=0.15, help="probability of masking each word piece")
+    add_flags(p, SimpleLmFlags)
     training.add_engine_args(p, learning_rate=3e-5)
     return p
 
@@ -54,7 +60,7 @@ def main(argv=None):
     if num_pairs < 1:
         raise DataError(args.train_corpus, None, "no document has two sentences, so there is no sentence pair")
     logger.info("%d documents, %d sentences, %d sentence pairs per epoch", len(db), db.num_sentences, num_pairs)
-    training.prepare_output_dir(opts, env)
+    training.prepare_output_dir(opts, env, output_names=RUNNER_OUTPUT_NAMES)
     training.write_run_config(args, opts.output_dir, env)
     model = training.load_model(opts, task_num_labels=[2], task_types=["pretraining"], task_names=[TASK_NAME])
 
@@ -68,7 +74,8 @@ def main(argv=None):
                                               mask_prob=args.masked_lm_prob)
 
     num_epochs = max(1, int(-(-opts.num_train_epochs // 1)))
-    stream = training.make_stream(opts, env, load_epoch=load_epoch, epoch_sizes=[num_pairs] * num_epochs)
+    stream = training.make_stream(opts, env, load_epoch=load_epoch, epoch_sizes=[num_pairs] * num_epochs,
+                                  padding=pretraining.PADDING)
     num_steps = training.num_training_steps(opts, stream.steps_per_epoch)
     logger.info("%d optimizer steps over %s epoch(s) (batch %d, accumulation %d)", num_steps,
                 opts.num_train_epochs, opts.train_batch_size, opts.gradient_accumulation_steps)

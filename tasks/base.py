@@ -37,6 +37,11 @@ from file_utils import DataError, atomic_open, utf8_error
 
 logger = logging.getLogger(__name__)
 STDIN = "<stdin>"  # the name of standard input in messages
+# What the runners write into --output_dir beside the engine's own files (training.OUTPUT_NAMES) and their
+# families' declared ones (Family.output_names): results, evaluation files, pictures, per-task folders.
+# --overwrite_output_dir removes them (prepare_output_dir's output_names).
+RUNNER_OUTPUT_NAMES = ("per_task_best", "predictions", "plots", "diagnostics", "results.json", "eval_results.txt",
+                       "test_results.txt", "train_results.txt", "task_labels.json", "selection.json")
 
 
 IGNORE_INDEX = -100  # a label the loss, predictions and scores skip (padding, non-first word pieces)
@@ -133,7 +138,6 @@ class Task:
     labels = None
     main_metric = None
     max_seq_length = None
-
     def __init__(self, cache=None, max_eval_examples=None):
         self.cache = cache or no_cache
         self.max_eval_examples = max_eval_examples

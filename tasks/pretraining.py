@@ -39,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 CLS, SEP, MASK = "[CLS]", "[SEP]", "[MASK]"
 IGNORE_INDEX = -100  # masked_lm_labels value of positions that are not predicted
+# How masked-LM features pad in a batch ({feature key: pad value}, the engine's collate): inputs with 0,
+# masked_lm_labels with IGNORE_INDEX (padding is never predicted).
+PADDING = {"input_ids": 0, "token_type_ids": 0, "attention_mask": 0, "masked_lm_labels": IGNORE_INDEX}
 EPOCH_FILE = "epoch_{}.json"
 METRICS_FILE = "epoch_{}_metrics.json"
 CONFIG_FILE = "pregenerate_config.json"   # written last by pregenerate_training_data.py

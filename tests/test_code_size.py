@@ -14,10 +14,7 @@ NOT_PRODUCT = {"tests", "bench", "scripts", "data", "docs", "configs", "runs"}
 # Offenders when the limit came in (lines then). Functions are `file:Class.method` (nested: `outer.inner`).
 ALLOWED = {
     "multitask.py": 1103,
-    "training.py": 1993,
-    "run_multi_task.py:build_parser": 106,
     "run_multi_task.py:main": 147,
-    "training.py:add_engine_args": 101,
 }
 
 
@@ -59,7 +56,7 @@ def measure():
 
 def test_the_walk_finds_the_product_modules_and_skips_the_rest():
     files = set(product_files())
-    assert {"training.py", "tasks/glue.py", "lm_finetuning/simple_lm_finetuning.py"} <= files
+    assert {"training/trainer.py", "tasks/glue.py", "lm_finetuning/simple_lm_finetuning.py"} <= files
     assert not {f for f in files if f.split("/")[0] in NOT_PRODUCT}
 
 

@@ -270,7 +270,7 @@ def test_surgery_step_takes_one_buffer_and_matches_independent_per_task_gradient
     comb = mt.GradientCombiner("pcgrad", 3, seed=4)
     trainer = training.Trainer(args, env, model, 10, grad_combiner=comb)
     orders = mt._other_orders(3, np.random.default_rng(4))  # what the combiner will draw
-    monkeypatch.setattr(training, "GRAM_CHUNK", 1024)
+    monkeypatch.setattr(training.trainer, "GRAM_CHUNK", 1024)
     with _Allocations() as allocations:
         trainer._step_microbatches([(t, b) for t, b in enumerate(batches)])
     shared = [n for n, _ in model.named_shared_parameters()]
@@ -350,7 +350,7 @@ def test_bf16_on_a_cpu_without_bf16_instructions_warns(tiny_dir, tmp_path, monke
     opts = engine_options(tiny_dir, str(tmp_path / "out"), "--bf16")
     real = training.cpu_has_native_bf16
     for name, warned in (("plain", True), ("amx", False), ("arm", False)):
-        monkeypatch.setattr(training, "cpu_has_native_bf16", lambda path=str(files[name]): real(path))
+        monkeypatch.setattr(training.environment, "cpu_has_native_bf16", lambda path=str(files[name]): real(path))
         caplog.clear()
         env = training.setup_env(opts)
         assert env.amp_dtype == torch.bfloat16  # allowed either way
@@ -426,19 +426,19 @@ def test_process_group_gets_the_dist_timeout(tiny_dir, tmp_path, monkeypatch):
 
 def test_thread_count_from_affinity_quota_and_local_processes(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
-    monkeypatch.setattr(training, "_cgroup_cpu_quota", lambda: None)
+    monkeypatch.setattr(training.environment, "_cgroup_cpu_quota", lambda: None)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 16)
     for key in ("LOCAL_WORLD_SIZE", "OMP_NUM_THREADS"):
         monkeypatch.delenv(key, raising=False)
     assert training.auto_threads()[0] == 16
     monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # OMP_NUM_THREADS=3 or set_num_threads(3) before
     assert training.auto_threads()[0] == 3
-    monkeypatch.setattr(training, "_cgroup_cpu_quota", lambda: 2.5)  # docker --cpus 2.5
+    monkeypatch.setattr(training.environment, "_cgroup_cpu_quota", lambda: 2.5)  # docker --cpus 2.5
     assert training.auto_threads()[0] == 3 and training.usable_cores() == 3
-    monkeypatch.setattr(training, "_cgroup_cpu_quota", lambda: 1.5)
+    monkeypatch.setattr(training.environment, "_cgroup_cpu_quota", lambda: 1.5)
     assert training.auto_threads()[0] == 2
     # torchrun, 4 processes on this node: the 16 cores are shared out; torchrun's OMP_NUM_THREADS=1 is not a cap
-    monkeypatch.setattr(training, "_cgroup_cpu_quota", lambda: None)
+    monkeypatch.setattr(training.environment, "_cgroup_cpu_quota", lambda: None)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert training.auto_threads() == (4, "auto: 16 usable cores / 4 local processes")

@@ -136,7 +136,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(model_dir, tmp_path, m
     def broken_save(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(training, "write_state", broken_save)
+    monkeypatch.setattr(training.trainer, "write_state", broken_save)
     trainer.global_step = 4
     with pytest.raises(OSError, match="disk full"):
         trainer.save_checkpoint(stream=None)

@@ -56,11 +56,11 @@ def test_mixed_run_end_to_end(setup, capsys, monkeypatch):
     shapes = []
     collate = training.collate
 
-    def recording(features, pad_to=None):
-        batch = collate(features, pad_to)
+    def recording(features, pad_to=None, padding=None):
+        batch = collate(features, pad_to, padding)
         shapes.append((len(features[0]["input_ids"]) > 0, tuple(batch["input_ids"].shape), set(batch)))
         return batch
-    monkeypatch.setattr(training, "collate", recording)
+    monkeypatch.setattr(training.data, "collate", recording)
     out = setup["base"] / "e2e"
     assert run_multi_task.main(_argv(setup, out, "--num_train_epochs", 2, "--steps_per_epoch", 8, "--per_task_best",
                                      "--do_predict", "--sample", "rr")) == 0
