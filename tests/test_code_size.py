@@ -14,7 +14,7 @@ NOT_PRODUCT = {"tests", "bench", "scripts", "data", "docs", "configs", "runs"}
 # Offenders when the limit came in (lines then). Functions are `file:Class.method` (nested: `outer.inner`).
 ALLOWED = {
     "modeling.py": 1511,
-    "multitask.py": 1103,
+    "multitask/__init__.py": 1103,
     "training.py": 1993,
     "tasks/glue.py": 801,
     "tasks/squad.py": 874,
