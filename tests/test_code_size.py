@@ -14,7 +14,6 @@ NOT_PRODUCT = {"tests", "bench", "scripts", "data", "docs", "configs", "runs"}
 # Offenders when the limit came in (lines then). Functions are `file:Class.method` (nested: `outer.inner`).
 ALLOWED = {
     "modeling.py": 1511,
-    "multitask/__init__.py": 1103,
     "training.py": 1993,
     "tasks/glue.py": 801,
     "tasks/squad.py": 874,
