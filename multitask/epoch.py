@@ -55,17 +55,19 @@ class EpochEnd:
     Each history entry also gets the epoch's sampling shares (`sampling`: target and realized per
     task, steps per task) and, with a TrainLossLog, its mean training loss (`train_loss`,
     `task_train_loss`). `task_ids[i]` is the model task id of tasks[i] (default i);
-    `carried_labels` are saved into best/ for the model's tasks this run does not train."""
+    `carried_labels` are saved into best/ for the model's tasks this run does not train; `predict`
+    (features, task_id) is the runner's prediction function (default: `trainer.predict`)."""
 
     def __init__(self, tasks, selector, stream, sampler, env, tokenizer, output_dir, per_task_best=False,
                  average_tag="glue_average", average_label="GLUE avg", selection="average", task_ids=None,
-                 carried_labels=None, loss_log=None):
+                 carried_labels=None, loss_log=None, predict=None):
         self.tasks, self.selector, self.stream, self.sampler = tasks, selector, stream, sampler
         self.env, self.tokenizer = env, tokenizer
         self.output_dir, self.per_task_best = output_dir, per_task_best
         self.average_tag, self.average_label, self.selection = average_tag, average_label, selection
         self.task_ids = list(task_ids) if task_ids is not None else list(range(len(tasks)))
         self.carried_labels, self.loss_log = carried_labels, loss_log
+        self.predict = predict  # predict(features, task_id); None: the Trainer's
 
     def sampling_shares(self, epoch):
         """{"target": {task: p}, "realized": {task: share}, "steps": {task: count}} of 1-based epoch."""
@@ -82,8 +84,8 @@ class EpochEnd:
     def __call__(self, epoch_index, trainer):
         self.selector.bind(trainer.extra_state)
         epoch = epoch_index + 1
-        results, task_scores, set_scores, average = evaluate_tasks(self.tasks, trainer.predict, self.selection,
-                                                                   self.task_ids)
+        predict = self.predict or trainer.predict
+        results, task_scores, set_scores, average = evaluate_tasks(self.tasks, predict, self.selection, self.task_ids)
         improved, task_improved, stop = self.selector.update(epoch, results, task_scores, average)
         entry = self.selector.state["history"][-1]
         entry["sampling"] = self.sampling_shares(epoch)

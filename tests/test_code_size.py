@@ -18,7 +18,6 @@ ALLOWED = {
     "tasks/glue.py": 801,
     "tasks/squad.py": 874,
     "run_multi_task.py:build_parser": 106,
-    "run_multi_task.py:main": 147,
     "training.py:add_engine_args": 101,
     "tasks/squad.py:read_squad_examples": 86,
     "tasks/squad.py:decode_predictions": 86,
