@@ -34,7 +34,8 @@ from tasks.base import read_stdin_lines, write_readable_predictions
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEMO_DATA_DIR = os.path.join(ROOT, "data", "glue_sample")
-# The bundled sample data of the other families (scripts/make_sample_data.py), for the demo.
+# The bundled sample data of the other families (scripts/make_sample_data.py), for the demo. Read only
+# through demo_data_dir() (and --task_data's help): the seam where the families' own declarations take over.
 DEMO_TASK_DATA = {"squad1": os.path.join(ROOT, "data", "squad_sample"),
                   "squad2": os.path.join(ROOT, "data", "squad_sample"),
                   "conll": os.path.join(ROOT, "data", "conll_sample"),
@@ -435,10 +436,15 @@ def task_data_dirs(args, names):
         elif name in task_data:
             dirs.append(task_data[name])
         elif args.demo:
-            dirs.append(DEMO_TASK_DATA[name])
+            dirs.append(demo_data_dir(name))
         else:
             raise ConfigError(f"task '{name}' needs its data folder: --task_data {name}=DIR")
     return dirs
+
+
+def demo_data_dir(name):
+    """The bundled sample-data folder of non-GLUE task `name` (the demo without --task_data)."""
+    return DEMO_TASK_DATA[name]
 
 
 # ----------------------------------------------------------------------------------------------
