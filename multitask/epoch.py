@@ -7,7 +7,8 @@ import numpy as np
 import file_utils
 from file_utils import atomic_write_json
 
-from .evaluation import evaluate_tasks, format_eval_table
+from . import evaluation
+from .evaluation import format_eval_table
 from .sampling import inclusion_probabilities
 from .saving import save_task_parameters, save_with_task_labels
 
@@ -85,7 +86,8 @@ class EpochEnd:
         self.selector.bind(trainer.extra_state)
         epoch = epoch_index + 1
         predict = self.predict or trainer.predict
-        results, task_scores, set_scores, average = evaluate_tasks(self.tasks, predict, self.selection, self.task_ids)
+        results, task_scores, set_scores, average = evaluation.evaluate_tasks(self.tasks, predict, self.selection,
+                                                                              self.task_ids)
         improved, task_improved, stop = self.selector.update(epoch, results, task_scores, average)
         entry = self.selector.state["history"][-1]
         entry["sampling"] = self.sampling_shares(epoch)
