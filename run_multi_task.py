@@ -489,14 +489,7 @@ class Run:
 
     def predict_fn(self, model=None):
         """predict(features, task_id) with `model` (default: the run's): the one way this runner predicts."""
-        return model_predictor(model or self.model, self.opts, self.env)
-
-
-def model_predictor(model, opts, env):
-    """predict(features, task_id) -> the engine's outputs: dev evaluation, test predictions and --predict
-    files all go through here (collective under DDP)."""
-    return lambda features, task_id: training.predict(model, features, task_id, opts.eval_batch_size, env,
-                                                      pad_to=opts.pad_to)
+        return mt.predictor(model or self.model, self.opts, self.env)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -610,12 +603,9 @@ def train(run):
 
 
 def task_streams(run, seed_offset):
-    """One EpochStream per task (its batch size, length and seed: seed + seed_offset + its index)."""
-    opts, plan = run.opts, run.plan
-    return [training.make_stream(opts, run.env, t.train_features, task_id=tid, batch_size=bs,
-                                 seed=opts.seed + seed_offset + i, pad_to=max_len if opts.pad_to_max_length else None)
-            for i, (t, tid, bs, max_len) in enumerate(zip(run.tasks, plan.task_ids, plan.batch_sizes,
-                                                          plan.max_lengths))]
+    plan = run.plan
+    return mt.task_streams(run.opts, run.env, run.tasks, plan.task_ids, plan.batch_sizes, plan.max_lengths,
+                           run.opts.seed + seed_offset)
 
 
 def gradient_diagnostics(run):
@@ -647,11 +637,9 @@ def evaluate(run):
 
 
 def record_selection(run):
-    state = run.selector.state
-    run.results.update(history=state["history"], best_epoch=state["best_epoch"], best_average=state["best_average"],
-                       task_best=state["task_best"])
+    run.results.update(run.selector.summary())
     if run.plan.glue_only:
-        run.results["best_glue_average"] = state["best_average"]
+        run.results["best_glue_average"] = run.selector.state["best_average"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -727,9 +715,6 @@ def dry_run(args, opts, plan):
     return 0
 
 
-PLAIN_PREFIX = "lines:"  # --predict TASK=lines:FILE
-
-
 def predict_files(args):
     """--predict TASK=FILE (repeatable): the fine-tuned --bert_model's predictions for a user's
     examples, no training and no data folder. Every input is read and checked before the model
@@ -745,25 +730,7 @@ def predict_files(args):
     names = list(merged.get("task_names") or [])
     if not names:
         raise ConfigError(f"--predict: {model_dir} names no tasks (not a fine-tuned run_multi_task.py model)")
-    specs = []
-    for spec in args.predict:
-        task, sep, path = spec.partition("=")
-        task = task.strip().lower()
-        if not sep or not task or not path:
-            raise ConfigError(f"--predict '{spec}' is not TASK=FILE (FILE '-' for stdin)")
-        if task not in names:
-            raise ConfigError(f"--predict: the model has no task '{task}' (its tasks: {', '.join(names)})")
-        plain = path.startswith(PLAIN_PREFIX)  # lines:FILE: one example per line, never the task's format
-        path = path[len(PLAIN_PREFIX):] if plain else path
-        if not path:
-            raise ConfigError(f"--predict '{spec}': no file after '{PLAIN_PREFIX}' ('-' for stdin)")
-        if path != "-" and not os.path.isfile(path):
-            raise ConfigError(f"--predict {task}: {path} does not exist")
-        specs.append((task, path, plain))
-    if sum(path == "-" for _, path, _ in specs) > 1:
-        raise ConfigError("--predict: only one input can be stdin ('-')")
-    if len({task for task, _, _ in specs}) < len(specs):
-        raise ConfigError("--predict: a task is named twice (one output file per task)")
+    specs = mt.parse_predict_specs(args.predict, names)
     lengths = dict(zip(names, task_max_lengths(args, names)))
     opts = training.EngineOptions.from_args(args)
     env = training.setup_env(opts)
@@ -780,7 +747,7 @@ def predict_files(args):
         jobs.append((task, names.index(task_name), path, inputs))
     model = training.load_model(opts).to(env.device)
     training.prepare_output_dir(opts, env, training=False)
-    predict_fn = model_predictor(model, opts, env)
+    predict_fn = mt.predictor(model, opts, env)
     for task, task_id, path, inputs in jobs:
         rows = task.predict_rows(lambda f, t=task_id: predict_fn(f, t), inputs)
         if env.is_main:

@@ -10,6 +10,13 @@ import training
 SELECTIONS = ("average", "reference_sum")
 
 
+def predictor(model, opts, env):
+    """predict(features, task_id) -> the engine's outputs for `model`: run_multi_task.py's dev evaluation,
+    test predictions and --predict files all go through here (collective under DDP)."""
+    return lambda features, task_id: training.predict(model, features, task_id, opts.eval_batch_size, env,
+                                                      pad_to=opts.pad_to)
+
+
 def evaluate_tasks(tasks, predict, selection="average", task_ids=None):
     """Dev metrics of every task -> (results {eval set: metrics}, {task: main score},
     {eval set: main score}, selection score).

@@ -34,6 +34,10 @@ class ModelSelector:
         state.setdefault("task_best", {})  # task -> {"score", "epoch"}
         state.setdefault("bad_epochs", 0)
 
+    def summary(self):
+        """What results.json keeps of the selection: history, best epoch and average, each task's best."""
+        return {key: self.state[key] for key in ("history", "best_epoch", "best_average", "task_best")}
+
     def update(self, epoch, results, main_scores, average):
         """Record an epoch; returns (joint_improved, [tasks whose own best improved], stop)."""
         entry = {"epoch": epoch, "results": _plain(results), "main": _plain(main_scores), "average": float(average)}

@@ -1,5 +1,6 @@
 """The multi-task step stream: one optimizer step = the micro-batches of one task (or of N tasks for
 gradient surgery), each from that task's own EpochStream."""
+import training
 from file_utils import ConfigError
 
 
@@ -65,3 +66,11 @@ class MultiTaskStream:
         self.epoch_counts = {int(k): list(v) for k, v in (state.get("epoch_counts") or {}).items()}
         if state.get("combiner") is not None and hasattr(self.combiner, "load_state_dict"):
             self.combiner.load_state_dict(state["combiner"])
+
+
+def task_streams(opts, env, tasks, task_ids, batch_sizes, max_lengths, seed):
+    """One training EpochStream per task: its model task id, batch size and seed (seed + its index);
+    --pad_to_max_length pads to the task's own max length."""
+    return [training.make_stream(opts, env, t.train_features, task_id=tid, batch_size=bs, seed=seed + i,
+                                 pad_to=max_len if opts.pad_to_max_length else None)
+            for i, (t, tid, bs, max_len) in enumerate(zip(tasks, task_ids, batch_sizes, max_lengths))]

@@ -1,4 +1,7 @@
-"""Per-task flag values: `--task_batch_sizes cola=16,mnli=64` and friends, the per-task batch-size flags."""
+"""Per-task flag values: `--task_batch_sizes cola=16,mnli=64` and friends, the per-task batch-size flags,
+`--predict TASK=FILE`."""
+import os
+
 from file_utils import ConfigError
 
 
@@ -37,3 +40,31 @@ def parse_task_batch_sizes(spec, tasks):
 def batch_size_flag(task):
     """Per-task batch-size flag name: 'sts-b' -> 'batch_size_sts_b' (dest) / '--batch_size_sts_b'."""
     return "batch_size_" + task.replace("-", "_")
+
+
+PLAIN_PREFIX = "lines:"  # --predict TASK=lines:FILE
+
+
+def parse_predict_specs(specs, names):
+    """--predict TASK=FILE values -> [(task, path, plain)] for tasks of the model (`names`); FILE '-' is
+    stdin (at most one), `lines:FILE` reads every line as one example (`plain`), never the task's format."""
+    parsed = []
+    for spec in specs:
+        task, sep, path = spec.partition("=")
+        task = task.strip().lower()
+        if not sep or not task or not path:
+            raise ConfigError(f"--predict '{spec}' is not TASK=FILE (FILE '-' for stdin)")
+        if task not in names:
+            raise ConfigError(f"--predict: the model has no task '{task}' (its tasks: {', '.join(names)})")
+        plain = path.startswith(PLAIN_PREFIX)
+        path = path[len(PLAIN_PREFIX):] if plain else path
+        if not path:
+            raise ConfigError(f"--predict '{spec}': no file after '{PLAIN_PREFIX}' ('-' for stdin)")
+        if path != "-" and not os.path.isfile(path):
+            raise ConfigError(f"--predict {task}: {path} does not exist")
+        parsed.append((task, path, plain))
+    if sum(path == "-" for _, path, _ in parsed) > 1:
+        raise ConfigError("--predict: only one input can be stdin ('-')")
+    if len({task for task, _, _ in parsed}) < len(parsed):
+        raise ConfigError("--predict: a task is named twice (one output file per task)")
+    return parsed
