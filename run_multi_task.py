@@ -12,6 +12,8 @@ swag (--task_data NAME=DIR). With no data flags, a short demo on the bundled sam
     python run_multi_task.py --data_dir glue_data --bert_model uncased_L-12_H-768_A-12 \
         --config pals --tasks all --sample anneal --num_train_epochs 25 --output_dir runs/pals
 """
+import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -35,7 +37,8 @@ from tasks.base import RUNNER_OUTPUT_NAMES, read_stdin_lines, write_readable_pre
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEMO_DATA_DIR = os.path.join(ROOT, "data", "glue_sample")
-# The bundled sample data of the other families (scripts/make_sample_data.py), for the demo.
+# The bundled sample data of the other families (their declarations' sample_data, tasks.base.Family),
+# for the demo. Read only through demo_data_dir().
 DEMO_TASK_DATA = task_families.sample_data_dirs()
 # Without data flags: a CPU-sized demo instead of the paper's 25 x 2400 steps at lr 2e-5.
 DEMO_PROFILE = {"num_train_epochs": 3.0, "steps_per_task": 20, "learning_rate": 1e-4, "max_eval_examples": 200}
@@ -230,112 +233,101 @@ def task_max_lengths(args, names):
     return [lengths.get(n, task_families.DEFAULT_MAX_SEQ_LENGTH.get(n, args.max_seq_length)) for n in names]
 
 
-class Plan:
-    """The run's tasks and their per-task settings, from the flags (no file read yet)."""
+# ----------------------------------------------------------------------------------------------
+# Phase 1, the plan: the flags resolved into the run's tasks and their settings (no data read yet)
+# ----------------------------------------------------------------------------------------------
 
-    def __init__(self, args):  # noqa: C901
-        self.carried, self.carried_num_labels, self.carried_types = [], [], []
-        if args.add_tasks:
-            self._carry(args)
-            self.names = task_families.parse_task_names(args.add_tasks)
-            for name in self.names:
-                if name in self.carried:
-                    raise ConfigError(f"--add_tasks: '{name}' is already a task of {args.bert_model} "
-                                      f"({', '.join(self.carried)})")
-        else:
-            self.names = task_families.parse_task_names(args.tasks)
-        # The model's task id of each task this run trains (--add_tasks: after the carried tasks).
-        self.task_ids = [len(self.carried) + i for i in range(len(self.names))]
-        self.glue_only = all(task_families.is_glue(n) for n in self.names)
-        if args.steps_per_epoch is None and args.single_task:
-            # 2019 `--tasks single`: an "epoch" is half a pass (num_train_steps / (2 x epochs), as there)
-            size = len(task_families.glue.read_examples(self.names[0], args.data_dir, "train"))
-            num_train_steps = int(size / args.train_batch_size * args.num_train_epochs)
-            args.steps_per_epoch = max(1, int(num_train_steps / (2.0 * args.num_train_epochs)))
-        if args.steps_per_epoch is None:
-            args.steps_per_epoch = (DEMO_PROFILE["steps_per_task"] if args.demo else 300) * len(self.names)
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The run's tasks and their per-task settings, resolved from the flags and checked (`from_args`).
+
+    Lists hold one entry per task this run trains, in task-id order after the `carried` tasks
+    (--add_tasks: the model's own tasks, which the run keeps as they are)."""
+    names: list
+    batch_sizes: list
+    max_lengths: list
+    data_dirs: list
+    steps_per_epoch: int
+    num_epochs: int
+    tasks_per_step: int
+    strategy: str            # --combine_strategy resolved: all or sampled
+    method: str              # how a step's task gradients combine: sum, pcgrad or vaccine
+    selection: str           # average (of the main scores) or reference_sum (2019)
+    diagnose_pairs: list = None
+    carried: list = dataclasses.field(default_factory=list)
+    carried_num_labels: list = dataclasses.field(default_factory=list)
+    carried_types: list = dataclasses.field(default_factory=list)
+
+    def __post_init__(self):
+        per_task = (self.batch_sizes, self.max_lengths, self.data_dirs)
+        if any(len(values) != len(self.names) for values in per_task):
+            raise ValueError("Plan: one batch size, max length and data folder per task")
+        if len(self.carried) != len(self.carried_num_labels) or len(self.carried) != len(self.carried_types):
+            raise ValueError("Plan: one label count and head type per carried task")
+        if self.steps_per_epoch < 1 or self.num_epochs < 1 or not 1 <= self.tasks_per_step <= len(self.names):
+            raise ValueError(f"Plan: steps_per_epoch {self.steps_per_epoch}, num_epochs {self.num_epochs}, "
+                             f"tasks_per_step {self.tasks_per_step}")
+        if self.selection not in mt.SELECTIONS:
+            raise ValueError(f"Plan: selection {self.selection!r}")
+
+    @classmethod
+    def from_args(cls, args):
+        """The plan of these flags, every combination checked (ConfigError). What it resolves is written
+        back into `args` (--steps_per_epoch's default; --config 'none' under --add_tasks, whose modules come
+        from the model folder), so run_config.json records what ran."""
+        carried = carried_tasks(args) if args.add_tasks else ([], [], [])
+        names = task_families.parse_task_names(args.add_tasks or args.tasks)
+        for name in names:
+            if name in carried[0]:
+                raise ConfigError(f"--add_tasks: '{name}' is already a task of {args.bert_model} "
+                                  f"({', '.join(carried[0])})")
+        args.steps_per_epoch = default_steps_per_epoch(args, names)
         for flag in ("steps_per_epoch", "doc_stride", "max_query_length"):
             if getattr(args, flag) < 1:
                 raise ConfigError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
-        self.num_epochs = max(1, int(-(-args.num_train_epochs // 1)))
-        per_task_bs = mt.parse_task_batch_sizes(args.task_batch_sizes, self.names)
-        for name in self.names:
-            flag = getattr(args, mt.batch_size_flag(name))
-            if flag is not None and flag <= 0:
-                raise ConfigError(f"--{mt.batch_size_flag(name)} must be positive, got {flag}")
-            per_task_bs[name] = flag if flag is not None else per_task_bs.get(name, args.train_batch_size)
-        self.batch_sizes = [per_task_bs[n] for n in self.names]
-        self.max_lengths = task_max_lengths(args, self.names)
-        task_data = mt.parse_task_values(args.task_data, self.names, "--task_data", convert=str)
-        self.data_dirs = []
-        for name in self.names:
-            if task_families.is_glue(name):
-                if args.data_dir is None:
-                    raise ConfigError(f"GLUE task '{name}' needs --data_dir (the GLUE data folder)")
-                self.data_dirs.append(args.data_dir)
-            elif name in task_data:
-                self.data_dirs.append(task_data[name])
-            elif args.demo:
-                self.data_dirs.append(DEMO_TASK_DATA[name])
-            else:
-                raise ConfigError(f"task '{name}' needs its data folder: --task_data {name}=DIR")
-        self.tasks_per_step, self.strategy, self.method = mt.combination_plan(
-            len(self.names), args.projection, args.tasks_per_step, args.combine_strategy)
-        if args.freeze and args.projection != "none":
-            raise ConfigError("--freeze trains no shared parameter, so --projection has nothing to act on")
-        self.average_key = "glue_average" if self.glue_only else "average"
-        self.average_label = "GLUE avg" if self.glue_only else "average"
-        self.selection = args.selection or ("reference_sum" if args.reference_protocol else "average")
-        if self.selection == "reference_sum":
-            if not self.glue_only:
-                raise ConfigError("the 2019 selection rule (--reference_protocol / --selection reference_sum) sums "
-                                  "GLUE metrics: use it with GLUE tasks only")
-            self.average_key, self.average_label = "reference_sum", "2019 sum"
-        if args.allow_random_heads and not args.no_train:
-            raise ConfigError("--allow_random_heads is for --no_train (training always starts new heads fresh)")
-        if not 0.0 < args.vaccine_beta <= 1.0:
-            raise ConfigError(f"--vaccine_beta must be in (0, 1], got {args.vaccine_beta}")
-        if args.diagnose_every < 0:
-            raise ConfigError(f"--diagnose_every must be >= 0 (0: off), got {args.diagnose_every}")
-        if args.diagnose_every and (args.freeze or self.carried):
-            raise ConfigError("--diagnose_every measures gradients of the shared parameters, which "
-                              f"{'--freeze' if args.freeze else '--add_tasks'} does not train")
-        if args.diagnose_pairs and not args.diagnose_every:
-            raise ConfigError("--diagnose_pairs needs --diagnose_every N")
-        self.diagnose_pairs = diagnostics.parse_pairs(args.diagnose_pairs, self.names)
+        batch_sizes, max_lengths = task_batch_sizes(args, names), task_max_lengths(args, names)
+        data_dirs = task_data_dirs(args, names)
+        tasks_per_step, strategy, method = mt.combination_plan(len(names), args.projection, args.tasks_per_step,
+                                                               args.combine_strategy)
+        selection = args.selection or ("reference_sum" if args.reference_protocol else "average")
+        check_flags(args, names, selection)
+        check_diagnostics(args, adds_tasks=bool(carried[0]))
+        return cls(names=names, batch_sizes=batch_sizes, max_lengths=max_lengths, data_dirs=data_dirs,
+                   steps_per_epoch=args.steps_per_epoch, num_epochs=max(1, int(-(-args.num_train_epochs // 1))),
+                   tasks_per_step=tasks_per_step, strategy=strategy, method=method, selection=selection,
+                   diagnose_pairs=diagnostics.parse_pairs(args.diagnose_pairs, names),
+                   carried=carried[0], carried_num_labels=carried[1], carried_types=carried[2])
+
+    @property
+    def task_ids(self):
+        """The model's task id of each task this run trains (--add_tasks: after the carried tasks)."""
+        return [len(self.carried) + i for i in range(len(self.names))]
 
     @property
     def all_names(self):
         """Every task of the model this run trains or carries, in task-id order."""
         return self.carried + self.names
 
-    def _carry(self, args):
-        """--add_tasks: the fine-tuned model's own tasks, which this run keeps as they are."""
-        if args.no_train:
-            raise ConfigError("--add_tasks trains the new tasks: it cannot be used with --no_train")
-        if "tasks" in args.explicit:
-            raise ConfigError("--add_tasks takes the model's tasks and adds its own: leave --tasks out")
-        for flag, problem in (("freeze", "is implied (only the new tasks' modules and heads train)"),
-                              ("per_task_best", "is not supported: best/ holds the new tasks' best epoch")):
-            if getattr(args, flag):
-                raise ConfigError(f"--{flag} with --add_tasks {problem}")
-        if args.projection != "none":
-            raise ConfigError("--projection acts on the shared parameters, which --add_tasks does not train")
-        if args.config not in (None, "none") and "config" in args.explicit:
-            raise ConfigError("--add_tasks gives the new tasks the modules of the model's own config: leave "
-                              "--config out")
-        args.config = "none"  # the adapter keys come from the model folder's config.json
-        model_dir = resolve_model_dir(args.bert_model)
-        _, merged, _ = modeling.read_pretrained(model_dir)
-        if not merged.get("task_names"):
-            raise ConfigError(f"--add_tasks: {model_dir} is not a fine-tuned multi-task model (its config.json "
-                              "names no tasks); train one with run_multi_task.py first")
-        self.carried = list(merged["task_names"])
-        self.carried_num_labels, self.carried_types = list(merged["task_num_labels"]), list(merged["task_types"])
+    @property
+    def glue_only(self):
+        return all(task_families.is_glue(n) for n in self.names)
+
+    @property
+    def average_key(self):
+        """The selection score's name in results, logs and best/selection.json."""
+        if self.selection == "reference_sum":
+            return "reference_sum"
+        return "glue_average" if self.glue_only else "average"
+
+    @property
+    def average_label(self):
+        if self.selection == "reference_sum":
+            return "2019 sum"
+        return "GLUE avg" if self.glue_only else "average"
 
     def run_flags(self, args):
         """This runner's flags that define a run (part of the checkpoint fingerprint)."""
-        return dict(tasks=self.names, sample=args.sample, steps_per_epoch=args.steps_per_epoch,
+        return dict(tasks=self.names, sample=args.sample, steps_per_epoch=self.steps_per_epoch,
                     batch_sizes=self.batch_sizes, max_lengths=self.max_lengths, projection=args.projection,
                     tasks_per_step=self.tasks_per_step, combine_strategy=self.strategy,
                     vaccine_beta=args.vaccine_beta, freeze=args.freeze, task_lr=args.task_lr, patience=args.patience,
@@ -358,54 +350,166 @@ class Plan:
                 for name, data_dir, max_len in zip(self.names, self.data_dirs, self.max_lengths)]
 
 
-def main(argv=None):  # noqa: C901
+def check_flags(args, names, selection):
+    """Flag combinations that cannot run (checked in this order, after the task list)."""
+    if args.freeze and args.projection != "none":
+        raise ConfigError("--freeze trains no shared parameter, so --projection has nothing to act on")
+    if selection == "reference_sum" and not all(task_families.is_glue(n) for n in names):
+        raise ConfigError("the 2019 selection rule (--reference_protocol / --selection reference_sum) sums "
+                          "GLUE metrics: use it with GLUE tasks only")
+    if args.allow_random_heads and not args.no_train:
+        raise ConfigError("--allow_random_heads is for --no_train (training always starts new heads fresh)")
+    if not 0.0 < args.vaccine_beta <= 1.0:
+        raise ConfigError(f"--vaccine_beta must be in (0, 1], got {args.vaccine_beta}")
+    if args.max_eval_examples is not None and args.max_eval_examples < 1:
+        raise ConfigError(f"--max_eval_examples must be >= 1, got {args.max_eval_examples}")
+
+
+def check_diagnostics(args, adds_tasks):
+    if args.diagnose_every < 0:
+        raise ConfigError(f"--diagnose_every must be >= 0 (0: off), got {args.diagnose_every}")
+    if args.diagnose_every and (args.freeze or adds_tasks):
+        raise ConfigError("--diagnose_every measures gradients of the shared parameters, which "
+                          f"{'--freeze' if args.freeze else '--add_tasks'} does not train")
+    if args.diagnose_pairs and not args.diagnose_every:
+        raise ConfigError("--diagnose_pairs needs --diagnose_every N")
+
+
+def carried_tasks(args):
+    """--add_tasks: (names, label counts, head types) of the fine-tuned model's own tasks, which this
+    run keeps as they are."""
+    if args.no_train:
+        raise ConfigError("--add_tasks trains the new tasks: it cannot be used with --no_train")
+    if "tasks" in args.explicit:
+        raise ConfigError("--add_tasks takes the model's tasks and adds its own: leave --tasks out")
+    for flag, problem in (("freeze", "is implied (only the new tasks' modules and heads train)"),
+                          ("per_task_best", "is not supported: best/ holds the new tasks' best epoch")):
+        if getattr(args, flag):
+            raise ConfigError(f"--{flag} with --add_tasks {problem}")
+    if args.projection != "none":
+        raise ConfigError("--projection acts on the shared parameters, which --add_tasks does not train")
+    if args.config not in (None, "none") and "config" in args.explicit:
+        raise ConfigError("--add_tasks gives the new tasks the modules of the model's own config: leave "
+                          "--config out")
+    args.config = "none"  # the adapter keys come from the model folder's config.json
+    model_dir = resolve_model_dir(args.bert_model)
+    _, merged, _ = modeling.read_pretrained(model_dir)
+    if not merged.get("task_names"):
+        raise ConfigError(f"--add_tasks: {model_dir} is not a fine-tuned multi-task model (its config.json "
+                          "names no tasks); train one with run_multi_task.py first")
+    return list(merged["task_names"]), list(merged["task_num_labels"]), list(merged["task_types"])
+
+
+def default_steps_per_epoch(args, names):
+    """--steps_per_epoch, else 300 x the number of tasks (the paper; demo: 20 x); the 2019 `--tasks
+    single`: half a pass (num_train_steps / (2 x epochs), as there)."""
+    if args.steps_per_epoch is not None:
+        return args.steps_per_epoch
+    if args.single_task:
+        size = len(task_families.glue.read_examples(names[0], args.data_dir, "train"))
+        num_train_steps = int(size / args.train_batch_size * args.num_train_epochs)
+        return max(1, int(num_train_steps / (2.0 * args.num_train_epochs)))
+    return (DEMO_PROFILE["steps_per_task"] if args.demo else 300) * len(names)
+
+
+def task_batch_sizes(args, names):
+    """Each task's batch size: --batch_size_<task>, else --task_batch_sizes, else --train_batch_size."""
+    per_task = mt.parse_task_batch_sizes(args.task_batch_sizes, names)
+    for name in names:
+        flag = getattr(args, mt.batch_size_flag(name))
+        if flag is not None and flag <= 0:
+            raise ConfigError(f"--{mt.batch_size_flag(name)} must be positive, got {flag}")
+        per_task[name] = flag if flag is not None else per_task.get(name, args.train_batch_size)
+    return [per_task[n] for n in names]
+
+
+def task_data_dirs(args, names):
+    """Each task's data folder: --data_dir for GLUE tasks, --task_data NAME=DIR for the others (the
+    demo: the bundled sample data)."""
+    task_data = mt.parse_task_values(args.task_data, names, "--task_data", convert=str)
+    dirs = []
+    for name in names:
+        if task_families.is_glue(name):
+            if args.data_dir is None:
+                raise ConfigError(f"GLUE task '{name}' needs --data_dir (the GLUE data folder)")
+            dirs.append(args.data_dir)
+        elif name in task_data:
+            dirs.append(task_data[name])
+        elif args.demo:
+            dirs.append(demo_data_dir(name))
+        else:
+            raise ConfigError(f"task '{name}' needs its data folder: --task_data {name}=DIR")
+    return dirs
+
+
+def demo_data_dir(name):
+    """The bundled sample-data folder of non-GLUE task `name` (the demo without --task_data)."""
+    return DEMO_TASK_DATA[name]
+
+
+# ----------------------------------------------------------------------------------------------
+# main: plan, build, train (evaluating every epoch) or evaluate, predict, report
+# ----------------------------------------------------------------------------------------------
+
+def main(argv=None):
     args = parse_args(argv)
     if args.predict:
         return predict_files(args)
-    plan = Plan(args)
+    plan = Plan.from_args(args)
     if args.demo:
         print(f"DEMO PROFILE (no --data_dir / --task_data): bundled sample data under {os.path.relpath(ROOT)}/data, "
               f"{int(args.num_train_epochs)} epochs x {args.steps_per_epoch} steps, {args.optimizer} lr "
               f"{args.learning_rate:g}, dev capped at {args.max_eval_examples} examples. "
               "Explicit flags override; pass --data_dir / --task_data for real runs.", flush=True)
-    if args.max_eval_examples is not None and args.max_eval_examples < 1:
-        raise ConfigError(f"--max_eval_examples must be >= 1, got {args.max_eval_examples}")
     opts = training.EngineOptions.from_args(args).with_run_flags(**plan.run_flags(args))
     if args.dry_run:
         return dry_run(args, opts, plan)
+    run = build(args, opts, plan)
+    if args.no_train:
+        evaluate(run)
+    elif not train(run):
+        return 0
+    predict(run)
+    return report(run)
 
+
+@dataclasses.dataclass
+class Run:
+    """What the build phase made, handed from phase to phase."""
+    args: argparse.Namespace
+    opts: training.EngineOptions
+    plan: Plan
+    env: object
+    tokenizer: object
+    tasks: list
+    model: modeling.BertForMultiTask
+    selector: mt.ModelSelector
+    results: dict          # results.json, filled phase by phase
+    trainer: training.Trainer = None
+
+    def predict_fn(self, model=None):
+        """predict(features, task_id) with `model` (default: the run's): the one way this runner predicts."""
+        return mt.predictor(model or self.model, self.opts, self.env)
+
+
+# ----------------------------------------------------------------------------------------------
+# Phase 2, build: environment, tasks (every input read and checked), model, output folder
+# ----------------------------------------------------------------------------------------------
+
+def build(args, opts, plan):
     env = training.setup_env(opts)
     training.check_output_dir(opts, training=not args.no_train)
     tokenizer = training.load_tokenizer(opts)
     tasks = plan.build_tasks(args, opts, tokenizer)
     for task in tasks:  # every input file is read and checked before anything is written
         task.prepare(train=not args.no_train, dev=True, test=args.do_predict)
-    model = training.load_model(opts, plan.carried_num_labels + [t.num_labels for t in tasks],
-                                plan.carried_types + [t.head_type for t in tasks], plan.all_names,
-                                match_tasks=task_families.glue.PAPER_TASKS if args.no_train else None,
-                                reference_head_rows=task_families.glue.reference_head_rows())
-    if args.no_train:  # the model's own heads, matched by task name (docs/multitask.md#evaluating-a-finished-model)
-        mt.check_saved_tasks(model, opts, tasks, task_families.saved_labels(opts.model_dir),
-                             task_families.glue.PAPER_TASKS, args.allow_random_heads)
-    if args.reference_layernorm_init or args.reference_protocol:
-        modeling.reference_layernorm_init(model)
-    longest = max(plan.max_lengths)
-    if longest > model.config.max_position_embeddings:
-        raise ConfigError(f"a task's max length {longest} exceeds the model's max_position_embeddings "
-                          f"{model.config.max_position_embeddings} (--task_max_seq_length)")
+    model = build_model(args, opts, plan, tasks)
     training.prepare_output_dir(opts, env, training=not args.no_train,
                                 output_names=RUNNER_OUTPUT_NAMES + tuple(n for t in tasks for n in t.output_names))
     if opts.resume and env.is_main:
         mt.recover_output_dirs(opts.output_dir)
     training.write_run_config(args, opts.output_dir, env)
-    if args.freeze:
-        for p in model.shared_parameters():
-            p.requires_grad_(False)
-    if plan.carried:
-        trainable = mt.freeze_all_but(model, plan.task_ids)
-        if env.is_main:
-            print(f"--add_tasks: training only {', '.join(plan.names)} ({trainable:,} parameters: their modules and "
-                  f"heads); the encoder and {', '.join(plan.carried)} stay as they are", flush=True)
+    freeze(args, plan, model, env)
     report = mt.parameter_report(model, plan.all_names, modeling.count_parameters)
     if env.is_main:
         print(mt.format_parameter_report(report), flush=True)
@@ -415,99 +519,169 @@ def main(argv=None):  # noqa: C901
                "sample": args.sample, "parameters": report, "demo": args.demo, "projection": args.projection}
     if plan.carried:
         results["carried_tasks"] = plan.carried
+    return Run(args, opts, plan, env, tokenizer, tasks, model.to(env.device), selector, results)
+
+
+def build_model(args, opts, plan, tasks):
+    """The model with a head per task (--no_train: the model's own, matched by task name,
+    docs/multitask.md#evaluating-a-finished-model), checked against the tasks' lengths."""
+    model = training.load_model(opts, plan.carried_num_labels + [t.num_labels for t in tasks],
+                                plan.carried_types + [t.head_type for t in tasks], plan.all_names,
+                                match_tasks=task_families.glue.PAPER_TASKS if args.no_train else None,
+                                reference_head_rows=task_families.glue.reference_head_rows())
     if args.no_train:
-        trainer = training.Trainer(opts, env, model, 1)
-        results_, task_scores, set_scores, average = mt.evaluate_tasks(tasks, trainer.predict, plan.selection)
-        selector.update(0, results_, task_scores, average)
+        mt.check_saved_tasks(model, opts, tasks, task_families.saved_labels(opts.model_dir),
+                             task_families.glue.PAPER_TASKS, args.allow_random_heads)
+    if args.reference_layernorm_init or args.reference_protocol:
+        modeling.reference_layernorm_init(model)
+    longest = max(plan.max_lengths)
+    if longest > model.config.max_position_embeddings:
+        raise ConfigError(f"a task's max length {longest} exceeds the model's max_position_embeddings "
+                          f"{model.config.max_position_embeddings} (--task_max_seq_length)")
+    return model
+
+
+def freeze(args, plan, model, env):
+    """--freeze: the shared encoder does not train; --add_tasks: only the new tasks' modules and heads do."""
+    if args.freeze:
+        for p in model.shared_parameters():
+            p.requires_grad_(False)
+    if plan.carried:
+        trainable = mt.freeze_all_but(model, plan.task_ids)
         if env.is_main:
-            print(mt.format_eval_table(0, results_, set_scores, average, plan.average_label), flush=True)
-    else:
-        sizes = [t.train_size for t in tasks]
-        groups = optimization.param_groups(model, opts.weight_decay, opts.learning_rate, task_lr=args.task_lr,
-                                           pal_attention_lr=args.pal_attention_lr)
-        # Only a projection needs per-task gradients; a plain sum over several tasks accumulates as usual.
-        combiner = mt.GradientCombiner(plan.method, len(tasks), seed=opts.seed, beta=args.vaccine_beta) \
-            if plan.method != "sum" else None
-        def task_streams(seed_offset):
-            return [training.make_stream(opts, env, t.train_features, task_id=tid, batch_size=bs,
-                                         seed=opts.seed + seed_offset + i,
-                                         pad_to=max_len if opts.pad_to_max_length else None, padding=t.padding)
-                    for i, (t, tid, bs, max_len) in enumerate(zip(tasks, plan.task_ids, plan.batch_sizes,
-                                                                  plan.max_lengths))]
-        streams = task_streams(0)
-        sampler = mt.TaskSampler(sizes, args.sample, plan.num_epochs, opts.seed)
-        stream = mt.MultiTaskStream(streams, sampler, args.steps_per_epoch, plan.tasks_per_step, combiner)
-        loss_log = mt.TrainLossLog(stream, plan.task_ids)
-        diagnosis = None
-        if args.diagnose_every:
-            # Batches of their own (other seeds): the training streams' positions must not move.
-            diagnosis = diagnostics.GradientDiagnostics(args.diagnose_every, plan.names,
-                                                        task_streams(DIAGNOSIS_SEED_OFFSET), env, opts.output_dir,
-                                                        args.steps_per_epoch, task_ids=plan.task_ids)
-            if env.is_main:
-                print(f"gradient diagnostics every {args.diagnose_every} steps: {len(tasks)} extra forward+backward "
-                      f"passes each (about {len(tasks) / args.diagnose_every:.2f} passes per training step)",
-                      flush=True)
-        schedule = mt.schedule_report(plan.names, sizes, plan.batch_sizes, args.sample, plan.num_epochs,
-                                      args.steps_per_epoch, plan.tasks_per_step)
-        if env.is_main:
-            print(mt.format_schedule_report(schedule), flush=True)
-        total_steps = training.num_training_steps(opts, args.steps_per_epoch)
-        trainer = training.Trainer(opts, env, model, total_steps, param_groups=groups, grad_combiner=combiner)
-        carried_labels = {k: v for k, v in task_families.saved_labels(opts.model_dir).items() if k in plan.carried}
-        on_epoch_end = mt.EpochEnd(tasks, selector, stream, sampler, env, tokenizer, opts.output_dir,
-                                   per_task_best=args.per_task_best, average_tag=plan.average_key,
-                                   average_label=plan.average_label, selection=plan.selection,
-                                   task_ids=plan.task_ids, carried_labels=carried_labels, loss_log=loss_log)
-        stop_at = min(total_steps, args.stop_after_steps or total_steps)
-        outcome = trainer.train(stream, stop_at, args.steps_per_epoch, on_epoch_end=on_epoch_end, desc="multi-task",
-                                on_step=diagnosis, on_loss=loss_log)
-        if stop_at < total_steps and not outcome["stopped_early"]:
-            trainer.close()
-            print(f"stopped after {trainer.global_step} steps as asked; continue with --resume", flush=True)
-            return 0
-        selector.bind(trainer.extra_state)
-        results.update(training.run_summary(outcome))
-        results.update(schedule=schedule, steps=trainer.global_step, train_loss=outcome["loss"],
+            print(f"--add_tasks: training only {', '.join(plan.names)} ({trainable:,} parameters: their modules and "
+                  f"heads); the encoder and {', '.join(plan.carried)} stay as they are", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Phase 3, train: sampled steps over the tasks' streams, every epoch evaluated and the best kept
+# ----------------------------------------------------------------------------------------------
+
+def train(run):
+    """Train; False when --stop_after_steps stopped the run (a checkpoint to --resume, no results)."""
+    args, opts, plan, env, tasks = run.args, run.opts, run.plan, run.env, run.tasks
+    sizes = [t.train_size for t in tasks]
+    groups = optimization.param_groups(run.model, opts.weight_decay, opts.learning_rate, task_lr=args.task_lr,
+                                       pal_attention_lr=args.pal_attention_lr)
+    # Only a projection needs per-task gradients; a plain sum over several tasks accumulates as usual.
+    combiner = mt.GradientCombiner(plan.method, len(tasks), seed=opts.seed, beta=args.vaccine_beta) \
+        if plan.method != "sum" else None
+    sampler = mt.TaskSampler(sizes, args.sample, plan.num_epochs, opts.seed)
+    stream = mt.MultiTaskStream(task_streams(run, 0), sampler, plan.steps_per_epoch, plan.tasks_per_step, combiner)
+    loss_log = mt.TrainLossLog(stream, plan.task_ids)
+    diagnosis = gradient_diagnostics(run)
+    schedule = mt.schedule_report(plan.names, sizes, plan.batch_sizes, args.sample, plan.num_epochs,
+                                  plan.steps_per_epoch, plan.tasks_per_step)
+    if env.is_main:
+        print(mt.format_schedule_report(schedule), flush=True)
+    total_steps = training.num_training_steps(opts, plan.steps_per_epoch)
+    run.trainer = trainer = training.Trainer(opts, env, run.model, total_steps, param_groups=groups,
+                                             grad_combiner=combiner)
+    carried_labels = {k: v for k, v in task_families.saved_labels(opts.model_dir).items() if k in plan.carried}
+    on_epoch_end = mt.EpochEnd(tasks, run.selector, stream, sampler, env, run.tokenizer, opts.output_dir,
+                               per_task_best=args.per_task_best, average_tag=plan.average_key,
+                               average_label=plan.average_label, selection=plan.selection,
+                               task_ids=plan.task_ids, carried_labels=carried_labels, loss_log=loss_log,
+                               predict=run.predict_fn())
+    stop_at = min(total_steps, args.stop_after_steps or total_steps)
+    outcome = trainer.train(stream, stop_at, plan.steps_per_epoch, on_epoch_end=on_epoch_end, desc="multi-task",
+                            on_step=diagnosis, on_loss=loss_log)
+    if stop_at < total_steps and not outcome["stopped_early"]:
+        trainer.close()
+        print(f"stopped after {trainer.global_step} steps as asked; continue with --resume", flush=True)
+        return False
+    run.selector.bind(trainer.extra_state)
+    run.results.update(training.run_summary(outcome))
+    run.results.update(schedule=schedule, steps=trainer.global_step, train_loss=outcome["loss"],
                        stopped_early=outcome["stopped_early"], combine_strategy=plan.strategy,
                        tasks_per_step=plan.tasks_per_step, realized_frequencies=stream.realized_frequencies())
-        if diagnosis is not None:
-            results["diagnostics"] = dict(diagnosis.finish(trainer), named_pairs=plan.diagnose_pairs)
-        best_dir = os.path.join(opts.output_dir, "best")
-    results.update(history=selector.state["history"], best_epoch=selector.state["best_epoch"],
-                   best_average=selector.state["best_average"], task_best=selector.state["task_best"])
-    if plan.glue_only:
-        results["best_glue_average"] = selector.state["best_average"]
-    if args.per_task_best and not args.no_train and env.is_main:
-        results["per_task_best_combined"] = mt.write_per_task_combined(opts.output_dir, tasks, tokenizer)
-    refused = None
-    if args.do_predict and not args.no_train and selector.state["best_epoch"] is None:
+    if diagnosis is not None:
+        run.results["diagnostics"] = dict(diagnosis.finish(trainer), named_pairs=plan.diagnose_pairs)
+    record_selection(run)
+    if args.per_task_best and env.is_main:
+        run.results["per_task_best_combined"] = mt.write_per_task_combined(opts.output_dir, tasks, run.tokenizer)
+    return True
+
+
+def task_streams(run, seed_offset):
+    plan = run.plan
+    return mt.task_streams(run.opts, run.env, run.tasks, plan.task_ids, plan.batch_sizes, plan.max_lengths,
+                           run.opts.seed + seed_offset)
+
+
+def gradient_diagnostics(run):
+    """--diagnose_every N: the on_step hook measuring task-gradient conflicts, or None."""
+    args, plan = run.args, run.plan
+    if not args.diagnose_every:
+        return None
+    # Batches of their own (other seeds): the training streams' positions must not move.
+    diagnosis = diagnostics.GradientDiagnostics(args.diagnose_every, plan.names,
+                                                task_streams(run, DIAGNOSIS_SEED_OFFSET), run.env,
+                                                run.opts.output_dir, plan.steps_per_epoch, task_ids=plan.task_ids)
+    if run.env.is_main:
+        print(f"gradient diagnostics every {args.diagnose_every} steps: {len(plan.names)} extra forward+backward "
+              f"passes each (about {len(plan.names) / args.diagnose_every:.2f} passes per training step)", flush=True)
+    return diagnosis
+
+
+# ----------------------------------------------------------------------------------------------
+# Phase 4, evaluate (--no_train): the finished model's dev scores, as one more epoch would be
+# ----------------------------------------------------------------------------------------------
+
+def evaluate(run):
+    plan = run.plan
+    results, task_scores, set_scores, average = mt.evaluate_tasks(run.tasks, run.predict_fn(), plan.selection)
+    run.selector.update(0, results, task_scores, average)
+    if run.env.is_main:
+        print(mt.format_eval_table(0, results, set_scores, average, plan.average_label), flush=True)
+    record_selection(run)
+
+
+def record_selection(run):
+    run.results.update(run.selector.summary())
+    if run.plan.glue_only:
+        run.results["best_glue_average"] = run.selector.state["best_average"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Phase 5, predict (--do_predict): every task's official test predictions with the selected model
+# ----------------------------------------------------------------------------------------------
+
+def predict(run):
+    args, opts = run.args, run.opts
+    if not args.do_predict:
+        return
+    if not args.no_train and run.selector.state["best_epoch"] is None:
         # No epoch beat the start (e.g. every dev average NaN): best/ was never written. Predicting with
         # the last epoch's model instead would pass off an unselected model as the selected one.
-        refused = (f"--do_predict: no epoch was selected (no dev {plan.average_label} better than the start; see "
-                   f"history in {os.path.join(opts.output_dir, 'results.json')}), so there is no selected model "
-                   "to predict with: no predictions written")
-        results.update(predictions=None, predictions_refused=refused)
-    elif args.do_predict:
-        # --no_train: the model in memory (its heads were matched by name; a 2019 folder has no task metadata)
-        selected = model if args.no_train else modeling.BertForMultiTask.from_pretrained(best_dir).to(env.device)
+        refused = (f"--do_predict: no epoch was selected (no dev {run.plan.average_label} better than the start; "
+                   f"see history in {os.path.join(opts.output_dir, 'results.json')}), so there is no selected "
+                   "model to predict with: no predictions written")
+        run.results.update(predictions=None, predictions_refused=refused)
+        return
+    # --no_train: the model in memory (its heads were matched by name; a 2019 folder has no task metadata)
+    selected = run.model if args.no_train else \
+        modeling.BertForMultiTask.from_pretrained(os.path.join(opts.output_dir, "best")).to(run.env.device)
+    written = mt.predict_tasks(run.tasks, run.predict_fn(selected), os.path.join(opts.output_dir, "predictions"),
+                               run.env, task_ids=run.plan.task_ids)
+    run.results["predictions"] = [os.path.relpath(p, opts.output_dir) for p in written]
 
-        def predict_selected(f, t, padding=None):
-            return training.predict(selected, f, t, opts.eval_batch_size, env, padding=padding)
-        written = mt.predict_tasks(tasks, predict_selected, os.path.join(opts.output_dir, "predictions"), env,
-                                   task_ids=plan.task_ids)
-        results["predictions"] = [os.path.relpath(p, opts.output_dir) for p in written]
-    trainer.close()
-    if env.is_main:
-        mt.write_results(opts.output_dir, results)
-        best = selector.state["best_average"]
-        what = "GLUE average" if plan.glue_only else "average of the tasks' main scores"
-        print(f"best {what} {100 * best:.2f} at epoch {selector.state['best_epoch']}; outputs in "
+
+def report(run):
+    """results.json, the closing line, the pictures; a refused --do_predict fails the run after that."""
+    if run.trainer is not None:
+        run.trainer.close()
+    opts, state = run.opts, run.selector.state
+    if run.env.is_main:
+        mt.write_results(opts.output_dir, run.results)
+        best = state["best_average"]
+        what = "GLUE average" if run.plan.glue_only else "average of the tasks' main scores"
+        print(f"best {what} {100 * best:.2f} at epoch {state['best_epoch']}; outputs in "
               f"{opts.output_dir}" if best is not None else f"outputs in {opts.output_dir}", flush=True)
-        if not args.no_train and not args.no_plots:
+        if not run.args.no_train and not run.args.no_plots:
             draw_pictures(opts.output_dir)
-    if refused:
-        raise UserError(refused)
+    if run.results.get("predictions_refused"):
+        raise UserError(run.results["predictions_refused"])
     return 0
 
 
@@ -542,9 +716,6 @@ def dry_run(args, opts, plan):
     return 0
 
 
-PLAIN_PREFIX = "lines:"  # --predict TASK=lines:FILE
-
-
 def predict_files(args):
     """--predict TASK=FILE (repeatable): the fine-tuned --bert_model's predictions for a user's
     examples, no training and no data folder. Every input is read and checked before the model
@@ -560,25 +731,7 @@ def predict_files(args):
     names = list(merged.get("task_names") or [])
     if not names:
         raise ConfigError(f"--predict: {model_dir} names no tasks (not a fine-tuned run_multi_task.py model)")
-    specs = []
-    for spec in args.predict:
-        task, sep, path = spec.partition("=")
-        task = task.strip().lower()
-        if not sep or not task or not path:
-            raise ConfigError(f"--predict '{spec}' is not TASK=FILE (FILE '-' for stdin)")
-        if task not in names:
-            raise ConfigError(f"--predict: the model has no task '{task}' (its tasks: {', '.join(names)})")
-        plain = path.startswith(PLAIN_PREFIX)  # lines:FILE: one example per line, never the task's format
-        path = path[len(PLAIN_PREFIX):] if plain else path
-        if not path:
-            raise ConfigError(f"--predict '{spec}': no file after '{PLAIN_PREFIX}' ('-' for stdin)")
-        if path != "-" and not os.path.isfile(path):
-            raise ConfigError(f"--predict {task}: {path} does not exist")
-        specs.append((task, path, plain))
-    if sum(path == "-" for _, path, _ in specs) > 1:
-        raise ConfigError("--predict: only one input can be stdin ('-')")
-    if len({task for task, _, _ in specs}) < len(specs):
-        raise ConfigError("--predict: a task is named twice (one output file per task)")
+    specs = mt.parse_predict_specs(args.predict, names)
     lengths = dict(zip(names, task_max_lengths(args, names)))
     opts = training.EngineOptions.from_args(args)
     env = training.setup_env(opts)
@@ -595,9 +748,9 @@ def predict_files(args):
         jobs.append((task, names.index(task_name), path, inputs))
     model = training.load_model(opts).to(env.device)
     training.prepare_output_dir(opts, env, training=False)
+    predict_fn = mt.predictor(model, opts, env)
     for task, task_id, path, inputs in jobs:
-        rows = task.predict_rows(lambda f, t=task_id, p=task.padding: training.predict(
-            model, f, t, opts.eval_batch_size, env, padding=p), inputs)
+        rows = task.predict_rows(lambda f, t=task_id, p=task.padding: predict_fn(f, t, padding=p), inputs)
         if env.is_main:
             target = os.path.join(opts.output_dir, f"predictions_{task.name}.tsv")
             count = write_readable_predictions(target, rows)

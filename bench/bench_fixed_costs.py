@@ -51,7 +51,7 @@ def worker(argv):
     for family in (glue.Glue, squad.Squad, conll.Conll, swag.Swag):
         timed(family, "prepare", "features")
     timed(training, "load_model", "model")
-    timed(mt, "evaluate_tasks", "evaluate")
+    timed(mt.evaluation, "evaluate_tasks", "evaluate")  # where EpochEnd looks it up
     step = training.Trainer.training_step
 
     def training_step(self, micro):
@@ -79,12 +79,12 @@ def run(argv):
 
 
 def main():
+    if sys.argv[1:2] == ["--worker"]:  # before parsing: the worker's argv holds --threads/--steps_per_epoch too
+        return worker(sys.argv[2:])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=0, help="--threads of the runs (0: the engine's auto)")
     p.add_argument("--steps_per_epoch", type=int, default=None, help="default: the demo's 20 per task")
-    a, rest = p.parse_known_args()
-    if rest and rest[0] == "--worker":
-        return worker(rest[1:])
+    a = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="fixed-costs-") as tmp:
         common = ["--tasks", "all", "--num_train_epochs", "1", "--threads", str(a.threads),
                   "--cache_dir", os.path.join(tmp, "cache")]

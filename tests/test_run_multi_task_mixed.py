@@ -154,9 +154,9 @@ def test_mixed_dry_run_sizes_are_training_examples(setup, capsys):
 def test_squad_keeps_its_384_default_in_mixed_runs():
     """SQuAD's windows are 384 tokens unless its own length is given (BERT's run_squad.py default);
     the other tasks take --max_seq_length (default 128, the paper's)."""
-    plan = run_multi_task.Plan(run_multi_task.parse_args(["--tasks", "rte,squad2,conll"]))
+    plan = run_multi_task.Plan.from_args(run_multi_task.parse_args(["--tasks", "rte,squad2,conll"]))
     assert plan.max_lengths == [128, 384, 128]
     args = run_multi_task.parse_args(["--tasks", "squad1,rte", "--max_seq_length", "64",
                                       "--task_max_seq_length", "rte=32"])
-    plan = run_multi_task.Plan(args)
+    plan = run_multi_task.Plan.from_args(args)
     assert plan.max_lengths == [384, 32] and plan.run_flags(args)["max_lengths"] == [384, 32]
