@@ -13,6 +13,12 @@ share compares the evaluation of all dev sets (multitask.evaluate_tasks) with th
 that epoch.
 
     python bench/bench_fixed_costs.py [--threads 0] [--steps_per_epoch 160]
+    python bench/bench_fixed_costs.py --before /path/to/older/tree [--repeats 5]
+
+--before compares the time to the first step (cold cache, 2 steps) of this tree with another tree's
+(e.g. a `git worktree` of an older commit), in one run: the two alternate, a fresh process each, and
+the medians are compared, so a busy machine slows both alike. The other tree's own runner is timed by
+this file's worker.
 """
 import argparse
 import json
@@ -51,7 +57,8 @@ def worker(argv):
     for family in (glue.Glue, squad.Squad, conll.Conll, swag.Swag):
         timed(family, "prepare", "features")
     timed(training, "load_model", "model")
-    timed(mt.evaluation, "evaluate_tasks", "evaluate")  # where EpochEnd looks it up
+    # Where EpochEnd looks it up (multitask/evaluation.py; a tree older than the package: multitask.py).
+    timed(getattr(mt, "evaluation", mt), "evaluate_tasks", "evaluate")
     step = training.Trainer.training_step
 
     def training_step(self, micro):
@@ -69,10 +76,12 @@ def worker(argv):
     print(json.dumps({"marks": marks, "spans": spans, "steps": counts["steps"]}))
 
 
-def run(argv):
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run([sys.executable, __file__, "--worker", *argv], env=env, capture_output=True, text=True,
-                          cwd=ROOT)
+def run(argv, tree=ROOT):
+    """The worker on `tree` (its runner and modules first on the path) -> its JSON line."""
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONPATH=os.pathsep.join(
+        [tree] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", *argv], env=env,
+                          capture_output=True, text=True, cwd=tree)
     if proc.returncode:
         raise SystemExit(proc.stdout[-2000:] + proc.stderr[-3000:])
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -84,7 +93,11 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=0, help="--threads of the runs (0: the engine's auto)")
     p.add_argument("--steps_per_epoch", type=int, default=None, help="default: the demo's 20 per task")
+    p.add_argument("--before", default=None, help="another tree (an older commit's worktree) to compare with")
+    p.add_argument("--repeats", type=int, default=5, help="--before: cold runs of each tree, alternating")
     a = p.parse_args()
+    if a.before:
+        return compare(a)
     with tempfile.TemporaryDirectory(prefix="fixed-costs-") as tmp:
         common = ["--tasks", "all", "--num_train_epochs", "1", "--threads", str(a.threads),
                   "--cache_dir", os.path.join(tmp, "cache")]
@@ -105,6 +118,25 @@ def main():
     print(f"\nwarm run, one epoch: {warm['steps']} training steps {steps:.1f} s ({steps / warm['steps']:.2f} s/step), "
           f"evaluation of the 9 dev sets {evaluate:.1f} s = {100 * evaluate / (steps + evaluate):.1f}% of "
           f"training + evaluation; whole process {warm['marks']['total']:.1f} s")
+
+
+def compare(a):
+    """--before: median time to the end of the first step (and of the imports), this tree vs the other."""
+    import statistics
+    times = {"before": [], "now": []}
+    with tempfile.TemporaryDirectory(prefix="fixed-costs-") as tmp:
+        for i in range(a.repeats):
+            for label, tree in (("before", os.path.abspath(a.before)), ("now", ROOT)):
+                out = os.path.join(tmp, f"{label}{i}")
+                times[label].append(run(["--tasks", "all", "--num_train_epochs", "1", "--threads", str(a.threads),
+                                         "--cache_dir", out + "-cache", "--output_dir", out,
+                                         "--stop_after_steps", "2"], tree)["marks"])
+    print(f"cold cache, {a.repeats} runs each, alternating (load average now {os.getloadavg()[0]:.1f})")
+    print(f"{'median, s':<34} {'before':>8} {'now':>8} {'now/before':>11}")
+    for key, label in (("imports", "imports (torch, runner)"), ("first_step", "process start -> first step end")):
+        before = statistics.median(m[key] for m in times["before"])
+        now = statistics.median(m[key] for m in times["now"])
+        print(f"{label:<34} {before:>8.2f} {now:>8.2f} {now / before:>10.2f}x")
 
 
 if __name__ == "__main__":
