@@ -25,6 +25,7 @@ import os
 
 import torch
 
+import model_io
 import modeling
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,7 +57,7 @@ def bert_base(adapter=None):
     config = modeling.BertConfig.from_json_file(os.path.join(ROOT, "configs", "bert_base_config.json"))
     if adapter not in (None, "none"):
         adapter_config = modeling.BertConfig.from_json_file(os.path.join(ROOT, "configs", f"{adapter}_config.json"))
-        config = modeling.BertConfig.from_dict(modeling._merge_configs(config, adapter_config))
+        config = modeling.BertConfig.from_dict(model_io._merge_configs(config, adapter_config))
     return config
 
 

@@ -54,9 +54,12 @@ def test_overwrite_removes_the_engine_outputs_and_the_declared_ones_only(tmp_pat
 def test_the_families_declare_padding_and_outputs_and_the_engine_imports_no_task_module():
     for family in (glue.Glue, squad.Squad, conll.Conll, swag.Swag):
         assert issubclass(family, Task)
-        assert family.padding["input_ids"] == 0 and family.padding["labels"] == -100
-        assert family.output_names
-    assert "test_predictions.txt" in conll.Conll.output_names and "predictions.json" in squad.Squad.output_names
+        declared = family.declaration  # tasks.base.Family, registered by the family's module
+        assert declared.padding["input_ids"] == 0 and declared.output_names
+    # per-piece labels pad with the loss's ignore index; sequence-level labels are never padded
+    assert conll.Conll.declaration.padding["labels"] == -100 and "labels" not in glue.Glue.declaration.padding
+    assert "test_predictions.txt" in conll.Conll.declaration.output_names
+    assert "predictions.json" in squad.Squad.declaration.output_names
     assert "test_predictions.txt" not in training.OUTPUT_NAMES and training.EVAL_HISTORY in training.OUTPUT_NAMES
     for name in sorted(os.listdir(os.path.join(ROOT, "training"))):
         if name.endswith(".py"):
