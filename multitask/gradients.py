@@ -9,14 +9,17 @@ import torch
 import training
 from file_utils import ConfigError
 
-PROJECTIONS = ("none", "pcgrad", "vaccine")
+from . import library
+
+PROJECTIONS = ("none", "pcgrad", "vaccine")  # ours; the library's (jd-*) are library.library_methods()
 COMBINE_STRATEGIES = ("all", "sampled")
 
 
 def combination_plan(num_tasks, projection, tasks_per_step, combine_strategy):
     """Resolve --projection/--tasks_per_step/--combine_strategy into (tasks_per_step, strategy, method)."""
-    if projection not in PROJECTIONS:
-        raise ConfigError(f"unknown --projection '{projection}'")
+    if projection not in PROJECTIONS and not library.is_library(projection):
+        raise ConfigError(f"unknown --projection '{projection}' (ours: {', '.join(PROJECTIONS)}; the library's: "
+                          f"{', '.join(library.library_methods()) or 'pip install torchjd'})")
     given = tasks_per_step
     if tasks_per_step is None:  # all tasks for a projection or for --combine_strategy all (which means it)
         tasks_per_step = num_tasks if projection != "none" or combine_strategy == "all" else 1
@@ -33,7 +36,10 @@ def combination_plan(num_tasks, projection, tasks_per_step, combine_strategy):
         raise ConfigError(f"--combine_strategy all trains every task at every step, but --tasks_per_step {given} "
                           f"is not the number of tasks ({num_tasks}): leave --tasks_per_step out or give "
                           f"{num_tasks}")
-    method = {"none": "sum", "pcgrad": "pcgrad", "vaccine": "vaccine"}[projection]
+    if projection in library.NEEDS_ALL_TASKS and combine_strategy != "all":
+        raise ConfigError(f"--projection {projection} treats the first task as the primary one, so every step "
+                          "must train every task: --combine_strategy all")
+    method = {"none": "sum", "pcgrad": "pcgrad", "vaccine": "vaccine"}.get(projection, projection)
     return tasks_per_step, combine_strategy, method
 
 
