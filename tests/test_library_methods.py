@@ -287,3 +287,16 @@ def test_missing_solver_exits_2_with_one_line(tiny_mt, tmp_path, monkeypatch, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "quadprog" in err[0] and "jd-upgrad" in err[0]
     assert not (tmp_path / "x").exists()
+
+
+def test_resume_refuses_another_library_hyperparameter(tiny_mt, tmp_path):
+    """A jd-* method's flags are part of the run's fingerprint: --resume with another beta is exit 2."""
+    import tiny_multitask
+    common = ("--tasks", "rte,sts-b", "--projection", "jd-gradvac", "--num_train_epochs", 1, "--steps_per_epoch", 2)
+    out = tmp_path / "run"
+    assert tiny_multitask.run(tiny_mt, out, *common, "--stop_after_steps", 1, config="pals_nodrop") == 0
+    from file_utils import run_cli
+    with pytest.raises(SystemExit) as exc:
+        run_cli(run_multi_task.main, tiny_multitask.argv(tiny_mt, out, *common, "--jd_gradvac_beta", 0.25,
+                                                         "--resume", config="pals_nodrop"))
+    assert exc.value.code == 2
