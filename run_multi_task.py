@@ -572,7 +572,8 @@ def train(run):
     if mt.library.is_library(plan.method):
         combiner = mt.LibraryCombiner(plan.method, plan.names, opts.seed, args)
     elif plan.method != "sum":
-        combiner = mt.GradientCombiner(plan.method, len(tasks), seed=opts.seed, beta=args.vaccine_beta)
+        combiner = mt.GradientCombiner(plan.method, len(tasks), seed=opts.seed, beta=args.vaccine_beta,
+                                       names=plan.names)
     sampler = mt.TaskSampler(sizes, args.sample, plan.num_epochs, opts.seed)
     stream = mt.MultiTaskStream(task_streams(run, 0), sampler, plan.steps_per_epoch, plan.tasks_per_step, combiner)
     loss_log = mt.TrainLossLog(stream, plan.task_ids)
@@ -602,6 +603,8 @@ def train(run):
     run.results.update(schedule=schedule, steps=trainer.global_step, train_loss=outcome["loss"],
                        stopped_early=outcome["stopped_early"], combine_strategy=plan.strategy,
                        tasks_per_step=plan.tasks_per_step, realized_frequencies=stream.realized_frequencies())
+    if combiner is not None:  # the mean weight each task's gradient got (1 each: the plain sum)
+        run.results["task_weights"] = combiner.mean_weights()
     if diagnosis is not None:
         run.results["diagnostics"] = dict(diagnosis.finish(trainer), named_pairs=plan.diagnose_pairs)
     record_selection(run)

@@ -20,6 +20,8 @@ import torch
 from file_utils import ConfigError
 from flags import flag
 
+from .gradients import WeightTally
+
 PREFIX = "jd-"
 LEFT_OUT = {"Krum": "Byzantine-robust aggregation, not a multi-task method"}
 # Constructor parameters not offered as flags: a tensor or an object, not a number.
@@ -120,7 +122,7 @@ def make_weighting(method, options):
         raise ConfigError(f"--projection {method}: {exc}") from None
 
 
-class LibraryCombiner:
+class LibraryCombiner(WeightTally):
     """`grad_combiner` for training.Trainer (see GradientCombiner for the protocol) running a TorchJD
     weighting; `unscaled_gram` asks the Trainer for the Gram matrix divided by the fp16 loss scale squared.
 
@@ -139,7 +141,6 @@ class LibraryCombiner:
         self.sq_norm_ema = np.zeros(n)        # PCD
         self.pcd_steps = 0
         self.calls = 0
-        self.last_weights = None
         self.stream = None
 
     def weights(self, gram, task_ids=None):
@@ -162,7 +163,7 @@ class LibraryCombiner:
             raise FloatingPointError(f"--projection {self.method} gave non-finite task weights {out.tolist()} "
                                      f"for tasks {[self.names[i] for i in ids]}")
         self.calls += 1
-        self.last_weights = dict(zip((self.names[i] for i in ids), out.tolist()))
+        self._tally([self.names[i] for i in ids], out)
         return out
 
     def _load(self, sub):
@@ -187,7 +188,8 @@ class LibraryCombiner:
         return {"method": self.method, "rng": self.rng.tolist(), "calls": self.calls,
                 "phi": {a: {b: float(self.phi[i, j]) for j, b in enumerate(self.names) if j != i}
                         for i, a in enumerate(self.names)},
-                "sq_norm_ema": dict(zip(self.names, self.sq_norm_ema.tolist())), "pcd_steps": self.pcd_steps}
+                "sq_norm_ema": dict(zip(self.names, self.sq_norm_ema.tolist())), "pcd_steps": self.pcd_steps,
+                "weight_tally": self._tally_state()}
 
     def load_state_dict(self, state):
         if state.get("method") != self.method:
@@ -200,3 +202,4 @@ class LibraryCombiner:
                     self.phi[i, j] = state["phi"][a][b]
             self.sq_norm_ema[i] = state["sq_norm_ema"][a]
         self.pcd_steps = int(state["pcd_steps"])
+        self._load_tally(state)

@@ -300,3 +300,19 @@ def test_resume_refuses_another_library_hyperparameter(tiny_mt, tmp_path):
         run_cli(run_multi_task.main, tiny_multitask.argv(tiny_mt, out, *common, "--jd_gradvac_beta", 0.25,
                                                          "--resume", config="pals_nodrop"))
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("method", ["jd-mgda", "pcgrad"])
+def test_results_report_each_task_mean_weight(tiny_mt, tmp_path, method):
+    """results.json's task_weights: MGDA's weights are a convex combination (they sum to 1 at every step,
+    so their means do); PCGrad on two tasks only ever adds to a weight of 1 (c_j -= negative/|g_j|^2)."""
+    import tiny_multitask
+    out = tmp_path / method
+    assert tiny_multitask.run(tiny_mt, out, "--tasks", "rte,sts-b", "--projection", method, "--num_train_epochs", 1,
+                              "--steps_per_epoch", 3, config="pals_nodrop") == 0
+    weights = json.loads((out / "results.json").read_text())["task_weights"]
+    assert set(weights) == {"rte", "sts-b"}
+    if method == "jd-mgda":
+        assert all(w >= 0 for w in weights.values()) and sum(weights.values()) == pytest.approx(1.0, abs=1e-9)
+    else:
+        assert all(w >= 1.0 for w in weights.values())
