@@ -73,8 +73,8 @@ class MultiTaskFlags:
                                          "--max_seq_length; SQuAD 384)", group=MT, type=str)
     doc_stride: int = opt(128, "SQuAD: stride between windows over a context", group=MT)
     max_query_length: int = opt(64, "SQuAD: question word pieces kept", group=MT)
-    projection: str = opt("none", "gradient surgery on the shared parameters for multi-task steps: pcgrad or vaccine",
-                          group=MT, choices=mt.PROJECTIONS)
+    projection: str = opt("none", "gradient surgery on the shared parameters for multi-task steps: pcgrad or "
+                                  "vaccine (ours), or a TorchJD weighting jd-<name> (docs/multitask.md)", group=MT)
     tasks_per_step: int = opt(None, "tasks trained together per step (default: 1; all tasks when --projection is "
                                     "set)", group=MT, type=int)
     combine_strategy: str = opt(None, "all: every step trains every task; sampled: the step's tasks are drawn without "
@@ -145,6 +145,7 @@ def build_parser():
                              config="pals")
     groups = {}
     add_flags(p, MultiTaskFlags, groups=groups)
+    add_flags(p, mt.LibraryFlags)
     for name in task_families.glue.GLUE_TASKS + list(task_families.OTHER_TASKS):
         groups[MT].add_argument("--" + mt.batch_size_flag(name), type=int, default=None, help=f"batch size for {name}")
     return p
@@ -336,6 +337,7 @@ class Plan:
                     pal_attention_lr=args.pal_attention_lr,
                     reference_layernorm_init=args.reference_layernorm_init or args.reference_protocol,
                     data=[os.path.abspath(d) for d in self.data_dirs],
+                    **mt.library.method_flags(args.projection, args),  # a jd-* method's own flags
                     # only when adding tasks: checkpoints of other runs keep their fingerprint
                     **({"carried_tasks": self.carried} if self.carried else {}))
 
@@ -361,6 +363,8 @@ def check_flags(args, names, selection):
         raise ConfigError("--allow_random_heads is for --no_train (training always starts new heads fresh)")
     if not 0.0 < args.vaccine_beta <= 1.0:
         raise ConfigError(f"--vaccine_beta must be in (0, 1], got {args.vaccine_beta}")
+    if mt.library.is_library(args.projection):
+        mt.library.make_weighting(args.projection, args)  # a missing flag or solver package: exit 2 now
     if args.max_eval_examples is not None and args.max_eval_examples < 1:
         raise ConfigError(f"--max_eval_examples must be >= 1, got {args.max_eval_examples}")
 
@@ -564,8 +568,12 @@ def train(run):
     groups = optimization.param_groups(run.model, opts.weight_decay, opts.learning_rate, task_lr=args.task_lr,
                                        pal_attention_lr=args.pal_attention_lr)
     # Only a projection needs per-task gradients; a plain sum over several tasks accumulates as usual.
-    combiner = mt.GradientCombiner(plan.method, len(tasks), seed=opts.seed, beta=args.vaccine_beta) \
-        if plan.method != "sum" else None
+    combiner = None
+    if mt.library.is_library(plan.method):
+        combiner = mt.LibraryCombiner(plan.method, plan.names, opts.seed, args)
+    elif plan.method != "sum":
+        combiner = mt.GradientCombiner(plan.method, len(tasks), seed=opts.seed, beta=args.vaccine_beta,
+                                       names=plan.names)
     sampler = mt.TaskSampler(sizes, args.sample, plan.num_epochs, opts.seed)
     stream = mt.MultiTaskStream(task_streams(run, 0), sampler, plan.steps_per_epoch, plan.tasks_per_step, combiner)
     loss_log = mt.TrainLossLog(stream, plan.task_ids)
@@ -595,6 +603,8 @@ def train(run):
     run.results.update(schedule=schedule, steps=trainer.global_step, train_loss=outcome["loss"],
                        stopped_early=outcome["stopped_early"], combine_strategy=plan.strategy,
                        tasks_per_step=plan.tasks_per_step, realized_frequencies=stream.realized_frequencies())
+    if combiner is not None:  # the mean weight each task's gradient got (1 each: the plain sum)
+        run.results["task_weights"] = combiner.mean_weights()
     if diagnosis is not None:
         run.results["diagnostics"] = dict(diagnosis.finish(trainer), named_pairs=plan.diagnose_pairs)
     record_selection(run)

@@ -9,14 +9,16 @@ import torch
 import training
 from file_utils import ConfigError
 
-PROJECTIONS = ("none", "pcgrad", "vaccine")
+PROJECTIONS = ("none", "pcgrad", "vaccine")  # ours; the library's (jd-*) are library.library_methods()
 COMBINE_STRATEGIES = ("all", "sampled")
 
 
 def combination_plan(num_tasks, projection, tasks_per_step, combine_strategy):
     """Resolve --projection/--tasks_per_step/--combine_strategy into (tasks_per_step, strategy, method)."""
-    if projection not in PROJECTIONS:
-        raise ConfigError(f"unknown --projection '{projection}'")
+    from . import library  # imports this module (WeightTally)
+    if projection not in PROJECTIONS and not library.is_library(projection):
+        raise ConfigError(f"unknown --projection '{projection}' (ours: {', '.join(PROJECTIONS)}; the library's: "
+                          f"{', '.join(library.library_methods()) or 'pip install torchjd'})")
     given = tasks_per_step
     if tasks_per_step is None:  # all tasks for a projection or for --combine_strategy all (which means it)
         tasks_per_step = num_tasks if projection != "none" or combine_strategy == "all" else 1
@@ -33,7 +35,10 @@ def combination_plan(num_tasks, projection, tasks_per_step, combine_strategy):
         raise ConfigError(f"--combine_strategy all trains every task at every step, but --tasks_per_step {given} "
                           f"is not the number of tasks ({num_tasks}): leave --tasks_per_step out or give "
                           f"{num_tasks}")
-    method = {"none": "sum", "pcgrad": "pcgrad", "vaccine": "vaccine"}[projection]
+    if projection in library.NEEDS_ALL_TASKS and combine_strategy != "all":
+        raise ConfigError(f"--projection {projection} treats the first task as the primary one, so every step "
+                          "must train every task: --combine_strategy all")
+    method = {"none": "sum", "pcgrad": "pcgrad", "vaccine": "vaccine"}.get(projection, projection)
     return tasks_per_step, combine_strategy, method
 
 
@@ -131,7 +136,29 @@ def gradvac(grads, phi_hat, beta, orders=None):
     return _combine(rows, gradvac_weights(training.gram_matrix(rows).cpu().numpy(), phi_hat, beta, orders))
 
 
-class GradientCombiner:
+class WeightTally:
+    """Sum and count of the weight each task got from a combiner, keyed by task name (a mixin; in the
+    combiner's state, so a resumed run reports the same means): `mean_weights()` goes to results.json."""
+
+    def _tally(self, names, weights):
+        tally = self.__dict__.setdefault("weight_tally", {})
+        for name, w in zip(names, weights):
+            entry = tally.setdefault(name, [0.0, 0])
+            entry[0] += float(w)
+            entry[1] += 1
+
+    def mean_weights(self):
+        """{task: mean weight over the steps that trained it with others}."""
+        return {name: s / n for name, (s, n) in sorted(self.__dict__.get("weight_tally", {}).items()) if n}
+
+    def _tally_state(self):
+        return {name: list(v) for name, v in self.__dict__.get("weight_tally", {}).items()}
+
+    def _load_tally(self, state):
+        self.weight_tally = {name: [float(s), int(n)] for name, (s, n) in state.get("weight_tally", {}).items()}
+
+
+class GradientCombiner(WeightTally):
     """`grad_combiner` for training.Trainer: combines per-task gradients of the shared params.
 
     The Trainer calls `weights(gram, task_ids)` (gram: the K x K dot products of the step's task
@@ -147,10 +174,11 @@ class GradientCombiner:
     plain sum. "sum" is the plain sum of the gradients (the Trainer does not even ask it).
     """
 
-    def __init__(self, method, num_tasks, seed=0, beta=0.01):
+    def __init__(self, method, num_tasks, seed=0, beta=0.01, names=None):
         if method not in ("sum", "pcgrad", "vaccine"):
             raise ConfigError(f"unknown gradient combination '{method}'")
         self.method, self.num_tasks, self.beta = method, int(num_tasks), float(beta)
+        self.names = list(names) if names is not None else [str(i) for i in range(self.num_tasks)]
         self.rng = np.random.default_rng(seed)
         self.phi_hat = np.zeros((self.num_tasks, self.num_tasks), dtype=np.float64)
         self.calls = 0
@@ -165,15 +193,18 @@ class GradientCombiner:
         if self.method == "sum":
             return np.ones(k)
         orders = _other_orders(k, self.rng)
-        if self.method == "pcgrad":
-            return pcgrad_weights(gram, orders)
         ids = list(task_ids) if task_ids is not None else list(range(k))
+        if self.method == "pcgrad":
+            result = pcgrad_weights(gram, orders)
+            self._tally([self.names[i] for i in ids], result)
+            return result
         local = self.phi_hat[np.ix_(ids, ids)].copy()
         result = gradvac_weights(gram, local, self.beta, orders)
         for a, ta in enumerate(ids):
             for b, tb in enumerate(ids):
                 if a != b:
                     self.phi_hat[ta, tb] = local[a][b]
+        self._tally([self.names[i] for i in ids], result)
         return result
 
     def __call__(self, grads, task_ids=None):
@@ -185,9 +216,10 @@ class GradientCombiner:
 
     def state_dict(self):
         return {"method": self.method, "rng": self.rng.bit_generator.state, "phi_hat": self.phi_hat.tolist(),
-                "calls": self.calls, "beta": self.beta}
+                "calls": self.calls, "beta": self.beta, "weight_tally": self._tally_state()}
 
     def load_state_dict(self, state):
         self.rng.bit_generator.state = state["rng"]
         self.phi_hat = np.asarray(state["phi_hat"], dtype=np.float64)
         self.calls = int(state["calls"])
+        self._load_tally(state)  # absent in checkpoints before the tally: starts empty

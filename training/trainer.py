@@ -416,6 +416,8 @@ class Trainer:
                     f"non-finite gradient at step {self.global_step + 1} (tasks {','.join(map(str, tasks))}); "
                     "lower --learning_rate, check the input data, or try --bf16/fp32")
             return np.ones(len(tasks)), None  # the plain sum: the scaler sees the inf and skips this step
+        if getattr(self.grad_combiner, "unscaled_gram", False) and self.scaler.is_enabled():
+            gram = gram / float(self.scaler.get_scale()) ** 2  # a method that is not scale-invariant (FairGrad)
         if hasattr(self.grad_combiner, "weights"):
             return np.asarray(self.grad_combiner.weights(gram, task_ids=tasks), dtype=np.float64), None
         # a plain function of the flat gradients: it sees them at true scale
