@@ -28,6 +28,19 @@ BUDGETS = {
     "top_bert_layer_config.json": 166_197_520,
     "bert_base_config.json": BERT_BASE + 12_304,
 }
+# LoRA and (IA)^3, by hand: heads 769 x 16 outputs = 12,304 (MiniLM: 385 x 16 = 6,160); per task and layer
+# LoRA r (d_in + d_out) per projection (query, value: 2 x r x 2d), (IA)^3 d (key) + d (value) + d (input
+# of the attention output) + d_ff (input of the FFN output).
+MINILM, MINILM_HEADS = 22_713_216, 6_160
+BUDGETS.update({
+    "lora_config.json": BERT_BASE + 12_304 + 8 * 12 * 2 * 8 * (768 + 768),          # 1.022x
+    "lora_budget_config.json": BERT_BASE + 12_304 + 8 * 12 * 2 * 49 * (768 + 768),  # 1.132x, PALs 1.133x
+    "ia3_config.json": BERT_BASE + 12_304 + 8 * 12 * (3 * 768 + 3072),              # 1.005x
+    "minilm_lora_config.json": MINILM + MINILM_HEADS + 8 * 6 * 2 * 8 * (384 + 384),
+    "minilm_lora_budget_config.json": MINILM + MINILM_HEADS + 8 * 6 * 2 * 29 * (384 + 384),  # 1.094x, PALs 1.095x
+    "minilm_ia3_config.json": MINILM + MINILM_HEADS + 8 * 6 * (3 * 384 + 1536),
+    "minilm_pals_config.json": 24_862_816,  # 1.095x (docs/model.md)
+})
 
 
 def build_meta(path, labels=GLUE_LABELS):
