@@ -4,7 +4,8 @@
   ICML 2019), a base of `modeling.BertConfig`, with their checks.
 - The modules, each written once, each taking `(x, mask)` so a slot can hold any of them: `PAL`
   (projected attention layer), `LowRankAdapter` (also the Houlsby bottleneck), `LHUC`,
-  `TopProjectedAttention`. One copy per task in a `TaskModuleList` (index = task id).
+  `TopProjectedAttention`, `ParallelAdapter`; `LoRA` and `IA3` instead wrap a projection, taking
+  `(x, linear)`. One copy per task in a `TaskModuleList` (index = task id).
 - `SLOTS`: the places a layer (modeling.BertLayer) or the encoder holds per-task modules, and
   `METHODS`: which config key fills which slot with what. `Build` turns a config into the modules.
 
@@ -56,6 +57,9 @@ class AdapterKeys:
     lora_targets: Optional[List[str]] = config_key(None, "adapter")  # PROJECTIONS; None: query, value
     ia3: bool = config_key(False, "adapter")               # per-task (IA)^3 rescaling (Liu et al. 2022)
     ia3_targets: Optional[List[str]] = config_key(None, "adapter")  # PROJECTIONS; None: PEFT's BERT default
+    parallel_adapter: bool = config_key(False, "adapter")  # scaled adapter beside each FFN (He et al. 2022)
+    parallel_adapter_size: int = config_key(64, "adapter")  # its bottleneck
+    parallel_adapter_scale: float = config_key(4.0, "adapter")  # its output scale s
 
     def validate_adapters(self):
         """Raise ConfigError for adapter settings that would crash or silently misbehave later."""
@@ -81,6 +85,8 @@ class AdapterKeys:
                               f"top_num_heads ({self.top_num_heads}) for top projected attention")
 
     def _validate_projection_methods(self):
+        if self.parallel_adapter_size < 1:
+            raise ConfigError(f"config key 'parallel_adapter_size' must be >= 1, got {self.parallel_adapter_size}")
         if self.lora_r < 1:
             raise ConfigError(f"config key 'lora_r' must be >= 1, got {self.lora_r}")
         if not self.lora_alpha > 0:
@@ -245,6 +251,27 @@ class IA3(nn.Module):
         return linear(x * self.ia3_l) if self.input_side else linear(x) * self.ia3_l
 
 
+class ParallelAdapter(nn.Module):
+    """s * up(ReLU(down(x))) beside the FFN, reading its input (He et al. 2022, "scaled PA").
+
+    Init as their code's LoRA-style init: down Kaiming-uniform (a = sqrt 5), up and biases 0, so the
+    layer is unchanged at init."""
+
+    def __init__(self, size, bottleneck, scale):
+        super().__init__()
+        self.down = nn.Linear(size, bottleneck)
+        self.up = nn.Linear(bottleneck, size)
+        self.scale = scale
+
+    def init_weights(self):
+        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
+        for t in (self.down.bias, self.up.weight, self.up.bias):
+            nn.init.zeros_(t)
+
+    def forward(self, x, mask=None):
+        return self.up(F.relu(self.down(x))) * self.scale
+
+
 def lora_slots(config):
     """{projection slot: builder} of the LoRA method (config key `lora_targets`)."""
     return {p: (lambda b, t, p=p: b.lora(p)) for p in config.lora_targets or LORA_TARGETS}
@@ -386,6 +413,8 @@ METHODS = (
     Method("top", slots={"top": Build.top}),
     Method("lora", slots=lora_slots),
     Method("ia3", slots=ia3_slots),
+    Method("parallel_adapter", slots={"beside_ffn": lambda b, t: ParallelAdapter(
+        b.config.hidden_size, b.config.parallel_adapter_size, b.config.parallel_adapter_scale)}),
 )
 
 

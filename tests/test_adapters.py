@@ -40,6 +40,11 @@ BUDGETS.update({
     "minilm_lora_budget_config.json": MINILM + MINILM_HEADS + 8 * 6 * 2 * 29 * (384 + 384),  # 1.094x, PALs 1.095x
     "minilm_ia3_config.json": MINILM + MINILM_HEADS + 8 * 6 * (3 * 384 + 1536),
     "minilm_pals_config.json": 24_862_816,  # 1.095x (docs/model.md)
+    # parallel adapter, per task and layer: down d x b + b, up b x d + d
+    "parallel_adapter_config.json": BERT_BASE + 12_304 + 8 * 12 * (2 * 768 * 64 + 64 + 768),
+    "parallel_adapter_budget_config.json": BERT_BASE + 12_304 + 8 * 12 * (2 * 768 * 98 + 98 + 768),  # 1.133x
+    "minilm_parallel_adapter_config.json": MINILM + MINILM_HEADS + 8 * 6 * (2 * 384 * 64 + 64 + 384),
+    "minilm_parallel_adapter_budget_config.json": MINILM + MINILM_HEADS + 8 * 6 * (2 * 384 * 58 + 58 + 384),
 })
 
 
@@ -121,7 +126,13 @@ MODES = {
     "top_bert_layer": dict(top=True, bert_lay_top=True),
     "houlsby_original_pals_lhuc": dict(houlsby_original=True, mult=True, pals=True, lhuc=True, extra_dim=6),
     "low_rank_top_attn": dict(mult=True, top=True),
+    "parallel_adapter": dict(parallel_adapter=True, parallel_adapter_size=5, parallel_adapter_scale=3.0),
+    # every projection slot wrapped, both sides of (IA)^3, beside a parallel adapter
+    "lora_ia3_parallel": dict(lora=True, lora_r=3, lora_alpha=9.0, lora_targets=["query", "ffn_in", "ffn_out"],
+                              ia3=True, ia3_targets=["key", "value", "attention_output"], parallel_adapter=True,
+                              parallel_adapter_size=5),
 }
+INPUT_SCALED = ("attention.output.dense", "output.dense")  # (IA)^3 scales these projections' inputs
 
 
 def make(mode, tasks=(2, 3), scramble=True, seed=0):
@@ -148,7 +159,17 @@ def layer_norm(x, m, eps=1e-12):
     return (x - mu) / torch.sqrt(var + eps) * m.weight + m.bias
 
 
-def mha(x, sa, heads, mask):
+def proj(x, linear, wrappers, t, cfg, name):
+    """A projection, with task t's LoRA (W x + b + alpha/r B A x) or (IA)^3 ((W x + b) l, W (x l) + b) if any."""
+    if wrappers is None:
+        return lin(x, linear)
+    w = wrappers[t]
+    if cfg.get("lora") and hasattr(w, "lora_A"):
+        return lin(x, linear) + x @ w.lora_A.weight.T @ w.lora_B.weight.T * (cfg["lora_alpha"] / cfg["lora_r"])
+    return lin(x * w.ia3_l, linear) if name in INPUT_SCALED else lin(x, linear) * w.ia3_l
+
+
+def mha(x, sa, heads, mask, t=0, cfg=None):
     """Plain softmax attention (no SDPA), context without output projection."""
     B, S, size = x.shape
     hd = size // heads
@@ -156,7 +177,8 @@ def mha(x, sa, heads, mask):
     def split(t):
         return t.view(B, S, heads, hd).transpose(1, 2)
 
-    q, k, v = split(lin(x, sa.query)), split(lin(x, sa.key)), split(lin(x, sa.value))
+    q, k, v = (split(proj(x, getattr(sa, n), getattr(sa, f"{n}_adapters", None), t, cfg or {}, n))
+               for n in ("query", "key", "value"))
     scores = q @ k.transpose(-1, -2) / hd ** 0.5 + (1.0 - mask[:, None, None, :]) * -10000.0
     return (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, S, size)
 
@@ -171,11 +193,18 @@ def pal(x, m, enc, dec, mask):
 
 def ref_layer(layer, h, mask, t, cfg, enc=None):
     """The reference wiring (bert_n_pals.md 1.3) written out for one layer and task t."""
-    x = lin(mha(h, layer.attention.self, HEADS, mask), layer.attention.output.dense)
+    out_dense = layer.attention.output
+    x = proj(mha(h, layer.attention.self, HEADS, mask, t, cfg), out_dense.dense,
+             getattr(out_dense, "dense_adapters", None), t, cfg, "attention.output.dense")
     if cfg.get("houlsby") or cfg.get("houlsby_original"):
         x = x + low_rank(x, layer.attention.output.adapters[t])          # A1 serial
     a = layer_norm(x + h, layer.attention.output.LayerNorm)
-    f = lin(gelu(lin(a, layer.intermediate.dense)), layer.output.dense)
+    f = proj(gelu(proj(a, layer.intermediate.dense, getattr(layer.intermediate, "dense_adapters", None), t, cfg,
+                       "intermediate.dense")),
+             layer.output.dense, getattr(layer.output, "dense_adapters", None), t, cfg, "output.dense")
+    if cfg.get("parallel_adapter"):  # He et al. 2022: s up(ReLU(down(a))) beside the FFN, before its residual + LN
+        pa = layer.output.adapters[t]
+        f = f + cfg.get("parallel_adapter_scale", 4.0) * lin(torch.relu(lin(a, pa.down)), pa.up)
     if cfg.get("houlsby"):
         a2 = layer.output.adapters[t]
         f = f + (pal(a, a2, enc.pal_encoders[t], enc.pal_decoders[t], mask) if cfg.get("pals") else low_rank(a, a2))

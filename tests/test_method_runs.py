@@ -1,4 +1,4 @@
-"""LoRA and (IA)^3 configs in the runners: every single-task runner trains and reloads one, and a
+"""LoRA, (IA)^3 and parallel-adapter configs in the runners: every single-task runner trains and reloads one, and a
 mixed-family run_multi_task.py run (GLUE, SQuAD v2.0, CoNLL, SWAG) trains one with --freeze and
 --task_lr, resumes bit-identically, leaves the encoder as it was and moves every task's modules.
 Tiny random BERT (tests/test_run_multi_task_mixed.py's fixture)."""
@@ -18,7 +18,10 @@ import run_swag
 from test_run_multi_task_mixed import _argv, setup  # noqa: F401 (the module fixture)
 
 METHODS = {"lora": dict(lora=True, lora_r=4, lora_alpha=8, lora_dropout=0.1),
-           "ia3": dict(ia3=True)}
+           "ia3": dict(ia3=True),
+           "parallel_adapter": dict(parallel_adapter=True, parallel_adapter_size=6)}
+# the parameter that starts at the identity (LoRA's B 0, (IA)^3's l 1, the parallel adapter's up 0)
+IDENTITY = {"lora_B.weight": 0.0, "ia3_l": 1.0, "up.weight": 0.0}
 
 
 def _config(setup, name):  # noqa: F811
@@ -28,7 +31,13 @@ def _config(setup, name):  # noqa: F811
 
 
 def _adapter_keys(state):
-    return [k for k in state if "_adapters." in k]
+    return [k for k in state if "_adapters." in k or ".adapters." in k]
+
+
+def _moved(state, key):
+    """Whether `key` is a parameter with an identity init that has left it."""
+    init = next((v for suffix, v in IDENTITY.items() if key.endswith(suffix)), None)
+    return init is not None and bool((state[key] != init).any())
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
@@ -47,10 +56,9 @@ def test_mixed_run_with_freeze_task_lr_and_resume(setup, name):  # noqa: F811
     assert trained.keys() == resumed.keys() and all(torch.equal(trained[k], resumed[k]) for k in trained)
     # --freeze: the encoder is the checkpoint's; every task's modules left their identity init
     base = load_file(os.path.join(setup["model"], "model.safetensors"))
-    shared = [k for k in trained if k.startswith("bert.") and "_adapters." not in k]
+    shared = [k for k in trained if k.startswith("bert.") and k not in _adapter_keys(trained)]
     assert shared and all(torch.equal(trained[k], base[k.replace("bert.", "", 1)]) for k in shared)
-    moved = {int(k.split("_adapters.")[1].split(".")[0]) for k in _adapter_keys(trained)
-             if ("lora_B" in k and trained[k].any()) or ("ia3_l" in k and (trained[k] != 1).any())}
+    moved = {int(k.split("adapters.")[1].split(".")[0]) for k in _adapter_keys(trained) if _moved(trained, k)}
     assert moved == {0, 1, 2, 3}
     model = modeling.BertForMultiTask.from_pretrained(str(full / "best"))
     assert getattr(model.config, name) and model.config.task_names == ["rte", "squad2", "conll", "swag"]
@@ -70,14 +78,13 @@ def _runner_argv(runner, setup, out):  # noqa: F811
 
 
 @pytest.mark.parametrize("runner", [run_classifier, run_ner, run_squad, run_swag], ids=lambda r: r.__name__)
-def test_every_runner_trains_and_reloads_lora_and_ia3(setup, runner, tmp_path):  # noqa: F811
+def test_every_runner_trains_and_reloads_each_method(setup, runner, tmp_path):  # noqa: F811
     for name in sorted(METHODS):
         out = tmp_path / name
         runner.main([*_runner_argv(runner, setup, out), "--config", _config(setup, name)])
         state = load_file(str(out / "model.safetensors"))
         keys = _adapter_keys(state)
-        assert keys and all(("lora_" in k) == (name == "lora") for k in keys)
-        assert any(state[k].any() if "lora_B" in k else (state[k] != 1).any()
-                   for k in keys if "lora_B" in k or "ia3_l" in k)  # trained: left the identity init
+        assert keys and all(("lora_" in k) == (name == "lora") and ("ia3_" in k) == (name == "ia3") for k in keys)
+        assert any(_moved(state, k) for k in keys)  # trained: left the identity init
         model = modeling.BertForMultiTask.from_pretrained(str(out))
         assert getattr(model.config, name)
