@@ -131,6 +131,7 @@ class BertSelfAttention(nn.Module):
         self.query_adapters = projections.get("query")
         self.key_adapters = projections.get("key")
         self.value_adapters = projections.get("value")
+        self.prefix = projections.get("prefix")  # per-task prefix keys/values (prefix tuning), or None
         self.dropout_p = dropout
 
     def forward(self, x, mask, task_id=0):  # x [B,S,size], mask additive [B,1,1,S] or None
@@ -141,11 +142,24 @@ class BertSelfAttention(nn.Module):
 
         q, k, v = (heads(project(lin, ad, x, task_id)) for lin, ad in (
             (self.query, self.query_adapters), (self.key, self.key_adapters), (self.value, self.value_adapters)))
+        if self.prefix is not None:
+            k, v, mask = self._with_prefix(k, v, mask, task_id)
         if mask is not None and mask.dtype != q.dtype:  # BertModel builds it in q's dtype; others may not
             mask = mask.to(q.dtype)
         ctx = sdpa(q, k, v, mask, self.dropout_p if self.training else 0.0,
                    head_align=SDPA_ALIGN if q.is_cuda else 1)
         return ctx.transpose(1, 2).reshape(B, S, self.num_heads * self.head_size)
+
+
+    def _with_prefix(self, k, v, mask, task_id):
+        """Task `task_id`'s prefix keys/values before the tokens' [B,h,L+S,hd]; the mask gets L zeros
+        (attended) in front, so padding stays masked."""
+        B = k.shape[0]
+        pk, pv = (t.to(k.dtype).view(1, -1, self.num_heads, self.head_size).transpose(1, 2).expand(B, -1, -1, -1)
+                  for t in self.prefix[task_id]())
+        if mask is not None:
+            mask = F.pad(mask, (pk.shape[2], 0))
+        return torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2), mask
 
 
 class BertSelfOutput(nn.Module):

@@ -60,6 +60,9 @@ class AdapterKeys:
     parallel_adapter: bool = config_key(False, "adapter")  # scaled adapter beside each FFN (He et al. 2022)
     parallel_adapter_size: int = config_key(64, "adapter")  # its bottleneck
     parallel_adapter_scale: float = config_key(4.0, "adapter")  # its output scale s
+    prefix_tuning: bool = config_key(False, "adapter")     # per-task prefix keys/values (Li & Liang 2021)
+    prefix_length: int = config_key(20, "adapter")         # prefix positions per layer
+    prefix_hidden: int = config_key(512, "adapter")        # width of the reparametrising MLP
 
     def validate_adapters(self):
         """Raise ConfigError for adapter settings that would crash or silently misbehave later."""
@@ -85,6 +88,9 @@ class AdapterKeys:
                               f"top_num_heads ({self.top_num_heads}) for top projected attention")
 
     def _validate_projection_methods(self):
+        for key in ("prefix_length", "prefix_hidden"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"config key '{key}' must be >= 1, got {getattr(self, key)}")
         if self.parallel_adapter_size < 1:
             raise ConfigError(f"config key 'parallel_adapter_size' must be >= 1, got {self.parallel_adapter_size}")
         if self.lora_r < 1:
@@ -272,6 +278,41 @@ class ParallelAdapter(nn.Module):
         return self.up(F.relu(self.down(x))) * self.scale
 
 
+class PrefixEncoder(nn.Module):
+    """One task's prefixes of every layer, reparametrised (Li & Liang 2021): P = W2 tanh(W1 E + b1) + b2,
+    E [prefix_length, d]; the columns of P are (layer, key/value, d). Registered once per task on the
+    encoder (`prefix_encoders`) and read by each layer's `PrefixKeyValues`."""
+
+    def __init__(self, config):
+        super().__init__()
+        d, layers = config.hidden_size, config.num_hidden_layers
+        self.embedding = nn.Embedding(config.prefix_length, d)
+        self.mlp = nn.Sequential(nn.Linear(d, config.prefix_hidden), nn.Tanh(),
+                                 nn.Linear(config.prefix_hidden, layers * 2 * d))
+        self.size = d
+
+    def layer(self, index):
+        """(keys, values) [prefix_length, d] of layer `index`: only its rows of the last projection."""
+        hidden = self.mlp[1](self.mlp[0](self.embedding.weight))
+        out = self.mlp[2]
+        rows = slice(index * 2 * self.size, (index + 1) * 2 * self.size)
+        kv = F.linear(hidden, out.weight[rows], out.bias[rows])
+        return kv[:, :self.size], kv[:, self.size:]
+
+
+class PrefixKeyValues(nn.Module):
+    """Layer `index`'s prefix keys and values of one task, from that task's PrefixEncoder (held by
+    plain reference, as PAL holds V^E/V^D: no aliases in the state dict; no parameters of its own)."""
+
+    def __init__(self, encoder, index):
+        super().__init__()
+        self._shared = (encoder,)
+        self.index = index
+
+    def forward(self):
+        return self._shared[0].layer(self.index)
+
+
 def lora_slots(config):
     """{projection slot: builder} of the LoRA method (config key `lora_targets`)."""
     return {p: (lambda b, t, p=p: b.lora(p)) for p in config.lora_targets or LORA_TARGETS}
@@ -308,6 +349,7 @@ SLOTS = {
     "attention_output": "attention.output.dense_adapters",
     "ffn_in": "intermediate.dense_adapters",
     "ffn_out": "output.dense_adapters",
+    "prefix": "attention.self.prefix",  # PrefixKeyValues: keys/values put before the layer's own
 }
 ENCODER_SLOTS = ("top",)
 
@@ -326,6 +368,7 @@ class Build:
     config: object
     blocks: Blocks
     shared: Dict[str, TaskModuleList] = field(default_factory=dict)  # encoder-level modules by name
+    layer_index: int = -1  # the layer slots("layer") builds now (counted: the encoder builds them in order)
 
     def low_rank(self, near_identity=False):
         c = self.config
@@ -368,6 +411,8 @@ class Build:
     def slots(self, where):
         """{slot: TaskModuleList} of one layer (`where="layer"`) or of the encoder (`"encoder"`)."""
         filled, places = {}, {}
+        if where == "layer":
+            self.layer_index += 1
         for method in active_methods(self.config):
             method_slots = method.slots(self.config) if callable(method.slots) else method.slots
             for slot, make in method_slots.items():
@@ -415,6 +460,8 @@ METHODS = (
     Method("ia3", slots=ia3_slots),
     Method("parallel_adapter", slots={"beside_ffn": lambda b, t: ParallelAdapter(
         b.config.hidden_size, b.config.parallel_adapter_size, b.config.parallel_adapter_scale)}),
+    Method("prefix_tuning", shared={"prefix_encoders": PrefixEncoder},
+           slots={"prefix": lambda b, t: PrefixKeyValues(b.shared["prefix_encoders"][t], b.layer_index)}),
 )
 
 

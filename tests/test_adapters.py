@@ -45,6 +45,11 @@ BUDGETS.update({
     "parallel_adapter_budget_config.json": BERT_BASE + 12_304 + 8 * 12 * (2 * 768 * 98 + 98 + 768),  # 1.133x
     "minilm_parallel_adapter_config.json": MINILM + MINILM_HEADS + 8 * 6 * (2 * 384 * 64 + 64 + 384),
     "minilm_parallel_adapter_budget_config.json": MINILM + MINILM_HEADS + 8 * 6 * (2 * 384 * 58 + 58 + 384),
+    # prefix tuning, per task: E (20 x d) + W1 (d x m + m) + W2 (m x 2 layers d + 2 layers d)
+    "prefix_config.json": BERT_BASE + 12_304 + 8 * (20 * 768 + 768 * 512 + 512 + 512 * 18_432 + 18_432),
+    "prefix_budget_config.json": BERT_BASE + 12_304 + 8 * (20 * 768 + 768 * 93 + 93 + 93 * 18_432 + 18_432),  # 1.133x
+    "minilm_prefix_config.json": MINILM + MINILM_HEADS + 8 * (20 * 384 + 384 * 512 + 512 + 512 * 4_608 + 4_608),
+    "minilm_prefix_budget_config.json": MINILM + MINILM_HEADS + 8 * (20 * 384 + 384 * 51 + 51 + 51 * 4_608 + 4_608),
 })
 
 
@@ -131,6 +136,9 @@ MODES = {
     "lora_ia3_parallel": dict(lora=True, lora_r=3, lora_alpha=9.0, lora_targets=["query", "ffn_in", "ffn_out"],
                               ia3=True, ia3_targets=["key", "value", "attention_output"], parallel_adapter=True,
                               parallel_adapter_size=5),
+    "prefix_tuning": dict(prefix_tuning=True, prefix_length=3, prefix_hidden=6),
+    "prefix_pals_lora": dict(prefix_tuning=True, prefix_length=2, prefix_hidden=5, mult=True, pals=True, lora=True,
+                             lora_r=2, lora_alpha=5.0),
 }
 INPUT_SCALED = ("attention.output.dense", "output.dense")  # (IA)^3 scales these projections' inputs
 
@@ -169,16 +177,29 @@ def proj(x, linear, wrappers, t, cfg, name):
     return lin(x * w.ia3_l, linear) if name in INPUT_SCALED else lin(x, linear) * w.ia3_l
 
 
-def mha(x, sa, heads, mask, t=0, cfg=None):
-    """Plain softmax attention (no SDPA), context without output projection."""
+def prefix_kv(enc, t, index):
+    """Li & Liang's reparametrisation by hand: P = W2 tanh(W1 E + b1) + b2, columns (layer, key/value, d)."""
+    pe = enc.prefix_encoders[t]
+    p = lin(torch.tanh(lin(pe.embedding.weight, pe.mlp[0])), pe.mlp[2])
+    p = p.view(p.shape[0], len(enc.layer), 2, -1)
+    return p[:, index, 0], p[:, index, 1]
+
+
+def mha(x, sa, heads, mask, t=0, cfg=None, prefix=None):
+    """Plain softmax attention (no SDPA), context without output projection; `prefix`: (keys,
+    values) [L, size] put before the tokens' and always attended."""
     B, S, size = x.shape
     hd = size // heads
 
     def split(t):
-        return t.view(B, S, heads, hd).transpose(1, 2)
+        return t.reshape(t.shape[0], t.shape[1], heads, hd).transpose(1, 2)
 
     q, k, v = (split(proj(x, getattr(sa, n), getattr(sa, f"{n}_adapters", None), t, cfg or {}, n))
                for n in ("query", "key", "value"))
+    if prefix is not None:
+        pk, pv = (split(p[None]).expand(B, -1, -1, -1) for p in prefix)
+        k, v = torch.cat([pk, k], 2), torch.cat([pv, v], 2)
+        mask = torch.cat([torch.ones(B, prefix[0].shape[0]), mask], 1)
     scores = q @ k.transpose(-1, -2) / hd ** 0.5 + (1.0 - mask[:, None, None, :]) * -10000.0
     return (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, S, size)
 
@@ -194,7 +215,8 @@ def pal(x, m, enc, dec, mask):
 def ref_layer(layer, h, mask, t, cfg, enc=None):
     """The reference wiring (bert_n_pals.md 1.3) written out for one layer and task t."""
     out_dense = layer.attention.output
-    x = proj(mha(h, layer.attention.self, HEADS, mask, t, cfg), out_dense.dense,
+    prefix = prefix_kv(enc, t, list(enc.layer).index(layer)) if cfg.get("prefix_tuning") else None
+    x = proj(mha(h, layer.attention.self, HEADS, mask, t, cfg, prefix), out_dense.dense,
              getattr(out_dense, "dense_adapters", None), t, cfg, "attention.output.dense")
     if cfg.get("houlsby") or cfg.get("houlsby_original"):
         x = x + low_rank(x, layer.attention.output.adapters[t])          # A1 serial

@@ -4,6 +4,7 @@ mixed-family run_multi_task.py run (GLUE, SQuAD v2.0, CoNLL, SWAG) trains one wi
 Tiny random BERT (tests/test_run_multi_task_mixed.py's fixture)."""
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -19,9 +20,12 @@ from test_run_multi_task_mixed import _argv, setup  # noqa: F401 (the module fix
 
 METHODS = {"lora": dict(lora=True, lora_r=4, lora_alpha=8, lora_dropout=0.1),
            "ia3": dict(ia3=True),
-           "parallel_adapter": dict(parallel_adapter=True, parallel_adapter_size=6)}
-# the parameter that starts at the identity (LoRA's B 0, (IA)^3's l 1, the parallel adapter's up 0)
-IDENTITY = {"lora_B.weight": 0.0, "ia3_l": 1.0, "up.weight": 0.0}
+           "parallel_adapter": dict(parallel_adapter=True, parallel_adapter_size=6),
+           "prefix_tuning": dict(prefix_tuning=True, prefix_length=3, prefix_hidden=8)}
+# a parameter with a known init: LoRA's B 0, (IA)^3's l 1, the parallel adapter's up 0, the bias of
+# the prefix MLP's output 0 (BERT init)
+IDENTITY = {"lora_B.weight": 0.0, "ia3_l": 1.0, "up.weight": 0.0, "mlp.2.bias": 0.0}
+TASK_INDEX = re.compile(r"(?:adapters|prefix_encoders)\.(\d+)\.")
 
 
 def _config(setup, name):  # noqa: F811
@@ -31,7 +35,7 @@ def _config(setup, name):  # noqa: F811
 
 
 def _adapter_keys(state):
-    return [k for k in state if "_adapters." in k or ".adapters." in k]
+    return [k for k in state if TASK_INDEX.search(k)]
 
 
 def _moved(state, key):
@@ -58,7 +62,7 @@ def test_mixed_run_with_freeze_task_lr_and_resume(setup, name):  # noqa: F811
     base = load_file(os.path.join(setup["model"], "model.safetensors"))
     shared = [k for k in trained if k.startswith("bert.") and k not in _adapter_keys(trained)]
     assert shared and all(torch.equal(trained[k], base[k.replace("bert.", "", 1)]) for k in shared)
-    moved = {int(k.split("adapters.")[1].split(".")[0]) for k in _adapter_keys(trained) if _moved(trained, k)}
+    moved = {int(TASK_INDEX.search(k).group(1)) for k in _adapter_keys(trained) if _moved(trained, k)}
     assert moved == {0, 1, 2, 3}
     model = modeling.BertForMultiTask.from_pretrained(str(full / "best"))
     assert getattr(model.config, name) and model.config.task_names == ["rte", "squad2", "conll", "swag"]

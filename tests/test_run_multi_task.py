@@ -121,13 +121,15 @@ def test_dry_run_bert_base_pals_budget_matches_reference(setup, tmp_path, capsys
 
 
 # per task without head, by hand: LoRA 2 projections x layers x r x (d + d); (IA)^3 layers x (3d + d_ff);
-# parallel adapter layers x (d b + b + b d + d)
+# parallel adapter layers x (d b + b + b d + d); prefix E + W1 + W2 (2 x layers x d outputs)
 @pytest.mark.parametrize("name, bert_base, minilm", [
     ("lora", 12 * 2 * 8 * 1536, 6 * 2 * 8 * 768),
     ("lora_budget", 12 * 2 * 49 * 1536, 6 * 2 * 29 * 768),
     ("ia3", 12 * (3 * 768 + 3072), 6 * (3 * 384 + 1536)),
     ("parallel_adapter", 12 * (2 * 768 * 64 + 64 + 768), 6 * (2 * 384 * 64 + 64 + 384)),
     ("parallel_adapter_budget", 12 * (2 * 768 * 98 + 98 + 768), 6 * (2 * 384 * 58 + 58 + 384)),
+    ("prefix_budget", 20 * 768 + 768 * 93 + 93 + 93 * 24 * 768 + 24 * 768,
+     20 * 384 + 384 * 51 + 51 + 51 * 12 * 384 + 12 * 384),
 ])
 def test_dry_run_lora_ia3_counts_on_bert_base_and_minilm(setup, tmp_path, capsys, name, bert_base, minilm):
     folder = tmp_path / "bert_base"
