@@ -253,8 +253,11 @@ class IA3(nn.Module):
     def init_weights(self):
         nn.init.ones_(self.ia3_l)
 
-    def forward(self, x, linear):
-        return linear(x * self.ia3_l) if self.input_side else linear(x) * self.ia3_l
+    def forward(self, x, linear):  # l in the activations' dtype: no fp32 copy of them under autocast
+        if self.input_side:
+            return linear(x * self.ia3_l.to(x.dtype))
+        y = linear(x)
+        return y * self.ia3_l.to(y.dtype)
 
 
 class ParallelAdapter(nn.Module):
