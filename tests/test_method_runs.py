@@ -1,7 +1,8 @@
 """LoRA, (IA)^3 and parallel-adapter configs in the runners: every single-task runner trains and reloads one, and a
 mixed-family run_multi_task.py run (GLUE, SQuAD v2.0, CoNLL, SWAG) trains one with --freeze and
 --task_lr, resumes bit-identically, leaves the encoder as it was and moves every task's modules.
-Tiny random BERT (tests/test_run_multi_task_mixed.py's fixture)."""
+--add_tasks onto a LoRA model and our adapter files of a LoRA task work too. Tiny random BERT
+(tests/test_run_multi_task_mixed.py's fixture)."""
 import json
 import os
 import re
@@ -92,3 +93,36 @@ def test_every_runner_trains_and_reloads_each_method(setup, runner, tmp_path):  
         assert any(_moved(state, k) for k in keys)  # trained: left the identity init
         model = modeling.BertForMultiTask.from_pretrained(str(out))
         assert getattr(model.config, name)
+
+
+def test_add_tasks_and_adapter_files_with_lora(setup):  # noqa: F811
+    """--add_tasks onto a LoRA model leaves the old tasks bit-identical and trains the new task's LoRA;
+    that task exports and imports (our format) onto the old model."""
+    import multitask as mt
+
+    def argv(out, tasks, data_tasks, *extra):
+        args = _argv(setup, out, *extra)
+        args[args.index("--tasks") + 1] = tasks
+        i = args.index("--task_data")  # squad2 is not in these runs
+        args[i + 1] = ",".join(e for e in args[i + 1].split(",") if e.split("=")[0] in data_tasks)
+        i = args.index("--task_max_seq_length")
+        return args[:i] + args[i + 2:]
+    old, new = setup["base"] / "lora-old", setup["base"] / "lora-new"
+    assert run_multi_task.main(argv(old, "rte,swag", ("swag",), "--config", _config(setup, "lora"), "--num_train_epochs", 1,
+                                    "--steps_per_epoch", 2, "--warmup_proportion", 0)) == 0
+    args = argv(new, "rte,swag", ("conll",), "--config", "none", "--num_train_epochs", 1, "--steps_per_epoch", 2,
+                "--warmup_proportion", 0, "--add_tasks", "conll")
+    args[args.index("--bert_model") + 1] = str(old / "best")
+    args.remove("--tasks"), args.remove("rte,swag")
+    assert run_multi_task.main(args) == 0
+    before, after = (load_file(str(d / "best" / "model.safetensors")) for d in (old, new))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert any(_moved(after, k) for k in after if "_adapters.2." in k)
+    exported = setup["base"] / "lora-conll"
+    mt.export_task_adapter(str(new / "best"), "conll", str(exported))
+    model, info = mt.import_task_adapter(str(old / "best"), str(exported))
+    assert model.config.task_names == ["rte", "swag", "conll"] and model.config.lora
+    theirs = dict(modeling.task_parameter_pairs(modeling.BertForMultiTask.from_pretrained(str(new / "best")), 2))
+    ours = dict(modeling.task_parameter_pairs(model, 2))
+    state = model.state_dict()
+    assert set(ours) == set(theirs) and all(torch.equal(state[ours[k]], after[theirs[k]]) for k in ours)
