@@ -1,8 +1,8 @@
-"""LoRA, (IA)^3 and parallel-adapter configs in the runners: every single-task runner trains and reloads one, and a
-mixed-family run_multi_task.py run (GLUE, SQuAD v2.0, CoNLL, SWAG) trains one with --freeze and
---task_lr, resumes bit-identically, leaves the encoder as it was and moves every task's modules.
---add_tasks onto a LoRA model and our adapter files of a LoRA task work too. Tiny random BERT
-(tests/test_run_multi_task_mixed.py's fixture)."""
+"""LoRA, (IA)^3, prefix-tuning and parallel-adapter configs in the runners: every single-task
+runner trains and reloads one, and a mixed-family run_multi_task.py run (GLUE, SQuAD v2.0, CoNLL,
+SWAG) trains one with --freeze and --task_lr, resumes bit-identically, leaves the encoder as it was
+and moves every task's modules. --add_tasks onto a LoRA model and our adapter files of a LoRA task
+work too. Tiny random BERT (tests/test_run_multi_task_mixed.py's fixture)."""
 import json
 import os
 import re
@@ -103,13 +103,13 @@ def test_add_tasks_and_adapter_files_with_lora(setup):  # noqa: F811
     def argv(out, tasks, data_tasks, *extra):
         args = _argv(setup, out, *extra)
         args[args.index("--tasks") + 1] = tasks
-        i = args.index("--task_data")  # squad2 is not in these runs
+        i = args.index("--task_data")  # only the families these runs train
         args[i + 1] = ",".join(e for e in args[i + 1].split(",") if e.split("=")[0] in data_tasks)
         i = args.index("--task_max_seq_length")
         return args[:i] + args[i + 2:]
     old, new = setup["base"] / "lora-old", setup["base"] / "lora-new"
-    assert run_multi_task.main(argv(old, "rte,swag", ("swag",), "--config", _config(setup, "lora"), "--num_train_epochs", 1,
-                                    "--steps_per_epoch", 2, "--warmup_proportion", 0)) == 0
+    assert run_multi_task.main(argv(old, "rte,swag", ("swag",), "--config", _config(setup, "lora"),
+                                    "--num_train_epochs", 1, "--steps_per_epoch", 2, "--warmup_proportion", 0)) == 0
     args = argv(new, "rte,swag", ("conll",), "--config", "none", "--num_train_epochs", 1, "--steps_per_epoch", 2,
                 "--warmup_proportion", 0, "--add_tasks", "conll")
     args[args.index("--bert_model") + 1] = str(old / "best")
