@@ -47,7 +47,8 @@ STRUCTURAL_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attent
 # (hidden 768, `<name>_config.json`) and for the bundled MiniLM (hidden 384, `minilm_<name>_config.json`).
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 ADAPTER_CONFIGS = ("pals", "low_rank", "top_attn", "top_bert_layer", "houlsby", "houlsby_plus_pals",
-                   "houlsby_original", "lhuc")
+                   "houlsby_original", "lhuc", "lora", "lora_budget", "ia3",
+                   "parallel_adapter", "parallel_adapter_budget", "prefix", "prefix_budget")
 _CONFIG_PREFIX_BY_HIDDEN = {768: "", 384: "minilm_"}
 
 

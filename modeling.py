@@ -83,6 +83,11 @@ def sdpa(q, k, v, mask, dropout_p, head_align=1):
     return ctx[..., :head_size]
 
 
+def project(linear, adapters, x, task_id):
+    """`linear(x)`, through task `task_id`'s wrapper of it when a method wraps it (LoRA, (IA)^3)."""
+    return linear(x) if adapters is None else adapters[task_id](x, linear)
+
+
 def _autocast_dtype(device_type):
     """The autocast dtype if autocast is on for this device type, else None."""
     try:
@@ -113,23 +118,32 @@ class BertSelfAttention(nn.Module):
     and in the top projected attention (size d_s, top_num_heads).
     """
 
-    def __init__(self, size, num_heads, dropout):
+    def __init__(self, size, num_heads, dropout, projections=None):
         super().__init__()
+        projections = projections or {}
         if size % num_heads:
             raise ConfigError(f"attention size {size} is not divisible by its {num_heads} heads")
         self.num_heads, self.head_size = num_heads, size // num_heads
         self.query = nn.Linear(size, size)
         self.key = nn.Linear(size, size)
         self.value = nn.Linear(size, size)
+        # task_adapters' projection slots: per-task wrappers of query / key / value, or None
+        self.query_adapters = projections.get("query")
+        self.key_adapters = projections.get("key")
+        self.value_adapters = projections.get("value")
+        self.prefix = projections.get("prefix")  # per-task prefix keys/values (prefix tuning), or None
         self.dropout_p = dropout
 
-    def forward(self, x, mask):  # x [B,S,size], mask additive [B,1,1,S] or None
+    def forward(self, x, mask, task_id=0):  # x [B,S,size], mask additive [B,1,1,S] or None
         B, S, _ = x.shape
 
         def heads(t):  # [B,S,size] -> [B,h,S,hd]
             return t.view(B, S, self.num_heads, self.head_size).transpose(1, 2)
 
-        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        q, k, v = (heads(project(lin, ad, x, task_id)) for lin, ad in (
+            (self.query, self.query_adapters), (self.key, self.key_adapters), (self.value, self.value_adapters)))
+        if self.prefix is not None:
+            k, v, mask = self._with_prefix(k, v, mask, task_id)
         if mask is not None and mask.dtype != q.dtype:  # BertModel builds it in q's dtype; others may not
             mask = mask.to(q.dtype)
         ctx = sdpa(q, k, v, mask, self.dropout_p if self.training else 0.0,
@@ -137,41 +151,55 @@ class BertSelfAttention(nn.Module):
         return ctx.transpose(1, 2).reshape(B, S, self.num_heads * self.head_size)
 
 
+    def _with_prefix(self, k, v, mask, task_id):
+        """Task `task_id`'s prefix keys/values before the tokens' [B,h,L+S,hd]; the mask gets L zeros
+        (attended) in front, so padding stays masked."""
+        B = k.shape[0]
+        pk, pv = (t.to(k.dtype).view(1, -1, self.num_heads, self.head_size).transpose(1, 2).expand(B, -1, -1, -1)
+                  for t in self.prefix[task_id]())
+        if mask is not None:
+            mask = F.pad(mask, (pk.shape[2], 0))
+        return torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2), mask
+
+
 class BertSelfOutput(nn.Module):
     """dense -> dropout -> [serial adapter: x + A_t(x)] -> LayerNorm(x + input)."""
 
-    def __init__(self, size, dropout, eps, adapters=None):
+    def __init__(self, size, dropout, eps, adapters=None, dense_adapters=None):
         super().__init__()
         self.dense = nn.Linear(size, size)
         self.LayerNorm = nn.LayerNorm(size, eps=eps)
         self.dropout = nn.Dropout(dropout)
         self.adapters = adapters
+        self.dense_adapters = dense_adapters
 
     def forward(self, x, input_tensor, task_id=0, mask=None):
-        x = self.dropout(self.dense(x))
+        x = self.dropout(project(self.dense, self.dense_adapters, x, task_id))
         if self.adapters is not None:
             x = x + self.adapters[task_id](x, mask)
         return self.LayerNorm(x + input_tensor)
 
 
 class BertAttention(nn.Module):
-    def __init__(self, size, num_heads, attn_dropout, hidden_dropout, eps, adapters=None):
+    def __init__(self, size, num_heads, attn_dropout, hidden_dropout, eps, adapters=None, projections=None):
         super().__init__()
-        self.self = BertSelfAttention(size, num_heads, attn_dropout)
-        self.output = BertSelfOutput(size, hidden_dropout, eps, adapters)
+        projections = projections or {}
+        self.self = BertSelfAttention(size, num_heads, attn_dropout, projections)
+        self.output = BertSelfOutput(size, hidden_dropout, eps, adapters, projections.get("attention_output"))
 
     def forward(self, x, mask, task_id=0):
-        return self.output(self.self(x, mask), x, task_id, mask)
+        return self.output(self.self(x, mask, task_id), x, task_id, mask)
 
 
 class BertIntermediate(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config, dense_adapters=None):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
         self.act = ACTIVATIONS[config.hidden_act]
+        self.dense_adapters = dense_adapters
 
-    def forward(self, x):
-        return self.act(self.dense(x))
+    def forward(self, x, task_id=0):
+        return self.act(project(self.dense, self.dense_adapters, x, task_id))
 
 
 class BertOutput(nn.Module):
@@ -181,16 +209,17 @@ class BertOutput(nn.Module):
     `serial=False`: it reads the FFN input (the reference's Houlsby-style A2, in parallel to the FFN).
     """
 
-    def __init__(self, config, adapters=None, serial=False):
+    def __init__(self, config, adapters=None, serial=False, dense_adapters=None):
         super().__init__()
         self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.adapters = adapters
         self.serial = serial
+        self.dense_adapters = dense_adapters
 
     def forward(self, x, input_tensor, task_id=0, mask=None, parallel=None):
-        y = self.dropout(self.dense(x))
+        y = self.dropout(project(self.dense, self.dense_adapters, x, task_id))
         if self.adapters is not None:
             y = y + self.adapters[task_id](y if self.serial else input_tensor, mask)
         if parallel is not None:
@@ -209,6 +238,8 @@ class BertLayer(nn.Module):
     - `beside_layer` -> `adapters`: parallel to the whole layer, reads the layer input h, added
       before the output LN (PALs / low-rank of `mult`): out = LN2(F(a) + a + TS_t(h)).
     - `scale` -> `lhuc`: scales the `adapters` output if present, else the layer output.
+    - the projection slots (`query`, `key`, `value`, `attention_output`, `ffn_in`, `ffn_out`) ->
+      `<module>.<name>_adapters` beside that projection: per-task wrappers of it (LoRA, (IA)^3).
     """
 
     def __init__(self, config, slots=None):
@@ -216,10 +247,11 @@ class BertLayer(nn.Module):
         slots = slots or {}
         self.attention = BertAttention(config.hidden_size, config.num_attention_heads,
                                        config.attention_probs_dropout_prob, config.hidden_dropout_prob,
-                                       config.layer_norm_eps, slots.get("after_attention"))
-        self.intermediate = BertIntermediate(config)
+                                       config.layer_norm_eps, slots.get("after_attention"), slots)
+        self.intermediate = BertIntermediate(config, slots.get("ffn_in"))
         ffn_serial = "after_ffn" in slots
-        self.output = BertOutput(config, slots.get("after_ffn" if ffn_serial else "beside_ffn"), ffn_serial)
+        self.output = BertOutput(config, slots.get("after_ffn" if ffn_serial else "beside_ffn"), ffn_serial,
+                                 slots.get("ffn_out"))
         self.adapters = slots.get("beside_layer")
         self.lhuc = slots.get("scale")
 
@@ -230,7 +262,7 @@ class BertLayer(nn.Module):
             parallel = self.adapters[task_id](h, mask)
             if self.lhuc is not None:
                 parallel = self.lhuc[task_id](parallel)
-        out = self.output(self.intermediate(a), a, task_id, mask, parallel)
+        out = self.output(self.intermediate(a, task_id), a, task_id, mask, parallel)
         if self.lhuc is not None and self.adapters is None:
             out = self.lhuc[task_id](out)
         return out

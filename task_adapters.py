@@ -4,7 +4,8 @@
   ICML 2019), a base of `modeling.BertConfig`, with their checks.
 - The modules, each written once, each taking `(x, mask)` so a slot can hold any of them: `PAL`
   (projected attention layer), `LowRankAdapter` (also the Houlsby bottleneck), `LHUC`,
-  `TopProjectedAttention`. One copy per task in a `TaskModuleList` (index = task id).
+  `TopProjectedAttention`, `ParallelAdapter`; `LoRA` and `IA3` instead wrap a projection, taking
+  `(x, linear)`. One copy per task in a `TaskModuleList` (index = task id).
 - `SLOTS`: the places a layer (modeling.BertLayer) or the encoder holds per-task modules, and
   `METHODS`: which config key fills which slot with what. `Build` turns a config into the modules.
 
@@ -12,8 +13,9 @@ Adding a method: its module class, its config key(s) in `AdapterKeys`, one `Meth
 `METHODS` (docs/model.md#adding-an-adapter). This module imports nothing from modeling: the
 transformer blocks an adapter is made of (attention, a whole layer) are handed in as `Blocks`.
 """
+import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +50,19 @@ class AdapterKeys:
     num_tasks: Optional[int] = config_key(None, "adapter")  # adapter copies; None: len(task lists) or 1
     pal_num_heads: int = config_key(6, "adapter")          # heads of the PAL attention (reference: 6)
     top_num_heads: int = config_key(12, "adapter")         # heads of the top projected attention (12)
+    lora: bool = config_key(False, "adapter")              # per-task LoRA on projections (Hu et al. 2021)
+    lora_r: int = config_key(8, "adapter")                 # LoRA rank r
+    lora_alpha: float = config_key(16.0, "adapter")        # LoRA scale is lora_alpha / lora_r
+    lora_dropout: float = config_key(0.1, "adapter")       # dropout on the LoRA branch's input
+    lora_targets: Optional[List[str]] = config_key(None, "adapter")  # PROJECTIONS; None: query, value
+    ia3: bool = config_key(False, "adapter")               # per-task (IA)^3 rescaling (Liu et al. 2022)
+    ia3_targets: Optional[List[str]] = config_key(None, "adapter")  # PROJECTIONS; None: PEFT's BERT default
+    parallel_adapter: bool = config_key(False, "adapter")  # scaled adapter beside each FFN (He et al. 2022)
+    parallel_adapter_size: int = config_key(64, "adapter")  # its bottleneck
+    parallel_adapter_scale: float = config_key(4.0, "adapter")  # its output scale s
+    prefix_tuning: bool = config_key(False, "adapter")     # per-task prefix keys/values (Li & Liang 2021)
+    prefix_length: int = config_key(20, "adapter")         # prefix positions per layer
+    prefix_hidden: int = config_key(512, "adapter")        # width of the reparametrising MLP
 
     def validate_adapters(self):
         """Raise ConfigError for adapter settings that would crash or silently misbehave later."""
@@ -65,11 +80,33 @@ class AdapterKeys:
         if self.pals and self.hidden_size_aug % self.pal_num_heads:
             raise ConfigError(f"hidden_size_aug ({self.hidden_size_aug}) must be divisible by "
                               f"pal_num_heads ({self.pal_num_heads}) for PALs")
+        self._validate_projection_methods()
         if self.bert_lay_top and not self.top:
             raise ConfigError("config key 'bert_lay_top' needs 'top': true")
         if self.top and not self.bert_lay_top and self.hidden_size_aug % self.top_num_heads:
             raise ConfigError(f"hidden_size_aug ({self.hidden_size_aug}) must be divisible by "
                               f"top_num_heads ({self.top_num_heads}) for top projected attention")
+
+    def _validate_projection_methods(self):
+        for key in ("prefix_length", "prefix_hidden"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"config key '{key}' must be >= 1, got {getattr(self, key)}")
+        if self.parallel_adapter_size < 1:
+            raise ConfigError(f"config key 'parallel_adapter_size' must be >= 1, got {self.parallel_adapter_size}")
+        if self.lora_r < 1:
+            raise ConfigError(f"config key 'lora_r' must be >= 1, got {self.lora_r}")
+        if not self.lora_alpha > 0:
+            raise ConfigError(f"config key 'lora_alpha' must be > 0, got {self.lora_alpha}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"config key 'lora_dropout' must be in [0, 1), got {self.lora_dropout}")
+        for key in ("lora_targets", "ia3_targets"):
+            targets = getattr(self, key)
+            if targets is None:
+                continue
+            unknown = [t for t in targets if t not in PROJECTIONS]
+            if unknown or not targets or len(set(targets)) != len(targets):
+                raise ConfigError(f"config key '{key}' must list distinct projections of {', '.join(PROJECTIONS)}; "
+                                  f"got {targets}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -166,6 +203,129 @@ class TopProjectedAttention(nn.Module):
         return self.up(x)
 
 
+# The linear projections of a layer a method may wrap (slots of the same names, modeling.BertLayer):
+# name -> (input size key, output size key) of the config.
+PROJECTIONS = {
+    "query": ("hidden_size", "hidden_size"),
+    "key": ("hidden_size", "hidden_size"),
+    "value": ("hidden_size", "hidden_size"),
+    "attention_output": ("hidden_size", "hidden_size"),  # attention.output.dense
+    "ffn_in": ("hidden_size", "intermediate_size"),        # intermediate.dense
+    "ffn_out": ("intermediate_size", "hidden_size"),       # output.dense
+}
+LORA_TARGETS = ("query", "value")  # Hu et al. 2021 and PEFT's default for BERT
+# PEFT's default for BERT is target_modules ["key", "value", "output.dense"] with feed-forward module
+# "output.dense"; its suffix match takes `attention.output.dense` as well, so it scales the outputs of
+# key and value and the inputs of both output projections. We place it the same way, so files interchange.
+IA3_TARGETS = ("key", "value", "attention_output", "ffn_out")
+IA3_INPUT_SIDE = ("attention_output", "ffn_out")  # PEFT's feed-forward modules: the input is scaled
+
+
+class LoRA(nn.Module):
+    """Wraps a projection: W x + b + (alpha / r) B A dropout(x) (Hu et al. 2021).
+
+    Init as PEFT's LoraLayer: A Kaiming-uniform (a = sqrt 5), B zero, so the wrapped projection is
+    unchanged at init. Parameter names (`lora_A`, `lora_B`) and shapes are PEFT's."""
+
+    def __init__(self, in_features, out_features, r, alpha, dropout):
+        super().__init__()
+        self.lora_A = nn.Linear(in_features, r, bias=False)
+        self.lora_B = nn.Linear(r, out_features, bias=False)
+        self.dropout = nn.Dropout(dropout)
+        self.scaling = alpha / r
+
+    def init_weights(self):
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+
+    def forward(self, x, linear):
+        return linear(x) + self.lora_B(self.lora_A(self.dropout(x))) * self.scaling
+
+
+class IA3(nn.Module):
+    """Wraps a projection: (W x + b) * l, or W (x * l) + b for `input_side` (Liu et al. 2022); l = 1 at init."""
+
+    def __init__(self, size, input_side):
+        super().__init__()
+        self.ia3_l = nn.Parameter(torch.ones(size))
+        self.input_side = input_side
+
+    def init_weights(self):
+        nn.init.ones_(self.ia3_l)
+
+    def forward(self, x, linear):  # l in the activations' dtype: no fp32 copy of them under autocast
+        if self.input_side:
+            return linear(x * self.ia3_l.to(x.dtype))
+        y = linear(x)
+        return y * self.ia3_l.to(y.dtype)
+
+
+class ParallelAdapter(nn.Module):
+    """s * up(ReLU(down(x))) beside the FFN, reading its input (He et al. 2022, "scaled PA").
+
+    Init as their code's LoRA-style init: down Kaiming-uniform (a = sqrt 5), up and biases 0, so the
+    layer is unchanged at init."""
+
+    def __init__(self, size, bottleneck, scale):
+        super().__init__()
+        self.down = nn.Linear(size, bottleneck)
+        self.up = nn.Linear(bottleneck, size)
+        self.scale = scale
+
+    def init_weights(self):
+        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
+        for t in (self.down.bias, self.up.weight, self.up.bias):
+            nn.init.zeros_(t)
+
+    def forward(self, x, mask=None):
+        return self.up(F.relu(self.down(x))) * self.scale
+
+
+class PrefixEncoder(nn.Module):
+    """One task's prefixes of every layer, reparametrised (Li & Liang 2021): P = W2 tanh(W1 E + b1) + b2,
+    E [prefix_length, d]; the columns of P are (layer, key/value, d). Registered once per task on the
+    encoder (`prefix_encoders`) and read by each layer's `PrefixKeyValues`."""
+
+    def __init__(self, config):
+        super().__init__()
+        d, layers = config.hidden_size, config.num_hidden_layers
+        self.embedding = nn.Embedding(config.prefix_length, d)
+        self.mlp = nn.Sequential(nn.Linear(d, config.prefix_hidden), nn.Tanh(),
+                                 nn.Linear(config.prefix_hidden, layers * 2 * d))
+        self.size = d
+
+    def layer(self, index):
+        """(keys, values) [prefix_length, d] of layer `index`: only its rows of the last projection."""
+        hidden = self.mlp[1](self.mlp[0](self.embedding.weight))
+        out = self.mlp[2]
+        rows = slice(index * 2 * self.size, (index + 1) * 2 * self.size)
+        kv = F.linear(hidden, out.weight[rows], out.bias[rows])
+        return kv[:, :self.size], kv[:, self.size:]
+
+
+class PrefixKeyValues(nn.Module):
+    """Layer `index`'s prefix keys and values of one task, from that task's PrefixEncoder (held by
+    plain reference, as PAL holds V^E/V^D: no aliases in the state dict; no parameters of its own)."""
+
+    def __init__(self, encoder, index):
+        super().__init__()
+        self._shared = (encoder,)
+        self.index = index
+
+    def forward(self):
+        return self._shared[0].layer(self.index)
+
+
+def lora_slots(config):
+    """{projection slot: builder} of the LoRA method (config key `lora_targets`)."""
+    return {p: (lambda b, t, p=p: b.lora(p)) for p in config.lora_targets or LORA_TARGETS}
+
+
+def ia3_slots(config):
+    """{projection slot: builder} of the (IA)^3 method (config key `ia3_targets`)."""
+    return {p: (lambda b, t, p=p: b.ia3(p)) for p in config.ia3_targets or IA3_TARGETS}
+
+
 # ----------------------------------------------------------------------------------------------
 # Where they go: slots, methods, and building them from a config
 # ----------------------------------------------------------------------------------------------
@@ -178,6 +338,7 @@ class TopProjectedAttention(nn.Module):
 #   beside_layer     parallel to the whole layer: LN2(F(a) + a + A_t(h)), reads the layer input h
 #   scale            multiplies the beside_layer output if there is one, else the layer output
 #   top              on top of the encoder: replaces the last layer's hidden states
+#   PROJECTIONS      wrap one linear projection: the module gets (x, linear) and returns its output
 SLOTS = {
     "after_attention": "attention.output.adapters",
     "beside_ffn": "output.adapters",
@@ -185,6 +346,13 @@ SLOTS = {
     "beside_layer": "adapters",
     "scale": "lhuc",
     "top": "top",
+    "query": "attention.self.query_adapters",
+    "key": "attention.self.key_adapters",
+    "value": "attention.self.value_adapters",
+    "attention_output": "attention.output.dense_adapters",
+    "ffn_in": "intermediate.dense_adapters",
+    "ffn_out": "output.dense_adapters",
+    "prefix": "attention.self.prefix",  # PrefixKeyValues: keys/values put before the layer's own
 }
 ENCODER_SLOTS = ("top",)
 
@@ -203,6 +371,7 @@ class Build:
     config: object
     blocks: Blocks
     shared: Dict[str, TaskModuleList] = field(default_factory=dict)  # encoder-level modules by name
+    layer_index: int = -1  # the layer slots("layer") builds now (counted: the encoder builds them in order)
 
     def low_rank(self, near_identity=False):
         c = self.config
@@ -215,6 +384,16 @@ class Build:
             return self.low_rank()
         attention = self.blocks.self_attention(c.hidden_size_aug, c.pal_num_heads, c.attention_probs_dropout_prob)
         return PAL(attention, self.shared["pal_encoders"][task_id], self.shared["pal_decoders"][task_id])
+
+    def lora(self, projection):
+        c = self.config
+        size_in, size_out = (getattr(c, k) for k in PROJECTIONS[projection])
+        return LoRA(size_in, size_out, c.lora_r, c.lora_alpha, c.lora_dropout)
+
+    def ia3(self, projection):
+        size_in, size_out = (getattr(self.config, k) for k in PROJECTIONS[projection])
+        input_side = projection in IA3_INPUT_SIDE
+        return IA3(size_in if input_side else size_out, input_side)
 
     def top(self, task_id):
         c = self.config
@@ -235,8 +414,11 @@ class Build:
     def slots(self, where):
         """{slot: TaskModuleList} of one layer (`where="layer"`) or of the encoder (`"encoder"`)."""
         filled, places = {}, {}
+        if where == "layer":
+            self.layer_index += 1
         for method in active_methods(self.config):
-            for slot, make in method.slots.items():
+            method_slots = method.slots(self.config) if callable(method.slots) else method.slots
+            for slot, make in method_slots.items():
                 if (slot in ENCODER_SLOTS) != (where == "encoder"):
                     continue
                 place = SLOTS[slot]
@@ -254,10 +436,11 @@ class Build:
 @dataclass(frozen=True)
 class Method:
     """An adapter method: the boolean config key that turns it on, the per-task module it puts in
-    each slot (`builder(build, task_id)`), and per-task modules it registers once on the encoder
-    (`shared`: name -> `maker(config)`, built before the layers)."""
+    each slot (`builder(build, task_id)`; or a function of the config giving that dict, when the
+    config chooses the slots), and per-task modules it registers once on the encoder (`shared`:
+    name -> `maker(config)`, built before the layers)."""
     key: str
-    slots: Dict[str, Callable] = field(default_factory=dict)
+    slots: Union[Dict[str, Callable], Callable] = field(default_factory=dict)
     shared: Dict[str, Callable] = field(default_factory=dict)
 
 
@@ -276,6 +459,12 @@ METHODS = (
                                       "after_ffn": lambda b, t: b.low_rank(near_identity=True)}),
     Method("lhuc", slots={"scale": lambda b, t: LHUC(b.config.hidden_size)}),
     Method("top", slots={"top": Build.top}),
+    Method("lora", slots=lora_slots),
+    Method("ia3", slots=ia3_slots),
+    Method("parallel_adapter", slots={"beside_ffn": lambda b, t: ParallelAdapter(
+        b.config.hidden_size, b.config.parallel_adapter_size, b.config.parallel_adapter_scale)}),
+    Method("prefix_tuning", shared={"prefix_encoders": PrefixEncoder},
+           slots={"prefix": lambda b, t: PrefixKeyValues(b.shared["prefix_encoders"][t], b.layer_index)}),
 )
 
 

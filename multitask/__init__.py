@@ -18,6 +18,7 @@ order a run uses them; `import multitask as mt; mt.X` reaches every public name:
 - selection:     `ModelSelector` (joint best, per-task best, patience), results.json;
 - saving:        best/ with task_labels.json, per-task best modules, checks on a saved model's tasks;
 - adapter_files: one task's modules and head as a file (export/import, base-encoder fingerprint);
+- peft_files:    a LoRA / (IA)^3 task as a PEFT adapter folder and back (export_adapter.py --format peft);
 - epoch:         the Trainer hooks `TrainLossLog` and `EpochEnd`.
 """
 from .adapter_files import (

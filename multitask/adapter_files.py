@@ -12,6 +12,7 @@ import file_utils
 import modeling
 from file_utils import ConfigError, atomic_write_json
 
+from . import peft_files
 from .saving import _write_safetensors
 
 ADAPTER_WEIGHTS = "adapter.safetensors"  # the task's tensors under portable names (no task index)
@@ -121,11 +122,17 @@ def read_task_adapter(adapter_dir):
     return info, tensors
 
 
-def import_task_adapter(model_dir, adapter_dir):
+def import_task_adapter(model_dir, adapter_dir, task=None):
     """The model in `model_dir` (a multi-task model, or a plain BERT) with the exported task added as
     its last task -> (model, the adapter's info). Refuses an adapter made on another base model
-    (encoder fingerprint), with other adapter settings, or for a task the model already has."""
-    info, tensors = read_task_adapter(adapter_dir)
+    (encoder fingerprint), with other adapter settings, or for a task the model already has.
+    A PEFT LoRA / (IA)^3 folder (peft_files) has no task name and no fingerprint: `task` names it."""
+    if peft_files.is_peft_folder(adapter_dir):
+        if not task:
+            raise ConfigError(f"{adapter_dir} is a PEFT adapter folder, which names no task: give --task NAME")
+        info, tensors = peft_files.read_peft_adapter(adapter_dir, task)
+    else:
+        info, tensors = read_task_adapter(adapter_dir)
     _, merged, weights_path = modeling.read_pretrained(model_dir)
     names = list(merged.get("task_names") or [])
     task = info["task"]
@@ -155,7 +162,7 @@ def import_task_adapter(model_dir, adapter_dir):
     finally:
         quiet.setLevel(level)
     want, have = info["base_model"]["encoder_sha256"], encoder_fingerprint(model)
-    if want != have:
+    if want is not None and want != have:
         raise ConfigError(f"{adapter_dir}: exported from another base model (encoder sha256 {want[:16]}..., "
                           f"{model_dir} has {have[:16]}...); import it onto the model it came from, or one with the "
                           "same encoder weights")

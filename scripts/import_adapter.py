@@ -5,8 +5,10 @@
 The model may be a fine-tuned multi-task model (the task becomes its last task; its task modules
 must be of the same kind) or the plain BERT the adapter was trained on with --freeze (the encoder
 is then unchanged). A different base (its shared encoder weights differ from those the adapter
-was exported from) is refused. The output is a normal model folder: run_multi_task.py --no_train
-and --predict take it as --bert_model.
+was exported from) is refused. A PEFT LoRA or (IA)^3 adapter folder (adapter_config.json) is
+imported too, as task --task, onto the base it was trained on (PEFT records no fingerprint).
+The output is a normal model folder: run_multi_task.py --no_train and --predict take it as
+--bert_model.
 """
 import argparse
 import os
@@ -22,11 +24,12 @@ def main(argv=None):
     parser.add_argument("model_dir", help="the model to add the task to (multi-task folder or plain BERT)")
     parser.add_argument("adapter_dir", help="a folder written by export_adapter.py")
     parser.add_argument("--output_dir", required=True, help="a new folder for the model with the added task")
+    parser.add_argument("--task", help="the task name of a PEFT adapter folder (it names none)")
     args = parser.parse_args(argv)
     model_dir = resolve_model_dir(args.model_dir)
     if os.path.isdir(args.output_dir) and os.listdir(args.output_dir):
         raise ConfigError(f"{args.output_dir} exists and is not empty; write the model into a new folder")
-    model, info = mt.import_task_adapter(model_dir, args.adapter_dir)
+    model, info = mt.import_task_adapter(model_dir, args.adapter_dir, args.task and args.task.strip().lower())
     names = model.config.task_names
     labels = {k: v for k, v in tasks.saved_labels(model_dir).items() if k in names}
     if info.get("labels") is not None:

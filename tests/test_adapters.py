@@ -28,6 +28,29 @@ BUDGETS = {
     "top_bert_layer_config.json": 166_197_520,
     "bert_base_config.json": BERT_BASE + 12_304,
 }
+# LoRA and (IA)^3, by hand: heads 769 x 16 outputs = 12,304 (MiniLM: 385 x 16 = 6,160); per task and layer
+# LoRA r (d_in + d_out) per projection (query, value: 2 x r x 2d), (IA)^3 d (key) + d (value) + d (input
+# of the attention output) + d_ff (input of the FFN output).
+MINILM, MINILM_HEADS = 22_713_216, 6_160
+BUDGETS.update({
+    "lora_config.json": BERT_BASE + 12_304 + 8 * 12 * 2 * 8 * (768 + 768),          # 1.022x
+    "lora_budget_config.json": BERT_BASE + 12_304 + 8 * 12 * 2 * 49 * (768 + 768),  # 1.132x, PALs 1.133x
+    "ia3_config.json": BERT_BASE + 12_304 + 8 * 12 * (3 * 768 + 3072),              # 1.005x
+    "minilm_lora_config.json": MINILM + MINILM_HEADS + 8 * 6 * 2 * 8 * (384 + 384),
+    "minilm_lora_budget_config.json": MINILM + MINILM_HEADS + 8 * 6 * 2 * 29 * (384 + 384),  # 1.094x, PALs 1.095x
+    "minilm_ia3_config.json": MINILM + MINILM_HEADS + 8 * 6 * (3 * 384 + 1536),
+    "minilm_pals_config.json": 24_862_816,  # 1.095x (docs/model.md)
+    # parallel adapter, per task and layer: down d x b + b, up b x d + d
+    "parallel_adapter_config.json": BERT_BASE + 12_304 + 8 * 12 * (2 * 768 * 64 + 64 + 768),
+    "parallel_adapter_budget_config.json": BERT_BASE + 12_304 + 8 * 12 * (2 * 768 * 98 + 98 + 768),  # 1.133x
+    "minilm_parallel_adapter_config.json": MINILM + MINILM_HEADS + 8 * 6 * (2 * 384 * 64 + 64 + 384),
+    "minilm_parallel_adapter_budget_config.json": MINILM + MINILM_HEADS + 8 * 6 * (2 * 384 * 58 + 58 + 384),
+    # prefix tuning, per task: E (20 x d) + W1 (d x m + m) + W2 (m x 2 layers d + 2 layers d)
+    "prefix_config.json": BERT_BASE + 12_304 + 8 * (20 * 768 + 768 * 512 + 512 + 512 * 18_432 + 18_432),
+    "prefix_budget_config.json": BERT_BASE + 12_304 + 8 * (20 * 768 + 768 * 93 + 93 + 93 * 18_432 + 18_432),  # 1.133x
+    "minilm_prefix_config.json": MINILM + MINILM_HEADS + 8 * (20 * 384 + 384 * 512 + 512 + 512 * 4_608 + 4_608),
+    "minilm_prefix_budget_config.json": MINILM + MINILM_HEADS + 8 * (20 * 384 + 384 * 51 + 51 + 51 * 4_608 + 4_608),
+})
 
 
 def build_meta(path, labels=GLUE_LABELS):
@@ -108,7 +131,16 @@ MODES = {
     "top_bert_layer": dict(top=True, bert_lay_top=True),
     "houlsby_original_pals_lhuc": dict(houlsby_original=True, mult=True, pals=True, lhuc=True, extra_dim=6),
     "low_rank_top_attn": dict(mult=True, top=True),
+    "parallel_adapter": dict(parallel_adapter=True, parallel_adapter_size=5, parallel_adapter_scale=3.0),
+    # every projection slot wrapped, both sides of (IA)^3, beside a parallel adapter
+    "lora_ia3_parallel": dict(lora=True, lora_r=3, lora_alpha=9.0, lora_targets=["query", "ffn_in", "ffn_out"],
+                              ia3=True, ia3_targets=["key", "value", "attention_output"], parallel_adapter=True,
+                              parallel_adapter_size=5),
+    "prefix_tuning": dict(prefix_tuning=True, prefix_length=3, prefix_hidden=6),
+    "prefix_pals_lora": dict(prefix_tuning=True, prefix_length=2, prefix_hidden=5, mult=True, pals=True, lora=True,
+                             lora_r=2, lora_alpha=5.0),
 }
+INPUT_SCALED = ("attention.output.dense", "output.dense")  # (IA)^3 scales these projections' inputs
 
 
 def make(mode, tasks=(2, 3), scramble=True, seed=0):
@@ -135,15 +167,39 @@ def layer_norm(x, m, eps=1e-12):
     return (x - mu) / torch.sqrt(var + eps) * m.weight + m.bias
 
 
-def mha(x, sa, heads, mask):
-    """Plain softmax attention (no SDPA), context without output projection."""
+def proj(x, linear, wrappers, t, cfg, name):
+    """A projection, with task t's LoRA (W x + b + alpha/r B A x) or (IA)^3 ((W x + b) l, W (x l) + b) if any."""
+    if wrappers is None:
+        return lin(x, linear)
+    w = wrappers[t]
+    if cfg.get("lora") and hasattr(w, "lora_A"):
+        return lin(x, linear) + x @ w.lora_A.weight.T @ w.lora_B.weight.T * (cfg["lora_alpha"] / cfg["lora_r"])
+    return lin(x * w.ia3_l, linear) if name in INPUT_SCALED else lin(x, linear) * w.ia3_l
+
+
+def prefix_kv(enc, t, index):
+    """Li & Liang's reparametrisation by hand: P = W2 tanh(W1 E + b1) + b2, columns (layer, key/value, d)."""
+    pe = enc.prefix_encoders[t]
+    p = lin(torch.tanh(lin(pe.embedding.weight, pe.mlp[0])), pe.mlp[2])
+    p = p.view(p.shape[0], len(enc.layer), 2, -1)
+    return p[:, index, 0], p[:, index, 1]
+
+
+def mha(x, sa, heads, mask, t=0, cfg=None, prefix=None):
+    """Plain softmax attention (no SDPA), context without output projection; `prefix`: (keys,
+    values) [L, size] put before the tokens' and always attended."""
     B, S, size = x.shape
     hd = size // heads
 
     def split(t):
-        return t.view(B, S, heads, hd).transpose(1, 2)
+        return t.reshape(t.shape[0], t.shape[1], heads, hd).transpose(1, 2)
 
-    q, k, v = split(lin(x, sa.query)), split(lin(x, sa.key)), split(lin(x, sa.value))
+    q, k, v = (split(proj(x, getattr(sa, n), getattr(sa, f"{n}_adapters", None), t, cfg or {}, n))
+               for n in ("query", "key", "value"))
+    if prefix is not None:
+        pk, pv = (split(p[None]).expand(B, -1, -1, -1) for p in prefix)
+        k, v = torch.cat([pk, k], 2), torch.cat([pv, v], 2)
+        mask = torch.cat([torch.ones(B, prefix[0].shape[0]), mask], 1)
     scores = q @ k.transpose(-1, -2) / hd ** 0.5 + (1.0 - mask[:, None, None, :]) * -10000.0
     return (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, S, size)
 
@@ -158,11 +214,19 @@ def pal(x, m, enc, dec, mask):
 
 def ref_layer(layer, h, mask, t, cfg, enc=None):
     """The reference wiring (bert_n_pals.md 1.3) written out for one layer and task t."""
-    x = lin(mha(h, layer.attention.self, HEADS, mask), layer.attention.output.dense)
+    out_dense = layer.attention.output
+    prefix = prefix_kv(enc, t, list(enc.layer).index(layer)) if cfg.get("prefix_tuning") else None
+    x = proj(mha(h, layer.attention.self, HEADS, mask, t, cfg, prefix), out_dense.dense,
+             getattr(out_dense, "dense_adapters", None), t, cfg, "attention.output.dense")
     if cfg.get("houlsby") or cfg.get("houlsby_original"):
         x = x + low_rank(x, layer.attention.output.adapters[t])          # A1 serial
     a = layer_norm(x + h, layer.attention.output.LayerNorm)
-    f = lin(gelu(lin(a, layer.intermediate.dense)), layer.output.dense)
+    f = proj(gelu(proj(a, layer.intermediate.dense, getattr(layer.intermediate, "dense_adapters", None), t, cfg,
+                       "intermediate.dense")),
+             layer.output.dense, getattr(layer.output, "dense_adapters", None), t, cfg, "output.dense")
+    if cfg.get("parallel_adapter"):  # He et al. 2022: s up(ReLU(down(a))) beside the FFN, before its residual + LN
+        pa = layer.output.adapters[t]
+        f = f + cfg.get("parallel_adapter_scale", 4.0) * lin(torch.relu(lin(a, pa.down)), pa.up)
     if cfg.get("houlsby"):
         a2 = layer.output.adapters[t]
         f = f + (pal(a, a2, enc.pal_encoders[t], enc.pal_decoders[t], mask) if cfg.get("pals") else low_rank(a, a2))

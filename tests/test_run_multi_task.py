@@ -120,6 +120,34 @@ def test_dry_run_bert_base_pals_budget_matches_reference(setup, tmp_path, capsys
     assert "2400 optimizer steps" in out  # 300 x 8 tasks
 
 
+# per task without head, by hand: LoRA 2 projections x layers x r x (d + d); (IA)^3 layers x (3d + d_ff);
+# parallel adapter layers x (d b + b + b d + d); prefix E + W1 + W2 (2 x layers x d outputs)
+@pytest.mark.parametrize("name, bert_base, minilm", [
+    ("lora", 12 * 2 * 8 * 1536, 6 * 2 * 8 * 768),
+    ("lora_budget", 12 * 2 * 49 * 1536, 6 * 2 * 29 * 768),
+    ("ia3", 12 * (3 * 768 + 3072), 6 * (3 * 384 + 1536)),
+    ("parallel_adapter", 12 * (2 * 768 * 64 + 64 + 768), 6 * (2 * 384 * 64 + 64 + 384)),
+    ("parallel_adapter_budget", 12 * (2 * 768 * 98 + 98 + 768), 6 * (2 * 384 * 58 + 58 + 384)),
+    ("prefix_budget", 20 * 768 + 768 * 93 + 93 + 93 * 24 * 768 + 24 * 768,
+     20 * 384 + 384 * 51 + 51 + 51 * 12 * 384 + 12 * 384),
+])
+def test_dry_run_lora_ia3_counts_on_bert_base_and_minilm(setup, tmp_path, capsys, name, bert_base, minilm):
+    folder = tmp_path / "bert_base"
+    folder.mkdir()
+    shutil.copy(os.path.join(ROOT, "configs", "bert_base_config.json"), folder / "config.json")
+    (folder / "model.safetensors").write_bytes(b"")  # never read by the dry run
+    heads = {"cola": 2, "mnli": 3, "sts-b": 1}
+    for model, width, per_task, one in ((str(folder), 768, bert_base, 109_482_240),
+                                        ("minilm-l6", 384, minilm, 22_713_216)):
+        argv = ["--data_dir", setup["data"], "--bert_model", model, "--config", name, "--dry_run", "--tasks", "all"]
+        assert run_multi_task.main(argv) == 0
+        out = " ".join(capsys.readouterr().out.split())
+        for task, labels in heads.items():
+            assert f"{task} {per_task + width * labels + labels:,d} (modules + head)" in out
+        total = one + 8 * per_task + (width + 1) * 16  # 16 head outputs over the 8 GLUE tasks
+        assert f"total {total:,d} ({total / one:.3f}x one BERT)" in out
+
+
 def test_end_to_end_table_best_model_predictions(setup, capsys):
     out = setup["base"] / "e2e"
     assert _run(setup, out, "--tasks", "all", "--sample", "anneal", "--num_train_epochs", 2,
