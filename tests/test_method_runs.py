@@ -6,6 +6,8 @@ work too. Tiny random BERT (tests/test_run_multi_task_mixed.py's fixture)."""
 import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -17,7 +19,8 @@ import run_multi_task
 import run_ner
 import run_squad
 import run_swag
-from test_run_multi_task_mixed import _argv, setup  # noqa: F401 (the module fixture)
+from test_run_multi_task_mixed import _argv, _free_port, setup  # noqa: F401 (the module fixture)
+from test_training_helpers import ROOT
 
 METHODS = {"lora": dict(lora=True, lora_r=4, lora_alpha=8, lora_dropout=0.1),
            "ia3": dict(ia3=True),
@@ -126,3 +129,26 @@ def test_add_tasks_and_adapter_files_with_lora(setup):  # noqa: F811
     ours = dict(modeling.task_parameter_pairs(model, 2))
     state = model.state_dict()
     assert set(ours) == set(theirs) and all(torch.equal(state[ours[k]], after[theirs[k]]) for k in ours)
+
+
+@pytest.mark.parametrize("name", ["lora", "prefix_tuning"])
+def test_ddp_two_processes_match_one_process(setup, name):  # noqa: F811
+    """torchrun, 2 CPU processes (gloo), the mixed families: LoRA's wrapped projections and prefix tuning's
+    extended attention mask train as in one process with the same global batch (dropout 0)."""
+    config = setup["base"] / f"{name}-nodrop.json"  # LoRA's own dropout off too: ranks draw other masks
+    no_dropout = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **({"lora_dropout": 0.0}
+                                                                                   if name == "lora" else {}))
+    config.write_text(json.dumps(dict(METHODS[name], **no_dropout)))
+    common = ("--config", str(config), "--num_train_epochs", 1, "--steps_per_epoch", 4, "--sample", "rr",
+              "--no_plots")
+    single, multi = setup["base"] / f"{name}-ddp1", setup["base"] / f"{name}-ddp2"
+    assert run_multi_task.main(_argv(setup, single, *common)) == 0
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT, CUDA_VISIBLE_DEVICES="")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+           os.path.join(ROOT, "run_multi_task.py"), *_argv(setup, multi, *common)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    wa, wb = load_file(str(single / "best" / "model.safetensors")), load_file(str(multi / "best" / "model.safetensors"))
+    adapters = _adapter_keys(wa)
+    assert adapters and any(_moved(wa, k) for k in adapters)  # the method's own weights trained
+    assert wa.keys() == wb.keys() and max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-4
