@@ -370,6 +370,28 @@ def write_predictions(path, source_path, predicted_tags):
 LABELS_FILE = "labels.txt"  # the tag list saved with a fine-tuned single-task NER model
 
 
+def build_tagged_windows(task, split, cache_format):
+    """A word-tagging task's features of one split (task.paths/sentences/tokenizer/labels/cache), through
+    its feature cache, and their windows' metadata into task.metas: shared by CoNLL NER and POS
+    (`cache_format`: each family's own cache key version)."""
+    path, sentences = task.paths[split], task.sentences[split]
+    key = {"task": f"{task.name}-{os.path.basename(path)}", "file": file_fingerprint(path),
+           "vocab": task.tokenizer.vocab_fingerprint, "lower": task.tokenizer.do_lower_case,
+           "max_seq_length": task.max_seq_length, "labels": task.labels, "count": len(sentences),
+           "format": cache_format}
+
+    def build():
+        features, metas, _ = convert_sentences_to_features(sentences, task.tokenizer, task.labels,
+                                                           task.max_seq_length)
+        for feature, meta in zip(features, metas):
+            feature["meta"] = [meta.sentence_index, meta.word_start, meta.first_piece]
+        return features
+
+    features = task.cache(key, build)
+    task.metas[split] = [WindowMeta(*f.pop("meta")) for f in features]
+    task.features[split] = features
+
+
 class Conll(Task):
     """CoNLL-2003-style NER as a task of a run: `train.txt`, `valid.txt` (or `dev.txt`) and `test.txt`
     in `data_dir`. The tag list is `labels` when given (e.g. a fine-tuned model's), else read from
@@ -392,21 +414,7 @@ class Conll(Task):
                 "test": os.path.join(self.data_dir, "test.txt")}[split]
 
     def _build(self, split):
-        path, sentences = self.paths[split], self.sentences[split]
-        key = {"task": f"{self.name}-{os.path.basename(path)}", "file": file_fingerprint(path),
-               "vocab": self.tokenizer.vocab_fingerprint, "lower": self.tokenizer.do_lower_case,
-               "max_seq_length": self.max_seq_length, "labels": self.labels, "count": len(sentences), "format": 2}
-
-        def build():
-            features, metas, _ = convert_sentences_to_features(sentences, self.tokenizer, self.labels,
-                                                               self.max_seq_length)
-            for feature, meta in zip(features, metas):
-                feature["meta"] = [meta.sentence_index, meta.word_start, meta.first_piece]
-            return features
-
-        features = self.cache(key, build)
-        self.metas[split] = [WindowMeta(*f.pop("meta")) for f in features]
-        self.features[split] = features
+        build_tagged_windows(self, split, cache_format=2)
 
     def prepare(self, train=True, dev=True, test=False):
         splits = [s for s, wanted in (("train", train), ("dev", dev), ("test", test)) if wanted]

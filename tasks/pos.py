@@ -20,9 +20,9 @@ import os
 import re
 from dataclasses import dataclass
 
-from file_utils import ConfigError, DataError, atomic_open, file_fingerprint, utf8_error
+from file_utils import ConfigError, DataError, atomic_open, utf8_error
 from tasks.base import STDIN, TOKEN_PADDING, Family, Task, plain_lines, register
-from tasks.conll import WindowMeta, convert_sentences_to_features, decode_predictions
+from tasks.conll import build_tagged_windows, convert_sentences_to_features, decode_predictions
 
 # The 17 Universal POS tags (UD v2), in the order of the UD documentation.
 UPOS_TAGS = ("ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON", "PROPN",
@@ -189,21 +189,7 @@ class Pos(Task):
                                                 f"({', '.join(self.labels)})")
 
     def _build(self, split):
-        path, sentences = self.paths[split], self.sentences[split]
-        key = {"task": f"{self.name}-{os.path.basename(path)}", "file": file_fingerprint(path),
-               "vocab": self.tokenizer.vocab_fingerprint, "lower": self.tokenizer.do_lower_case,
-               "max_seq_length": self.max_seq_length, "labels": self.labels, "count": len(sentences), "format": 1}
-
-        def build():
-            features, metas, _ = convert_sentences_to_features(sentences, self.tokenizer, self.labels,
-                                                               self.max_seq_length)
-            for feature, meta in zip(features, metas):
-                feature["meta"] = [meta.sentence_index, meta.word_start, meta.first_piece]
-            return features
-
-        features = self.cache(key, build)
-        self.metas[split] = [WindowMeta(*f.pop("meta")) for f in features]
-        self.features[split] = features
+        build_tagged_windows(self, split, cache_format=1)
 
     def count_train_examples(self):
         return len(read_conllu(find_file(self.data_dir, "train")))
