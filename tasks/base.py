@@ -117,6 +117,14 @@ def no_cache(key_parts, build):
     return build()
 
 
+
+def pop_column(features, name):
+    """Take one key (metadata the family keeps apart) out of every feature -> its values, in order:
+    from a list of feature dicts, or from the engine's FeatureTable (what a feature cache gives)."""
+    if hasattr(features, "pop_column"):
+        return features.pop_column(name)
+    return [f.pop(name) for f in features]
+
 class Task:
     """Base class of the task families. Subclasses set, in __init__:
 

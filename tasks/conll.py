@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 
 from file_utils import ConfigError, DataError, atomic_open, file_fingerprint, utf8_error
-from tasks.base import IGNORE_INDEX, STDIN, TOKEN_PADDING, Family, Task, plain_lines, register, softmax
+from tasks.base import IGNORE_INDEX, STDIN, TOKEN_PADDING, Family, Task, plain_lines, pop_column, register, softmax
 
 logger = logging.getLogger(__name__)
 
@@ -388,7 +388,7 @@ def build_tagged_windows(task, split, cache_format):
         return features
 
     features = task.cache(key, build)
-    task.metas[split] = [WindowMeta(*f.pop("meta")) for f in features]
+    task.metas[split] = [WindowMeta(*meta) for meta in pop_column(features, "meta")]
     task.features[split] = features
 
 

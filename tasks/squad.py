@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass, field
 
 from file_utils import ConfigError, DataError, atomic_open, file_fingerprint, utf8_error
-from tasks.base import STDIN, Family, Task, plain_lines, register
+from tasks.base import STDIN, Family, Task, plain_lines, pop_column, register
 from tasks.squad_eval import evaluate_v1, evaluate_v2, iter_questions
 
 logger = logging.getLogger(__name__)
@@ -680,7 +680,7 @@ class Squad(Task):
             return features
 
         features = self.cache(key, build)
-        metas = [SquadFeatureMeta(**f.pop("meta")) for f in features] if not is_training else None
+        metas = [SquadFeatureMeta(**meta) for meta in pop_column(features, "meta")] if not is_training else None
         return features, metas
 
     def prepare(self, train=True, dev=True, test=False):

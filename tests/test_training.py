@@ -129,8 +129,8 @@ def test_cached_features_builds_once_and_misses_on_changed_key(tmp_path):
         return [{"input_ids": [2, value, 3]}]
 
     key = {"task": "sst-2/train", "vocab": "abc", "max_seq_length": 128}
-    assert training.cached_features(str(tmp_path), key, lambda: build(5)) == [{"input_ids": [2, 5, 3]}]
-    assert training.cached_features(str(tmp_path), dict(key), lambda: build(6)) == [{"input_ids": [2, 5, 3]}]
+    assert list(training.cached_features(str(tmp_path), key, lambda: build(5))) == [{"input_ids": [2, 5, 3]}]
+    assert list(training.cached_features(str(tmp_path), dict(key), lambda: build(6))) == [{"input_ids": [2, 5, 3]}]
     assert calls == [5]
     assert training.cached_features(str(tmp_path), dict(key, max_seq_length=64),
                                     lambda: build(7))[0]["input_ids"][1] == 7
@@ -155,7 +155,7 @@ def test_cached_features_round_trip_every_value_kind(tmp_path):
     key = {"task": "kinds"}
     training.cached_features(str(tmp_path), key, lambda: features)
     loaded = training.cached_features(str(tmp_path), key, lambda: pytest.fail("must come from the cache"))
-    assert loaded == features
+    assert list(loaded) == features
     assert [type(v) for v in loaded[0].values()] == [type(v) for v in features[0].values()]
 
 

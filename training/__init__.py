@@ -2,8 +2,9 @@
 
 A package in parts (docs/engine.md#layout): options (flags -> EngineOptions), environment (device,
 distributed, threads, model loading), outputs (the output folder), data (cache, collate, batches,
-streams), prediction, checkpoints, trainer (the Trainer) and single_task (the single-task runners'
-block). Everything is re-exported here: `import training; training.Trainer`.
+streams), features (FeatureTable: features as array columns), prediction, checkpoints, trainer (the
+Trainer) and single_task (the single-task runners' block).
+Everything is re-exported here: `import training; training.Trainer`.
 
 A runner parses its flags (most of them from `add_engine_args`), builds features with its task
 module, and hands them to this package, which owns everything between the features and the
@@ -52,7 +53,9 @@ from training.data import (
                               _is_token_labelled,
                               cached_features,
                               collate,
+                              collate_at,
                               feature_length,
+                              feature_lengths,
                               is_number,
                               make_batches,
                               make_stream,
@@ -71,6 +74,7 @@ from training.environment import (
                               setup_env,
                               usable_cores,
 )
+from training.features import FeatureTable
 from training.options import (
                               ENGINE,
                               PROTOCOL_2019,
@@ -111,7 +115,8 @@ __all__ = ['CHECKPOINT_DIR', 'CHECKPOINT_FORMAT', 'CHECKPOINT_META', 'CHECKPOINT
            'EpochStream', 'FeatureList', 'GRAM_CHUNK', 'IGNORE_INDEX', 'MAX_CONSECUTIVE_SKIPPED_STEPS',
            'NonFiniteLossError', 'OUTPUT_NAMES', 'PROTOCOL_2019', 'Prefetcher', 'REFERENCE_PARTS', 'REFERENCE_VALUES',
            'TENSORBOARD_DIR', 'Trainer', 'UserError', '_autocast', '_cgroup_cpu_quota', '_is_token_labelled', '_move',
-           '_rng_state', '_set_rng_state', 'add_engine_args', 'auto_threads', 'cached_features', 'check_output_dir',
+           '_rng_state', '_set_rng_state', 'add_engine_args', 'auto_threads', 'cached_features',
+           'collate_at', 'feature_lengths', 'FeatureTable', 'check_output_dir',
            'collate', 'compile_model', 'configure_threads', 'cpu_has_native_bf16', 'default_cache_dir',
            'dev_evaluator', 'feature_length', 'find_checkpoint', 'gram_matrix', 'is_number', 'load_model',
            'load_tokenizer', 'make_batches', 'make_stream', 'num_training_steps', 'output_dir_of_rank', 'pad_values',

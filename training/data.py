@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 
 from file_utils import ConfigError, DataError, atomic_open
+from training.features import FeatureTable
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +27,9 @@ def cached_features(cache_dir, key_parts, build_fn):
     """Return build_fn() from an on-disk cache keyed by a hash of key_parts (built once, written atomically).
 
     key_parts should name everything the features depend on (vocab fingerprint, max_seq_length,
-    task, file_utils.file_fingerprint(input)). Features must be plain data: lists of dicts whose
-    values are numbers, strings, None, or (nested) lists/dicts of them. They are stored as numpy
+    task, file_utils.file_fingerprint(input)). build_fn returns plain data: a list of dicts (the same
+    keys in each) whose values are numbers, strings, None, or (nested) lists/dicts of them. The result
+    is a training.features.FeatureTable (columns of arrays), built or read; the cache file holds its
     arrays (`.npz`, read with allow_pickle=False) plus JSON, so reading a cache never runs code.
     Under torch.distributed each node's local rank 0 builds (or reads) and writes first; the other
     ranks of that node wait and read. A cache that cannot be read is rebuilt; one that cannot be
@@ -54,7 +56,7 @@ def cached_features(cache_dir, key_parts, build_fn):
         if features is None:
             # Other ranks only get here if their builder failed (they then hit the same error and
             # exit) or could not write the cache.
-            features = build_fn()
+            features = FeatureTable.from_features(build_fn())  # as a cache read gives them
             if is_main:
                 try:
                     _write_feature_cache(path, blob, features)
@@ -67,33 +69,13 @@ def cached_features(cache_dir, key_parts, build_fn):
     return features
 
 
-_CACHE_FORMAT = 2
+# 3: FeatureTable columns (lists of int lists as arrays too); 2: lists of ints only.
+_CACHE_FORMAT = 3
 
 
-def _int_lists(values):
-    """Whether every value is a list of ints (the common case worth a numpy column)."""
-    return all(isinstance(v, list) and all(type(x) is int for x in v) for v in values)
-
-
-def _write_feature_cache(path, key, features):
-    """Columns: a key whose values are all int lists -> flat int64 array + offsets; all ints or all
-    floats -> one array; anything else (strings, nested lists, dicts) -> JSON."""
-    keys = list(features[0]) if features else []
-    if any(list(f) != keys for f in features):
-        raise ValueError("features have different keys")
-    arrays, json_columns = {}, {}
-    for k, name in enumerate(keys):
-        values = [f[name] for f in features]
-        if _int_lists(values):
-            arrays[f"c{k}_data"] = np.fromiter((x for v in values for x in v), dtype=np.int64)
-            arrays[f"c{k}_offsets"] = np.cumsum([0] + [len(v) for v in values], dtype=np.int64)
-        elif all(type(v) is int for v in values):
-            arrays[f"c{k}_ints"] = np.asarray(values, dtype=np.int64)
-        elif all(type(v) is float for v in values):
-            arrays[f"c{k}_floats"] = np.asarray(values, dtype=np.float64)
-        else:
-            json_columns[str(k)] = values
-    meta = {"format": _CACHE_FORMAT, "key": key, "keys": keys, "count": len(features), "json": json_columns}
+def _write_feature_cache(path, key, table):
+    arrays, layout = table.to_arrays()
+    meta = {"format": _CACHE_FORMAT, "key": key, "layout": layout}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
     with atomic_open(path, "wb") as f:
         np.savez(f, **arrays)
@@ -104,18 +86,21 @@ def _read_feature_cache(path, key):
         meta = json.loads(z["meta"].tobytes().decode("utf-8"))
         if meta.get("format") != _CACHE_FORMAT or meta.get("key") != key:
             raise ValueError("written for other inputs or by another version")
-        count, columns = meta["count"], {}
-        for k, name in enumerate(meta["keys"]):
-            if f"c{k}_data" in z:
-                data, offsets = z[f"c{k}_data"].tolist(), z[f"c{k}_offsets"].tolist()
-                columns[name] = [data[offsets[i]:offsets[i + 1]] for i in range(count)]
-            elif f"c{k}_ints" in z:
-                columns[name] = z[f"c{k}_ints"].tolist()
-            elif f"c{k}_floats" in z:
-                columns[name] = z[f"c{k}_floats"].tolist()
-            else:
-                columns[name] = meta["json"][str(k)]
-    return [{name: columns[name][i] for name in meta["keys"]} for i in range(count)]
+        return FeatureTable.from_arrays(z, meta["layout"])
+
+
+def feature_lengths(features):
+    """Token lengths of a FeatureTable or a list of feature dicts."""
+    if isinstance(features, FeatureTable):
+        return features.lengths
+    return np.array([feature_length(f) for f in features], dtype=np.int64)
+
+
+def collate_at(features, indices, pad_to=None, padding=None):
+    """collate() of the features at `indices` (of a FeatureTable: padded straight from its arrays)."""
+    if isinstance(features, FeatureTable):
+        return features.collate(indices, pad_to, padding)
+    return collate([features[i] for i in indices], pad_to, padding)
 
 
 def is_number(x):
@@ -269,18 +254,18 @@ def make_batches(lengths, batch_size, seed, epoch, shuffle=True, group_by_length
 
 
 class FeatureList:
-    """One data epoch held as a list of feature dicts (plain lists), in the data-epoch protocol of
-    EpochStream: `lengths`, `batch(indices, pad_to)` (collated tensors) and `close()`."""
+    """One data epoch held as a list of feature dicts (plain lists) or a FeatureTable, in the data-epoch
+    protocol of EpochStream: `lengths`, `batch(indices, pad_to)` (collated tensors) and `close()`."""
 
     def __init__(self, features, padding=None):
         self.features, self.padding = features, padding
-        self.lengths = np.array([feature_length(f) for f in features], dtype=np.int64)
+        self.lengths = feature_lengths(features)
 
     def __len__(self):
         return len(self.features)
 
     def batch(self, indices, pad_to=None):
-        return collate([self.features[i] for i in indices], pad_to, self.padding)
+        return collate_at(self.features, indices, pad_to, self.padding)
 
     def close(self):
         pass

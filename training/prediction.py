@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from training.data import collate, feature_length
+from training.data import collate_at, feature_lengths
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def predict(model, features, task_id, batch_size, env=None, pad_to=None, pad_val
     was_training = model.training
     model.eval()
     n = len(features)
-    lengths = np.array([feature_length(f) for f in features], dtype=np.int64)
+    lengths = feature_lengths(features)
     order = np.argsort(-lengths, kind="stable")
     batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
     mine = batches[rank::world]
@@ -65,7 +65,7 @@ def predict(model, features, task_id, batch_size, env=None, pad_to=None, pad_val
     iterator = tqdm(mine, desc=desc, disable=not show, leave=False)
     with torch.inference_mode():
         for idx in iterator:
-            batch = _move(collate([features[i] for i in idx], pad_to, padding), device)
+            batch = _move(collate_at(features, idx, pad_to, padding), device)
             with _autocast(device, amp_dtype):
                 out = model(**batch, task_id=task_id)
             if "loss" in out and out["loss"] is not None:
