@@ -95,13 +95,6 @@ def parse_pairs(spec, task_names, flag="--diagnose_pairs"):
 # The math: per-task gradients of the shared parameters -> Gram matrices per group -> cosines
 # ----------------------------------------------------------------------------------------------
 
-def _denominator(batch):
-    """What the task's loss of this batch is a mean over: labelled tokens (token tasks) or examples."""
-    if training._is_token_labelled(batch):
-        return float((batch["labels"] != training.IGNORE_INDEX).sum())
-    return float(next(iter(batch.values())).shape[0])
-
-
 def task_gradient(model, task_id, micro_batches, params, env=None):
     """Flat fp32 gradient of the task's mean loss over `micro_batches` w.r.t. `params` ([sum numel]).
 
@@ -113,7 +106,7 @@ def task_gradient(model, task_id, micro_batches, params, env=None):
     total = 0.0
     for batch in micro_batches:
         batch = {k: v.to(device) for k, v in batch.items()}
-        weight = _denominator(batch)
+        weight = training.loss_count(model, task_id, batch)
         total += weight
         loss = model(**batch, task_id=task_id)["loss"].float() * weight
         grads = torch.autograd.grad(loss, params, allow_unused=True)

@@ -592,6 +592,14 @@ class BertForMultiTask(nn.Module):
         sequence_output, pooled_output = self.bert(input_ids, token_type_ids, attention_mask, task_id)
         return head(sequence_output, pooled_output, **head_inputs)
 
+    def loss_count(self, task_id, batch):
+        """What task `task_id`'s loss on `batch` is a mean over, as its head computes it: the scored
+        tokens (labels not -100) for a token head, else the examples. The engine weights micro-batches
+        by it, so that a step's loss is the mean over its whole batch."""
+        if self.task_types[int(task_id)] == "token" and batch.get("labels") is not None:
+            return float((batch["labels"] != -100).sum())
+        return float(batch["input_ids"].shape[0])
+
     # -- parameter groups -----------------------------------------------------------------------
     def named_task_parameters(self, task_id):
         """(name, parameter) of task `task_id`'s adapters and head."""

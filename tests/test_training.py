@@ -264,6 +264,22 @@ def test_token_losses_with_accumulation_equal_one_big_batch(tiny_dir, tmp_path):
     trainer.close()
 
 
+def test_loss_count_comes_from_the_head_not_the_label_shape(tiny_dir, tmp_path):
+    """The engine asks the model what each task's loss is a mean over (hand-counted here): the scored
+    tokens of a token head, the examples of any other head, whatever the labels look like; a model
+    without `loss_count` counts examples, and a wrapped one (DDP's `.module`) is asked."""
+    args = engine_options(tiny_dir, str(tmp_path / "out"))
+    model = training.load_model(args, [3, 2], ["token", "classification"])
+    labels = torch.tensor([[1, -100, 2, -100], [-100, -100, 0, 1], [2, 2, 2, -100]])
+    batch = {"input_ids": torch.ones(3, 4, dtype=torch.long), "labels": labels}
+    assert training.loss_count(model, 0, batch) == 7.0
+    assert training.loss_count(model, 1, batch) == 3.0  # a [B, S] label for a sequence head is not tokens
+    assert training.loss_count(torch.nn.Linear(1, 1), 0, batch) == 3.0
+    wrapped = torch.nn.Module()
+    wrapped.module = model
+    assert training.loss_count(wrapped, 0, batch) == 7.0
+
+
 def test_lr_schedule_spans_the_real_optimizer_steps(tiny_dir, tmp_path):
     feats = synthetic_features(20, seed=2)
     args, env, model = _setup(tiny_dir, tmp_path / "out", "--train_batch_size", 4,

@@ -129,12 +129,6 @@ def _depth(value):
     return d if is_number(value) else -1
 
 
-def _is_token_labelled(batch):
-    """A token-classification batch: per-token `labels` shaped like `input_ids` (-100 = not scored)."""
-    labels = batch.get("labels")
-    return labels is not None and labels.dim() == 2 and labels.shape == batch["input_ids"].shape
-
-
 def pad_values(padding):
     """key -> pad value: `padding` ({feature key: pad value}) or, without one, DEFAULT_PADDING; a built
     attention_mask pads with 0."""

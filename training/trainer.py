@@ -35,7 +35,7 @@ from training.checkpoints import (
     read_checkpoint,
     write_state,
 )
-from training.data import IGNORE_INDEX, _is_token_labelled, is_number
+from training.data import is_number
 from training.options import protocol_line
 from training.outputs import save_model
 from training.prediction import _autocast, _move, predict
@@ -150,6 +150,13 @@ def compile_model(module):
         if hasattr(config, name):
             setattr(config, name, max(getattr(config, name), 64))
     return torch.compile(module)
+
+
+def loss_count(model, task_id, batch):
+    """What `model`'s loss of task `task_id` on `batch` is a mean over: the model says (its `loss_count`,
+    e.g. the scored tokens of a token head); a model that does not, the batch's examples."""
+    count = getattr(getattr(model, "module", model), "loss_count", None)
+    return float(next(iter(batch.values())).shape[0]) if count is None else count(task_id, batch)
 
 
 class Trainer:
@@ -307,8 +314,7 @@ class Trainer:
             return self._reference_loss_weights(micro)
         # Counted on the host, in numpy (batches are still CPU tensors here): nothing waits for the device.
         examples = [float(next(iter(b.values())).shape[0]) for _, b in micro]
-        denominators = [float(np.count_nonzero(b["labels"].numpy() != IGNORE_INDEX)) if _is_token_labelled(b)
-                        else n for (_, b), n in zip(micro, examples)]
+        denominators = [loss_count(self.model, tid, b) for tid, b in micro]
         signum = file_utils.stop_requested()
         local = np.array(examples + denominators + [1.0 if signum else 0.0], dtype=np.float64)
         totals = local
