@@ -12,7 +12,10 @@
   run_classifier --do_eval are one line each; SIGTERM stops with a checkpoint (exit 143) and the
   resumed run ends bit-identical to an uninterrupted one.
 - --max_steps, --eval_steps (best/ = the best evaluated step), --discard_checkpoint.
+- No product file calls a reader that unpickles (a scan of the code: pickle, torch.load without
+  weights_only=True, np.load with allow_pickle=True, torch.distributed's *_object collectives).
 """
+import ast
 import errno
 import json
 import math
@@ -92,6 +95,45 @@ def fails(capsys, main, argv):
 
 
 # ---------------------------------------------------------------------------------------------- no code runs
+
+# Calls that unpickle what they read (torch.distributed's *_object collectives unpickle what peers send).
+UNPICKLING = {"load", "loads", "Unpickler", "all_gather_object", "gather_object", "broadcast_object_list",
+              "scatter_object_list", "recv_object_list"}
+
+
+def _unpickling_calls(tree):
+    """(line, call) of each call in `tree` that can unpickle: pickle.*, torch.load without
+    weights_only=True, np.load with allow_pickle=True, an *_object collective."""
+    found = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr in UNPICKLING):
+            continue
+        owner = ast.unparse(node.func.value)
+        keywords = {k.arg: ast.unparse(k.value) for k in node.keywords}
+        if owner in ("pickle", "cPickle", "dill") or node.func.attr.endswith(("_object", "_object_list")):
+            found.append((node.lineno, ast.unparse(node.func)))
+        elif owner == "torch" and node.func.attr == "load" and keywords.get("weights_only") != "True":
+            found.append((node.lineno, "torch.load without weights_only=True"))
+        elif owner in ("np", "numpy") and node.func.attr == "load" and keywords.get("allow_pickle", "False") != "False":
+            found.append((node.lineno, "np.load with allow_pickle"))
+    return found
+
+
+def test_no_product_code_calls_an_unpickling_reader():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    files = subprocess.run(["git", "ls-files", "*.py"], cwd=root, capture_output=True, text=True,
+                           check=True).stdout.split()
+    product = [f for f in files if not f.startswith("tests/")]
+    assert len(product) > 40, "the scan found too few files to mean anything"
+    planted = ast.parse("import pickle, torch, numpy as np\npickle.loads(b)\ntorch.load(p)\n"
+                        "torch.load(p, weights_only=True)\nnp.load(p, allow_pickle=True)\nnp.load(p)\n"
+                        "dist.all_gather_object(out, x)\n")
+    assert [line for line, _ in _unpickling_calls(planted)] == [2, 3, 5, 7]  # the scan sees each kind
+    bad = [f"{name}:{line}: {call}" for name in product
+           for line, call in _unpickling_calls(ast.parse(open(os.path.join(root, name), encoding="utf-8").read()))]
+    assert not bad, bad
+
 
 def test_trainer_state_pickle_beside_a_checkpoint_is_never_loaded(tiny, glue, tmp_path):
     out = tmp_path / "out"

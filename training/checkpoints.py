@@ -6,7 +6,9 @@ import random
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from safetensors import SafetensorError
+from safetensors.torch import load as safetensors_load
 from safetensors.torch import load_file as safetensors_load_file
 from safetensors.torch import save as safetensors_save
 
@@ -76,6 +78,30 @@ def read_state(directory, name):
     with open(os.path.join(directory, name + ".json"), encoding="utf-8") as f:
         encoded = json.load(f)
     return _decode_state(encoded, safetensors_load_file(os.path.join(directory, name + ".safetensors")))
+
+
+def all_gather_plain(obj, env):
+    """Every rank's `obj` (plain data and tensors), in rank order: dist.all_gather_object without its
+    pickle, which would run whatever a peer sent. Each rank's part travels as a checkpoint stores it
+    (JSON + safetensors bytes) in one uint8 tensor on the run's device."""
+    tensors = {}
+    header = json.dumps(_encode_state(obj, tensors)).encode("utf-8")
+    payload = torch.frombuffer(bytearray(len(header).to_bytes(8, "little") + header + safetensors_save(tensors)),
+                               dtype=torch.uint8)
+    device = env.device
+    sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(env.world_size)]
+    dist.all_gather(sizes, torch.tensor([payload.numel()], dtype=torch.int64, device=device))
+    longest = max(int(size) for size in sizes)
+    padded = torch.zeros(longest, dtype=torch.uint8, device=device)
+    padded[:payload.numel()] = payload.to(device)
+    parts = [torch.empty(longest, dtype=torch.uint8, device=device) for _ in range(env.world_size)]
+    dist.all_gather(parts, padded)
+    gathered = []
+    for part, size in zip(parts, sizes):
+        data = part[:int(size)].cpu().numpy().tobytes()
+        n = int.from_bytes(data[:8], "little")
+        gathered.append(_decode_state(json.loads(data[8:8 + n].decode("utf-8")), safetensors_load(data[8 + n:])))
+    return gathered
 
 
 def _rng_state(device):

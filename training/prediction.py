@@ -5,9 +5,9 @@ import sys
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
+from training.checkpoints import all_gather_plain
 from training.data import collate_at, feature_lengths
 
 logger = logging.getLogger(__name__)
@@ -75,9 +75,11 @@ def predict(model, features, task_id, batch_size, env=None, pad_to=None, pad_val
                       if k != "loss" and torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == len(idx)}
             outputs.append((idx, arrays))
     if world > 1:
-        gathered = [None] * world
-        dist.all_gather_object(gathered, (outputs, loss_sum, loss_n))
-        outputs = [o for part in gathered for o in part[0]]
+        # as tensors, so that they travel as safetensors (all_gather_plain), not as JSON lists
+        mine = [(torch.from_numpy(idx), {k: torch.from_numpy(a) for k, a in arrays.items()}) for idx, arrays in outputs]
+        gathered = all_gather_plain((mine, loss_sum, loss_n), env)
+        outputs = [(idx.numpy(), {k: a.numpy() for k, a in arrays.items()})
+                   for part in gathered for idx, arrays in part[0]]
         loss_sum = sum(part[1] for part in gathered)
         loss_n = sum(part[2] for part in gathered)
     if was_training:

@@ -31,6 +31,7 @@ from training.checkpoints import (
     _fingerprint_differences,
     _rng_state,
     _set_rng_state,
+    all_gather_plain,
     find_checkpoint,
     read_checkpoint,
     write_state,
@@ -520,9 +521,7 @@ class Trainer:
         state = _rng_state(self.env.device)
         if not self.env.distributed:
             return [state]
-        gathered = [None] * self.env.world_size
-        dist.all_gather_object(gathered, state)
-        return gathered
+        return all_gather_plain(state, self.env)
 
     def save_checkpoint(self, stream):
         """Write <output_dir>/checkpoint atomically: a kill at any moment leaves the previous one intact.
