@@ -35,8 +35,10 @@ class _Ragged:
     def row(self, i):
         return self.data[self.offsets[i]:self.offsets[i + 1]].tolist()
 
-    def lengths(self):
-        return np.diff(self.offsets)
+    def lengths(self, indices=None):
+        if indices is None:
+            return np.diff(self.offsets)
+        return self.offsets[indices + 1] - self.offsets[indices]
 
     def arrays(self):
         return {"data": self.data, "offsets": self.offsets}
@@ -48,7 +50,7 @@ class _Ragged:
         return _Ragged(np.ones_like(self.data), self.offsets)
 
     def pad(self, indices, seq_len, pad):
-        starts, lens = self.offsets[indices], self.lengths()[indices]
+        starts, lens = self.offsets[indices], self.lengths(indices)
         return _scatter(self.data, starts, lens, (len(indices), seq_len), pad)
 
 
@@ -69,8 +71,11 @@ class _Nested:
     def row(self, i):
         return [self.data[self.inner[j]:self.inner[j + 1]].tolist() for j in range(self.outer[i], self.outer[i + 1])]
 
-    def lengths(self):
+    def lengths(self, indices=None):
         """Per row, its longest sequence (0 for a row without sequences)."""
+        if indices is not None:
+            return np.array([max((self.inner[j + 1] - self.inner[j] for j in range(self.outer[i], self.outer[i + 1])),
+                                 default=0) for i in indices], dtype=np.int64)
         seq_lengths = np.diff(self.inner)
         counts = np.diff(self.outer)
         out = np.zeros(len(counts), dtype=np.int64)
@@ -89,7 +94,7 @@ class _Nested:
         return _Nested(np.ones_like(self.data), self.inner, self.outer)
 
     def choices(self, indices):
-        return np.diff(self.outer)[indices]
+        return self.outer[indices + 1] - self.outer[indices]
 
     def pad(self, indices, seq_len, pad):
         counts = self.choices(indices)
@@ -98,7 +103,7 @@ class _Nested:
         seqs = np.concatenate([np.arange(self.outer[i], self.outer[i + 1]) for i in indices]) \
             if len(indices) else np.zeros(0, dtype=np.int64)
         slots = np.concatenate([i * k + np.arange(c) for i, c in enumerate(counts)]) if len(counts) else seqs
-        lens = np.diff(self.inner)[seqs]
+        lens = self.inner[seqs + 1] - self.inner[seqs]
         flat = np.full((len(indices) * k, seq_len), pad, dtype=np.int64)
         flat[slots] = _scatter(self.data, self.inner[seqs], lens, (len(seqs), seq_len), pad)
         return flat.reshape(len(indices), k, seq_len)
@@ -163,6 +168,7 @@ class FeatureTable(collections.abc.Sequence):
 
     def __init__(self, count, columns):
         self.count, self.columns = int(count), dict(columns)
+        self._lengths = None
 
     @classmethod
     def from_features(cls, features):
@@ -192,9 +198,9 @@ class FeatureTable(collections.abc.Sequence):
     @property
     def lengths(self):
         """Token length of each feature's input_ids (multiple choice: its longest choice)."""
-        if not self.count:
-            return np.zeros(0, dtype=np.int64)
-        return self.columns["input_ids"].lengths()
+        if self._lengths is None:
+            self._lengths = self.columns["input_ids"].lengths() if self.count else np.zeros(0, dtype=np.int64)
+        return self._lengths
 
     # -- the cache's arrays ----------------------------------------------------------------------
 
@@ -249,8 +255,8 @@ class FeatureTable(collections.abc.Sequence):
             return collate([self[int(i)] for i in indices], pad_to, padding)  # not an array-kind batch
         seq = [n for n in numeric if self.columns[n].depth >= 1]
         build_mask = "input_ids" in self.columns and "attention_mask" not in self.columns
-        longest = int(self.lengths[indices].max()) if "input_ids" in self.columns else \
-            int(self.columns[seq[0]].lengths()[indices].max()) if seq else 0
+        longest = int(self.columns["input_ids"].lengths(indices).max()) if "input_ids" in self.columns else \
+            int(self.columns[seq[0]].lengths(indices).max()) if seq else 0
         seq_len = max(longest, pad_to or 0)
         pad_value = pad_values(padding)
         batch = {}
