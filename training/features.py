@@ -46,8 +46,9 @@ class _Ragged:
     def __len__(self):
         return len(self.offsets) - 1
 
-    def ones(self):
-        return _Ragged(np.ones_like(self.data), self.offsets)
+    def mask(self, indices, seq_len, pad):
+        """1 where row i has a token, `pad` after its end: the attention mask built from its lengths."""
+        return _mask(self.lengths(indices), seq_len, pad)
 
     def pad(self, indices, seq_len, pad):
         starts, lens = self.offsets[indices], self.lengths(indices)
@@ -90,8 +91,13 @@ class _Nested:
     def __len__(self):
         return len(self.outer) - 1
 
-    def ones(self):
-        return _Nested(np.ones_like(self.data), self.inner, self.outer)
+    def mask(self, indices, seq_len, pad):
+        counts = self.choices(indices)
+        k = int(counts.max()) if len(counts) else 0
+        lens = np.zeros((len(indices), k), dtype=np.int64)  # a missing choice: no token
+        for row, i in enumerate(indices):
+            lens[row, :counts[row]] = np.diff(self.inner[self.outer[i]:self.outer[i + 1] + 1])
+        return _mask(lens.reshape(-1), seq_len, pad).reshape(len(indices), k, seq_len)
 
     def choices(self, indices):
         return self.outer[indices + 1] - self.outer[indices]
@@ -149,6 +155,10 @@ def _scatter(data, starts, lens, shape, pad):
         cols = np.arange(total) - np.repeat(np.cumsum(lens) - lens, lens)
         out[rows, cols] = data[np.repeat(starts, lens) + cols]
     return out
+
+
+def _mask(lens, seq_len, pad):
+    return np.where(np.arange(seq_len) < lens[:, None], 1, pad).astype(np.int64)
 
 
 def _column(values):
@@ -268,6 +278,6 @@ class FeatureTable(collections.abc.Sequence):
         for name in seq:
             batch[name] = torch.from_numpy(self.columns[name].pad(indices, seq_len, pad_value(name)))
         if build_mask:
-            ones = self.columns["input_ids"].ones()
-            batch["attention_mask"] = torch.from_numpy(ones.pad(indices, seq_len, pad_value("attention_mask")))
+            mask = self.columns["input_ids"].mask(indices, seq_len, pad_value("attention_mask"))
+            batch["attention_mask"] = torch.from_numpy(mask)
         return batch
