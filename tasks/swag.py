@@ -88,10 +88,12 @@ def _read_swag_rows(path, reader, require_label):
         endings = row[7:11]
         label = None
         if has_label:
-            # Only the digits 0..3: int() would also take "+1", "1_0" or other scripts' digits.
-            if row[11].strip() not in LABELS:
+            # Only the digits 0..3 (ASCII blanks around them): int() would also take "+1", "1_0" or other
+            # scripts' digits, and str.strip() control characters such as \x1c.
+            value = row[11].strip(" \t\r\n")
+            if value not in LABELS:
                 raise DataError(path, line, f"label must be 0..{NUM_CHOICES - 1}, got {row[11]!r}")
-            label = int(row[11])
+            label = int(value)
         if not row[4].strip() or any(not e.strip() for e in endings):
             raise DataError(path, line, "empty sent1 or ending")
         examples.append(SwagExample(row[0], row[1], row[2], row[4], row[5], endings, label, line))

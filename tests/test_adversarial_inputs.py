@@ -325,6 +325,7 @@ def test_swag_quoted_field_with_line_breaks_is_named_by_its_first_line(tmp_path)
     (lambda line: line + b",extra", "expected 12 columns, got 13"),
     (lambda line: line[:-1] + b"+1", r"label must be 0\.\.3, got '\+1'"),
     (lambda line: line[:-1] + "\u0661".encode(), "label must be 0..3"),              # Arabic-Indic digit one
+    (lambda line: line[:-1] + b"\x1c" + line[-1:], "label must be 0..3"),  # a control char str.strip() drops
 ])
 def test_swag_bad_rows(tmp_path, edit, needle):
     lines = _swag_bytes(tmp_path).split(b"\r\n")
