@@ -146,6 +146,7 @@ def build_parser():
     groups = {}
     add_flags(p, MultiTaskFlags, groups=groups)
     add_flags(p, mt.LibraryFlags)
+    add_flags(p, mt.LossWeightingFlags)
     for name in task_families.glue.GLUE_TASKS + list(task_families.OTHER_TASKS):
         groups[MT].add_argument("--" + mt.batch_size_flag(name), type=int, default=None, help=f"batch size for {name}")
     return p
@@ -290,6 +291,7 @@ class Plan:
         data_dirs = task_data_dirs(args, names)
         tasks_per_step, strategy, method = mt.combination_plan(len(names), args.projection, args.tasks_per_step,
                                                                args.combine_strategy)
+        mt.loss_weighting.check(args, strategy)
         selection = args.selection or ("reference_sum" if args.reference_protocol else "average")
         check_flags(args, names, selection)
         check_diagnostics(args, adds_tasks=bool(carried[0]))
@@ -338,6 +340,7 @@ class Plan:
                     reference_layernorm_init=args.reference_layernorm_init or args.reference_protocol,
                     data=[os.path.abspath(d) for d in self.data_dirs],
                     **mt.library.method_flags(args.projection, args),  # a jd-* method's own flags
+                    **mt.loss_weighting.run_flags(args),
                     # only when adding tasks: checkpoints of other runs keep their fingerprint
                     **({"carried_tasks": self.carried} if self.carried else {}))
 
@@ -574,6 +577,9 @@ def train(run):
     elif plan.method != "sum":
         combiner = mt.GradientCombiner(plan.method, len(tasks), seed=opts.seed, beta=args.vaccine_beta,
                                        names=plan.names)
+    weighter = mt.loss_weighting.loss_weighter(args, plan.names, plan.task_ids, plan.steps_per_epoch, env.device)
+    if weighter is not None and weighter.param_group(args.uw_lr or opts.learning_rate):  # UW's log-variances
+        groups.append(weighter.param_group(args.uw_lr or opts.learning_rate))
     sampler = mt.TaskSampler(sizes, args.sample, plan.num_epochs, opts.seed)
     stream = mt.MultiTaskStream(task_streams(run, 0), sampler, plan.steps_per_epoch, plan.tasks_per_step, combiner)
     loss_log = mt.TrainLossLog(stream, plan.task_ids)
@@ -584,7 +590,7 @@ def train(run):
         print(mt.format_schedule_report(schedule), flush=True)
     total_steps = training.num_training_steps(opts, plan.steps_per_epoch)
     run.trainer = trainer = training.Trainer(opts, env, run.model, total_steps, param_groups=groups,
-                                             grad_combiner=combiner)
+                                             grad_combiner=combiner, loss_weighter=weighter)
     carried_labels = {k: v for k, v in task_families.saved_labels(opts.model_dir).items() if k in plan.carried}
     on_epoch_end = mt.EpochEnd(tasks, run.selector, stream, sampler, env, run.tokenizer, opts.output_dir,
                                per_task_best=args.per_task_best, average_tag=plan.average_key,
@@ -605,6 +611,8 @@ def train(run):
                        tasks_per_step=plan.tasks_per_step, realized_frequencies=stream.realized_frequencies())
     if combiner is not None:  # the mean weight each task's gradient got (1 each: the plain sum)
         run.results["task_weights"] = combiner.mean_weights()
+    if weighter is not None:  # the mean multiplier of each task's loss (docs/multitask.md#loss-weighting)
+        run.results.update(loss_weighting=args.loss_weighting, loss_weights=weighter.mean_weights())
     if diagnosis is not None:
         run.results["diagnostics"] = dict(diagnosis.finish(trainer), named_pairs=plan.diagnose_pairs)
     record_selection(run)

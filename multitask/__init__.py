@@ -12,6 +12,7 @@ order a run uses them; `import multitask as mt; mt.X` reaches every public name:
 - gradients:     `combination_plan` (tasks per step, strategy) and the per-task-gradient combiners
                  for `training.Trainer(grad_combiner=...)`: PCGrad and Gradient Vaccine;
 - library:       TorchJD's Gram-matrix weightings as --projection jd-<name> (LibraryCombiner);
+- loss_weighting: TorchJD's loss scalarizers as --loss_weighting uw|dwa|famo (LossWeighter);
 - parameters:    parameter counts and multipliers (`--dry_run`), `freeze_all_but` (`--add_tasks`);
 - evaluation:    `predictor` (the runner's one way to predict), every task's dev metrics -> one
                  selection score, the dev table, prediction files;
@@ -44,6 +45,7 @@ from .gradients import (
 )
 from .gradients import _other_orders as _other_orders  # tests pin the random order of the projections
 from .library import LibraryCombiner, LibraryFlags, library_methods
+from .loss_weighting import LossWeighter, LossWeightingFlags
 from .parameters import format_parameter_report, freeze_all_but, meta_model, parameter_report, task_parameter_names
 from .sampling import (
     SAMPLING_MODES,
@@ -79,4 +81,5 @@ __all__ = [
     "sampling_alpha", "save_task_parameters", "save_with_task_labels", "schedule_report", "task_labels",
     "task_parameter_names", "task_probabilities", "write_per_task_combined", "write_results", "PLAIN_PREFIX",
     "parse_predict_specs", "predictor", "task_streams", "LibraryCombiner", "LibraryFlags", "library_methods",
+    "LossWeighter", "LossWeightingFlags",
 ]

@@ -40,6 +40,7 @@ from training.data import is_number
 from training.options import protocol_line
 from training.outputs import save_model
 from training.prediction import _autocast, _move, predict
+from training.weighting import LossWeightingSteps
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ def loss_count(model, task_id, batch):
     return float(next(iter(batch.values())).shape[0]) if count is None else count(task_id, batch)
 
 
-class Trainer:
+class Trainer(LossWeightingSteps):
     """Optimizer steps over a step stream; checkpoints; prediction. See the module docstring.
 
     model: the unwrapped model (BertForMultiTask or anything with the same forward contract).
@@ -171,14 +172,19 @@ class Trainer:
       sum_k w_k g_k; `gram` is the K x K float64 matrix of the task gradients' dot products, e.g.
       multitask.GradientCombiner), or a function f(list of flat per-task gradients) -> flat gradient.
       One whose `method` is "sum" is not used: the plain accumulation computes the same sum.
+    loss_weighter: for steps of every task, weights each task's mean loss by a function of the losses
+      (multitask.loss_weighting.LossWeighter: its protocol, and what _weigh_tasks asks of it).
     """
 
-    def __init__(self, opts, env, model, num_training_steps, param_groups=None, grad_combiner=None):
+    def __init__(self, opts, env, model, num_training_steps, param_groups=None, grad_combiner=None,
+                 loss_weighter=None):
         self.opts, self.env = opts, env
         self.model = model.to(env.device)
         self.num_training_steps = int(num_training_steps)
         # A plain sum needs no per-task gradients: every micro-batch accumulates into .grad as usual.
         self.grad_combiner = None if getattr(grad_combiner, "method", None) == "sum" else grad_combiner
+        self.loss_weighter = loss_weighter
+        self._task_shares, self._after_step_batches = {}, None
         if env.distributed:
             # Tell DDP about unused parameters only when a step can leave some without a gradient (other
             # tasks' modules, a pooler no head reads): the search costs time and warns when there are none.
@@ -284,17 +290,25 @@ class Trainer:
         micro = [(tid, _move(batch, env.device)) for tid, batch in micro]
         tasks = list(dict.fromkeys(tid for tid, _ in micro))
         loss_acc = torch.zeros((), dtype=torch.float64, device=env.device)
+        per_task = scaled = None
+        if self.loss_weighter is not None:  # per-task mean losses, and the weighting's weights in the backward
+            per_task = torch.zeros(len(tasks), dtype=torch.float64, device=env.device)
+            scaled = self._weigh_tasks(micro, tasks, weights)
         if self.grad_combiner is None or len(tasks) == 1:
             # DDP reduces once, on the last micro-batch; parameters used in any no_sync micro-batch
             # are reduced too (DDP records them), so micro-batches of different tasks are fine.
             for i, (tid, batch) in enumerate(micro):
                 sync = not env.distributed or i == len(micro) - 1
                 with contextlib.nullcontext() if sync else self.ddp_model.no_sync():
-                    loss = self._forward_backward(self.ddp_model, tid, batch, weights[i])
+                    loss = self._forward_backward(self.ddp_model, tid, batch, (scaled or weights)[i])
                 loss_acc += loss.double() * weights[i] / env.world_size
+                if per_task is not None:
+                    per_task[tasks.index(tid)] += loss.double() * self._within_task(weights, micro, i)
         else:
-            loss_acc += self._combined_backward(micro, tasks, weights)
-        if env.distributed:
+            loss_acc += self._combined_backward(micro, tasks, weights, scaled, per_task)
+        if per_task is not None:
+            loss_acc = self._observe_tasks(tasks, loss_acc, per_task)
+        elif env.distributed:
             dist.all_reduce(loss_acc)
         return loss_acc
 
@@ -334,6 +348,7 @@ class Trainer:
             task_share = float(totals[same].sum()) / step_examples
             task_denominator = float(totals[[k + j for j in same]].sum())
             weights.append(task_share * float(local[k + i]) / max(task_denominator, 1.0) * env.world_size)
+            self._task_shares[tid] = task_share
         return weights
 
     def _reference_loss_weights(self, micro):
@@ -351,7 +366,7 @@ class Trainer:
         self.examples_seen += totals[0]
         return [1.0 / self.opts.gradient_accumulation_steps] * len(micro)
 
-    def _combined_backward(self, micro, tasks, weights):
+    def _combined_backward(self, micro, tasks, weights, scaled=None, per_task=None):
         """Gradient surgery: one flat gradient of the shared parameters per task -> grad_combiner ->
         written back; task-specific parameters keep their own gradients.
 
@@ -368,10 +383,11 @@ class Trainer:
         task-specific gradients and the last task's shared gradient itself and its record of used
         parameters is consumed (a manual-only reduction would leave it stale and break the next
         step). Earlier tasks' shared gradients are zeroed in place, not set to None, for the same
-        reason."""
+        reason. With a loss weighting the rows are those of the weighted losses (`scaled`), and the tasks'
+        mean losses go into `per_task`."""
         shared = self.shared_parameters()
         sizes = [p.numel() for p in shared]
-        grads, loss_acc = self._task_gradients(micro, tasks, weights, shared, sizes)
+        grads, loss_acc = self._task_gradients(micro, tasks, weights, shared, sizes, scaled, per_task)
         coefficients, combined = self._combination(grads, tasks)
         if combined is None:
             w = torch.as_tensor(coefficients, dtype=grads.dtype, device=grads.device)
@@ -385,7 +401,7 @@ class Trainer:
             offset += numel
         return loss_acc
 
-    def _task_gradients(self, micro, tasks, weights, shared, sizes):
+    def _task_gradients(self, micro, tasks, weights, shared, sizes, scaled=None, per_task=None):
         """Backward every task's micro-batches; returns ([tasks, shared size] float32 rows of the task
         gradients of the shared parameters, all-reduced under DDP; the step's loss as a device tensor)."""
         env = self.env
@@ -396,8 +412,10 @@ class Trainer:
             for k, i in enumerate(idxs):
                 sync = not env.distributed or (t_index == len(tasks) - 1 and k == len(idxs) - 1)
                 with contextlib.nullcontext() if sync else self.ddp_model.no_sync():
-                    loss = self._forward_backward(self.ddp_model, task, micro[i][1], weights[i])
+                    loss = self._forward_backward(self.ddp_model, task, micro[i][1], (scaled or weights)[i])
                 loss_acc += loss.double() * weights[i] / env.world_size
+                if per_task is not None:
+                    per_task[t_index] += loss.double() * self._within_task(weights, micro, i)
             for p, part in zip(shared, grads[t_index].split(sizes)):
                 if p.grad is None:
                     part.zero_()
@@ -473,6 +491,10 @@ class Trainer:
                 # After a skipped first fp16 step LambdaLR warns that optimizer.step() was not called.
                 warnings.simplefilter("ignore", UserWarning)
                 self.scheduler.step()
+        if self._after_step_batches is not None:
+            if applied:
+                self._update_after_step()
+            self._after_step_batches = None
         return loss
 
     def _learning_rate_now(self):
@@ -537,6 +559,7 @@ class Trainer:
                 "stream": stream.state_dict() if hasattr(stream, "state_dict") else None,
                 "grad_combiner": (self.grad_combiner.state_dict() if hasattr(self.grad_combiner, "state_dict")
                                   else None),
+                "loss_weighter": self.loss_weighter.state_dict() if self.loss_weighter is not None else None,
                 "global_step": self.global_step, "epoch": self.epoch, "extra_state": self.extra_state,
                 "world_size": self.env.world_size, "consecutive_skipped": self.consecutive_skipped,
                 "stopped_early": self.stopped_early,
@@ -589,6 +612,8 @@ class Trainer:
                 raise DataError(state_file, None, f"'stream' is not a data position of this run ({exc!r})") from None
         if state.get("grad_combiner") is not None and hasattr(self.grad_combiner, "load_state_dict"):
             self.grad_combiner.load_state_dict(state["grad_combiner"])  # after the stream's: this one is current
+        if state.get("loss_weighter") is not None and self.loss_weighter is not None:
+            self.loss_weighter.load_state_dict(state["loss_weighter"])
         rng = state["rng"]
         if len(rng) != self.env.world_size:
             logger.warning("checkpoint was written by %d processes, resuming with %d: dropout RNG differs",
@@ -734,6 +759,8 @@ class Trainer:
             avg = self._log_loss / max(self._log_n, 1)
             bar.set_postfix(loss=f"{avg:.4f}", lr=f"{lr:.2e}")
             self.log_scalars("train", {"loss": avg, "learning_rate": lr})
+            if self.loss_weighter is not None:
+                self.log_scalars("loss_weight", self.loss_weighter.last)
             if not sys.stderr.isatty():
                 logger.info("step %d/%d loss %.4f lr %.3e", self.global_step, num_steps, avg, lr)
         self._log_loss, self._log_n = 0.0, 0
