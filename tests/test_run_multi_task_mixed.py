@@ -54,13 +54,13 @@ def _argv(setup, out, *extra):
 
 def test_mixed_run_end_to_end(setup, capsys, monkeypatch):
     shapes = []
-    collate = training.collate
+    collate_at = training.data.collate_at
 
-    def recording(features, pad_to=None, padding=None):
-        batch = collate(features, pad_to, padding)
-        shapes.append((len(features[0]["input_ids"]) > 0, tuple(batch["input_ids"].shape), set(batch)))
+    def recording(features, indices, pad_to=None, padding=None):  # every training batch (FeatureList.batch)
+        batch = collate_at(features, indices, pad_to, padding)
+        shapes.append((None, tuple(batch["input_ids"].shape), set(batch)))
         return batch
-    monkeypatch.setattr(training.data, "collate", recording)
+    monkeypatch.setattr(training.data, "collate_at", recording)
     out = setup["base"] / "e2e"
     assert run_multi_task.main(_argv(setup, out, "--num_train_epochs", 2, "--steps_per_epoch", 8, "--per_task_best",
                                      "--do_predict", "--sample", "rr")) == 0
