@@ -66,7 +66,6 @@ class MultiTaskFlags:
                                group=MT, type=int)
     dry_run: bool = opt(False, "print probabilities, expected steps/passes and parameter counts, then exit without "
                                "training", group=MT)
-    freeze: bool = opt(False, "train only task modules and heads (shared BERT frozen)", group=MT)
     task_lr: float = opt(None, "learning rate of task-specific parameters", group=MT, type=float)
     task_batch_sizes: str = opt(None, "per-task effective batch sizes, e.g. cola=16,mnli=64", group=MT, type=str)
     task_max_seq_length: str = opt(None, "per-task max lengths, e.g. squad2=384,conll=128 (default: "
@@ -548,8 +547,7 @@ def build_model(args, opts, plan, tasks):
 def freeze(args, plan, model, env):
     """--freeze: the shared encoder does not train; --add_tasks: only the new tasks' modules and heads do."""
     if args.freeze:
-        for p in model.shared_parameters():
-            p.requires_grad_(False)
+        training.log_freeze(*mt.freeze_shared(model))
     if plan.carried:
         trainable = mt.freeze_all_but(model, plan.task_ids)
         if env.is_main:

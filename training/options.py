@@ -151,6 +151,12 @@ class EngineOptions:
         "checkpoint is refused)", group=ENGINE, run=True)
     max_steps: int = flag(  # > 0: the number of optimizer steps, whatever the epochs
         0, "train this many optimizer steps (> 0: replaces --num_train_epochs)", group=ENGINE, run=True)
+    freeze: bool = flag(  # the fingerprint has it only when set (old checkpoints resume)
+        False, "train only the task modules (adapters) and heads; the shared encoder (embeddings, layers, "
+        "LayerNorms, pooler) stays as loaded. With a config without task modules only the heads train",
+        group=ENGINE, doc="train only the task modules (adapters, PALs, LoRA, ...) and heads; the shared encoder "
+        "(embeddings, every layer, LayerNorms, pooler) stays bit-identical to the loaded one; without task modules "
+        "(no `--config`) only the heads train, a linear probe ([model.md](model.md#adapters))")
     eval_steps: int = flag(  # single-task runners: dev evaluation + best model every N steps
         0, "single-task runners: evaluate the dev set every N steps, keep the best model in <output_dir>/best/ "
         "and use it for --do_eval/--do_predict (0: no evaluation while training)", group=ENGINE)
@@ -289,6 +295,8 @@ class EngineOptions:
             values["pad_multiple"] = self.pad_multiple
         if self.reference_accumulation and self.gradient_accumulation_steps > 1:  # likewise: a key only when it acts
             values["reference_accumulation"] = True
+        if self.freeze:  # likewise (run_multi_task.py's own fingerprint always had it)
+            values["freeze"] = True
         values.update(dict(self.run_flags))
         return json.loads(json.dumps(values, default=str))
 
