@@ -5,8 +5,9 @@ Export writes `adapter_config.json` (every value explicit: PEFT's defaults are n
 `adapter_model.safetensors` (PEFT's names; the head under `modules_to_save`). `base_model_name_or_path`
 names the run's own base model when the run was --freeze and the encoder equals that base's weights
 (frozen_base); otherwise the export also writes `base_model/`, our shared encoder with the task's head
-as a Hugging Face folder, and names it (relative to the adapter folder). Import reads such a folder (made by PEFT or by us) into our portable
-names, so import_task_adapter adds it to a model like one of our own adapter files.
+as a Hugging Face folder, and names it (relative to the adapter folder). Import reads such a folder
+(made by PEFT or by us) into our portable names, so import_task_adapter adds it to a model like one of
+our own adapter files.
 """
 import json
 import os
