@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 import file_utils
 import modeling
 from file_utils import ConfigError, atomic_write_json
+from tasks import glue
 
 from . import peft_files
 from .saving import _write_safetensors
@@ -122,17 +123,43 @@ def read_task_adapter(adapter_dir):
     return info, tensors
 
 
+def _in_task_label_order(info, tensors, adapter_dir):
+    """A GLUE classification task's head in the task's label order (rows matched by label name, in
+    place); its labels must be the task's, else a ConfigError naming the difference. Other tasks keep
+    the adapter's labels (they become the task's)."""
+    labels = info.get("labels")
+    try:
+        ours = glue.get_task(info["task"]).labels
+    except ConfigError:
+        return
+    if labels is None or ours is None or info["head_type"] != "classification":
+        return
+    if sorted(labels) != sorted(ours) or len(set(labels)) != len(labels):
+        only = [x for x in labels if x not in ours]
+        missing = [x for x in ours if x not in labels]
+        raise ConfigError(f"{adapter_dir}: its labels {', '.join(labels)} are not task {info['task']}'s "
+                          f"{', '.join(ours)} (only in the adapter: {', '.join(only) or 'none'}; missing: "
+                          f"{', '.join(missing) or 'none'})")
+    order = [labels.index(label) for label in ours]
+    for name in ("heads.classifier.weight", "heads.classifier.bias"):
+        tensors[name] = tensors[name][order].clone()
+    info["labels"] = list(ours)
+
+
 def import_task_adapter(model_dir, adapter_dir, task=None):
     """The model in `model_dir` (a multi-task model, or a plain BERT) with the exported task added as
     its last task -> (model, the adapter's info). Refuses an adapter made on another base model
     (encoder fingerprint), with other adapter settings, or for a task the model already has.
-    A PEFT LoRA / (IA)^3 folder (peft_files) has no task name and no fingerprint: `task` names it."""
+    A PEFT LoRA / (IA)^3 folder (peft_files) has no task name and no fingerprint: `task` names it, its
+    labels come from an id2label (peft_labels). A GLUE task's head is put in the task's label order,
+    matched by name (labels other than the task's: ConfigError)."""
     if peft_files.is_peft_folder(adapter_dir):
         if not task:
             raise ConfigError(f"{adapter_dir} is a PEFT adapter folder, which names no task: give --task NAME")
         info, tensors = peft_files.read_peft_adapter(adapter_dir, task)
     else:
         info, tensors = read_task_adapter(adapter_dir)
+    _in_task_label_order(info, tensors, adapter_dir)
     _, merged, weights_path = modeling.read_pretrained(model_dir)
     names = list(merged.get("task_names") or [])
     task = info["task"]

@@ -19,6 +19,7 @@ import file_utils
 import modeling
 import task_adapters
 from file_utils import ConfigError, atomic_write_json
+from tasks import swag
 
 from .saving import _write_safetensors
 
@@ -221,10 +222,43 @@ def read_peft_adapter(adapter_dir, task):
     else:
         keys.update(ia3_targets=None if tuple(slots) == task_adapters.IA3_TARGETS else slots)
     head_type, num_labels = _head(cfg.get("task_type"), tensors, path, weights)
-    info = {"task": task, "head_type": head_type, "num_labels": num_labels, "labels": None,
+    labels = peft_labels(adapter_dir, cfg, num_labels) if head_type in ("classification", "token") else None
+    info = {"task": task, "head_type": head_type, "num_labels": num_labels, "labels": labels,
             "adapter_config": keys, "base_model": {"encoder_sha256": None},
             "num_parameters": sum(t.numel() for t in tensors.values())}
     return info, tensors
+
+
+def peft_labels(adapter_dir, cfg, rows):
+    """The head's label names from the `id2label` of a config.json beside the adapter, else of its
+    base model's (base_model_name_or_path: relative to the adapter folder, else a folder, bundled or
+    Hub-cache name found here); None when neither has names (or only transformers' LABEL_0, LABEL_1, ...
+    placeholders). id2label must number the head's `rows` outputs 0..rows-1 (ConfigError naming it)."""
+    paths = [os.path.join(adapter_dir, "config.json")]
+    base = cfg.get("base_model_name_or_path")
+    if isinstance(base, str) and base:
+        beside = os.path.join(adapter_dir, base)
+        try:
+            paths.append(os.path.join(beside if os.path.isdir(beside) else file_utils.resolve_model_dir(base),
+                                      "config.json"))
+        except ConfigError:
+            pass  # a base not on this machine: no names from it
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                id2label = json.load(f).get("id2label")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if not isinstance(id2label, dict) or not id2label:
+            continue
+        keys = {str(i) for i in range(rows)}
+        if set(map(str, id2label)) != keys:
+            raise ConfigError(f"{path}: id2label numbers {', '.join(sorted(map(str, id2label)))}; the adapter's head "
+                              f"has {rows} outputs (0..{rows - 1})")
+        labels = [str(id2label[k] if k in id2label else id2label[int(k)]) for k in map(str, range(rows))]
+        if labels != [f"LABEL_{i}" for i in range(rows)]:
+            return labels
+    return None
 
 
 def _head(task_type, tensors, path, weights):
@@ -245,7 +279,9 @@ def _head(task_type, tensors, path, weights):
     fixed = {"choice": 1, "span": 2}.get(head_type)
     if fixed is not None and rows != fixed:
         raise ConfigError(f"{weights}: a {head_type} head has {fixed} output(s), not {rows}")
-    return head_type, rows
+    # a choice head scores each ending (1 output); its task's num_labels is the number of choices, as
+    # run_swag.py and our exports record it
+    return head_type, swag.NUM_CHOICES if head_type == "choice" else rows
 
 
 def _portable(raw, weights, ia3):

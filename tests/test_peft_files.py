@@ -93,6 +93,7 @@ def test_export_loads_in_peft_with_our_predictions(tmp_path, name):
         # and it reads back as a task of the plain BERT it was trained on, with the same predictions
         again, info = mt.import_task_adapter(plain, str(out), task="again")
         assert info["head_type"] == head_type and again.config.task_names[-1] == "again"
+        assert info["num_labels"] == model.task_num_labels[task_id]  # SWAG: 4 choices, not the head's 1 output
         torch.testing.assert_close(_ours(again.eval(), again.num_tasks - 1, head_type),
                                    _ours(model, task_id, head_type), atol=1e-5, rtol=1e-5)
 
