@@ -563,7 +563,8 @@ def train(run):
     """Train; False when --stop_after_steps stopped the run (a checkpoint to --resume, no results)."""
     args, opts, plan, env, tasks = run.args, run.opts, run.plan, run.env, run.tasks
     sizes = [t.train_size for t in tasks]
-    groups = optimization.param_groups(run.model, opts.weight_decay, opts.learning_rate, task_lr=args.task_lr,
+    task_lr = opts.method_lr if args.task_lr is None else args.task_lr  # explicit flags win (EngineOptions)
+    groups = optimization.param_groups(run.model, opts.weight_decay, opts.learning_rate, task_lr=task_lr,
                                        pal_attention_lr=args.pal_attention_lr)
     # Only a projection needs per-task gradients; a plain sum over several tasks accumulates as usual.
     combiner = None
