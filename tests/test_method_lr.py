@@ -77,9 +77,9 @@ def test_multi_task_default_and_explicit_rates(setup, monkeypatch, tmp_path, met
     given = _argv(setup, tmp_path / "b", "--config", _config(setup, method), "--task_lr", "7e-4")
     rates = _rates(monkeypatch, training, run_multi_task.main, given)
     assert rates["task_decay"] == 7e-4 and rates["shared_decay"] == 1e-3
-    given = _argv(setup, tmp_path / "c", "--config", _config(setup, method))  # --learning_rate 1e-3 alone
-    rates = _rates(monkeypatch, training, run_multi_task.main, given)
-    assert set(rates.values()) == {1e-3}
+    given = _without(_argv(setup, tmp_path / "c", "--config", _config(setup, method)), "--learning_rate")
+    rates = _rates(monkeypatch, training, run_multi_task.main, [*given, "--learning_rate", "3e-4"])  # alone
+    assert set(rates.values()) == {3e-4}
 
 
 def test_mixed_methods_train_at_the_learning_rate():
