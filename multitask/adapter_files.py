@@ -159,7 +159,6 @@ def import_task_adapter(model_dir, adapter_dir, task=None):
         info, tensors = peft_files.read_peft_adapter(adapter_dir, task)
     else:
         info, tensors = read_task_adapter(adapter_dir)
-    _in_task_label_order(info, tensors, adapter_dir)
     _, merged, weights_path = modeling.read_pretrained(model_dir)
     names = list(merged.get("task_names") or [])
     task = info["task"]
@@ -193,6 +192,7 @@ def import_task_adapter(model_dir, adapter_dir, task=None):
         raise ConfigError(f"{adapter_dir}: exported from another base model (encoder sha256 {want[:16]}..., "
                           f"{model_dir} has {have[:16]}...); import it onto the model it came from, or one with the "
                           "same encoder weights")
+    _in_task_label_order(info, tensors, adapter_dir)
     pairs = dict(modeling.task_parameter_pairs(model, len(names)))
     if set(pairs) != set(tensors):
         missing, extra = sorted(set(pairs) - set(tensors)), sorted(set(tensors) - set(pairs))
