@@ -19,7 +19,6 @@ import file_utils
 import modeling
 import task_adapters
 from file_utils import ConfigError, atomic_write_json
-from tasks import swag
 
 from .saving import _write_safetensors
 
@@ -279,9 +278,7 @@ def _head(task_type, tensors, path, weights):
     fixed = {"choice": 1, "span": 2}.get(head_type)
     if fixed is not None and rows != fixed:
         raise ConfigError(f"{weights}: a {head_type} head has {fixed} output(s), not {rows}")
-    # a choice head scores each ending (1 output); its task's num_labels is the number of choices, as
-    # run_swag.py and our exports record it
-    return head_type, swag.NUM_CHOICES if head_type == "choice" else rows
+    return head_type, rows  # a choice head: 1 (import_task_adapter's num_choices replaces it)
 
 
 def _portable(raw, weights, ia3):
