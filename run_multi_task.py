@@ -66,7 +66,6 @@ class MultiTaskFlags:
                                group=MT, type=int)
     dry_run: bool = opt(False, "print probabilities, expected steps/passes and parameter counts, then exit without "
                                "training", group=MT)
-    freeze: bool = opt(False, "train only task modules and heads (shared BERT frozen)", group=MT)
     task_lr: float = opt(None, "learning rate of task-specific parameters", group=MT, type=float)
     task_batch_sizes: str = opt(None, "per-task effective batch sizes, e.g. cola=16,mnli=64", group=MT, type=str)
     task_max_seq_length: str = opt(None, "per-task max lengths, e.g. squad2=384,conll=128 (default: "
@@ -551,8 +550,7 @@ def build_model(args, opts, plan, tasks):
 def freeze(args, plan, model, env):
     """--freeze: the shared encoder does not train; --add_tasks: only the new tasks' modules and heads do."""
     if args.freeze:
-        for p in model.shared_parameters():
-            p.requires_grad_(False)
+        training.log_freeze(*mt.freeze_shared(model))
     if plan.carried:
         trainable = mt.freeze_all_but(model, plan.task_ids)
         if env.is_main:
@@ -568,7 +566,8 @@ def train(run):
     """Train; False when --stop_after_steps stopped the run (a checkpoint to --resume, no results)."""
     args, opts, plan, env, tasks = run.args, run.opts, run.plan, run.env, run.tasks
     sizes = [t.train_size for t in tasks]
-    groups = optimization.param_groups(run.model, opts.weight_decay, opts.learning_rate, task_lr=args.task_lr,
+    task_lr = opts.method_lr if args.task_lr is None else args.task_lr  # explicit flags win (EngineOptions)
+    groups = optimization.param_groups(run.model, opts.weight_decay, opts.learning_rate, task_lr=task_lr,
                                        pal_attention_lr=args.pal_attention_lr)
     # Only a projection needs per-task gradients; a plain sum over several tasks accumulates as usual.
     combiner = None

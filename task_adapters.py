@@ -438,10 +438,12 @@ class Method:
     """An adapter method: the boolean config key that turns it on, the per-task module it puts in
     each slot (`builder(build, task_id)`; or a function of the config giving that dict, when the
     config chooses the slots), and per-task modules it registers once on the encoder (`shared`:
-    name -> `maker(config)`, built before the layers)."""
+    name -> `maker(config)`, built before the layers). `task_lr`: the documented default rate of the
+    task modules and heads when a run gives neither --task_lr nor --learning_rate (method_task_lr)."""
     key: str
     slots: Union[Dict[str, Callable], Callable] = field(default_factory=dict)
     shared: Dict[str, Callable] = field(default_factory=dict)
+    task_lr: Optional[float] = None
 
 
 # In build order (the order fixes the random init of a seed; append new methods at the end).
@@ -459,18 +461,34 @@ METHODS = (
                                       "after_ffn": lambda b, t: b.low_rank(near_identity=True)}),
     Method("lhuc", slots={"scale": lambda b, t: LHUC(b.config.hidden_size)}),
     Method("top", slots={"top": Build.top}),
-    Method("lora", slots=lora_slots),
-    Method("ia3", slots=ia3_slots),
+    Method("lora", slots=lora_slots, task_lr=5e-4),
+    Method("ia3", slots=ia3_slots, task_lr=3e-3),
     Method("parallel_adapter", slots={"beside_ffn": lambda b, t: ParallelAdapter(
-        b.config.hidden_size, b.config.parallel_adapter_size, b.config.parallel_adapter_scale)}),
+        b.config.hidden_size, b.config.parallel_adapter_size, b.config.parallel_adapter_scale)}, task_lr=1e-4),
     Method("prefix_tuning", shared={"prefix_encoders": PrefixEncoder},
-           slots={"prefix": lambda b, t: PrefixKeyValues(b.shared["prefix_encoders"][t], b.layer_index)}),
+           slots={"prefix": lambda b, t: PrefixKeyValues(b.shared["prefix_encoders"][t], b.layer_index)},
+           task_lr=1e-3),
 )
 
 
 def active_methods(config):
     """The METHODS a config turns on."""
     return [m for m in METHODS if getattr(config, m.key)]
+
+
+def method_task_lr(merged):
+    """(rate, note) for the task modules and heads of a model config (a dict, e.g. read_pretrained's):
+    the `task_lr` its methods share, or None (a method without one, such as PALs, trains at --learning_rate;
+    methods whose defaults differ: `note` says so)."""
+    rates = {m.key: m.task_lr for m in METHODS if merged.get(m.key)}
+    values = set(rates.values())
+    if len(values) == 1 and None not in values:
+        return values.pop(), f"{', '.join(rates)}'s default"
+    if values - {None}:
+        return None, ("the methods' default task rates differ (" + ", ".join(
+            f"{k} {'--learning_rate' if v is None else f'{v:g}'}" for k, v in rates.items())
+            + "): the task modules train at --learning_rate; pass --task_lr to choose")
+    return None, ""
 
 
 def has_adapters(config):

@@ -46,7 +46,14 @@ from .gradients import (
 from .gradients import _other_orders as _other_orders  # tests pin the random order of the projections
 from .library import LibraryCombiner, LibraryFlags, library_methods
 from .loss_weighting import LossWeighter, LossWeightingFlags
-from .parameters import format_parameter_report, freeze_all_but, meta_model, parameter_report, task_parameter_names
+from .parameters import (
+    format_parameter_report,
+    freeze_all_but,
+    freeze_shared,
+    meta_model,
+    parameter_report,
+    task_parameter_names,
+)
 from .sampling import (
     SAMPLING_MODES,
     TaskSampler,
@@ -75,7 +82,8 @@ __all__ = [
     "SELECTIONS", "TASK_LABELS_FILE", "EpochEnd", "GradientCombiner", "ModelSelector", "MultiTaskStream",
     "TaskSampler", "TrainLossLog", "assemble_per_task_best", "batch_size_flag", "check_saved_tasks",
     "combination_plan", "encoder_fingerprint", "evaluate_tasks", "export_task_adapter", "format_eval_table",
-    "format_parameter_report", "format_schedule_report", "freeze_all_but", "gradvac", "gradvac_weights",
+    "format_parameter_report", "format_schedule_report", "freeze_all_but", "freeze_shared", "gradvac",
+    "gradvac_weights",
     "import_task_adapter", "inclusion_probabilities", "meta_model", "parameter_report", "parse_task_batch_sizes",
     "parse_task_values", "pcgrad", "pcgrad_weights", "predict_tasks", "read_task_adapter", "recover_output_dirs",
     "sampling_alpha", "save_task_parameters", "save_with_task_labels", "schedule_report", "task_labels",

@@ -122,15 +122,40 @@ def read_task_adapter(adapter_dir):
     return info, tensors
 
 
-def import_task_adapter(model_dir, adapter_dir, task=None):
+def _in_task_label_order(info, tensors, adapter_dir, ours):
+    """A classification head in the order of the task's own labels `ours` (rows matched by label name,
+    in place); the adapter's labels must be those, else a ConfigError naming the difference. Without
+    `ours` (a task whose labels come from its data) the adapter's labels become the task's."""
+    labels = info.get("labels")
+    if labels is None or ours is None or info["head_type"] != "classification":
+        return
+    if sorted(labels) != sorted(ours) or len(set(labels)) != len(labels):
+        only = [x for x in labels if x not in ours]
+        missing = [x for x in ours if x not in labels]
+        raise ConfigError(f"{adapter_dir}: its labels {', '.join(labels)} are not task {info['task']}'s "
+                          f"{', '.join(ours)} (only in the adapter: {', '.join(only) or 'none'}; missing: "
+                          f"{', '.join(missing) or 'none'})")
+    order = [labels.index(label) for label in ours]
+    for name in ("heads.classifier.weight", "heads.classifier.bias"):
+        tensors[name] = tensors[name][order].clone()
+    info["labels"] = list(ours)
+
+
+def import_task_adapter(model_dir, adapter_dir, task=None, own_labels=None, num_choices=None):
     """The model in `model_dir` (a multi-task model, or a plain BERT) with the exported task added as
     its last task -> (model, the adapter's info). Refuses an adapter made on another base model
     (encoder fingerprint), with other adapter settings, or for a task the model already has.
-    A PEFT LoRA / (IA)^3 folder (peft_files) has no task name and no fingerprint: `task` names it."""
+    A PEFT LoRA / (IA)^3 folder (peft_files) has no task name and no fingerprint: `task` names it, its
+    labels come from an id2label (peft_labels), and a choice head's num_labels is `num_choices` (a PEFT
+    folder knows no number of choices). `own_labels(task name)`: the task's own label names (a GLUE
+    task's; multitask/ knows no task) or None: the head is put in their order, matched by name (other
+    names: ConfigError)."""
     if peft_files.is_peft_folder(adapter_dir):
         if not task:
             raise ConfigError(f"{adapter_dir} is a PEFT adapter folder, which names no task: give --task NAME")
         info, tensors = peft_files.read_peft_adapter(adapter_dir, task)
+        if info["head_type"] == "choice" and num_choices:
+            info["num_labels"] = int(num_choices)
     else:
         info, tensors = read_task_adapter(adapter_dir)
     _, merged, weights_path = modeling.read_pretrained(model_dir)
@@ -166,6 +191,7 @@ def import_task_adapter(model_dir, adapter_dir, task=None):
         raise ConfigError(f"{adapter_dir}: exported from another base model (encoder sha256 {want[:16]}..., "
                           f"{model_dir} has {have[:16]}...); import it onto the model it came from, or one with the "
                           "same encoder weights")
+    _in_task_label_order(info, tensors, adapter_dir, own_labels(task) if own_labels else None)
     pairs = dict(modeling.task_parameter_pairs(model, len(names)))
     if set(pairs) != set(tensors):
         missing, extra = sorted(set(pairs) - set(tensors)), sorted(set(tensors) - set(pairs))

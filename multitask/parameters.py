@@ -53,6 +53,18 @@ def task_parameter_names(model, task_id):
     return {name for name, p in model.named_parameters(remove_duplicate=False) if id(p) in ids}
 
 
+def freeze_shared(model):
+    """--freeze: the shared encoder (every parameter of `model.shared_parameters()`: embeddings, layers,
+    LayerNorms, pooler) gets requires_grad False; task modules and heads keep theirs. Returns
+    (trainable parameters, trainable task-module parameters without the heads): with no task modules
+    only the heads train (a linear probe)."""
+    for p in model.shared_parameters():
+        p.requires_grad_(False)
+    heads = {id(p) for head in model.heads for p in head.parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return _count_unique(trainable), _count_unique(p for p in trainable if id(p) not in heads)
+
+
 def freeze_all_but(model, task_ids):
     """Leave only the modules and heads of `task_ids` trainable (--add_tasks): the shared encoder
     (LayerNorms included) and every other task's parameters get requires_grad False, so the

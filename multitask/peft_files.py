@@ -1,15 +1,18 @@
 """One LoRA or (IA)^3 task as a PEFT adapter folder and back (scripts/export_adapter.py --format peft,
 scripts/import_adapter.py): docs/multitask.md#peft-adapter-folders.
 
-Export writes `adapter_config.json` (every value explicit: PEFT's defaults are not ours),
-`adapter_model.safetensors` (PEFT's names; the head under `modules_to_save`) and `base_model/`, our
-shared encoder with the task's head as a Hugging Face folder, which `base_model_name_or_path` names
-(relative to the adapter folder). Import reads such a folder (made by PEFT or by us) into our portable
-names, so import_task_adapter adds it to a model like one of our own adapter files.
+Export writes `adapter_config.json` (every value explicit: PEFT's defaults are not ours) and
+`adapter_model.safetensors` (PEFT's names; the head under `modules_to_save`). `base_model_name_or_path`
+names the run's own base model when the run was --freeze and the encoder equals that base's weights
+(frozen_base); otherwise the export also writes `base_model/`, our shared encoder with the task's head
+as a Hugging Face folder, and names it (relative to the adapter folder). Import reads such a folder
+(made by PEFT or by us) into our portable names, so import_task_adapter adds it to a model like one of
+our own adapter files.
 """
 import json
 import os
 
+import torch
 from safetensors.torch import load_file
 
 import file_utils
@@ -87,22 +90,70 @@ def to_peft_names(pairs, state, head_type):
     return out
 
 
-def export_peft_adapter(model, task_id, out_dir, labels, vocab_file):
-    """Write task `task_id` of `model` as a PEFT adapter folder with its base beside it; returns the
-    adapter config written."""
+def export_peft_adapter(model, task_id, out_dir, labels, vocab_file, base_name=None):
+    """Write task `task_id` of `model` as a PEFT adapter folder; returns the adapter config written.
+    `base_name` (the frozen run's own base model, frozen_base): base_model_name_or_path names it and
+    no encoder is written; None: our encoder with the task's head goes beside it in base_model/."""
     head_type = model.task_types[task_id]
     if head_type not in HEADS:
         raise ConfigError(f"a '{head_type}' head has no transformers class a PEFT adapter loads onto")
-    config = peft_config(model.config, head_type, BASE_DIR)
+    config = peft_config(model.config, head_type, base_name or BASE_DIR)
     tensors = to_peft_names(modeling.task_parameter_pairs(model, task_id), model.state_dict(), head_type)
-    base = _base_model(model, task_id)
+    base = None if base_name else _base_model(model, task_id)
 
     def write(tmp):
         _write_safetensors(os.path.join(tmp, PEFT_WEIGHTS), tensors)
         atomic_write_json(os.path.join(tmp, PEFT_CONFIG), config)
-        base.save_pretrained(os.path.join(tmp, BASE_DIR), vocab_file=vocab_file, labels=labels)
+        if base is not None:
+            base.save_pretrained(os.path.join(tmp, BASE_DIR), vocab_file=vocab_file, labels=labels)
     file_utils.replace_dir_atomically(out_dir, write)
     return config
+
+
+def frozen_base(model_dir, model):
+    """(base name, why) for a model trained with --freeze: the --bert_model of its run_config.json (in
+    the model folder or, for a run_multi_task best/ folder, its parent), provided that base is a
+    Hugging Face folder here whose weights equal every shared parameter of `model`. The name is written
+    as given when it is an absolute path or a Hub name, else as the absolute folder (a bundled name, a
+    path relative to some earlier working directory). (None, why) when the encoder must be written
+    instead: not frozen, no run_config.json, the base not found here, or weights that differ."""
+    for folder in (model_dir, os.path.dirname(os.path.normpath(model_dir))):
+        path = os.path.join(folder, "run_config.json")
+        if os.path.isfile(path):
+            break
+    else:
+        return None, "no run_config.json beside the model: whether the encoder was trained is unknown"
+    with open(path, encoding="utf-8") as f:
+        run_flags = (json.load(f) or {}).get("flags") or {}
+    if not run_flags.get("freeze"):
+        return None, f"the encoder was trained ({path} has no --freeze)"
+    given = run_flags.get("bert_model")
+    try:
+        folder = file_utils.resolve_model_dir(given)
+    except ConfigError as exc:
+        return None, f"the run's base model '{given}' is not found here ({exc})"
+    differs = _differs_from_file(model, os.path.join(folder, "model.safetensors"))
+    if differs:
+        return None, f"the encoder is not the base's '{given}' ({differs})"
+    name = given if os.path.isabs(given) or not os.path.isdir(given) and given not in file_utils.BUNDLED_MODELS \
+        else os.path.abspath(folder)
+    return name, f"--freeze run: its encoder equals the base model '{given}'"
+
+
+def _differs_from_file(model, path):
+    """'' when every shared parameter of `model` is in the safetensors file `path` (names with or
+    without 'bert.') with equal values, else what differs first."""
+    if not os.path.isfile(path):
+        return f"{path} is missing (only a Hugging Face safetensors folder is checked and named)"
+    saved = load_file(path)
+    for name, p in model.named_shared_parameters():
+        short = name[len("bert."):] if name.startswith("bert.") else name
+        tensor = saved.get(name, saved.get(short))
+        if tensor is None:
+            return f"{short} is not in {path}"
+        if tensor.shape != p.shape or not torch.equal(tensor.to(p.dtype), p.detach().cpu()):
+            return f"{short} differs"
+    return ""
 
 
 def _base_model(model, task_id):
@@ -170,10 +221,43 @@ def read_peft_adapter(adapter_dir, task):
     else:
         keys.update(ia3_targets=None if tuple(slots) == task_adapters.IA3_TARGETS else slots)
     head_type, num_labels = _head(cfg.get("task_type"), tensors, path, weights)
-    info = {"task": task, "head_type": head_type, "num_labels": num_labels, "labels": None,
+    labels = peft_labels(adapter_dir, cfg, num_labels) if head_type in ("classification", "token") else None
+    info = {"task": task, "head_type": head_type, "num_labels": num_labels, "labels": labels,
             "adapter_config": keys, "base_model": {"encoder_sha256": None},
             "num_parameters": sum(t.numel() for t in tensors.values())}
     return info, tensors
+
+
+def peft_labels(adapter_dir, cfg, rows):
+    """The head's label names from the `id2label` of a config.json beside the adapter, else of its
+    base model's (base_model_name_or_path: relative to the adapter folder, else a folder, bundled or
+    Hub-cache name found here); None when neither has names (or only transformers' LABEL_0, LABEL_1, ...
+    placeholders). id2label must number the head's `rows` outputs 0..rows-1 (ConfigError naming it)."""
+    paths = [os.path.join(adapter_dir, "config.json")]
+    base = cfg.get("base_model_name_or_path")
+    if isinstance(base, str) and base:
+        beside = os.path.join(adapter_dir, base)
+        try:
+            paths.append(os.path.join(beside if os.path.isdir(beside) else file_utils.resolve_model_dir(base),
+                                      "config.json"))
+        except ConfigError:
+            pass  # a base not on this machine: no names from it
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                id2label = json.load(f).get("id2label")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if not isinstance(id2label, dict) or not id2label:
+            continue
+        keys = {str(i) for i in range(rows)}
+        if set(map(str, id2label)) != keys:
+            raise ConfigError(f"{path}: id2label numbers {', '.join(sorted(map(str, id2label)))}; the adapter's head "
+                              f"has {rows} outputs (0..{rows - 1})")
+        labels = [str(id2label[k] if k in id2label else id2label[int(k)]) for k in map(str, range(rows))]
+        if labels != [f"LABEL_{i}" for i in range(rows)]:
+            return labels
+    return None
 
 
 def _head(task_type, tensors, path, weights):
@@ -194,7 +278,7 @@ def _head(task_type, tensors, path, weights):
     fixed = {"choice": 1, "span": 2}.get(head_type)
     if fixed is not None and rows != fixed:
         raise ConfigError(f"{weights}: a {head_type} head has {fixed} output(s), not {rows}")
-    return head_type, rows
+    return head_type, rows  # a choice head: 1 (import_task_adapter's num_choices replaces it)
 
 
 def _portable(raw, weights, ia3):

@@ -5,8 +5,9 @@
 A folder is either a run_multi_task.py output (results.json with "kind": "multi_task"), a
 run_classifier.py output (one GLUE task: run_config.json + eval_results.txt / results.json), or a
 parent folder whose sub-folders are runs. Multi-task runs give one row each (dev metrics of the
-selected epoch); all single-task runs together give ONE row "separate fine-tuned BERTs" (one model
-per task, parameters summed), as in the paper's first row.
+selected epoch; its label says "[frozen encoder]" / "[2019 protocol]" when its run_config.json has
+--freeze / --reference_protocol); all single-task runs together give ONE row "separate fine-tuned
+BERTs" (one model per task, parameters summed), as in the paper's first row.
 
 Columns: per-task dev metrics (CoLA MCC, SST-2 acc, MRPC F1/acc, STS-B Pearson/Spearman, QQP
 F1/acc, MNLI-m/mm acc, QNLI, RTE, WNLI acc), "GLUE" = the leaderboard rule (tasks/glue.py
@@ -135,7 +136,8 @@ def read_run(directory):
         if best is None:
             raise DataError(results_path, None, "no evaluated epoch (training did not finish an epoch?)")
         params = data.get("parameters") or {}
-        return {"kind": "multi_task", "label": data.get("label") or os.path.basename(os.path.normpath(directory)),
+        label = (data.get("label") or os.path.basename(os.path.normpath(directory))) + _protocol(directory)
+        return {"kind": "multi_task", "label": label,
                 "results": _glue_only(best["results"]), "parameters": params.get("total"),
                 "one_bert": params.get("shared"), "best_epoch": data.get("best_epoch"), "path": directory}
     if data is not None and data.get("kind") == "single_task":
@@ -162,6 +164,17 @@ def read_run(directory):
     total, encoder = _count_saved_parameters(directory)
     return {"kind": "single_task", "label": task, "results": results, "parameters": total, "one_bert": encoder,
             "path": directory}
+
+
+def _protocol(directory):
+    """' [frozen encoder, 2019 protocol]' from the run's run_config.json flags (--freeze,
+    --reference_protocol), which its results label does not name: two protocols of one config are two
+    rows that must not read alike."""
+    path = os.path.join(directory, "run_config.json")
+    flags = (_read_json(path).get("flags") or {}) if os.path.isfile(path) else {}
+    parts = [name for flag, name in (("freeze", "frozen encoder"), ("reference_protocol", "2019 protocol"))
+             if flags.get(flag)]
+    return f" [{', '.join(parts)}]" if parts else ""
 
 
 def _glue_only(results):

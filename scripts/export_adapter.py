@@ -8,9 +8,10 @@ weights), and prints the sizes. scripts/import_adapter.py adds it to a model wit
 
     python scripts/export_adapter.py runs/lora/best --task rte --format peft --output_dir rte_peft/
 
-writes a LoRA or (IA)^3 task as a PEFT adapter folder (adapter_config.json, adapter_model.safetensors)
-with the base it needs beside it (base_model/, our encoder and the task's head as a Hugging Face
-folder): docs/multitask.md#peft-adapter-folders.
+writes a LoRA or (IA)^3 task as a PEFT adapter folder (adapter_config.json, adapter_model.safetensors).
+A --freeze run's adapter names the run's own base model (checked: the encoder equals its weights);
+otherwise the base it needs goes beside it (base_model/, our encoder and the task's head as a Hugging
+Face folder): docs/multitask.md#peft-adapter-folders.
 """
 import argparse
 import os
@@ -50,12 +51,18 @@ def export_peft(model_dir, task, output_dir):
     if os.path.isdir(output_dir) and os.listdir(output_dir):
         raise ConfigError(f"{output_dir} exists and is not empty; export into a new folder")
     vocab = os.path.join(model_dir, "vocab.txt")
-    config = mt.peft_files.export_peft_adapter(model, names.index(task), output_dir,
-                                               tasks.saved_labels(model_dir).get(task),
-                                               vocab if os.path.isfile(vocab) else None)
-    print(f"{task}: {config['peft_type']} adapter in {output_dir} for transformers' "
-          f"{mt.peft_files.HEADS[model.task_types[names.index(task)]][1]}, base in "
-          f"{os.path.join(output_dir, config['base_model_name_or_path'])}")
+    task_id = names.index(task)
+    base, why = mt.peft_files.frozen_base(model_dir, model)
+    config = mt.peft_files.export_peft_adapter(model, task_id, output_dir, tasks.saved_labels(model_dir).get(task),
+                                               vocab if os.path.isfile(vocab) else None, base_name=base)
+    cls = mt.peft_files.HEADS[model.task_types[task_id]][1]
+    where = base or os.path.join(output_dir, config["base_model_name_or_path"])
+    print(f"{task}: {config['peft_type']} adapter in {output_dir} for transformers' {cls}; base {where} ({why})")
+    if base:  # the pre-trained base has no head of this size: say so in the load
+        sized = model.task_types[task_id] in ("classification", "regression", "token")
+        labels = f", num_labels={model.task_num_labels[task_id]}" if sized else ""
+        print(f"load: peft.PeftModel.from_pretrained(transformers.{cls}.from_pretrained({base!r}{labels}), "
+              f"{output_dir!r})")
     return 0
 
 

@@ -17,6 +17,16 @@ import multitask as mt
 import tasks
 import tokenization
 from file_utils import ConfigError, replace_dir_atomically, resolve_model_dir, run_cli
+from tasks import glue, swag
+
+
+def _own_labels(task):
+    """A GLUE task's label names (the adapter's head is matched to them by name), else None: other
+    tasks' labels come from their data, so the adapter's become theirs."""
+    try:
+        return list(glue.get_task(task).labels or []) or None
+    except ConfigError:
+        return None
 
 
 def main(argv=None):
@@ -29,7 +39,9 @@ def main(argv=None):
     model_dir = resolve_model_dir(args.model_dir)
     if os.path.isdir(args.output_dir) and os.listdir(args.output_dir):
         raise ConfigError(f"{args.output_dir} exists and is not empty; write the model into a new folder")
-    model, info = mt.import_task_adapter(model_dir, args.adapter_dir, args.task and args.task.strip().lower())
+    task = args.task and args.task.strip().lower()
+    model, info = mt.import_task_adapter(model_dir, args.adapter_dir, task, own_labels=_own_labels,
+                                         num_choices=swag.NUM_CHOICES)  # SWAG: the one multiple-choice family
     names = model.config.task_names
     labels = {k: v for k, v in tasks.saved_labels(model_dir).items() if k in names}
     if info.get("labels") is not None:

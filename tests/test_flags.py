@@ -38,6 +38,7 @@ def test_the_fingerprint_is_todays_so_old_checkpoints_resume():
                     max_seq_length=384).fingerprint() == today
     compiled = _options("--compile", "--bf16", "--no_group_by_length", max_seq_length=384).fingerprint()
     assert compiled == dict(today, pad_multiple=8, precision="bf16", group_by_length=False)
+    assert _options("--freeze", max_seq_length=384).fingerprint() == dict(today, freeze=True)  # only when set
     reference = _options("--reference_protocol", "--gradient_accumulation_steps", "2", max_seq_length=384)
     assert reference.fingerprint() == dict(
         today, optimizer="bertadam", schedule="warmup_linear_legacy", group_by_length=False,

@@ -93,6 +93,12 @@ def test_export_loads_in_peft_with_our_predictions(tmp_path, name):
         # and it reads back as a task of the plain BERT it was trained on, with the same predictions
         again, info = mt.import_task_adapter(plain, str(out), task="again")
         assert info["head_type"] == head_type and again.config.task_names[-1] == "again"
+        if head_type != "choice":
+            assert info["num_labels"] == model.task_num_labels[task_id]
+        else:  # the script records SWAG's 4 choices, as run_swag.py does, not the head's 1 output
+            assert import_adapter.main([plain, str(out), "--task", "swag", "--output_dir", str(tmp_path / "sw")]) == 0
+            saved = json.loads((tmp_path / "sw" / "config.json").read_text())
+            assert saved["task_num_labels"] == [model.task_num_labels[task_id]] == [4]
         torch.testing.assert_close(_ours(again.eval(), again.num_tasks - 1, head_type),
                                    _ours(model, task_id, head_type), atol=1e-5, rtol=1e-5)
 

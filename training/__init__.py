@@ -95,7 +95,7 @@ from training.outputs import (
                               write_run_config,
 )
 from training.prediction import _autocast, _move, predict, predictor
-from training.single_task import dev_evaluator, run_summary, train_and_save
+from training.single_task import dev_evaluator, log_freeze, run_summary, train_and_save
 from training.trainer import (
                               GRAM_CHUNK,
                               MAX_CONSECUTIVE_SKIPPED_STEPS,
@@ -121,5 +121,6 @@ __all__ = ['CHECKPOINT_DIR', 'CHECKPOINT_FORMAT', 'CHECKPOINT_META', 'CHECKPOINT
            'dev_evaluator', 'feature_length', 'find_checkpoint', 'gram_matrix', 'loss_count', 'is_number', 'load_model',
            'load_tokenizer', 'make_batches', 'make_stream', 'num_training_steps', 'output_dir_of_rank', 'pad_values',
            'predict', 'predictor', 'prefetches', 'prepare_output_dir', 'protocol_line', 'read_checkpoint',
-           'read_state', 'run_summary', 'save_model', 'set_seed', 'setup_env', 'train_and_save', 'usable_cores',
+           'log_freeze', 'read_state', 'run_summary', 'save_model', 'set_seed', 'setup_env', 'train_and_save',
+           'usable_cores',
            'weighted_rows_into', 'write_eval_results', 'write_run_config', 'write_state']

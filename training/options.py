@@ -11,6 +11,7 @@ import file_utils
 import flags
 import modeling
 import optimization
+import task_adapters
 import tokenization
 from file_utils import ConfigError, resolve_model_dir
 from flags import flag
@@ -151,6 +152,12 @@ class EngineOptions:
         "checkpoint is refused)", group=ENGINE, run=True)
     max_steps: int = flag(  # > 0: the number of optimizer steps, whatever the epochs
         0, "train this many optimizer steps (> 0: replaces --num_train_epochs)", group=ENGINE, run=True)
+    freeze: bool = flag(  # the fingerprint has it only when set (old checkpoints resume)
+        False, "train only the task modules (adapters) and heads; the shared encoder (embeddings, layers, "
+        "LayerNorms, pooler) stays as loaded. With a config without task modules only the heads train",
+        group=ENGINE, doc="train only the task modules (adapters, PALs, LoRA, ...) and heads; the shared encoder "
+        "(embeddings, every layer, LayerNorms, pooler) stays bit-identical to the loaded one; without task modules "
+        "(no `--config`) only the heads train, a linear probe ([model.md](model.md#adapters))")
     eval_steps: int = flag(  # single-task runners: dev evaluation + best model every N steps
         0, "single-task runners: evaluate the dev set every N steps, keep the best model in <output_dir>/best/ "
         "and use it for --do_eval/--do_predict (0: no evaluation while training)", group=ENGINE)
@@ -189,6 +196,9 @@ class EngineOptions:
             "micro-batches count by their examples); a step of several tasks (`--tasks_per_step`, which 2019 did "
             "not have) sums the tasks' losses so weighted; with pregenerated LM epochs only the very last step may "
             "be short")
+    # the rate of task modules and heads from the config's method (task_adapters.method_task_lr) when neither
+    # --learning_rate nor --task_lr is given; None: they train at --learning_rate (or run_multi_task's --task_lr)
+    method_lr: Optional[float] = None
     run_flags: tuple = ()                   # a runner's own run-defining flags, as (name, value) pairs
     notes: tuple = ()                       # lines for the log: explicit flags that won over --reference_protocol
 
@@ -265,6 +275,8 @@ class EngineOptions:
             notes=tuple(notes))
         for part in REFERENCE_PARTS[1:]:
             given[part] = reference or given[part]
+        if not {"learning_rate", "task_lr"} & set(getattr(args, "explicit", ()) or ()):
+            given["method_lr"] = _method_lr(model_dir, given["config"])
         return cls(**given)
 
     @property
@@ -289,6 +301,10 @@ class EngineOptions:
             values["pad_multiple"] = self.pad_multiple
         if self.reference_accumulation and self.gradient_accumulation_steps > 1:  # likewise: a key only when it acts
             values["reference_accumulation"] = True
+        if self.method_lr is not None:  # likewise
+            values["method_lr"] = self.method_lr
+        if self.freeze:  # likewise (run_multi_task.py's own fingerprint always had it)
+            values["freeze"] = True
         values.update(dict(self.run_flags))
         return json.loads(json.dumps(values, default=str))
 
@@ -321,6 +337,22 @@ def _apply_reference_protocol(args):
                 notes.append(f"--reference_protocol: the explicit --{dest} {getattr(args, dest)} wins over the "
                              f"2019 protocol's {value}")
     return notes
+
+
+def _method_lr(model_dir, config):
+    """The config's method default rate for task modules and heads (logged), or None. A model folder
+    that cannot be read gives None here: loading it fails later with its own message."""
+    try:
+        merged = modeling.read_pretrained(model_dir, config)[1]
+    except ConfigError:
+        return None
+    rate, note = task_adapters.method_task_lr(merged)
+    if rate is not None:
+        logger.info("task modules and heads train at %g (%s; docs/model.md#adapters), the encoder at "
+                    "--learning_rate; an explicit --learning_rate or --task_lr replaces it", rate, note)
+    elif note:
+        logger.info(note)
+    return rate
 
 
 def default_cache_dir():

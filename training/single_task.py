@@ -7,6 +7,7 @@ import shutil
 import file_utils
 import modeling
 from file_utils import atomic_write_json
+from multitask.parameters import freeze_shared
 from training.checkpoints import CHECKPOINT_DIR
 from training.data import make_stream, num_training_steps
 from training.outputs import EVAL_HISTORY, save_model
@@ -23,13 +24,16 @@ def train_and_save(opts, env, model, features, tokenizer, desc="train", labels=N
     the dev set is evaluated
     every N steps (TensorBoard `eval/...`), the best model is kept in <output_dir>/best/ and loaded
     into `model` at the end, so that the runner's final evaluation and predictions use it.
-    --discard_checkpoint removes checkpoint/ after a successful run. Returns (trainer, summary):
+    --discard_checkpoint removes checkpoint/ after a successful run. --freeze trains only the task modules
+    and heads (multitask.freeze_shared). Returns (trainer, summary):
     global_step, loss, runtime and samples/s, and with --eval_steps best_step, best_score (every
     evaluation's step, main score and metrics go to <output_dir>/eval_history.json)."""
     stream = make_stream(opts, env, features, padding=padding)
     num_steps = num_training_steps(opts, stream.steps_per_epoch)
     logger.info("%d training features, %d optimizer steps of %d examples (%d per epoch)", len(features), num_steps,
                 opts.train_batch_size, stream.steps_per_epoch)
+    if opts.freeze:
+        log_freeze(*freeze_shared(model))
     trainer = Trainer(opts, env, model, num_steps)
     best_dir = os.path.join(opts.output_dir, "best")
     on_eval, period = None, stream.steps_per_epoch
@@ -65,6 +69,16 @@ def train_and_save(opts, env, model, features, tokenizer, desc="train", labels=N
         shutil.rmtree(os.path.join(opts.output_dir, CHECKPOINT_DIR), ignore_errors=True)
     env.barrier()
     return trainer, summary
+
+
+def log_freeze(trainable, modules):
+    """The log line of --freeze: what trains (only heads when the config has no task modules)."""
+    if modules:
+        logger.info("--freeze: training %s parameters (task modules %s + heads); the shared encoder stays as loaded",
+                    f"{trainable:,}", f"{modules:,}")
+    else:
+        logger.info("--freeze: the config has no task modules, so only the heads train (%s parameters): a "
+                    "linear probe of the loaded encoder", f"{trainable:,}")
 
 
 def dev_evaluator(task, task_id=0):

@@ -197,7 +197,8 @@ class Trainer(LossWeightingSteps):
         if opts.compile:
             self.ddp_model = compile_model(self.ddp_model)
         if param_groups is None:
-            param_groups = optimization.param_groups(self.model, opts.weight_decay, opts.learning_rate)
+            param_groups = optimization.param_groups(self.model, opts.weight_decay, opts.learning_rate,
+                                                     task_lr=getattr(opts, "method_lr", None))
         schedule = {}
         if opts.per_parameter_schedule:  # 2019: BertAdam schedules each parameter at its own step count
             schedule = dict(warmup=opts.warmup_proportion, t_total=max(1, self.num_training_steps),
