@@ -147,6 +147,10 @@ class WeightTally:
             entry[0] += float(w)
             entry[1] += 1
 
+    def weight_totals(self):
+        """{task: [sum of its weights, number of steps that weighted it]} so far (a copy)."""
+        return {name: [float(s), int(n)] for name, (s, n) in self.__dict__.get("weight_tally", {}).items()}
+
     def mean_weights(self):
         """{task: mean weight over the steps that trained it with others}."""
         return {name: s / n for name, (s, n) in sorted(self.__dict__.get("weight_tally", {}).items()) if n}
