@@ -36,7 +36,7 @@ def combination_plan(num_tasks, projection, tasks_per_step, combine_strategy):
                           f"is not the number of tasks ({num_tasks}): leave --tasks_per_step out or give "
                           f"{num_tasks}")
     if projection in library.NEEDS_ALL_TASKS and combine_strategy != "all":
-        raise ConfigError(f"--projection {projection} treats the first task as the primary one, so every step "
+        raise ConfigError(f"--projection {projection} {library.NEEDS_ALL_TASKS[projection]}, so every step "
                           "must train every task: --combine_strategy all")
     method = {"none": "sum", "pcgrad": "pcgrad", "vaccine": "vaccine"}.get(projection, projection)
     return tasks_per_step, combine_strategy, method
