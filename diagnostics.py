@@ -243,7 +243,7 @@ class GradientDiagnostics:
             norms = torch.diagonal(gram[0]).clamp(min=0).sqrt()
             values = {f"grad_norm/{t}": float(n) for t, n in zip(self.task_names, norms)}
             if state["weights"][-1] is not None:
-                mean, _ = interval_weights(state["weights"], self.task_names)
+                mean, _ = interval_weights(state["weights"][-2:], self.task_names)  # the last interval only
                 values.update({f"task_weight/{t}": float(w) for t, w in zip(self.task_names, mean[-1])
                                if not math.isnan(w)})
             for a, b in _pairs(len(self.task_names)):

@@ -237,8 +237,9 @@ def test_diagnoses_record_the_weights_the_combiner_gave(method, tmp_path, monkey
     monkeypatch.setattr(diagnostics, "diagnose", lambda model, batches, env=None: (["all"], torch.eye(2)[None]))
     env = types.SimpleNamespace(is_main=True, distributed=False)
     hook = diagnostics.GradientDiagnostics(2, names, [_Stream(), _Stream()], env, str(tmp_path), steps_per_epoch=4)
+    logged = []
     trainer = types.SimpleNamespace(global_step=0, extra_state={}, model=None, grad_combiner=comb,
-                                    log_scalars=lambda *a, **k: None)
+                                    log_scalars=lambda prefix, values: logged.append(values))
     orthogonal, conflict = np.array([[1.0, 0.0], [0.0, 4.0]]), np.array([[1.0, -1.0], [-1.0, 4.0]])
     for gram in (orthogonal, conflict, conflict, conflict):
         comb.weights(gram, [0, 1])
@@ -249,6 +250,7 @@ def test_diagnoses_record_the_weights_the_combiner_gave(method, tmp_path, monkey
     np.testing.assert_allclose(weights["weight"], [[1.5, 1.125], [2.0, 1.25]], rtol=1e-12)
     rows = _csv(tmp_path / "diagnostics" / "weights_1.csv")
     assert [int(r["steps"]) for r in rows] == [2, 2, 2, 2]
+    assert [(v["task_weight/rte"], v["task_weight/sts-b"]) for v in logged] == [(1.5, 1.125), (2.0, 1.25)]
 
 
 def test_interval_weights_skip_unknown_tallies_and_untrained_tasks():
