@@ -13,6 +13,13 @@ is what the run's checkpoint keeps (trainer.extra_state), so a resumed run write
 files. Outputs: TensorBoard (`diagnostics/...`), one CSV per epoch (`diagnostics/epoch_E.csv`),
 and at the end the heatmaps of plots.py.
 
+With a gradient combiner (--projection), each diagnosis also records the weights the combiner gave
+each task: its running tally (sum and count of each task's weights, multitask.WeightTally, in the
+combiner's checkpointed state) at that step, so the mean weight over the steps since the previous
+diagnosis follows exactly (`interval_weights`), with no extra work in the step. Outputs:
+`diagnostics/task_weight/<task>` in TensorBoard, `diagnostics/weights_E.csv` per epoch and the
+weights panel of the cosine picture.
+
 Cost: K forward and backward passes per diagnosis (K tasks), i.e. K/N extra passes per training
 step on average, plus K gradient copies of the shared parameters in memory while it runs.
 
@@ -42,6 +49,7 @@ logger = logging.getLogger(__name__)
 OUTPUT_DIR = "diagnostics"  # <output_dir>/diagnostics: epoch_E.csv and the heatmaps
 ALL = "all"                 # the group of every shared parameter
 CSV_COLUMNS = ("step", "group", "task_a", "task_b", "cos", "conflict", "dot", "norm_a", "norm_b")
+WEIGHT_COLUMNS = ("step", "method", "task", "weight", "steps")
 _LAYER = re.compile(r"(?:^|\.)encoder\.layer\.(\d+)\.")
 _CHUNK = 1 << 20  # elements per float64 block of the Gram product (bounds the temporary memory)
 
@@ -222,10 +230,15 @@ class GradientDiagnostics:
         state["steps"].append(trainer.global_step)
         state["grams"].append(gram)
         state["streams"] = [s.state_dict() for s in self.streams]
+        self._record_weights(state, trainer.grad_combiner)
         if self.env.is_main:
             cos = cosines(gram)
             norms = torch.diagonal(gram[0]).clamp(min=0).sqrt()
             values = {f"grad_norm/{t}": float(n) for t, n in zip(self.task_names, norms)}
+            if state["weights"][-1] is not None:
+                mean, _ = interval_weights(state["weights"][-2:], self.task_names)  # the last interval only
+                values.update({f"task_weight/{t}": float(w) for t, w in zip(self.task_names, mean[-1])
+                               if not math.isnan(w)})
             for a, b in _pairs(len(self.task_names)):
                 values[f"cos/{self.task_names[a]}~{self.task_names[b]}"] = float(cos[0, a, b])
             for g, group in enumerate(groups):
@@ -234,6 +247,16 @@ class GradientDiagnostics:
                 if shares:
                     values[f"conflict_share/{group}"] = sum(shares) / len(shares)
             trainer.log_scalars("diagnostics", values)
+
+    @staticmethod
+    def _record_weights(state, combiner):
+        """The combiner's running weight tally at this diagnosis ({task: [sum, count]}; None without a
+        combiner), aligned with state["steps"] (a checkpoint from before the tally gets None entries)."""
+        weights = state.setdefault("weights", [])
+        weights.extend([None] * (len(state["steps"]) - 1 - len(weights)))
+        weights.append(combiner.weight_totals() if hasattr(combiner, "weight_totals") else None)
+        if combiner is not None:
+            state["method"] = getattr(combiner, "method", type(combiner).__name__)
 
     def epoch_rows(self, trainer, epoch):
         state = self._state(trainer)
@@ -244,12 +267,28 @@ class GradientDiagnostics:
                 rows.extend(csv_rows(step, state["groups"], self.task_names, gram))
         return rows
 
+    def epoch_weight_rows(self, trainer, epoch):
+        """Rows of weights_E.csv: per diagnosis of the epoch and task, the mean weight the combiner gave
+        the task over the steps since the previous diagnosis, and how many steps gave it one."""
+        state = self._state(trainer)
+        if not any(w is not None for w in state.get("weights", [])):
+            return []
+        mean, count = interval_weights(state["weights"], self.task_names)
+        low, high = (epoch - 1) * self.steps_per_epoch, epoch * self.steps_per_epoch
+        return [{"step": step, "method": state.get("method"), "task": task, "weight": float(mean[d, k]),
+                 "steps": int(count[d, k])}
+                for d, step in enumerate(state["steps"][:len(mean)]) if low < step <= high
+                for k, task in enumerate(self.task_names)]
+
     def write_epoch_csv(self, trainer, epoch):
         rows = self.epoch_rows(trainer, epoch)
         if not rows:
             return None
         path = os.path.join(self.output_dir, OUTPUT_DIR, f"epoch_{epoch}.csv")
         write_csv(path, rows)
+        weight_rows = self.epoch_weight_rows(trainer, epoch)
+        if weight_rows:
+            write_csv(os.path.join(self.output_dir, OUTPUT_DIR, f"weights_{epoch}.csv"), weight_rows, WEIGHT_COLUMNS)
         return path
 
     def finish(self, trainer):
@@ -280,26 +319,68 @@ def csv_rows(step, groups, task_names, gram):
     return rows
 
 
-def write_csv(path, rows):
+def interval_weights(tallies, task_names):
+    """Running tallies ({task: [sum, count]} per diagnosis, None where unknown) -> (mean [D, K], steps
+    [D, K]): each task's mean weight over the steps between the previous diagnosis and this one, and
+    the number of those steps that weighted it (NaN mean where none did, or the tally is unknown)."""
+    mean = np.full((len(tallies), len(task_names)), np.nan)
+    count = np.zeros((len(tallies), len(task_names)), dtype=int)
+    previous = {}
+    for d, tally in enumerate(tallies):
+        if tally is None:
+            previous = None
+            continue
+        for k, task in enumerate(task_names):
+            total, n = tally.get(task, (0.0, 0))
+            if previous is not None:
+                before, n_before = previous.get(task, (0.0, 0))
+                count[d, k] = n - n_before
+                if n > n_before:
+                    mean[d, k] = (total - before) / (n - n_before)
+        previous = tally
+    return mean, count
+
+
+def write_csv(path, rows, columns=CSV_COLUMNS):
     with atomic_open(path, "w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in rows:
             writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
 
 
-def read_csvs(run_dir):
-    """The diagnostics of a run folder, from its epoch CSVs -> {"tasks", "groups", "steps",
-    "cos" (numpy [D, G, K, K], NaN on the diagonal)}, or None when the run has none."""
-    folder = os.path.join(run_dir, OUTPUT_DIR)
-    if not os.path.isdir(folder):
-        return None
-    files = sorted((f for f in os.listdir(folder) if re.fullmatch(r"epoch_\d+\.csv", f)),
-                   key=lambda f: int(f[6:-4]))
+def _read_rows(folder, prefix):
+    files = sorted((f for f in os.listdir(folder) if re.fullmatch(prefix + r"_\d+\.csv", f)),
+                   key=lambda f: int(f[len(prefix) + 1:-4]))
     rows = []
     for name in files:
         with open(os.path.join(folder, name), encoding="utf-8", newline="") as f:
             rows.extend(csv.DictReader(f))
+    return rows
+
+
+def read_weights(folder):
+    """{"method", "tasks", "steps", "weight" (numpy [D, K], NaN: no step weighted the task)} from the
+    weights_E.csv files, or None (a run without a combiner)."""
+    rows = _read_rows(folder, "weights")
+    if not rows:
+        return None
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    steps = list(dict.fromkeys(int(r["step"]) for r in rows))
+    weight = np.full((len(steps), len(tasks)), np.nan)
+    for r in rows:
+        weight[steps.index(int(r["step"])), tasks.index(r["task"])] = float(r["weight"])
+    return {"method": rows[0]["method"], "tasks": tasks, "steps": steps, "weight": weight}
+
+
+def read_csvs(run_dir):
+    """The diagnostics of a run folder, from its epoch CSVs -> {"tasks", "groups", "steps",
+    "cos" (numpy [D, G, K, K], NaN on the diagonal), "weights" (read_weights)}, or None when the run
+    has none."""
+    folder = os.path.join(run_dir, OUTPUT_DIR)
+    if not os.path.isdir(folder):
+        return None
+    rows = _read_rows(folder, "epoch")
     if not rows:
         return None
     tasks, groups, steps = [], [], []
@@ -314,7 +395,7 @@ def read_csvs(run_dir):
         d, g = steps.index(int(row["step"])), groups.index(row["group"])
         a, b = tasks.index(row["task_a"]), tasks.index(row["task_b"])
         cos[d, g, a, b] = cos[d, g, b, a] = float(row["cos"])
-    return {"tasks": tasks, "groups": groups, "steps": steps, "cos": cos}
+    return {"tasks": tasks, "groups": groups, "steps": steps, "cos": cos, "weights": read_weights(folder)}
 
 
 def summary(task_names, steps, grams, every=None, seconds=None):

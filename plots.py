@@ -9,8 +9,11 @@ logs a warning: the model and results are already saved) and on demand by
                              scores) per epoch, the selected epoch marked
     plots/sampling.png       target vs realized share of the steps per task, per epoch
     plots/train_loss.png     mean training loss per epoch, overall and per task
+    plots/task_weights.png   (with --projection) the mean weight the method gave each task's gradient
     diagnostics/task_cosines.png          (with --diagnose_every) mean cosine and conflict share
-                                          of every task pair's shared-parameter gradients
+                                          of every task pair's shared-parameter gradients, and with
+                                          --projection the weights the method gave each task
+                                          between diagnoses, per diagnosis step
     diagnostics/layers_<a>~<b>.png        cosine per layer group x training step for the named
                                           pairs (--diagnose_pairs), else the most conflicting ones
 
@@ -154,9 +157,44 @@ def plot_train_loss(results, path):
     return drawn
 
 
+def _axes_facts(ax):
+    """What a panel says: title, axis labels, labelled lines."""
+    return {"title": ax.get_title(), "xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(), "lines": _lines(ax)}
+
+
+def plot_task_weights(results, path):
+    """Bars: the mean weight the run's gradient combiner gave each task (results.json task_weights)."""
+    weights = results.get("task_weights")
+    if not weights:
+        raise ConfigError("results.json has no task_weights (a run without --projection)")
+    tasks = [t for t in _task_names(results, _history(results)) if t in weights] or list(weights)
+    fig, ax = plt.subplots(figsize=(1.6 + 0.8 * len(tasks), 3.6))
+    bars = ax.bar(tasks, [weights[t] for t in tasks], color=[f"C{i % 10}" for i in range(len(tasks))])
+    ax.axhline(1.0, color="black", linewidth=0.8, linestyle=":")  # the plain sum's weight
+    ax.set(xlabel="task", ylabel="mean weight of its gradient",
+           title=f"Task weights: --projection {results.get('projection')}")
+    ax.tick_params(axis="x", labelrotation=45, labelsize="small")
+    drawn = dict(_axes_facts(ax), bars={t: float(b.get_height()) for t, b in zip(tasks, bars)})
+    _save(fig, path)
+    return drawn
+
+
+def _weights_panel(ax, weights):
+    """Each task's mean weight between diagnoses (diagnostics.read_weights), per diagnosis step."""
+    for k, task in enumerate(weights["tasks"]):
+        ax.plot(weights["steps"], weights["weight"][:, k], marker="o", markersize=3, label=task, color=f"C{k % 10}")
+    ax.axhline(1.0, color="black", linewidth=0.8, linestyle=":")
+    ax.set_xlabel("training step", fontsize="small")
+    ax.set_ylabel("mean weight since the previous diagnosis", fontsize="small")
+    ax.set_title(f"task weights ({weights['method']})", fontsize="medium")
+    ax.legend(fontsize="x-small")
+    return _axes_facts(ax)
+
+
 def plot_task_cosines(diag, path):
     """Two task x task heatmaps over all shared parameters: the mean cosine over the run's
-    diagnoses, and the share of diagnoses in which the pair conflicted (cos < 0)."""
+    diagnoses, and the share of diagnoses in which the pair conflicted (cos < 0); with a gradient
+    combiner, a third panel: the weights it gave each task, per diagnosis step."""
     cos = diag["cos"][:, 0]  # [D, K, K], group ALL
     tasks = diag["tasks"]
     with warnings.catch_warnings():  # the diagonal (and a task with a zero gradient) is all NaN
@@ -166,8 +204,14 @@ def plot_task_cosines(diag, path):
     np.fill_diagonal(mean, 1.0)
     np.fill_diagonal(share, 0.0)
     k = len(tasks)
-    fig, axes = plt.subplots(1, 2, figsize=(3.2 + 1.4 * k, 0.6 + 0.7 * k))
-    drawn = {}
+    weights = diag.get("weights")
+    panels = 3 if weights else 2
+    height = 0.6 + 0.7 * k
+    fig, axes = plt.subplots(1, panels, figsize=(3.2 + 1.4 * k + 4.5, max(3.2, height)) if weights
+                             else (3.2 + 1.4 * k, height))
+    drawn = {"panels": panels}
+    if weights:
+        drawn["task weights"] = _weights_panel(axes[2], weights)
     for ax, (name, values, cmap, vmin) in zip(axes, (("mean cosine", mean, "RdBu", -1.0),
                                                      ("conflict share (cos < 0)", share, "Reds", 0.0))):
         image = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=1.0)
@@ -234,8 +278,11 @@ def plot_run(run_dir, pairs=None):
     results = read_results(run_dir)
     out = os.path.join(run_dir, PLOTS_DIR)
     written = {}
-    for name, draw in (("dev_scores", plot_dev_scores), ("average", plot_average), ("sampling", plot_sampling),
-                       ("train_loss", plot_train_loss)):
+    pictures = [("dev_scores", plot_dev_scores), ("average", plot_average), ("sampling", plot_sampling),
+                ("train_loss", plot_train_loss)]
+    if results.get("task_weights"):
+        pictures.append(("task_weights", plot_task_weights))
+    for name, draw in pictures:
         path = os.path.join(out, name + ".png")
         draw(results, path)
         written[name] = path

@@ -36,7 +36,7 @@ def combination_plan(num_tasks, projection, tasks_per_step, combine_strategy):
                           f"is not the number of tasks ({num_tasks}): leave --tasks_per_step out or give "
                           f"{num_tasks}")
     if projection in library.NEEDS_ALL_TASKS and combine_strategy != "all":
-        raise ConfigError(f"--projection {projection} treats the first task as the primary one, so every step "
+        raise ConfigError(f"--projection {projection} {library.NEEDS_ALL_TASKS[projection]}, so every step "
                           "must train every task: --combine_strategy all")
     method = {"none": "sum", "pcgrad": "pcgrad", "vaccine": "vaccine"}.get(projection, projection)
     return tasks_per_step, combine_strategy, method
@@ -146,6 +146,10 @@ class WeightTally:
             entry = tally.setdefault(name, [0.0, 0])
             entry[0] += float(w)
             entry[1] += 1
+
+    def weight_totals(self):
+        """{task: [sum of its weights, number of steps that weighted it]} so far (a copy)."""
+        return {name: [float(s), int(n)] for name, (s, n) in self.__dict__.get("weight_tally", {}).items()}
 
     def mean_weights(self):
         """{task: mean weight over the steps that trained it with others}."""

@@ -1,10 +1,12 @@
 """Draw the pictures of a finished run_multi_task.py output folder (plots.py) again, or for the first
 time (a run made with --no_plots, or whose pictures failed).
 
-    python scripts/plot_run.py runs/pals                       # plots/*.png (+ diagnostics/*.png)
+    python scripts/plot_run.py runs/pals                       # plots/*.png (+ diagnostics/*.png; with --projection
+                                                                # the task weights: plots/task_weights.png and a
+                                                                # panel of diagnostics/task_cosines.png)
     python scripts/plot_run.py runs/pals --pairs rte:mrpc       # layer x step pictures of these pairs
 
-Reads only results.json and diagnostics/epoch_*.csv (no model, no data).
+Reads only results.json and diagnostics/epoch_*.csv, weights_*.csv (no model, no data).
 """
 import argparse
 import os

@@ -168,14 +168,20 @@ def test_run_with_diagnostics_trains_bit_identically_and_writes_files(tiny_mt, t
     assert acc.Scalars("diagnostics/cos/rte~sts-b")[0].value == pytest.approx(rte_sts[0], abs=1e-6)
 
 
-def test_diagnostics_resume_exactly(tiny_mt, tmp_path):
+@pytest.mark.parametrize("projection", ["none", "vaccine"])
+def test_diagnostics_resume_exactly(tiny_mt, tmp_path, projection):
+    """With a combiner the weights between diagnoses resume too (the combiner's tally and the diagnoses'
+    snapshots of it are in the checkpoint): the step-8 diagnosis after the resume at 7 spans the resume."""
     full, split = tmp_path / "full", tmp_path / "split"
-    extra = ("--diagnose_every", 2, "--no_plots")
+    extra = ("--diagnose_every", 2, "--no_plots", "--projection", projection)
     assert run(tiny_mt, full, *COMMON, *extra, config="pals_nodrop") == 0
     assert run(tiny_mt, split, *COMMON, *extra, "--stop_after_steps", 7, config="pals_nodrop") == 0
     assert run(tiny_mt, split, *COMMON, *extra, "--resume", config="pals_nodrop") == 0
-    for name in ("epoch_1.csv", "epoch_2.csv"):
+    names = ("epoch_1.csv", "epoch_2.csv") + (("weights_1.csv", "weights_2.csv") if projection != "none" else ())
+    for name in names:
         assert _csv(full / "diagnostics" / name) == _csv(split / "diagnostics" / name)
+    if projection == "none":
+        assert not (full / "diagnostics" / "weights_1.csv").exists()
     a, b = json.loads((full / "results.json").read_text()), json.loads((split / "results.json").read_text())
     assert a["diagnostics"]["pairs"] == b["diagnostics"]["pairs"] and a["history"] == b["history"]
 
@@ -205,3 +211,52 @@ def test_summary_conflict_share_counts_negative_cosines():
     (pair,) = out["pairs"]
     assert pair["pair"] == "a~b" and pair["conflict_share"] == pytest.approx(2 / 3)
     assert pair["mean_cos"] == pytest.approx(-0.2 / 3)
+
+
+class _Stream:
+    def next_step(self):
+        return []
+
+    def state_dict(self):
+        return {}
+
+
+@pytest.mark.parametrize("method", ["pcgrad", "jd-pcgrad"])
+def test_diagnoses_record_the_weights_the_combiner_gave(method, tmp_path, monkeypatch):
+    """Two tasks, each step's weights from the combiner as the Trainer asks them, a diagnosis every 2 steps.
+    PCGrad of two gradients by hand: orthogonal (G = [[1, 0], [0, 4]]) -> weights 1, 1; in conflict
+    (G = [[1, -1], [-1, 4]]): g_a' = g_a + g_b / 4, g_b' = g_b + g_a -> 2, 1.25. Steps 1-2 orthogonal then in
+    conflict -> means 1.5, 1.125 at the step-2 diagnosis; steps 3-4 in conflict -> 2, 1.25 at step 4."""
+    import types
+
+    import multitask as mt
+    pytest.importorskip("torchjd")
+    names = ["rte", "sts-b"]
+    comb = (mt.LibraryCombiner(method, names, 0, run_multi_task.build_parser().parse_args([]))
+            if method.startswith("jd-") else mt.GradientCombiner(method, 2, seed=0, names=names))
+    monkeypatch.setattr(diagnostics, "diagnose", lambda model, batches, env=None: (["all"], torch.eye(2)[None]))
+    env = types.SimpleNamespace(is_main=True, distributed=False)
+    hook = diagnostics.GradientDiagnostics(2, names, [_Stream(), _Stream()], env, str(tmp_path), steps_per_epoch=4)
+    logged = []
+    trainer = types.SimpleNamespace(global_step=0, extra_state={}, model=None, grad_combiner=comb,
+                                    log_scalars=lambda prefix, values: logged.append(values))
+    orthogonal, conflict = np.array([[1.0, 0.0], [0.0, 4.0]]), np.array([[1.0, -1.0], [-1.0, 4.0]])
+    for gram in (orthogonal, conflict, conflict, conflict):
+        comb.weights(gram, [0, 1])
+        trainer.global_step += 1
+        hook(trainer)
+    weights = diagnostics.read_csvs(str(tmp_path))["weights"]
+    assert weights["method"] == method and weights["tasks"] == names and weights["steps"] == [2, 4]
+    np.testing.assert_allclose(weights["weight"], [[1.5, 1.125], [2.0, 1.25]], rtol=1e-12)
+    rows = _csv(tmp_path / "diagnostics" / "weights_1.csv")
+    assert [int(r["steps"]) for r in rows] == [2, 2, 2, 2]
+    assert [(v["task_weight/rte"], v["task_weight/sts-b"]) for v in logged] == [(1.5, 1.125), (2.0, 1.25)]
+
+
+def test_interval_weights_skip_unknown_tallies_and_untrained_tasks():
+    """A diagnosis without a tally (a checkpoint from before it) gives NaN there and at the next one (no
+    base to subtract); a task no step weighted since the previous diagnosis gets NaN, with 0 steps."""
+    tallies = [None, {"a": [2.0, 2], "b": [3.0, 2]}, {"a": [5.0, 3], "b": [3.0, 2]}]
+    mean, count = diagnostics.interval_weights(tallies, ["a", "b"])
+    assert np.isnan(mean[:2]).all() and mean[2, 0] == 3.0 and np.isnan(mean[2, 1])
+    assert count[2].tolist() == [1, 0]

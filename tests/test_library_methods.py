@@ -1,9 +1,11 @@
 """TorchJD's weightings behind --projection jd-*: our PCGrad and Gradient Vaccine against the library's on
 the same Gram matrices, the flags against the library's signatures, and the guarantees the wrapper adds
 (own RNG, state keyed by task name, exact state round trip, unscaled Gram matrix)."""
+import importlib.util
 import inspect
 import json
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -107,7 +109,8 @@ def test_flags_carry_the_library_defaults():
     expected = {"jd-" + n.lower() for n in agg.__all__ if inspect.isclass(getattr(agg, n))
                 and issubclass(getattr(agg, n), agg.GramianWeightedAggregator)
                 and n not in ("GramianWeightedAggregator", "Krum")}
-    assert set(library.library_methods()) == expected and len(expected) == 10
+    assert len(expected) == 10
+    assert set(library.library_methods()) == expected | {"jd-nashmtl", "jd-config"}  # run on a Gram factor
     fields = {f.name: f.default for f in __import__("dataclasses").fields(library.LibraryFlags)}
     used = set()
     for method in library.library_methods():
@@ -121,7 +124,7 @@ def test_flags_carry_the_library_defaults():
 
 def test_every_stateful_method_has_its_state_kept_here():
     stateful = {m for m, cls in library.library_methods().items() if issubclass(cls, Stateful)}
-    assert stateful == {"jd-gradvac", "jd-pcd"}  # LibraryCombiner._load/_store handle exactly these
+    assert stateful == {"jd-gradvac", "jd-pcd", "jd-nashmtl"}  # LibraryCombiner._load/_store handle exactly these
 
 
 def _options(**kw):
@@ -181,7 +184,73 @@ def test_task_order_follows_task_ids_not_positions():
     np.testing.assert_allclose(b, a[perm], rtol=1e-12)
 
 
-@pytest.mark.parametrize("method", ["jd-pcgrad", "jd-gradvac", "jd-pcd"])
+needs_ecos = pytest.mark.skipif(importlib.util.find_spec("ecos") is None,
+                                reason="Nash-MTL's solver ecos (requirements-dev.txt) is not installed")
+
+
+def _conflicting_jacobians(k, n=5, seed=0, dim=40):
+    """Per-task gradients J [k, dim] (float64) with conflicts, and one rank-deficient J (a task the sum of two)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        j = rng.standard_normal((k, dim)) * rng.uniform(0.1, 10, (k, 1))
+        j[1] -= 0.8 * j[0]
+        out.append(j)
+    if k >= 3:
+        j = rng.standard_normal((k, dim))
+        j[2] = j[0] + j[1]
+        out.append(j)
+    return out
+
+
+@needs_ecos
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_nashmtl_on_the_gram_factor_equals_the_library_on_the_gradients(k):
+    """The library's Nash-MTL fed the per-task gradients J, against ours fed only J J^T (through a K x K factor):
+    the same weights over several steps (its warm start carries state), to the solver's tolerance (its stopping
+    rule sees slightly different rounding: up to 2e-6 of the largest weight here)."""
+    from torchjd.aggregation import NashMTL
+    ours = library.LibraryCombiner("jd-nashmtl", NAMES[:k] + ["qqp"][:max(0, k - 3)], 0, _options())
+    theirs = NashMTL(n_tasks=k)
+    clipped = 0
+    for j in _conflicting_jacobians(k, seed=k):
+        w = ours.weights(j @ j.T, list(range(k)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # cvxpy: "not DPP"
+            expected = theirs.weighting(torch.from_numpy(j)).numpy()
+        np.testing.assert_allclose(w, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())  # the solver's
+        clipped += np.linalg.norm(w @ j) == pytest.approx(1.0)  # max_norm 1 reached: the scale is exercised
+    assert clipped >= 2
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_config_on_the_gram_factor_equals_the_library_on_the_gradients(k):
+    """ConFIG's combined vector from the library on J equals J^T w with our weights from J J^T alone (also for a
+    rank-deficient J)."""
+    from torchjd.aggregation import ConFIG
+    ours = library.LibraryCombiner("jd-config", ["a", "b", "c", "d"][:k], 0, _options())
+    for j in _conflicting_jacobians(k, seed=20 + k):
+        w = ours.weights(j @ j.T, list(range(k)))
+        expected = ConFIG()(torch.from_numpy(j)).numpy()
+        np.testing.assert_allclose(j.T @ w, expected, rtol=1e-9, atol=1e-9 * np.abs(expected).max())
+
+
+@needs_ecos
+def test_nashmtl_ranks_agree_and_global_rng_untouched():
+    """Nash-MTL draws nothing at random: two ranks with other global RNG states give the same weights."""
+    grams = [j @ j.T for j in _conflicting_jacobians(3, seed=7)]
+    runs = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        before = torch.get_rng_state()
+        comb = library.LibraryCombiner("jd-nashmtl", NAMES, 7, _options())
+        runs.append([comb.weights(g, [0, 1, 2]) for g in grams])
+        assert torch.equal(torch.get_rng_state(), before)
+    np.testing.assert_array_equal(np.array(runs[0]), np.array(runs[1]))
+
+
+@pytest.mark.parametrize("method", ["jd-pcgrad", "jd-gradvac", "jd-pcd",
+                                    pytest.param("jd-nashmtl", marks=needs_ecos)])
 def test_state_round_trips_through_json(method):
     grams = _grams(3, n=6, seed=4)
     a = library.LibraryCombiner(method, NAMES, 3, _options())
@@ -225,6 +294,11 @@ def test_missing_flag_or_solver_is_a_config_error(monkeypatch):
         library.make_weighting("jd-cagrad", _options(jd_cagrad_c=0.4))
     with pytest.raises(ConfigError, match="combine_strategy all"):
         mt.combination_plan(3, "jd-pcd", 2, None)
+    with pytest.raises(ConfigError, match="previous step's weights"):
+        mt.combination_plan(3, "jd-nashmtl", 2, None)
+    monkeypatch.setattr(torchjd._mixins, "find_spec", lambda name: None if name == "ecos" else real(name))
+    with pytest.raises(ConfigError, match="ecos"):
+        library.make_weighting("jd-nashmtl", _options(), 3)
 
 
 # -- end to end, through run_multi_task.py on the tiny random model -------------------------------------
@@ -232,7 +306,8 @@ def test_missing_flag_or_solver_is_a_config_error(monkeypatch):
 SOLVER_FLAGS = ("--jd_cagrad_c", 0.4, "--jd_fairgrad_alpha", 1.0)  # the two without a library default
 
 
-@pytest.mark.parametrize("method", sorted(library.library_methods()))
+@pytest.mark.parametrize("method", [pytest.param(m, marks=needs_ecos) if m == "jd-nashmtl" else m
+                                    for m in sorted(library.library_methods())])
 def test_every_library_method_trains_two_steps(tiny_mt, tmp_path, method):
     """Two steps of every offered method on rte + sts-b: each step's weights come from the library
     (the checkpoint's combiner counted both)."""
@@ -250,8 +325,9 @@ def test_every_library_method_trains_two_steps(tiny_mt, tmp_path, method):
 # negative but above its target: no correction, where targets lost at the resume (zeros) would correct it.
 @pytest.mark.parametrize("extra", [("--projection", "jd-gradvac", "--tasks_per_step", 2, "--jd_gradvac_beta", 1.0),
                                    ("--projection", "jd-pcd"),
-                                   ("--projection", "jd-pcgrad")],
-                         ids=["gradvac-sampled", "pcd-all", "pcgrad-all"])
+                                   ("--projection", "jd-pcgrad"),
+                                   pytest.param(("--projection", "jd-nashmtl"), marks=needs_ecos)],
+                         ids=["gradvac-sampled", "pcd-all", "pcgrad-all", "nashmtl-all"])
 def test_resume_is_bit_identical(tiny_mt, tmp_path, extra):
     """6 steps in one go == 3 steps, stop, --resume: the same weights to the bit (the library state, its
     RNG and the per-pair targets were in the checkpoint)."""
@@ -273,19 +349,20 @@ def test_resume_is_bit_identical(tiny_mt, tmp_path, extra):
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_missing_solver_exits_2_with_one_line(tiny_mt, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("package, method", [("quadprog", "jd-upgrad"), ("ecos", "jd-nashmtl")])
+def test_missing_solver_exits_2_with_one_line(tiny_mt, tmp_path, monkeypatch, capsys, package, method):
     import torchjd._mixins
 
     import tiny_multitask
     from file_utils import run_cli
     real = torchjd._mixins.find_spec
-    monkeypatch.setattr(torchjd._mixins, "find_spec", lambda name: None if name == "quadprog" else real(name))
+    monkeypatch.setattr(torchjd._mixins, "find_spec", lambda name: None if name == package else real(name))
     with pytest.raises(SystemExit) as exc:
         run_cli(run_multi_task.main, tiny_multitask.argv(tiny_mt, tmp_path / "x", "--tasks", "rte,sts-b",
-                                                         "--projection", "jd-upgrad"))
+                                                         "--projection", method))
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "quadprog" in err[0] and "jd-upgrad" in err[0]
+    assert len(err) == 1 and package in err[0] and method in err[0]
     assert not (tmp_path / "x").exists()
 
 

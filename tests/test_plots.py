@@ -127,3 +127,33 @@ def test_evaluation_only_results_are_refused(tmp_path, capsys):
         run_cli(_plot_run_script().main, [str(tmp_path)])
     assert exc.value.code == 2 and "no training epochs" in capsys.readouterr().err
     assert run_multi_task.draw_pictures(str(tmp_path)) == {}  # the runner's path: a warning, no exception
+
+
+def test_task_weights_pictures_show_the_combiner_weights(tiny_mt, tmp_path):
+    """--projection pcgrad with diagnostics: plots/task_weights.png's bars are results.json's task_weights;
+    the cosine picture gets a third panel, titled with the method, whose lines are weights_E.csv's weights
+    per diagnosis step; the step-weighted mean of those interval means is the run's mean (two records of
+    the same weights agree); and PCGrad on two tasks only adds to a task's weight of 1 (c_j -= negative)."""
+    import numpy as np
+
+    import diagnostics
+    out = tmp_path / "run"
+    assert run(tiny_mt, out, "--tasks", "rte,sts-b", "--projection", "pcgrad", "--num_train_epochs", 2,
+               "--steps_per_epoch", 3, "--diagnose_every", 2) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert (out / "plots" / "task_weights.png").read_bytes()[:8] == PNG_MAGIC
+    drawn = plots.plot_task_weights(res, str(tmp_path / "w.png"))
+    assert drawn["bars"] == pytest.approx(res["task_weights"]) and "pcgrad" in drawn["title"]
+    diag = diagnostics.read_csvs(str(out))
+    weights = diag["weights"]
+    assert weights["steps"] == [2, 4, 6] and weights["method"] == "pcgrad"
+    drawn = plots.plot_task_cosines(diag, str(tmp_path / "c.png"))
+    panel = drawn["task weights"]
+    assert drawn["panels"] == 3 and panel["title"] == "task weights (pcgrad)" and panel["xlabel"] == "training step"
+    for k, task in enumerate(weights["tasks"]):
+        assert panel["lines"][task] == ([2.0, 4.0, 6.0], pytest.approx(weights["weight"][:, k].tolist()))
+    # 2 steps before each diagnosis, every step trains both tasks
+    assert np.all(weights["weight"] >= 1.0)
+    np.testing.assert_allclose(weights["weight"].mean(axis=0), [res["task_weights"][t] for t in weights["tasks"]],
+                               rtol=1e-12)
+    assert plots.plot_task_cosines(dict(diag, weights=None), str(tmp_path / "plain.png"))["panels"] == 2
