@@ -399,28 +399,15 @@ def test_ddp_two_processes_match_one_process_with_a_random_library_method(tiny_m
     """torchrun, 2 CPU processes: jd-pcgrad (random order per step) on 3 tasks gives one process's model.
     Ranks drawing different orders would write different shared gradients on each rank, and the next
     steps' all-reduced task gradients would no longer be one process's."""
-    import os
-    import socket
-    import subprocess
-    import sys
 
     from safetensors.torch import load_file
 
     import tiny_multitask
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     common = ("--tasks", "rte,sts-b,mnli", "--projection", "jd-pcgrad", "--num_train_epochs", 1,
               "--steps_per_epoch", 5, "--stop_after_steps", 5)
     single, multi = tmp_path / "single", tmp_path / "multi"
     assert tiny_multitask.run(tiny_mt, single, *common, config="pals_nodrop") == 0
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path, CUDA_VISIBLE_DEVICES="")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-           os.path.join(root, "run_multi_task.py"), *tiny_multitask.argv(tiny_mt, multi, *common, config="pals_nodrop")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=root)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    tiny_multitask.torchrun(tiny_multitask.argv(tiny_mt, multi, *common, config="pals_nodrop"))
     wa = load_file(str(single / "checkpoint" / "model.safetensors"))
     wb = load_file(str(multi / "checkpoint" / "model.safetensors"))
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-4

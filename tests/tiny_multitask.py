@@ -1,9 +1,13 @@
 """Shared helpers (no tests here) for the tests of run_multi_task.py's diagnostics, pictures, added
 tasks, adapter files and predictions: a tiny random BERT (hidden 24, 2 layers, MiniLM's real
 vocab so GLUE fixture text tokenizes normally), a PALs config with and without dropout, the
-official-layout GLUE fixture, and `run(setup, out, *flags)` with small, fast settings."""
+official-layout GLUE fixture, `run(setup, out, *flags)` with small, fast settings, and `torchrun` for
+the same run as 2 processes."""
 import json
 import os
+import socket
+import subprocess
+import sys
 
 import torch
 
@@ -53,3 +57,19 @@ def argv(setup, out, *extra, config="pals", model=None):
 
 def run(setup, out, *extra, config="pals", model=None):
     return run_multi_task.main(argv(setup, out, *extra, config=config, model=model))
+
+
+def torchrun(argv_list, nproc=2, timeout=300):
+    """run_multi_task.py under `torch.distributed.run` with `nproc` CPU processes (gloo) on a free port; the
+    finished process (asserted to exit 0, its output shown otherwise)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path, CUDA_VISIBLE_DEVICES="")
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={port}",
+           os.path.join(root, "run_multi_task.py"), *map(str, argv_list)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=root)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
