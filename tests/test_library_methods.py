@@ -395,16 +395,21 @@ def test_results_report_each_task_mean_weight(tiny_mt, tmp_path, method):
         assert all(w >= 1.0 for w in weights.values())
 
 
-def test_ddp_two_processes_match_one_process_with_a_random_library_method(tiny_mt, tmp_path):
-    """torchrun, 2 CPU processes: jd-pcgrad (random order per step) on 3 tasks gives one process's model.
-    Ranks drawing different orders would write different shared gradients on each rank, and the next
-    steps' all-reduced task gradients would no longer be one process's."""
+@pytest.mark.parametrize("method", ["jd-pcgrad", "jd-nashmtl"])
+def test_ddp_two_processes_match_one_process_with_a_random_library_method(tiny_mt, tmp_path, method):
+    """torchrun, 2 CPU processes on 3 tasks give one process's model: jd-pcgrad draws a random order per
+    step (ranks drawing different orders would write different shared gradients on each rank, and the
+    next steps' all-reduced task gradients would no longer be one process's); jd-nashmtl solves from its
+    previous solution on the Gram factor, which every rank must build alike."""
+    if method == "jd-nashmtl":
+        pytest.importorskip("ecos", reason="Nash-MTL's solver (requirements-dev.txt)")
 
     from safetensors.torch import load_file
 
     import tiny_multitask
-    common = ("--tasks", "rte,sts-b,mnli", "--projection", "jd-pcgrad", "--num_train_epochs", 1,
-              "--steps_per_epoch", 5, "--stop_after_steps", 5)
+    common = ("--tasks", "rte,sts-b,mnli", "--projection", method, "--num_train_epochs", 1,
+              "--steps_per_epoch", 5, "--stop_after_steps", 5,
+              *(("--combine_strategy", "all") if method == "jd-nashmtl" else ()))
     single, multi = tmp_path / "single", tmp_path / "multi"
     assert tiny_multitask.run(tiny_mt, single, *common, config="pals_nodrop") == 0
     tiny_multitask.torchrun(tiny_multitask.argv(tiny_mt, multi, *common, config="pals_nodrop"))

@@ -283,21 +283,24 @@ def test_famo_runs_its_forward_after_the_step_and_composes_with_a_projection(tin
     assert state["loss_weighter"]["adam"] is not None and state["stream"]["combiner"]["calls"] == 2
 
 
-def test_ddp_two_processes_match_one_process(tiny_mt, tmp_path):
-    """torchrun, 2 CPU processes, FAMO on 3 tasks: the losses are all-reduced before the weighting, so both
-    ranks weigh alike and the model is one process's."""
+@pytest.mark.parametrize("method, extra, state", [("famo", ("--famo_lr", 0.5), "w"),
+                                                   ("uw", ("--uw_lr", 0.05), "log_var")])
+def test_ddp_two_processes_match_one_process(tiny_mt, tmp_path, method, extra, state):
+    """torchrun, 2 CPU processes on 3 tasks: the losses are all-reduced before the weighting, so both
+    ranks weigh alike and the model is one process's (FAMO); UW's log-variances, which live outside the
+    DDP-wrapped model, train alike on both ranks."""
 
     from safetensors.torch import load_file
 
     import tiny_multitask
-    common = (*COMMON[:-4], "--steps_per_epoch", 4, "--num_train_epochs", 1, "--loss_weighting", "famo",
-              "--famo_lr", 0.5)
+    common = (*COMMON[:-4], "--steps_per_epoch", 4, "--num_train_epochs", 1, "--loss_weighting", method, *extra)
     single, multi = tmp_path / "single", tmp_path / "multi"
     assert tiny_multitask.run(tiny_mt, single, *common, config="pals_nodrop") == 0
     tiny_multitask.torchrun(tiny_multitask.argv(tiny_mt, multi, *common, config="pals_nodrop"))
     wa = load_file(str(single / "checkpoint" / "model.safetensors"))
     wb = load_file(str(multi / "checkpoint" / "model.safetensors"))
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-4
-    la = training.read_checkpoint(str(single / "checkpoint"))["state"]["loss_weighter"]["w"]
-    lb = training.read_checkpoint(str(multi / "checkpoint"))["state"]["loss_weighter"]["w"]
+    la = training.read_checkpoint(str(single / "checkpoint"))["state"]["loss_weighter"][state]
+    lb = training.read_checkpoint(str(multi / "checkpoint"))["state"]["loss_weighter"][state]
+    assert float((la - la.mean()).abs().max()) > 0  # the weighting moved off its start
     torch.testing.assert_close(la, lb, rtol=1e-4, atol=1e-6)
