@@ -5,7 +5,8 @@ task drawn by `--sample` (prop, sqrt, anneal, rr); after each epoch every task's
 the model with the best average of the tasks' main scores (GLUE-only runs: the GLUE average) is kept
 in <output_dir>/best/. Tasks may mix families: GLUE tasks (--data_dir) with squad1, squad2, conll and
 swag (--task_data NAME=DIR). With no data flags, a short demo on the bundled sample data runs
-(printed as such). Machinery: multitask.py; tasks: tasks/; engine: training.py.
+(printed as such). Machinery: multitask/; tasks: tasks/; engine: training/; the 2019 command line:
+reference_cli.py.
 
     python run_multi_task.py --tasks all --sample anneal                       # demo, ~minutes on CPU
     python run_multi_task.py --tasks sst-2,rte,squad2,conll,swag                # mixed demo
@@ -14,20 +15,18 @@ swag (--task_data NAME=DIR). With no data flags, a short demo on the bundled sam
 """
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import sys
 import time
 from dataclasses import dataclass
 
-import file_utils  # before torch: sets OMP_WAIT_POLICY (file_utils)
-
 # isort: split
 import diagnostics
 import modeling
 import multitask as mt
 import optimization
+import reference_cli
 import tasks as task_families
 import training
 from file_utils import ConfigError, UserError, make_parser, resolve_model_dir, run_cli
@@ -47,7 +46,6 @@ logger = logging.getLogger("run_multi_task")
 
 MT = "multi-task"
 DIAG = "diagnostics, pictures, adding tasks, predicting (docs/multitask.md)"
-OLD = "2019 command lines (Bert-n-Pals run_multi_task.py), accepted as written"
 
 
 @dataclass(frozen=True)
@@ -114,22 +112,6 @@ class MultiTaskFlags:
                               "(the task's own file format, or one example per line; '-' reads stdin; lines:FILE: "
                               "every line one example; docs/multitask.md) into <output_dir>/predictions_TASK.tsv "
                               "(text, label, score); repeatable", group=DIAG, action="append", metavar="TASK=FILE")
-    bert_config_file: str = opt(None, "the combined BERT + adapter config of the 2019 scripts (e.g. pals_config.json)",
-                                group=OLD, type=str)
-    vocab_file: str = opt(None, "the model's vocab.txt", group=OLD, type=str)
-    init_checkpoint: str = opt(None, "weights: a converted pytorch_model.bin (2019 or Hugging Face names), a "
-                                     "safetensors file, or a TensorFlow checkpoint prefix (.../bert_model.ckpt)",
-                               group=OLD, type=str)
-    multi: bool = opt(False, "accepted: adapters missing from the checkpoint always keep their fresh init", group=OLD)
-    do_train: bool = opt(False, "accepted: training is the default", group=OLD)
-    do_eval: bool = opt(False, "accepted: every epoch is evaluated; without --do_train it means --no_train", group=OLD)
-    h_aug: int = opt(None, "the adapters' small dimension (hidden_size_aug)", group=OLD, type=int)
-    optim: str = opt("normal", "'normal', or anything else for the 2019 second optimizer: lr 3e-4 for the PALs' "
-                               "attention weights (--pal_attention_lr)", group=OLD)
-    task_id: int = opt(1, "with --tasks single: the task's position in the paper order (0 cola, 1 mrpc, ...)",
-                       group=OLD)
-    save_checkpoints_steps: int = opt(None, "accepted: a checkpoint every N steps (--save_steps)", group=OLD,
-                                      aliases=("--save",), type=int)
 
 
 def build_parser():
@@ -144,6 +126,7 @@ def build_parser():
                              config="pals")
     groups = {}
     add_flags(p, MultiTaskFlags, groups=groups)
+    add_flags(p, reference_cli.ReferenceFlags)
     add_flags(p, mt.LibraryFlags)
     add_flags(p, mt.LossWeightingFlags)
     for name in task_families.glue.GLUE_TASKS + list(task_families.OTHER_TASKS):
@@ -158,7 +141,7 @@ def parse_args(argv):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     explicit = set(args.explicit)  # sorted by the parser: run_config.json is the same for the same flags
-    apply_2019_flags(args)
+    reference_cli.apply_2019_flags(args)
     args.demo = args.data_dir is None and args.task_data is None
     if args.demo:
         args.data_dir = DEMO_DATA_DIR
@@ -172,60 +155,6 @@ def parse_args(argv):
 
 # Diagnostic streams use seeds this far from the training streams' (seed + task index).
 DIAGNOSIS_SEED_OFFSET = 100_000
-# The PAL attention weights' learning rate of the 2019 `--optim` option (hard-coded there).
-REFERENCE_PAL_ATTENTION_LR = 3e-4
-
-
-def apply_2019_flags(args):
-    """The Bert-n-Pals command line in our terms: a model folder assembled from --bert_config_file,
-    --vocab_file and --init_checkpoint (links in a temporary folder, nothing copied), --h_aug,
-    --optim, --do_eval alone, --save_checkpoints_steps, --tasks single --task_id N."""
-    args.single_task = False
-    if args.do_eval and not args.do_train:
-        args.no_train = True
-    if args.save_checkpoints_steps is not None:
-        args.save_steps = args.save_checkpoints_steps
-    if args.optim != "normal" and args.pal_attention_lr is None:
-        args.pal_attention_lr = REFERENCE_PAL_ATTENTION_LR
-    if str(args.tasks).strip().lower() == "single":
-        paper = task_families.glue.PAPER_TASKS
-        if not 0 <= args.task_id < len(paper):
-            raise ConfigError(f"--task_id must be 0..{len(paper) - 1} (the paper order: {', '.join(paper)})")
-        args.tasks, args.single_task = paper[args.task_id], True
-    if args.bert_config_file or args.init_checkpoint or args.vocab_file:
-        args.bert_model, config = modeling.assemble_model_folder(args.bert_model, args.bert_config_file,
-                                                                 args.vocab_file, args.init_checkpoint)
-        if config is not None:
-            if file_utils.explicit(args, "config"):
-                _check_same_config(args.config, config, args.bert_model)
-            args.config = config
-    if args.h_aug is not None:
-        args.config = modeling.with_hidden_size_aug(args.config, args.bert_model, args.h_aug)
-
-
-def _check_same_config(config, bert_config_file, model_dir):
-    """An explicit --config must be the --bert_config_file's config (same file or same JSON; 'none'
-    for a plain BERT config, one without adapter keys)."""
-    path = modeling.resolve_adapter_config(config, model_dir)
-    combined = _json_or_none(bert_config_file)
-    if path is None:
-        same = isinstance(combined, dict) and not set(combined) & set(modeling.ADAPTER_KEYS)
-    else:
-        same = (os.path.realpath(path) == os.path.realpath(bert_config_file)
-                or _json_or_none(path) == combined is not None)
-    if not same:
-        raise ConfigError(f"--config {config} ({path or 'no adapters'}) and --bert_config_file {bert_config_file} are "
-                          "different configs: give one of them")
-
-
-def _json_or_none(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def task_max_lengths(args, names):
     """Each task's max sequence length: --task_max_seq_length, else its family's default (SQuAD 384),
     else --max_seq_length."""

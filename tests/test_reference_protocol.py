@@ -15,6 +15,7 @@ import torch
 import modeling
 import multitask as mt
 import optimization
+import reference_cli
 import run_classifier
 import run_multi_task
 import run_ner
@@ -158,7 +159,7 @@ def test_2019_flags_h_aug_optim_single_and_tf_checkpoint(folder_2019, tmp_path, 
     # the PAL attention weights get their own learning rate with --optim (3e-4, hard-coded in 2019)
     model = modeling.BertForMultiTask.from_pretrained(str(base), config=str(base / "pals_config.json"),
                                                       task_num_labels=[2, 2])
-    groups = optimization.param_groups(model, 0.01, 2e-5, pal_attention_lr=run_multi_task.REFERENCE_PAL_ATTENTION_LR)
+    groups = optimization.param_groups(model, 0.01, 2e-5, pal_attention_lr=reference_cli.REFERENCE_PAL_ATTENTION_LR)
     rates = {g["name"]: g["lr"] for g in groups}
     assert rates == {"shared_decay": 2e-5, "shared_no_decay": 2e-5, "pal_attention_decay": 3e-4,
                      "pal_attention_no_decay": 3e-4}
