@@ -66,19 +66,11 @@ def pcgrad_weights(gram, orders=None):
     For each g_i: over the other tasks j in `orders[i]`, if g_i' . g_j < 0 then
     g_i' <- g_i' - (g_i' . g_j / |g_j|^2) g_j, with g_i' the running projected copy and g_j the
     ORIGINAL gradient of task j."""
-    gram = np.asarray(gram, dtype=np.float64)
-    k = len(gram)
-    orders = orders if orders is not None else _other_orders(k, None)
-    total = np.zeros(k)
-    for i in range(k):
-        c = np.zeros(k)
-        c[i] = 1.0
-        for j in orders[i]:
-            dot = c @ gram[:, j]
-            if dot < 0 and gram[j, j] > 0:
-                c[j] -= dot / gram[j, j]
-        total += c
-    return total
+    def project(c, gram, i, j):
+        dot = c @ gram[:, j]
+        if dot < 0 and gram[j, j] > 0:
+            c[j] -= dot / gram[j, j]
+    return _sum_of_adjusted(gram, orders, project)
 
 
 def gradvac_weights(gram, phi_hat, beta, orders=None):
@@ -90,6 +82,24 @@ def gradvac_weights(gram, phi_hat, beta, orders=None):
     / (|g_j| sqrt(1-phi_hat^2)), which sets cos(g_i', g_j) to phi_hat; then
     phi_hat[i, j] <- (1-beta) phi_hat[i, j] + beta phi. `phi_hat` is indexed by the positions in
     `gram` (callers map global task ids)."""
+    def vaccinate(c, gram, i, j):
+        norm_i = math.sqrt(max(0.0, c @ gram @ c))
+        norm_j = math.sqrt(max(0.0, gram[j, j]))
+        if norm_i == 0 or norm_j == 0:
+            return
+        phi = min(1.0, max(-1.0, (c @ gram[:, j]) / (norm_i * norm_j)))
+        target = float(phi_hat[i][j])
+        if phi < target:
+            c[j] += (norm_i * (target * math.sqrt(max(0.0, 1 - phi * phi))
+                               - phi * math.sqrt(max(0.0, 1 - target * target)))
+                     / (norm_j * math.sqrt(max(1e-12, 1 - target * target))))
+        phi_hat[i][j] = (1 - beta) * target + beta * phi
+    return _sum_of_adjusted(gram, orders, vaccinate)
+
+
+def _sum_of_adjusted(gram, orders, adjust):
+    """sum_i of g_i' as coefficients of the task gradients: each g_i' starts as g_i (c = e_i) and
+    `adjust(c, gram, i, j)` moves it against each other task j in `orders[i]` in turn (PCGrad, Vaccine)."""
     gram = np.asarray(gram, dtype=np.float64)
     k = len(gram)
     orders = orders if orders is not None else _other_orders(k, None)
@@ -98,17 +108,7 @@ def gradvac_weights(gram, phi_hat, beta, orders=None):
         c = np.zeros(k)
         c[i] = 1.0
         for j in orders[i]:
-            norm_i = math.sqrt(max(0.0, c @ gram @ c))
-            norm_j = math.sqrt(max(0.0, gram[j, j]))
-            if norm_i == 0 or norm_j == 0:
-                continue
-            phi = min(1.0, max(-1.0, (c @ gram[:, j]) / (norm_i * norm_j)))
-            target = float(phi_hat[i][j])
-            if phi < target:
-                c[j] += (norm_i * (target * math.sqrt(max(0.0, 1 - phi * phi))
-                                   - phi * math.sqrt(max(0.0, 1 - target * target)))
-                         / (norm_j * math.sqrt(max(1e-12, 1 - target * target))))
-            phi_hat[i][j] = (1 - beta) * target + beta * phi
+            adjust(c, gram, i, j)
         total += c
     return total
 
