@@ -290,16 +290,10 @@ def test_ddp_two_processes_match_one_process(tiny_mt, tmp_path, method, extra, s
     ranks weigh alike and the model is one process's (FAMO); UW's log-variances, which live outside the
     DDP-wrapped model, train alike on both ranks."""
 
-    from safetensors.torch import load_file
-
     import tiny_multitask
     common = (*COMMON[:-4], "--steps_per_epoch", 4, "--num_train_epochs", 1, "--loss_weighting", method, *extra)
-    single, multi = tmp_path / "single", tmp_path / "multi"
-    assert tiny_multitask.run(tiny_mt, single, *common, config="pals_nodrop") == 0
-    tiny_multitask.torchrun(tiny_multitask.argv(tiny_mt, multi, *common, config="pals_nodrop"))
-    wa = load_file(str(single / "checkpoint" / "model.safetensors"))
-    wb = load_file(str(multi / "checkpoint" / "model.safetensors"))
-    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-4
+    single, multi, diff = tiny_multitask.one_vs_two_processes(tiny_mt, tmp_path, *common)
+    assert diff < 1e-4
     la = training.read_checkpoint(str(single / "checkpoint"))["state"]["loss_weighter"][state]
     lb = training.read_checkpoint(str(multi / "checkpoint"))["state"]["loss_weighter"][state]
     assert float((la - la.mean()).abs().max()) > 0  # the weighting moved off its start

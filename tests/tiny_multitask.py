@@ -73,3 +73,16 @@ def torchrun(argv_list, nproc=2, timeout=300):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=root)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
+
+
+def one_vs_two_processes(setup, base, *flags, config="pals_nodrop"):
+    """The same run in one process and under 2-process torchrun, into base/single and base/multi ->
+    (single, multi, largest difference of any weight of their checkpoints' models)."""
+    from safetensors.torch import load_file
+    single, multi = base / "single", base / "multi"
+    assert run(setup, single, *flags, config=config) == 0
+    torchrun(argv(setup, multi, *flags, config=config))
+    wa = load_file(str(single / "checkpoint" / "model.safetensors"))
+    wb = load_file(str(multi / "checkpoint" / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    return single, multi, max(float((wa[k] - wb[k]).abs().max()) for k in wa)
