@@ -37,17 +37,23 @@ def _adapter_keys(config):
     return {k: getattr(config, k) for k in modeling.ADAPTER_KEYS if k != "num_tasks"}
 
 
-def export_task_adapter(model_dir, task, out_dir, labels=None):
-    """Write task `task` of the fine-tuned multi-task model in `model_dir` (its modules + head) as
-    out_dir/adapter.safetensors + adapter.json (`labels`: the head's label strings, kept there).
-    Returns the info dict (with parameter counts)."""
+def model_for_export(model_dir, task, out_dir):
+    """(the fine-tuned multi-task model in `model_dir`, the id of its task `task`), once `out_dir` is
+    known to be new or empty: what every export starts from (ours and PEFT's)."""
     model = modeling.BertForMultiTask.from_pretrained(model_dir)
     names = list(model.config.task_names or [])
     if task not in names:
         raise ConfigError(f"{model_dir}: no task '{task}' (its tasks: {', '.join(names) or 'none'})")
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         raise ConfigError(f"{out_dir} exists and is not empty; export into a new folder")
-    task_id = names.index(task)
+    return model, names.index(task)
+
+
+def export_task_adapter(model_dir, task, out_dir, labels=None):
+    """Write task `task` of the fine-tuned multi-task model in `model_dir` (its modules + head) as
+    out_dir/adapter.safetensors + adapter.json (`labels`: the head's label strings, kept there).
+    Returns the info dict (with parameter counts)."""
+    model, task_id = model_for_export(model_dir, task, out_dir)
     own = model.state_dict()
     state = {portable: own[name].detach().to("cpu").contiguous().clone()
              for portable, name in modeling.task_parameter_pairs(model, task_id)}

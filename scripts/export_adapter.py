@@ -16,10 +16,9 @@ Face folder): docs/multitask.md#peft-adapter-folders.
 import argparse
 import os
 
-import modeling
 import multitask as mt
 import tasks
-from file_utils import ConfigError, resolve_model_dir, run_cli
+from file_utils import resolve_model_dir, run_cli
 
 
 def main(argv=None):
@@ -44,14 +43,8 @@ def main(argv=None):
 
 
 def export_peft(model_dir, task, output_dir):
-    model = modeling.BertForMultiTask.from_pretrained(model_dir)
-    names = list(model.config.task_names or [])
-    if task not in names:
-        raise ConfigError(f"{model_dir}: no task '{task}' (its tasks: {', '.join(names) or 'none'})")
-    if os.path.isdir(output_dir) and os.listdir(output_dir):
-        raise ConfigError(f"{output_dir} exists and is not empty; export into a new folder")
+    model, task_id = mt.adapter_files.model_for_export(model_dir, task, output_dir)
     vocab = os.path.join(model_dir, "vocab.txt")
-    task_id = names.index(task)
     base, why = mt.peft_files.frozen_base(model_dir, model)
     config = mt.peft_files.export_peft_adapter(model, task_id, output_dir, tasks.saved_labels(model_dir).get(task),
                                                vocab if os.path.isfile(vocab) else None, base_name=base)
