@@ -31,18 +31,7 @@ def read_per_question(path, is_training, version_2_with_negative=False):
     data, raw, version = squad.load_squad_json(path)
     examples, dropped = [], []
     for where, context, qa in squad._iter_qas(path, data, raw):
-        doc_tokens, char_to_word_offset = [], []
-        prev_is_whitespace = True
-        for c in context:
-            if squad._is_whitespace(c):
-                prev_is_whitespace = True
-            else:
-                if prev_is_whitespace:
-                    doc_tokens.append(c)
-                else:
-                    doc_tokens[-1] += c
-                prev_is_whitespace = False
-            char_to_word_offset.append(len(doc_tokens) - 1)
+        doc_tokens, char_to_word_offset = squad._split_context(context)  # once per question, as before
 
         qas_id = str(qa["id"])
         start_position = end_position = orig_answer_text = None
