@@ -21,6 +21,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+import file_utils  # noqa: F401 - before torch: sets OMP_WAIT_POLICY (file_utils)
+
 # isort: split
 import diagnostics
 import modeling
